@@ -1,0 +1,59 @@
+// CUDA registration of safemax_loss: device guard, current stream and scratch memory from
+// torch's caching allocator, then the plain launchers of safemax_kernels.cu.
+// <c10/cuda/CUDAStream.h>, not <ATen/cuda/CUDAContext.h>, whose cuSPARSE/cuBLAS headers a
+// bare CUDA toolkit may lack.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../safemax_op.h"
+#include "safemax_cuda.h"
+
+namespace safemax {
+namespace {
+
+void check_launch(int code, const char* what) {
+  TORCH_CHECK(code == 0, "safemax_loss: CUDA ", what, " kernel launch failed: ",
+              cuda_error_string(code));
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cuda_op(
+    const at::Tensor& eps_pred, const at::Tensor& eps, const at::Tensor& x_t,
+    const at::Tensor& timesteps, const at::Tensor& alphas_cumprod, const at::Tensor& forget,
+    int64_t t_min, double forget_weight, c10::string_view weighting) {
+  const c10::cuda::CUDAGuard guard(eps_pred.device());
+  // Timestep range is not checked on the host (that would synchronise): an out-of-range
+  // timestep gives NaN in that row's nats and in the loss (see plan_row).
+  return run_forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
+                     forget_weight, weighting, [&](const LossProblem& pb, ForwardOut out) {
+                       at::Tensor workspace =
+                           at::empty({static_cast<int64_t>(forward_cuda_workspace_bytes(pb))},
+                                     eps_pred.options().dtype(at::kByte));
+                       check_launch(forward_cuda(pb, out, workspace.data_ptr(),
+                                                 c10::cuda::getCurrentCUDAStream().stream()),
+                                    "forward");
+                     });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda_op(
+    const at::Tensor& grad_loss, const at::Tensor& grad_nats, const at::Tensor& eps_pred,
+    const at::Tensor& eps, const at::Tensor& x_t, const at::Tensor& timesteps,
+    const at::Tensor& alphas_cumprod, const at::Tensor& forget, int64_t t_min,
+    double forget_weight, c10::string_view weighting, std::array<bool, 3> output_mask) {
+  const c10::cuda::CUDAGuard guard(eps_pred.device());
+  return run_backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_cumprod,
+                      forget, t_min, forget_weight, weighting, output_mask,
+                      [](const LossProblem& pb, BackwardIn in, BackwardOut out) {
+                        check_launch(backward_cuda(pb, in, out,
+                                                   c10::cuda::getCurrentCUDAStream().stream()),
+                                     "backward");
+                      });
+}
+
+}  // namespace
+}  // namespace safemax
+
+TORCH_LIBRARY_IMPL(safemax, CUDA, m) {
+  m.impl("safemax_loss", &safemax::forward_cuda_op);
+  m.impl("safemax_loss_backward", &safemax::backward_cuda_op);
+}

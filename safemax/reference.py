@@ -1,0 +1,46 @@
+"""Pure-PyTorch reference of the SAFEMax loss: the executable spec of ``safemax_loss``.
+
+Written for clarity, not speed: it materialises the target and the residual. The fused op
+must agree with it (values and gradients); see DESIGN.md §1-2 and tests/test_op.py.
+"""
+import torch
+
+
+def row_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
+    """Per-sample ``(√(1−ᾱ_t), c_t)`` in float64, with ``c_t = β_t / (2 α_t (1 − ᾱ_t))``.
+
+    ``β_t = 1 − ᾱ_t/ᾱ_{t−1}`` (with ``ᾱ_{−1} = 1``) is formed in float64 because it cancels
+    badly in float32.
+    """
+    abar = alphas_cumprod.to(torch.float64)
+    abar_t = abar[timesteps]
+    abar_prev = torch.where(timesteps > 0, abar[(timesteps - 1).clamp(min=0)], 1.0)
+    alpha = abar_t / abar_prev
+    beta = 1.0 - alpha
+    return (1.0 - abar_t).sqrt(), beta / (2.0 * alpha * (1.0 - abar_t))
+
+
+def safemax_loss_reference(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
+                           forget_weight=1.0, weighting="simple"):
+    """Reference ``(loss, nats)``; same arguments and contract as :func:`safemax.ops.safemax_loss`."""
+    if weighting not in ("simple", "vlb"):
+        raise ValueError(f'weighting must be "simple" or "vlb", got {weighting!r}')
+    acc = torch.float64 if eps_pred.dtype == torch.float64 else torch.float32
+    B = eps_pred.shape[0]
+    P = eps_pred[0].numel() if B > 0 else 0
+    sqrt_1m_abar, c = row_coefficients(alphas_cumprod, timesteps)
+    sqrt_1m_abar, c = sqrt_1m_abar.to(acc), c.to(acc)
+    row = (B,) + (1,) * (eps_pred.dim() - 1)
+
+    pred, e, x = eps_pred.to(acc), eps.to(acc), x_t.to(acc)
+    # Forget rows: the max-entropy target ε* = √(1−ᾱ_t)·x_t. Retain rows: the true noise ε.
+    target = torch.where(forget.view(row), sqrt_1m_abar.view(row) * x, e)
+    mse = (pred - target).square().reshape(B, P).mean(dim=1)
+
+    active = ~forget | (timesteps >= t_min)
+    weight = torch.where(forget, torch.tensor(forget_weight, dtype=acc), torch.tensor(1.0, dtype=acc))
+    nats = torch.where(active, c * mse, 0.0)
+    per_row = mse if weighting == "simple" else c * mse
+    # where(), not multiplication by 0, so that masked rows cannot leak NaN into the loss.
+    loss = torch.where(active, weight * per_row, 0.0).sum() / max(B, 1)
+    return loss, nats

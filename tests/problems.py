@@ -1,0 +1,40 @@
+"""Random safemax_loss problems shared by the tests."""
+import torch
+
+T = 1000
+
+
+def linear_alphas_cumprod(T=T, dtype=torch.float32, device="cpu"):
+    """ᾱ of diffusers' DDPMScheduler default (linear β from 1e-4 to 0.02)."""
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, 0).to(dtype=dtype, device=device)
+
+
+def make_problem(shape, dtype=torch.float32, device="cpu", seed=0, forget=None, timesteps=None,
+                 requires_grad=False):
+    """Tensors (eps_pred, eps, x_t, timesteps, alphas_cumprod, forget) of a random problem."""
+    g = torch.Generator().manual_seed(seed)
+    B = shape[0]
+
+    def rand():
+        t = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+        return t.requires_grad_(requires_grad)
+
+    eps_pred, eps, x_t = rand(), rand(), rand()
+    if timesteps is None:
+        timesteps = torch.randint(0, T, (B,), generator=g)
+    if forget is None:
+        forget = torch.rand(B, generator=g) < 0.5
+    timesteps = torch.as_tensor(timesteps, dtype=torch.int64).to(device)
+    forget = torch.as_tensor(forget, dtype=torch.bool).to(device)
+    return eps_pred, eps, x_t, timesteps, linear_alphas_cumprod(device=device), forget
+
+
+# Absolute/relative tolerances against the reference, per input dtype. Both sides accumulate
+# in float32 (float64), so differences come from summation order and the final cast.
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=2e-5, atol=1e-6),
+    torch.float16: dict(rtol=2e-3, atol=1e-5),
+    torch.bfloat16: dict(rtol=2e-2, atol=1e-4),
+}
