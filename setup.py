@@ -11,6 +11,33 @@ import os
 import sys
 
 from setuptools import setup
+import re
+import shutil
+import subprocess
+
+
+def _resolve_cuda_home():
+    """Point CUDA_HOME at the real toolkit when torch's guess (the folder above `which nvcc`)
+    would be wrong, e.g. when nvcc on PATH is a wrapper script. nvcc itself knows its root."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return
+    guess = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if os.path.exists(os.path.join(guess, "include", "cuda_runtime.h")):
+        return
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-c", "probe.cu"], capture_output=True, text=True,
+                             timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        return
+    top = re.search(r"^#\$ TOP=(.+)$", out, re.MULTILINE)
+    if top:
+        os.environ["CUDA_HOME"] = os.path.realpath(top.group(1).strip())  # "<root>/bin/.."
+
+
+_resolve_cuda_home()  # before cpp_extension reads CUDA_HOME at import
 
 try:
     import torch
