@@ -81,7 +81,7 @@ def _want_cuda() -> bool:
 
 def _extension():
     cpu_sources = ["csrc/safemax_op.cpp", "csrc/cpu/safemax_cpu.cpp"]
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard is chosen by torch (C++20 from torch 2.14)
     kwargs = dict(include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
     if _want_cuda():
         print(f"safemax: building backends cpu, cuda (CUDA_HOME={cpp_extension.CUDA_HOME})")
@@ -90,7 +90,7 @@ def _extension():
             "safemax._C",
             sources,
             define_macros=[("SAFEMAX_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             **kwargs,
         )
     print("safemax: building backends cpu")

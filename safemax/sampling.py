@@ -1,0 +1,58 @@
+"""Class-conditional sampling from a diffusers UNet (DDIM or DDPM), returning raw samples.
+
+Raw means before any clipping to [-1, 1]: the Gaussianity of forgotten classes is measured there.
+"""
+import torch
+from tqdm.auto import tqdm
+
+
+def epsilon_part(pred: torch.Tensor, channels: int) -> torch.Tensor:
+    """The ε prediction of a model output: models that also learn their variance (DiT, improved
+    DDPM) output 2·C channels, ε first."""
+    return pred[:, :channels] if pred.shape[1] == 2 * channels else pred
+
+
+def make_sampler(scheduler, method: str = "ddim", num_inference_steps: int = 50):
+    """A fresh scheduler for sampling, with the training scheduler's noise schedule and no
+    clipping of the predicted x_0."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if method not in ("ddim", "ddpm"):
+        raise ValueError(f'method must be "ddim" or "ddpm", got {method!r}')
+    cls = DDIMScheduler if method == "ddim" else DDPMScheduler
+    sampler = cls.from_config(scheduler.config, clip_sample=False)
+    sampler.set_timesteps(num_inference_steps if method == "ddim" else scheduler.config.num_train_timesteps)
+    return sampler
+
+
+@torch.no_grad()
+def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str = "ddim",
+           seed: int = 0, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Generate one image per entry of ``labels`` (class ids), ``[N, C, H, W]``, unclipped.
+
+    Deterministic for a given ``seed``: the initial noise and the DDPM noise come from a CPU
+    generator, whatever the device.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    param = next(unet.parameters())
+    device, dtype = param.device, param.dtype
+    cfg = unet.config
+    shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) \
+        else (cfg.in_channels, *cfg.sample_size)
+    g = torch.Generator().manual_seed(seed)
+    was_training = unet.training
+    unet.eval()
+    out = []
+    chunks = range(0, len(labels), batch_size)
+    for start in tqdm(chunks, desc="sampling", disable=not progress, leave=False):
+        y = labels[start:start + batch_size].to(device)
+        sampler = make_sampler(scheduler, method, num_inference_steps)
+        x = torch.randn((len(y), *shape), generator=g).to(device=device, dtype=dtype)
+        for t in sampler.timesteps:
+            tt = torch.full((len(y),), int(t), device=device, dtype=torch.long)
+            eps = epsilon_part(unet(x, tt, class_labels=y).sample, shape[0])
+            kwargs = {"eta": 0.0} if method == "ddim" else {"generator": g}
+            x = sampler.step(eps, t, x, **kwargs).prev_sample
+        out.append(x.float().cpu())
+    unet.train(was_training)
+    return torch.cat(out) if out else torch.empty((0, *shape))

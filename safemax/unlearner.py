@@ -1,0 +1,318 @@
+"""``Unlearner``: SAFEMax on a class-conditional diffusers UNet.
+
+    u = Unlearner(unet, scheduler, forget=[3], early_fraction=0.5)
+    history = u.fit(retain=retain_ds, forget=forget_ds, steps=100, batch_size=64)
+    u.save_pretrained("unet-without-3")
+
+Each step draws ``batch_size`` forget and ``batch_size`` retain samples. Forget rows get
+t ~ U[t_min, T) with t_min = ⌊(1 − early_fraction)·T⌋ and are trained towards the max-entropy
+prediction √(1−ᾱ_t)·x_t; retain rows get t ~ U[0, T) and the ordinary target ε. One UNet forward
+runs on the concatenated batch and the fused ``safemax_loss`` op computes the loss.
+"""
+import json
+import math
+import os
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from . import __version__, checkpoint
+from .ops import safemax_loss
+from .sampling import epsilon_part, sample
+
+
+class _Batches:
+    """Draws batches of ``(images, labels)`` from a map-style data set (random indices from the
+    Unlearner's generator: reproducible and resumable) or cycles through an iterable such as a
+    DataLoader (re-chunked to the requested batch size)."""
+
+    def __init__(self, data, name: str):
+        self.name = name
+        self.map_style = isinstance(data, Dataset) and hasattr(data, "__len__") \
+            and not isinstance(data, torch.utils.data.IterableDataset)
+        self.data = data
+        if self.map_style and len(data) == 0:
+            raise ValueError(f"{name} data set is empty: give at least one (image, label) pair")
+        self._iter, self._buffer = None, []
+
+    def labels(self):
+        if isinstance(self.data, TensorDataset):
+            return self.data.tensors[1]
+        if self.map_style:
+            return torch.tensor([int(self.data[i][1]) for i in range(len(self.data))])
+        return None
+
+    def draw(self, n: int, generator: torch.Generator):
+        if self.map_style:
+            idx = torch.randint(0, len(self.data), (n,), generator=generator)
+            if isinstance(self.data, TensorDataset):
+                images, labels = self.data.tensors[0][idx], self.data.tensors[1][idx]
+            else:
+                items = [self.data[int(i)] for i in idx]
+                images = torch.stack([torch.as_tensor(im) for im, _ in items])
+                labels = torch.tensor([int(lb) for _, lb in items])
+            return images.float(), labels.long()
+        images, labels, count = [], [], 0
+        while count < n:
+            if not self._buffer:
+                if self._iter is None:
+                    self._iter = iter(self.data)
+                try:
+                    batch = next(self._iter)
+                except StopIteration:
+                    self._iter = iter(self.data)
+                    batch = next(self._iter, None)
+                    if batch is None:
+                        raise ValueError(f"{self.name} data yields nothing")
+                self._buffer = list(zip(torch.as_tensor(batch[0]), torch.as_tensor(batch[1])))
+            im, lb = self._buffer.pop(0)
+            images.append(im)
+            labels.append(int(lb))
+            count += 1
+        return torch.stack(images).float(), torch.tensor(labels)
+
+
+class Unlearner:
+    """Forget classes of a class-conditional diffusers UNet with SAFEMax.
+
+    Args:
+        unet: a diffusers ``UNet2DModel`` with ``num_class_embeds`` (or any model called as
+            ``unet(x_t, t, class_labels=y).sample`` with that config entry). Trained in place.
+        scheduler: a diffusers scheduler exposing ``alphas_cumprod`` (DDPM, DDIM, …).
+        forget: class id or list of class ids to forget.
+        early_fraction: τ in (0, 1]: forget rows are trained on the noisiest τ·T steps only.
+        forget_weight: weight of the forget rows in the loss (retain rows weigh 1).
+        lr: Adam learning rate.
+        seed: seeds every random draw of the fit (data, timesteps, noise).
+        weighting: ``"simple"`` (mean squared error) or ``"vlb"`` (KL in nats).
+    """
+
+    def __init__(self, unet, scheduler, forget, early_fraction: float = 0.5,
+                 forget_weight: float = 1.0, lr: float = 1e-4, seed: int = 0,
+                 weighting: str = "simple"):
+        num_classes = getattr(getattr(unet, "config", None), "num_class_embeds", None)
+        if num_classes is None:
+            raise ValueError(
+                "unet is not class-conditional (its config has no num_class_embeds): SAFEMax "
+                "forgets a class, so the UNet must take class_labels")
+        forget = [forget] if isinstance(forget, int) else list(forget)
+        if not forget:
+            raise ValueError("forget is empty: name at least one class id to forget")
+        for c in forget:
+            if not isinstance(c, int) or not 0 <= c < num_classes:
+                raise ValueError(f"forget class {c!r} is not a class id of this UNet "
+                                 f"(num_class_embeds = {num_classes}: ids 0..{num_classes - 1})")
+        if len(set(forget)) == num_classes:
+            raise ValueError("forget names every class: nothing would be left to keep")
+        abar = getattr(scheduler, "alphas_cumprod", None)
+        if not torch.is_tensor(abar) or abar.dim() != 1:
+            raise TypeError(f"scheduler {type(scheduler).__name__} has no alphas_cumprod tensor; "
+                            "use a diffusers DDPM/DDIM-style scheduler")
+        if not 0 < early_fraction <= 1:
+            raise ValueError(f"early_fraction must be in (0, 1], got {early_fraction}")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not math.isfinite(forget_weight):
+            raise ValueError(f"forget_weight must be finite, got {forget_weight}")
+        if weighting not in ("simple", "vlb"):
+            raise ValueError(f'weighting must be "simple" or "vlb", got {weighting!r}')
+
+        self.unet, self.scheduler = unet, scheduler
+        self.forget = sorted(set(forget))
+        self.num_classes = num_classes
+        self.early_fraction, self.forget_weight, self.lr = early_fraction, forget_weight, lr
+        self.seed, self.weighting = seed, weighting
+        self.num_train_timesteps = abar.shape[0]
+        self.t_min = int(math.floor((1 - early_fraction) * self.num_train_timesteps))
+        self.step = 0
+        self.history = []
+        self.optimizer = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._forget_cache = None
+
+    # ------------------------------------------------------------------ data
+    def _device(self):
+        return next(self.unet.parameters()).device
+
+    def generate_forget_data(self, n: int, num_inference_steps: int = 50) -> TensorDataset:
+        """Data-free forgetting: ``n`` images the current (original) model draws for the forget
+        classes, generated once and reused."""
+        labels = torch.tensor(self.forget).repeat_interleave(-(-n // len(self.forget)))[:n]
+        images = sample(self.unet, self.scheduler, labels, num_inference_steps=num_inference_steps,
+                        seed=self.seed + 1)
+        return TensorDataset(images, labels)
+
+    def _check_data(self, retain: _Batches, forget: _Batches):
+        labels = retain.labels()
+        if labels is not None:
+            bad = sorted(set(labels.tolist()) & set(self.forget))
+            if bad:
+                raise ValueError(f"retain data contains forget class(es) {bad}; split it first, "
+                                 "e.g. safemax.data.split_by_class(dataset, forget)")
+            out = sorted(c for c in set(labels.tolist()) if not 0 <= c < self.num_classes)
+            if out:
+                raise ValueError(f"retain labels {out} are not class ids of this UNet "
+                                 f"(num_class_embeds = {self.num_classes})")
+        labels = forget.labels()
+        if labels is not None:
+            bad = sorted(set(labels.tolist()) - set(self.forget))
+            if bad:
+                raise ValueError(f"forget data contains classes {bad} that are not being "
+                                 f"forgotten ({self.forget})")
+        cfg = self.unet.config
+        images, _ = retain.draw(1, torch.Generator().manual_seed(0))
+        if images.shape[1] != cfg.in_channels:
+            raise ValueError(f"retain images have {images.shape[1]} channels, the UNet takes "
+                             f"{cfg.in_channels}")
+
+    # ------------------------------------------------------------------ training
+    def _config(self, batch_size: int) -> dict:
+        return dict(forget=self.forget, t_min=self.t_min, early_fraction=self.early_fraction,
+                    forget_weight=self.forget_weight, lr=self.lr, seed=self.seed,
+                    weighting=self.weighting, batch_size=batch_size)
+
+    def _save(self, checkpoint_dir: str, batch_size: int):
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        extra = {}
+        if self._forget_cache is not None:
+            extra = {"forget_images": self._forget_cache.tensors[0],
+                     "forget_labels": self._forget_cache.tensors[1]}
+        meta = dict(step=self.step, history=self.history, config=self._config(batch_size))
+        checkpoint.save(os.path.join(checkpoint_dir, checkpoint.FILENAME), self.unet,
+                        self.optimizer, self.generator, meta, extra)
+
+    def _resume(self, checkpoint_dir: str, batch_size: int) -> bool:
+        path = os.path.join(checkpoint_dir, checkpoint.FILENAME)
+        if not os.path.exists(path):
+            return False
+        meta, extra = checkpoint.load(path, self.unet, self.optimizer, self.generator)
+        if meta["config"] != self._config(batch_size):
+            raise ValueError(f"checkpoint {path} was made with other settings "
+                             f"({meta['config']}) than this fit ({self._config(batch_size)})")
+        self.step, self.history = meta["step"], meta["history"]
+        if "forget_images" in extra:
+            self._forget_cache = TensorDataset(extra["forget_images"], extra["forget_labels"])
+        return True
+
+    def _step_batch(self, retain: _Batches, forget: _Batches, batch_size: int):
+        g = self.generator
+        xf, yf = forget.draw(batch_size, g)
+        xr, yr = retain.draw(batch_size, g)
+        T = self.num_train_timesteps
+        tf = torch.randint(self.t_min, T, (batch_size,), generator=g)  # t_min < T as τ > 0
+        tr = torch.randint(0, T, (batch_size,), generator=g)
+        x0 = torch.cat([xf, xr])
+        eps = torch.randn(x0.shape, generator=g)
+        return x0, eps, torch.cat([tf, tr]), torch.cat([yf, yr]), \
+            torch.cat([torch.ones(batch_size, dtype=torch.bool), torch.zeros(batch_size, dtype=torch.bool)])
+
+    def fit(self, retain, forget=None, steps: int = 100, batch_size: int = 64,
+            checkpoint_dir: str = None, checkpoint_every: int = 0, resume: bool = False,
+            progress: bool = True, callback=None, max_grad_norm: float = None) -> list:
+        """Unlearn until ``steps`` optimisation steps have been taken in total.
+
+        Args:
+            retain: ``(image, label)`` data of the classes to keep (data set or DataLoader).
+            forget: ``(image, label)`` data of the forget classes; ``None`` = data-free (images
+                generated once by the original model).
+            steps: total steps (a resumed fit continues up to this number).
+            batch_size: forget rows and retain rows per step (each).
+            checkpoint_dir: where ``checkpoint.safetensors`` is written (atomically) every
+                ``checkpoint_every`` steps, at the end, and on Ctrl-C.
+            resume: continue from the checkpoint in ``checkpoint_dir`` if there is one; the
+                result equals an uninterrupted fit (bit-for-bit on CPU, map-style data sets).
+            callback: ``callback(unlearner, record)`` after every step (e.g. to evaluate); its
+                time is not counted in ``record["seconds"]``.
+            max_grad_norm: clip the gradient norm (off by default).
+
+        Returns:
+            the history: one dict per step with ``step``, ``loss``, ``forget_nats``,
+            ``retain_nats``, ``seconds`` (cumulative training time).
+        """
+        if steps < 0 or batch_size < 1:
+            raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps}, {batch_size}")
+        if (checkpoint_every or resume) and not checkpoint_dir:
+            raise ValueError("checkpoint_every and resume need a checkpoint_dir")
+        retain_b = _Batches(retain, "retain")
+        if resume and self._resume(checkpoint_dir, batch_size):
+            pass
+        elif forget is None and self._forget_cache is None:
+            self._forget_cache = self.generate_forget_data(max(4 * batch_size, 64))
+        forget_b = _Batches(forget if forget is not None else self._forget_cache, "forget")
+        self._check_data(retain_b, forget_b)
+
+        device = self._device()
+        dtype = next(self.unet.parameters()).dtype
+        abar = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        self.unet.train()
+        elapsed = self.history[-1]["seconds"] if self.history else 0.0
+        bar = tqdm(total=steps, initial=self.step, desc="safemax", disable=not progress,
+                   unit="step", dynamic_ncols=True)
+        try:
+            while self.step < steps:
+                start = time.perf_counter()
+                x0, eps, t, labels, is_forget = self._step_batch(retain_b, forget_b, batch_size)
+                x0, eps, t, labels, is_forget = (v.to(device) for v in (x0, eps, t, labels, is_forget))
+                s = abar[t].view(-1, *([1] * (x0.dim() - 1)))
+                x_t = (s.sqrt() * x0 + (1 - s).sqrt() * eps).to(dtype)
+                eps = eps.to(dtype)
+                pred = epsilon_part(self.unet(x_t, t, class_labels=labels).sample, x_t.shape[1])
+                loss, nats = safemax_loss(pred, eps, x_t, t, abar, is_forget, self.t_min,
+                                          self.forget_weight, self.weighting)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"step {self.step + 1}: the loss is {loss.item()}; stopped before updating, so "
+                        f"the weights are those after step {self.step}. Lower lr, check the data for "
+                        "NaN/Inf, or use a float32 model")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+                if not torch.isfinite(norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise FloatingPointError(
+                        f"step {self.step + 1}: a gradient is {norm.item()}; stopped before "
+                        f"updating, so the weights are those after step {self.step}")
+                self.optimizer.step()
+                self.step += 1
+                elapsed += time.perf_counter() - start
+                record = dict(step=self.step, loss=loss.item(),
+                              forget_nats=nats[is_forget].mean().item(),
+                              retain_nats=nats[~is_forget].mean().item(), seconds=elapsed)
+                self.history.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", forget_nats=f"{record['forget_nats']:.2e}",
+                                retain_nats=f"{record['retain_nats']:.2e}", refresh=False)
+                if checkpoint_dir and checkpoint_every and self.step % checkpoint_every == 0:
+                    self._save(checkpoint_dir, batch_size)
+                if callback is not None:
+                    callback(self, record)
+        except KeyboardInterrupt:
+            if checkpoint_dir:
+                self._save(checkpoint_dir, batch_size)
+                bar.write(f"safemax: interrupted; checkpoint of step {self.step} saved in "
+                          f"{checkpoint_dir} (fit(..., resume=True) continues)")
+            raise
+        finally:
+            bar.close()
+        if checkpoint_dir:
+            self._save(checkpoint_dir, batch_size)
+        self.unet.eval()
+        return self.history
+
+    # ------------------------------------------------------------------ output
+    def save_pretrained(self, path: str):
+        """Write the unlearned UNet in diffusers format (``UNet2DModel.from_pretrained(path)``
+        loads it), the scheduler config, and ``safemax.json`` describing what was done."""
+        os.makedirs(path, exist_ok=True)
+        self.unet.save_pretrained(path, safe_serialization=True)
+        if hasattr(self.scheduler, "save_pretrained"):
+            self.scheduler.save_pretrained(path)
+        info = dict(method="safemax", safemax_version=__version__, steps=self.step,
+                    num_train_timesteps=self.num_train_timesteps,
+                    data_free=self._forget_cache is not None, **self._config(None))
+        info.pop("batch_size")
+        with open(os.path.join(path, "safemax.json"), "w") as f:
+            json.dump(info, f, indent=2)
