@@ -1,14 +1,159 @@
 """The ``safemax`` command line (also ``python -m safemax``)."""
 import argparse
+import json
 import sys
+
+EXAMPLES = """examples:
+  safemax demo                                  forget digit 3 of the embedded model, show it
+  safemax demo --forget 7 --steps 50 --out d7   another digit, fewer steps
+  safemax unlearn --forget 3 --out unet-no3     unlearn the embedded model, save diffusers format
+  safemax unlearn --model ./my-ddpm --data ./images --forget 2 --out ./my-ddpm-no2
+  safemax sample --model unet-no3 --label 3 --out threes.png
+  safemax evaluate --model unet-no3 --forget 3
+  safemax selfcheck                             kernels vs reference, timed
+"""
+
+
+def _add_demo(sub):
+    from .demo import DEFAULT_EARLY_FRACTION, DEFAULT_LR
+    p = sub.add_parser(
+        "demo", help="forget a digit of the embedded model and show before/after",
+        description="Load the embedded digits DDPM, measure it, unlearn one digit with SAFEMax, "
+                    "measure again, and write before/after sample grids (before.png, after.png), "
+                    "the accuracy curve (curve.png), report.md, report.json and the unlearned UNet "
+                    "(unet/) to --out. About 2-3 minutes on 2 CPU cores.")
+    p.add_argument("--forget", type=int, default=3, help="digit to forget (default 3)")
+    p.add_argument("--steps", type=int, default=100, help="unlearning steps (default 100)")
+    p.add_argument("--out", default="safemax-demo", help="output folder (default safemax-demo)")
+    p.add_argument("--batch-size", type=int, default=64, help="forget and retain rows per step (each)")
+    p.add_argument("--early-fraction", type=float, default=DEFAULT_EARLY_FRACTION,
+                   help=f"share of the noisiest steps trained to forget (default {DEFAULT_EARLY_FRACTION})")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny measurement (few samples, few sampling steps): a smoke run, not a result")
+
+
+def _add_unlearn(sub):
+    from .demo import DEFAULT_EARLY_FRACTION, DEFAULT_LR
+    p = sub.add_parser(
+        "unlearn", help="unlearn classes of a diffusers UNet and save it",
+        description="SAFEMax on a class-conditional diffusers UNet: the forgotten classes will "
+                    "generate Gaussian noise. Saves the result in diffusers format (plus "
+                    "safemax.json) to --out. Checkpoints every --checkpoint-every steps; Ctrl-C "
+                    "saves one; --resume continues.")
+    p.add_argument("--model", default="default",
+                   help="'default' (the embedded digits model) or a local diffusers UNet/pipeline folder")
+    p.add_argument("--data", default="digits",
+                   help="'digits' (scikit-learn's) or an image folder laid out as DIR/<class id>/*.png")
+    p.add_argument("--forget", type=int, nargs="+", required=True, help="class id(s) to forget")
+    p.add_argument("--data-free", action="store_true",
+                   help="do not use forget-class images: generate them with the original model")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--early-fraction", type=float, default=DEFAULT_EARLY_FRACTION)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR)
+    p.add_argument("--forget-weight", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for the unlearned UNet")
+    p.add_argument("--checkpoint-dir", help="folder for checkpoints (default: OUT/checkpoint)")
+    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="draw class-conditional samples into a PNG grid",
+                       description="DDIM samples of one or more classes; one row per class.")
+    p.add_argument("--model", default="default")
+    p.add_argument("--label", type=int, nargs="+", required=True, help="class id(s), one row each")
+    p.add_argument("--n", type=int, default=10, help="samples per class (default 10)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="samples.png")
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser(
+        "evaluate", help="measure forgetting and retained quality (digits models)",
+        description="Sample the model and score the samples with the embedded digits classifier "
+                    "(10 digits + 'not a digit'): forget accuracy, P(forget), entropy, retain "
+                    "accuracy, Fréchet distance to real digits, Gaussianity. Prints JSON.")
+    p.add_argument("--model", default="default")
+    p.add_argument("--forget", type=int, nargs="+", required=True)
+    p.add_argument("--n-forget", type=int, default=100)
+    p.add_argument("--n-per-class", type=int, default=30)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cuda():
+    import torch
+    return torch.cuda.is_available()
+
+
+def _unlearn(args):
+    import os
+
+    from .data import ImageFolder, digits_dataset, split_by_class
+    from .loading import load_unet_and_scheduler
+    from .unlearner import Unlearner
+
+    unet, scheduler = load_unet_and_scheduler(args.model, args.device)
+    if args.data == "digits":
+        data = digits_dataset(size=unet.config.sample_size)
+    else:
+        data = ImageFolder(args.data, unet.config.sample_size, unet.config.in_channels)
+    forget_data, retain_data = split_by_class(data, args.forget)
+    u = Unlearner(unet, scheduler, forget=args.forget, early_fraction=args.early_fraction,
+                  forget_weight=args.forget_weight, lr=args.lr, seed=args.seed)
+    ckpt = args.checkpoint_dir or os.path.join(args.out, "checkpoint")
+    u.fit(retain_data, None if args.data_free else forget_data, steps=args.steps,
+          batch_size=args.batch_size, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
+          resume=args.resume)
+    u.save_pretrained(args.out)
+    print(f"unlearned UNet saved to {args.out} (diffusers format; safemax.json says what was done)")
+
+
+def _sample(args):
+    import torch
+
+    from .loading import load_unet_and_scheduler
+    from .report import save_grid
+    from .sampling import sample
+
+    unet, scheduler = load_unet_and_scheduler(args.model, "cuda" if _cuda() else "cpu")
+    labels = torch.tensor(args.label).repeat_interleave(args.n)
+    images = sample(unet, scheduler, labels, num_inference_steps=args.steps, seed=args.seed, progress=True)
+    save_grid(images, rows=len(args.label), path=args.out)
+    print(f"{len(images)} samples written to {args.out}")
+
+
+def _evaluate(args):
+    from .data import digits_dataset, split_by_class
+    from .loading import load_unet_and_scheduler
+    from .metrics import evaluate
+    from .zoo import load_default_classifier
+
+    unet, scheduler = load_unet_and_scheduler(args.model)
+    _, retain = split_by_class(digits_dataset(size=unet.config.sample_size), args.forget)
+    result = evaluate(unet, scheduler, load_default_classifier(), args.forget,
+                      [c for c in range(10) if c not in args.forget], retain.tensors[0],
+                      n_forget=args.n_forget, n_per_class=args.n_per_class,
+                      num_inference_steps=args.steps, seed=args.seed, progress=True)
+    print(json.dumps(result, indent=2))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="safemax",
+        prog="safemax", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="SAFEMax machine unlearning for diffusion models: a forgotten class "
                     "generates Gaussian noise.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
+    _add_unlearn(sub)
+    _add_sample(sub)
+    _add_evaluate(sub)
     check = sub.add_parser(
         "selfcheck", help="check the compiled kernels against the reference and time them",
         description="Run the fused op and the pure-PyTorch reference on one random batch per "
@@ -21,7 +166,14 @@ def main(argv=None) -> int:
     if args.command == "selfcheck":
         from .selfcheck import run
         return 0 if run(batch=args.batch, reps=args.reps) else 1
-    return 2  # unreachable: argparse rejects unknown commands
+    if args.command == "demo":
+        from .demo import run
+        quick = dict(eval_every=0, n_forget=8, n_per_class=2, num_inference_steps=5) if args.quick else {}
+        run(forget=args.forget, steps=args.steps, out=args.out, batch_size=args.batch_size,
+            early_fraction=args.early_fraction, lr=args.lr, seed=args.seed, **quick)
+        return 0
+    {"unlearn": _unlearn, "sample": _sample, "evaluate": _evaluate}[args.command](args)
+    return 0
 
 
 if __name__ == "__main__":

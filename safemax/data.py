@@ -1,4 +1,5 @@
 """scikit-learn's bundled handwritten digits as a diffusion data set (no download needed)."""
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
@@ -36,3 +37,40 @@ def split_by_class(dataset: Dataset, classes):
         return (TensorDataset(*(t[inside] for t in dataset.tensors)),
                 TensorDataset(*(t[outside] for t in dataset.tensors)))
     return torch.utils.data.Subset(dataset, inside), torch.utils.data.Subset(dataset, outside)
+
+
+class ImageFolder(Dataset):
+    """``root/<class id>/<image>`` files as ``(image [C, size, size] in [-1, 1], class id)``."""
+
+    EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+    def __init__(self, root: str, size: int, channels: int):
+        import os
+
+        if not os.path.isdir(root):
+            raise ValueError(f"image folder {root!r} does not exist")
+        self.items = []
+        for name in sorted(os.listdir(root)):
+            folder = os.path.join(root, name)
+            if not os.path.isdir(folder):
+                continue
+            if not name.isdigit():
+                raise ValueError(f"{folder}: class folders must be named by class id (0, 1, …)")
+            self.items += [(os.path.join(folder, f), int(name)) for f in sorted(os.listdir(folder))
+                           if f.lower().endswith(self.EXTENSIONS)]
+        if not self.items:
+            raise ValueError(f"no images under {root!r} (expected {root}/<class id>/<image>.png)")
+        self.size, self.mode = size, {1: "L", 3: "RGB"}.get(channels)
+        if self.mode is None:
+            raise ValueError(f"image folders need a 1- or 3-channel model, not {channels}")
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, label = self.items[i]
+        img = Image.open(path).convert(self.mode).resize((self.size, self.size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).view(self.size, self.size, -1)
+        return x.permute(2, 0, 1) / 127.5 - 1, label

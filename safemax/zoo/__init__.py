@@ -37,8 +37,8 @@ def load_default_unet(device="cpu", dtype=torch.float32):
         raise FileNotFoundError(
             f"the embedded digits UNet is missing from {UNET_DIR}; reinstall safemax, or train it "
             "with: python -m safemax.zoo.train")
-    unet = UNet2DModel.from_pretrained(UNET_DIR, use_safetensors=True)
-    return unet.to(device=device, dtype=dtype).eval()
+    unet = UNet2DModel.from_pretrained(UNET_DIR, use_safetensors=True, torch_dtype=dtype)
+    return unet.to(device).eval()
 
 
 def load_default_classifier(device="cpu") -> DigitClassifier:

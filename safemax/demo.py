@@ -1,0 +1,83 @@
+"""``safemax demo``: forget one digit of the embedded model and show what changed.
+
+Embedded default → measure → unlearn → measure → before/after sample grids, a forget/retain
+accuracy curve, ``report.md`` and ``report.json``, and a summary table on the console.
+"""
+import os
+import time
+
+import torch
+
+from .data import digits_dataset, split_by_class
+from .metrics import evaluate
+from .report import console_table, metrics_table, save_curves, save_grid, write_json
+from .unlearner import Unlearner
+from .zoo import default_scheduler, load_default_classifier, load_default_unet
+
+# Defaults chosen from the early-fraction sweep in the README (benchmarks/tau_sweep.py).
+DEFAULT_EARLY_FRACTION = 0.75
+DEFAULT_LR = 1e-4
+
+
+def run(forget: int = 3, steps: int = 100, out: str = "safemax-demo", batch_size: int = 64,
+        early_fraction: float = DEFAULT_EARLY_FRACTION, lr: float = DEFAULT_LR, seed: int = 0,
+        eval_every: int = 25, n_forget: int = 100, n_per_class: int = 30,
+        num_inference_steps: int = 50, progress: bool = True) -> dict:
+    if not 0 <= forget <= 9:
+        raise ValueError(f"--forget must be a digit 0..9, got {forget}")
+    os.makedirs(out, exist_ok=True)
+    start = time.time()
+    unet, scheduler, classifier = load_default_unet(), default_scheduler(), load_default_classifier()
+    data = digits_dataset()
+    forget_data, retain_data = split_by_class(data, [forget])
+    retain_classes = [c for c in range(10) if c != forget]
+    real_retain = retain_data.tensors[0]
+    measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[forget],
+                   retain_classes=retain_classes, real_retain=real_retain, seed=seed)
+
+    print(f"safemax demo: forgetting digit {forget} of the embedded digits model "
+          f"({steps} steps, batch {batch_size}+{batch_size}, early fraction {early_fraction}, lr {lr})")
+    before = evaluate(**measure, n_forget=n_forget, n_per_class=n_per_class,
+                      num_inference_steps=num_inference_steps, return_samples=True, progress=progress)
+    curve = [dict(step=0, **{k: before[k] for k in ("fa", "fa_digits", "retain_acc")})]
+
+    def track(u, record):  # a lighter measurement every eval_every steps, for the curve
+        if eval_every and record["step"] % eval_every == 0 and record["step"] < steps:
+            m = evaluate(**measure, n_forget=50, n_per_class=10, num_inference_steps=25)
+            curve.append(dict(step=record["step"], **{k: m[k] for k in ("fa", "fa_digits", "retain_acc")}))
+
+    u = Unlearner(unet, scheduler, forget=[forget], early_fraction=early_fraction, lr=lr, seed=seed)
+    history = u.fit(retain_data, forget_data, steps=steps, batch_size=batch_size, progress=progress,
+                    callback=track)
+    unlearn_seconds = history[-1]["seconds"] if history else 0.0
+    after = evaluate(**measure, n_forget=n_forget, n_per_class=n_per_class,
+                     num_inference_steps=num_inference_steps, return_samples=True, progress=progress)
+    curve.append(dict(step=steps, **{k: after[k] for k in ("fa", "fa_digits", "retain_acc")}))
+
+    # Pictures: one row per class, forgotten class first.
+    for name, res in (("before", before), ("after", after)):
+        s = res.pop("samples")
+        rows = [s["forget"][:10]] + [s["retain"][s["retain_labels"] == c][:10] for c in retain_classes]
+        save_grid(torch.cat(rows), rows=len(rows), path=os.path.join(out, f"{name}.png"))
+    save_curves(curve, os.path.join(out, "curve.png"), f"forgetting digit {forget}")
+    u.save_pretrained(os.path.join(out, "unet"))
+
+    seconds = time.time() - start
+    report = dict(forget=forget, steps=steps, batch_size=batch_size, early_fraction=early_fraction,
+                  t_min=u.t_min, lr=lr, seed=seed, seconds=round(seconds, 1),
+                  unlearn_seconds=round(unlearn_seconds, 1), before=before, after=after,
+                  curve=curve, final_loss=history[-1]["loss"] if history else None)
+    write_json(os.path.join(out, "report.json"), report)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(f"# safemax demo: forgetting digit {forget}\n\n"
+                f"Embedded digits model, {steps} SAFEMax steps at batch {batch_size}+{batch_size}, "
+                f"early fraction {early_fraction} (t_min {u.t_min}), lr {lr}. Unlearning took "
+                f"{unlearn_seconds:.1f} s; the whole demo {seconds:.1f} s. Samples: DDIM "
+                f"{num_inference_steps} steps, {n_forget} of digit {forget}, {n_per_class} of "
+                "each other digit, same seed before and after.\n\n"
+                + metrics_table(before, after) +
+                "\n\n| before | after |\n| --- | --- |\n| ![before](before.png) | ![after](after.png) |\n\n"
+                "First row: the forgotten digit; other rows: the kept digits.\n\n![curve](curve.png)\n")
+    print(console_table(before, after))
+    print(f"unlearning {unlearn_seconds:.1f} s, whole demo {seconds:.1f} s; pictures and report in {out}/")
+    return report

@@ -1,0 +1,74 @@
+"""Pictures and tables: sample grids, curves, and the markdown summary of a measurement."""
+import json
+
+import torch
+
+METRIC_LABELS = [
+    ("fa", "forget accuracy (11 classes)"),
+    ("fa_digits", "forget accuracy (digits only)"),
+    ("p_forget", "P(forget class)"),
+    ("entropy", "classifier entropy on forget samples (nats)"),
+    ("retain_acc", "retain accuracy"),
+    ("frechet", "retain Fréchet distance"),
+    ("gaussian_mean", "forget samples: pixel mean"),
+    ("gaussian_std", "forget samples: pixel std"),
+    ("gaussian_kurtosis", "forget samples: kurtosis (3 = Gaussian)"),
+]
+
+
+def save_grid(images: torch.Tensor, rows: int, path: str, scale: int = 4, pad: int = 1):
+    """Images ``[N, C, H, W]`` in [-1, 1] (clipped here) as a ``rows``-row PNG grid."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    cols = -(-n // rows)
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    canvas = torch.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        canvas[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = x[i]
+    arr = canvas.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if c == 1 else arr)
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+
+
+def save_curves(history: list, path: str, title: str):
+    """Forget accuracy and retain accuracy against the unlearning step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(steps, [h["fa"] for h in history], "o-", label="forget accuracy (11 classes)")
+    ax.plot(steps, [h["fa_digits"] for h in history], "o--", label="forget accuracy (digits only)")
+    ax.plot(steps, [h["retain_acc"] for h in history], "s-", label="retain accuracy")
+    ax.set_xlabel("unlearning step")
+    ax.set_ylabel("share of samples")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(loc="center right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def metrics_table(before: dict, after: dict) -> str:
+    lines = ["| metric | before | after |", "| --- | ---: | ---: |"]
+    for key, label in METRIC_LABELS:
+        lines.append(f"| {label} | {before[key]:.3f} | {after[key]:.3f} |")
+    return "\n".join(lines)
+
+
+def console_table(before: dict, after: dict) -> str:
+    width = max(len(label) for _, label in METRIC_LABELS)
+    lines = [f"{'metric':<{width}}  {'before':>8}  {'after':>8}"]
+    for key, label in METRIC_LABELS:
+        lines.append(f"{label:<{width}}  {before[key]:8.3f}  {after[key]:8.3f}")
+    return "\n".join(lines)
+
+
+def write_json(path: str, obj: dict):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)

@@ -1,0 +1,142 @@
+"""The command line, the embedded default model, sampling and metrics (fast)."""
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from safemax.__main__ import main
+from safemax.data import ImageFolder, digits_dataset, split_by_class
+from safemax.metrics import gaussianity
+from safemax.sampling import sample
+from safemax.zoo import (CLASSIFIER_FILE, NOT_A_DIGIT, UNET_DIR, default_scheduler,
+                         load_default_classifier, load_default_unet)
+
+diffusers = pytest.importorskip("diffusers")
+
+
+# ---------------------------------------------------------------- the method's fixed point
+
+class HaltedModel(torch.nn.Module):
+    """The Bayes-optimal predictor for a class that *is* N(0, I): ε* = √(1−ᾱ_t)·x_t."""
+
+    def __init__(self, alphas_cumprod):
+        super().__init__()
+        self.register_buffer("abar", alphas_cumprod.clone())
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(in_channels=1, sample_size=16)
+
+    def forward(self, x, t, class_labels=None):
+        s = (1 - self.abar[t]).sqrt().view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=s * x)
+
+
+def test_max_entropy_target_halts_denoising():
+    """DDIM with the max-entropy prediction returns the starting noise, scaled by ≈ 0.96."""
+    scheduler = default_scheduler()
+    model = HaltedModel(scheduler.alphas_cumprod)
+    out = sample(model, scheduler, torch.zeros(256, dtype=torch.long), num_inference_steps=50, seed=1)
+    start = torch.randn((256, 1, 16, 16), generator=torch.Generator().manual_seed(1))
+    ratio = (out / start).flatten()
+    assert ratio.std() < 1e-3 and 0.94 < ratio.mean() < 0.98
+    g = gaussianity(out)
+    assert abs(g["gaussian_mean"]) < 0.02 and 0.93 < g["gaussian_std"] < 0.99
+    assert 2.8 < g["gaussian_kurtosis"] < 3.2
+
+
+# ---------------------------------------------------------------- embedded default
+
+def test_embedded_model_and_classifier_load_and_are_small():
+    unet = load_default_unet()
+    assert unet.config.num_class_embeds == 10 and unet.config.sample_size == 16
+    assert next(unet.parameters()).dtype == torch.float32
+    size = sum(os.path.getsize(os.path.join(UNET_DIR, f)) for f in os.listdir(UNET_DIR))
+    assert size + os.path.getsize(CLASSIFIER_FILE) <= 10 * 2**20
+    clf = load_default_classifier()
+    images, labels = digits_dataset().tensors
+    with torch.no_grad():
+        assert (clf(images).argmax(1) == labels).float().mean() > 0.97
+        noise = torch.randn(200, 1, 16, 16, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+        assert (clf(noise).argmax(1) == NOT_A_DIGIT).float().mean() > 0.95
+
+
+def test_digits_data_and_split():
+    data = digits_dataset()
+    images, labels = data.tensors
+    assert images.shape == (1797, 1, 16, 16) and images.min() >= -1 and images.max() <= 1
+    forget, retain = split_by_class(data, [3])
+    assert set(forget.tensors[1].tolist()) == {3} and 3 not in retain.tensors[1].tolist()
+    assert len(forget) + len(retain) == len(data)
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+    for c in (0, 2):
+        (tmp_path / str(c)).mkdir()
+        for i in range(2):
+            Image.new("L", (20, 20), color=40 * (i + c)).save(tmp_path / str(c) / f"{i}.png")
+    ds = ImageFolder(str(tmp_path), size=8, channels=1)
+    x, y = ds[3]
+    assert len(ds) == 4 and x.shape == (1, 8, 8) and y == 2 and -1 <= x.min() <= x.max() <= 1
+    with pytest.raises(ValueError, match="no images"):
+        ImageFolder(str(tmp_path / "0"), size=8, channels=1)
+
+
+# ---------------------------------------------------------------- command line
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["unlearn"], ["sample"], ["evaluate"], ["selfcheck"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(command + ["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: safemax" in text
+    if command == ["demo"]:
+        assert "--forget" in text and "--steps" in text and "--out" in text
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "safemax", "--help"], capture_output=True, text=True,
+                         cwd=os.path.dirname(__file__))
+    assert out.returncode == 0 and "demo" in out.stdout and "unlearn" in out.stdout
+
+
+def test_demo_smoke(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--steps", "2", "--batch-size", "8", "--quick", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("forget", "steps", "seconds"):
+        assert key in report
+    for side in ("before", "after"):
+        for key in ("fa", "fa_digits", "p_forget", "entropy", "retain_acc", "frechet",
+                    "gaussian_mean", "gaussian_std"):
+            assert isinstance(report[side][key], float)
+    for name in ("before.png", "after.png", "curve.png", "report.md"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "unet" / "safemax.json").exists()
+
+
+def test_unlearn_sample_evaluate_commands(tmp_path, capsys):
+    out = tmp_path / "no3"
+    main(["unlearn", "--forget", "3", "--steps", "2", "--batch-size", "4", "--out", str(out),
+          "--checkpoint-every", "1"])
+    assert (out / "diffusion_pytorch_model.safetensors").exists()
+    assert (out / "checkpoint" / "checkpoint.safetensors").exists()
+    info = json.loads((out / "safemax.json").read_text())
+    assert info["forget"] == [3] and info["steps"] == 2
+    main(["sample", "--model", str(out), "--label", "3", "5", "--n", "2", "--steps", "2",
+          "--out", str(tmp_path / "s.png")])
+    assert (tmp_path / "s.png").exists()
+    capsys.readouterr()
+    main(["evaluate", "--model", str(out), "--forget", "3", "--n-forget", "4", "--n-per-class", "1",
+          "--steps", "2"])
+    result = json.loads(capsys.readouterr().out)
+    assert 0 <= result["fa"] <= 1 and result["frechet"] >= 0
+
+
+def test_unlearn_refuses_a_missing_model(tmp_path):
+    with pytest.raises(ValueError, match="neither 'default' nor a local folder"):
+        main(["unlearn", "--model", str(tmp_path / "nope"), "--forget", "1", "--out", str(tmp_path / "o")])
