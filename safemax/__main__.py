@@ -53,6 +53,8 @@ def _add_unlearn(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--early-fraction", type=float, default=DEFAULT_EARLY_FRACTION)
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
+    p.add_argument("--max-snr", type=float, default=None,
+                   help="window by noise level instead: train forgetting where SNR = ᾱ/(1−ᾱ) <= this")
     p.add_argument("--forget-weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the unlearned UNet")
@@ -106,7 +108,7 @@ def _unlearn(args):
         data = ImageFolder(args.data, unet.config.sample_size, unet.config.in_channels)
     forget_data, retain_data = split_by_class(data, args.forget)
     u = Unlearner(unet, scheduler, forget=args.forget, early_fraction=args.early_fraction,
-                  forget_weight=args.forget_weight, lr=args.lr, seed=args.seed)
+                  forget_weight=args.forget_weight, lr=args.lr, seed=args.seed, max_snr=args.max_snr)
     ckpt = args.checkpoint_dir or os.path.join(args.out, "checkpoint")
     u.fit(retain_data, None if args.data_free else forget_data, steps=args.steps,
           batch_size=args.batch_size, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,

@@ -83,6 +83,9 @@ class Unlearner:
         scheduler: a diffusers scheduler exposing ``alphas_cumprod`` (DDPM, DDIM, …).
         forget: class id or list of class ids to forget.
         early_fraction: τ in (0, 1]: forget rows are trained on the noisiest τ·T steps only.
+        max_snr: alternatively, the window by noise level: forget rows are trained on the steps
+            whose signal-to-noise ratio ᾱ_t/(1−ᾱ_t) is at most this (overrides early_fraction;
+            transfers across schedules and resolutions better than a step count).
         forget_weight: weight of the forget rows in the loss (retain rows weigh 1).
         lr: Adam learning rate.
         seed: seeds every random draw of the fit (data, timesteps, noise).
@@ -91,7 +94,7 @@ class Unlearner:
 
     def __init__(self, unet, scheduler, forget, early_fraction: float = 0.5,
                  forget_weight: float = 1.0, lr: float = 1e-4, seed: int = 0,
-                 weighting: str = "simple"):
+                 weighting: str = "simple", max_snr: float = None):
         num_classes = getattr(getattr(unet, "config", None), "num_class_embeds", None)
         if num_classes is None:
             raise ValueError(
@@ -119,13 +122,21 @@ class Unlearner:
         if weighting not in ("simple", "vlb"):
             raise ValueError(f'weighting must be "simple" or "vlb", got {weighting!r}')
 
+        self.num_train_timesteps = T = abar.shape[0]
+        snr = abar.double() / (1 - abar.double())
+        if max_snr is not None:
+            if not max_snr > snr[-1]:
+                raise ValueError(f"max_snr must exceed the SNR of the noisiest step ({snr[-1].item():.3g})")
+            self.t_min = int(torch.nonzero(snr <= max_snr)[0])  # SNR falls with t
+            early_fraction = (T - self.t_min) / T
+        else:
+            self.t_min = int(math.floor((1 - early_fraction) * T))
+        self.snr_at_t_min = float(snr[self.t_min])
         self.unet, self.scheduler = unet, scheduler
         self.forget = sorted(set(forget))
         self.num_classes = num_classes
         self.early_fraction, self.forget_weight, self.lr = early_fraction, forget_weight, lr
         self.seed, self.weighting = seed, weighting
-        self.num_train_timesteps = abar.shape[0]
-        self.t_min = int(math.floor((1 - early_fraction) * self.num_train_timesteps))
         self.step = 0
         self.history = []
         self.optimizer = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=lr)
@@ -170,6 +181,7 @@ class Unlearner:
     # ------------------------------------------------------------------ training
     def _config(self, batch_size: int) -> dict:
         return dict(forget=self.forget, t_min=self.t_min, early_fraction=self.early_fraction,
+                    snr_at_t_min=self.snr_at_t_min,
                     forget_weight=self.forget_weight, lr=self.lr, seed=self.seed,
                     weighting=self.weighting, batch_size=batch_size)
 

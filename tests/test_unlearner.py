@@ -249,3 +249,14 @@ def test_bad_data_raises_before_any_step(which, message):
     with pytest.raises(ValueError, match=message):
         u.fit(retain, forget, steps=2, batch_size=4, progress=False)
     assert u.step == 0 and all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+
+
+def test_window_by_noise_level():
+    sched = scheduler()
+    abar = sched.alphas_cumprod.double()
+    snr = abar / (1 - abar)
+    u = Unlearner(tiny_unet(), sched, forget=[1], max_snr=1.0)
+    assert snr[u.t_min] <= 1.0 < snr[u.t_min - 1]
+    assert u.early_fraction == (T - u.t_min) / T and u.snr_at_t_min == pytest.approx(float(snr[u.t_min]))
+    with pytest.raises(ValueError, match="max_snr must exceed"):
+        Unlearner(tiny_unet(), sched, forget=[1], max_snr=float(snr[-1]) / 2)
