@@ -16,7 +16,8 @@ def load_unet_and_scheduler(spec: str, device: str = "cpu"):
                          "(safemax never downloads weights)")
     unet_dir = os.path.join(spec, "unet") if os.path.isdir(os.path.join(spec, "unet")) else spec
     sched_dir = os.path.join(spec, "scheduler") if os.path.isdir(os.path.join(spec, "scheduler")) else spec
-    unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=torch.float32).to(device)
+    # safetensors only: a pickled .bin could run code on load
+    unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=torch.float32, use_safetensors=True).to(device)
     if os.path.exists(os.path.join(sched_dir, "scheduler_config.json")):
         scheduler = DDPMScheduler.from_pretrained(sched_dir)
     else:

@@ -126,10 +126,26 @@ def train_unet(seed: int = 0, steps: int = 4000, batch_size: int = 128, lr: floa
     return ema
 
 
+def measure_unet(n_per_class: int = 50, num_inference_steps: int = 50, seed: int = 0) -> dict:
+    """Mean per-class accuracy of the shipped UNet's DDIM samples, by the shipped classifier."""
+    from ..metrics import classify
+    from ..sampling import sample
+    from . import load_default_classifier, load_default_unet
+
+    labels = torch.arange(10).repeat_interleave(n_per_class)
+    images = sample(load_default_unet(), default_scheduler(), labels,
+                    num_inference_steps=num_inference_steps, seed=seed, progress=True)
+    hit = (classify(load_default_classifier(), images).argmax(1) == labels).float()
+    per_class = [round(float(hit[labels == c].mean()), 3) for c in range(10)]
+    return dict(mean_per_class_accuracy=round(sum(per_class) / 10, 4), per_class=per_class,
+                n_per_class=n_per_class, ddim_steps=num_inference_steps)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m safemax.zoo.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["classifier", "unet"], help="train just one of the two")
+    p.add_argument("--only", choices=["classifier", "unet", "measure"],
+                   help="train just one of the two, or only measure the shipped UNet")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=4000, help="UNet optimisation steps (default 4000)")
     p.add_argument("--minutes", type=float, default=None, help="stop the UNet early after this long")
@@ -138,6 +154,15 @@ def main(argv=None):
         train_classifier(seed=args.seed)
     if args.only in (None, "unet"):
         train_unet(seed=args.seed, steps=args.steps, minutes=args.minutes)
+    if args.only in (None, "unet", "measure"):
+        result = measure_unet()
+        print(f"UNet DDIM-50 samples: mean per-class accuracy {result['mean_per_class_accuracy']:.3f} "
+              f"{result['per_class']}")
+        info_path = os.path.join(UNET_DIR, "training.json")
+        info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+        info["samples"] = result
+        with open(info_path, "w") as f:
+            json.dump(info, f, indent=2)
 
 
 if __name__ == "__main__":
