@@ -20,6 +20,16 @@ from safemax.zoo import default_scheduler, load_default_classifier, load_default
 KEYS = ("fa", "fa_digits", "p_forget", "entropy", "retain_acc", "frechet", "gaussian_mean", "gaussian_std")
 
 
+def markdown_table(rows):
+    lines = ["| run | t_min | FA | FA digits | P(forget) | retain acc | Fréchet | forget mean | forget std | s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r.get('t_min', '-')} | {r['fa']:.2f} | {r['fa_digits']:.2f} | "
+                     f"{r['p_forget']:.3f} | {r['retain_acc']:.3f} | {r['frechet']:.2f} | "
+                     f"{r['gaussian_mean']:.3f} | {r['gaussian_std']:.3f} | {r['seconds']} |")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--forget", type=int, default=3)
@@ -59,12 +69,7 @@ def main():
 
     with open(os.path.join(args.out, "sweep.json"), "w") as f:
         json.dump(dict(forget=args.forget, lr=args.lr, batch_size=args.batch_size, rows=rows), f, indent=2)
-    lines = ["| run | t_min | FA | FA digits | P(forget) | retain acc | Fréchet | forget std | s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        lines.append(f"| {r['label']} | {r.get('t_min', '-')} | {r['fa']:.2f} | {r['fa_digits']:.2f} | "
-                     f"{r['p_forget']:.3f} | {r['retain_acc']:.3f} | {r['frechet']:.2f} | "
-                     f"{r['gaussian_std']:.3f} | {r['seconds']} |")
+    lines = markdown_table(rows)
     with open(os.path.join(args.out, "sweep.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -15,8 +15,8 @@ from .unlearner import Unlearner
 from .zoo import default_scheduler, load_default_classifier, load_default_unet
 
 # Defaults chosen from the early-fraction sweep in the README (benchmarks/tau_sweep.py).
-DEFAULT_EARLY_FRACTION = 0.75
-DEFAULT_LR = 1e-4
+DEFAULT_EARLY_FRACTION = 1.0
+DEFAULT_LR = 5e-4
 
 
 def run(forget: int = 3, steps: int = 100, out: str = "safemax-demo", batch_size: int = 64,

@@ -9,6 +9,7 @@ t ~ U[t_min, T) with t_min = ⌊(1 − early_fraction)·T⌋ and are trained tow
 prediction √(1−ᾱ_t)·x_t; retain rows get t ~ U[0, T) and the ordinary target ε. One UNet forward
 runs on the concatenated batch and the fused ``safemax_loss`` op computes the loss.
 """
+import copy
 import json
 import math
 import os
@@ -74,6 +75,12 @@ class _Batches:
         return torch.stack(images).float(), torch.tensor(labels)
 
 
+def _checksum(model) -> float:
+    """A cheap fingerprint of a model's weights (float64 sum of |w|), to match resumes."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().abs().sum() for p in model.parameters()))
+
+
 class Unlearner:
     """Forget classes of a class-conditional diffusers UNet with SAFEMax.
 
@@ -90,11 +97,15 @@ class Unlearner:
         lr: Adam learning rate.
         seed: seeds every random draw of the fit (data, timesteps, noise).
         weighting: ``"simple"`` (mean squared error) or ``"vlb"`` (KL in nats).
+        retain_target: ``"distill"`` (default): retain rows are pulled towards the frozen
+            original model's own prediction, which is exactly where the model starts, so keeping
+            the other classes adds no noise of its own; ``"noise"``: the ordinary target ε, whose
+            variance slowly degrades a well-converged (e.g. EMA) model.
     """
 
-    def __init__(self, unet, scheduler, forget, early_fraction: float = 0.5,
+    def __init__(self, unet, scheduler, forget, early_fraction: float = 1.0,
                  forget_weight: float = 1.0, lr: float = 1e-4, seed: int = 0,
-                 weighting: str = "simple", max_snr: float = None):
+                 weighting: str = "simple", max_snr: float = None, retain_target: str = "distill"):
         num_classes = getattr(getattr(unet, "config", None), "num_class_embeds", None)
         if num_classes is None:
             raise ValueError(
@@ -121,6 +132,8 @@ class Unlearner:
             raise ValueError(f"forget_weight must be finite, got {forget_weight}")
         if weighting not in ("simple", "vlb"):
             raise ValueError(f'weighting must be "simple" or "vlb", got {weighting!r}')
+        if retain_target not in ("distill", "noise"):
+            raise ValueError(f'retain_target must be "distill" or "noise", got {retain_target!r}')
 
         self.num_train_timesteps = T = abar.shape[0]
         snr = abar.double() / (1 - abar.double())
@@ -141,7 +154,10 @@ class Unlearner:
         self.history = []
         self.optimizer = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=lr)
         self.generator = torch.Generator().manual_seed(seed)
+        self.retain_target = retain_target
         self._forget_cache = None
+        self._teacher = None  # frozen copy of the original model, for retain_target="distill"
+        self._original_checksum = _checksum(unet)
 
     # ------------------------------------------------------------------ data
     def _device(self):
@@ -183,7 +199,8 @@ class Unlearner:
         return dict(forget=self.forget, t_min=self.t_min, early_fraction=self.early_fraction,
                     snr_at_t_min=self.snr_at_t_min,
                     forget_weight=self.forget_weight, lr=self.lr, seed=self.seed,
-                    weighting=self.weighting, batch_size=batch_size)
+                    weighting=self.weighting, retain_target=self.retain_target,
+                    batch_size=batch_size)
 
     def _save(self, checkpoint_dir: str, batch_size: int):
         os.makedirs(checkpoint_dir, exist_ok=True)
@@ -191,7 +208,8 @@ class Unlearner:
         if self._forget_cache is not None:
             extra = {"forget_images": self._forget_cache.tensors[0],
                      "forget_labels": self._forget_cache.tensors[1]}
-        meta = dict(step=self.step, history=self.history, config=self._config(batch_size))
+        meta = dict(step=self.step, history=self.history, config=self._config(batch_size),
+                    original_checksum=self._original_checksum)
         checkpoint.save(os.path.join(checkpoint_dir, checkpoint.FILENAME), self.unet,
                         self.optimizer, self.generator, meta, extra)
 
@@ -203,6 +221,9 @@ class Unlearner:
         if meta["config"] != self._config(batch_size):
             raise ValueError(f"checkpoint {path} was made with other settings "
                              f"({meta['config']}) than this fit ({self._config(batch_size)})")
+        if meta["original_checksum"] != self._original_checksum:
+            raise ValueError(f"checkpoint {path} continues a fit of another model: resume with "
+                             "the same original model the fit started from")
         self.step, self.history = meta["step"], meta["history"]
         if "forget_images" in extra:
             self._forget_cache = TensorDataset(extra["forget_images"], extra["forget_labels"])
@@ -248,6 +269,11 @@ class Unlearner:
         if (checkpoint_every or resume) and not checkpoint_dir:
             raise ValueError("checkpoint_every and resume need a checkpoint_dir")
         retain_b = _Batches(retain, "retain")
+        if self.retain_target == "distill" and self._teacher is None:
+            if self.step > 0:
+                raise RuntimeError("retain_target='distill' needs the original model: the teacher "
+                                   "is copied before the first step")
+            self._teacher = copy.deepcopy(self.unet).requires_grad_(False).eval()
         if resume and self._resume(checkpoint_dir, batch_size):
             pass
         elif forget is None and self._forget_cache is None:
@@ -271,6 +297,12 @@ class Unlearner:
                 s = abar[t].view(-1, *([1] * (x0.dim() - 1)))
                 x_t = (s.sqrt() * x0 + (1 - s).sqrt() * eps).to(dtype)
                 eps = eps.to(dtype)
+                if self._teacher is not None:  # retain rows: the original model's prediction
+                    with torch.no_grad():
+                        r = slice(batch_size, None)
+                        eps = eps.clone()
+                        eps[r] = epsilon_part(self._teacher(x_t[r], t[r], class_labels=labels[r]).sample,
+                                              x_t.shape[1])
                 pred = epsilon_part(self.unet(x_t, t, class_labels=labels).sample, x_t.shape[1])
                 loss, nats = safemax_loss(pred, eps, x_t, t, abar, is_forget, self.t_min,
                                           self.forget_weight, self.weighting)
