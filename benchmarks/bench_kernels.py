@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import safemax
+from problems import make_problem  # tests/problems.py (on pytest's pythonpath)
 from safemax import safemax_loss, safemax_loss_reference
 
 QUICK = os.environ.get("SAFEMAX_BENCH_QUICK") == "1"
@@ -29,13 +30,11 @@ IMPLS = {"fused": safemax_loss, "eager": safemax_loss_reference, "compiled": _co
 
 
 def make_inputs(shape, device):
-    g = torch.Generator().manual_seed(0)
+    """Half forget, half retain rows (the Unlearner's mix), random timesteps."""
     B = shape[0]
-    tensors = [torch.randn(shape, generator=g).to(device) for _ in range(3)]
-    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
-    timesteps = torch.randint(0, 1000, (B,), generator=g).to(device)
-    forget = (torch.arange(B) % 2 == 0).to(device)  # half forget, half retain: the Unlearner's mix
-    return tensors, timesteps, alphas_cumprod.float().to(device), forget
+    eps_pred, eps, x_t, timesteps, alphas_cumprod, forget = make_problem(
+        shape, device=device, forget=torch.arange(B) % 2 == 0)
+    return (eps_pred, eps, x_t), timesteps, alphas_cumprod, forget
 
 
 def _sync(device):

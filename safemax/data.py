@@ -19,6 +19,12 @@ def digits_dataset(size: int = 16) -> TensorDataset:
     return TensorDataset(images, torch.tensor(bunch.target, dtype=torch.int64))
 
 
+def balanced_labels(classes, n: int) -> torch.Tensor:
+    """``n`` class ids spread evenly over ``classes`` (in blocks, in order)."""
+    classes = torch.as_tensor(list(classes))
+    return classes.repeat_interleave(-(-n // len(classes)))[:n]
+
+
 def labels_of(dataset: Dataset) -> torch.Tensor:
     """All labels of a map-style ``(image, label)`` data set (fast path for TensorDataset)."""
     if isinstance(dataset, TensorDataset):

@@ -8,6 +8,7 @@ noise image "is".
 import torch
 import torch.nn as nn
 
+from .data import balanced_labels
 from .sampling import sample
 
 
@@ -71,7 +72,7 @@ def evaluate(unet, scheduler, classifier, forget, retain_classes, real_retain: t
     """
     forget = list(forget)
     retain_classes = list(retain_classes)
-    forget_labels = torch.tensor(forget).repeat_interleave(-(-n_forget // len(forget)))[:n_forget]
+    forget_labels = balanced_labels(forget, n_forget)
     retain_labels = torch.tensor(retain_classes).repeat_interleave(n_per_class)
     labels = torch.cat([forget_labels, retain_labels])
     images = sample(unet, scheduler, labels, num_inference_steps=num_inference_steps, seed=seed,

@@ -16,10 +16,11 @@ import os
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from . import __version__, checkpoint
+from .data import balanced_labels, labels_of
 from .ops import safemax_loss
 from .sampling import epsilon_part, sample
 
@@ -39,11 +40,7 @@ class _Batches:
         self._iter, self._buffer = None, []
 
     def labels(self):
-        if isinstance(self.data, TensorDataset):
-            return self.data.tensors[1]
-        if self.map_style:
-            return torch.tensor([int(self.data[i][1]) for i in range(len(self.data))])
-        return None
+        return labels_of(self.data) if self.map_style else None
 
     def draw(self, n: int, generator: torch.Generator):
         if self.map_style:
@@ -166,7 +163,7 @@ class Unlearner:
     def generate_forget_data(self, n: int, num_inference_steps: int = 50) -> TensorDataset:
         """Data-free forgetting: ``n`` images the current (original) model draws for the forget
         classes, generated once and reused."""
-        labels = torch.tensor(self.forget).repeat_interleave(-(-n // len(self.forget)))[:n]
+        labels = balanced_labels(self.forget, n)
         images = sample(self.unet, self.scheduler, labels, num_inference_steps=num_inference_steps,
                         seed=self.seed + 1)
         return TensorDataset(images, labels)
