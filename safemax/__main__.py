@@ -118,14 +118,13 @@ def _unlearn(args):
 
 
 def _sample(args):
-    import torch
-
+    from .data import balanced_labels
     from .loading import load_unet_and_scheduler
     from .report import save_grid
     from .sampling import sample
 
     unet, scheduler = load_unet_and_scheduler(args.model, "cuda" if _cuda() else "cpu")
-    labels = torch.tensor(args.label).repeat_interleave(args.n)
+    labels = balanced_labels(args.label, args.n * len(args.label))
     images = sample(unet, scheduler, labels, num_inference_steps=args.steps, seed=args.seed, progress=True)
     save_grid(images, rows=len(args.label), path=args.out)
     print(f"{len(images)} samples written to {args.out}")

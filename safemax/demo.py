@@ -19,6 +19,10 @@ DEFAULT_EARLY_FRACTION = 1.0
 DEFAULT_LR = 5e-4
 
 
+def _curve_point(step: int, measured: dict) -> dict:
+    return dict(step=step, **{k: measured[k] for k in ("fa", "fa_digits", "retain_acc")})
+
+
 def run(forget: int = 3, steps: int = 100, out: str = "safemax-demo", batch_size: int = 64,
         early_fraction: float = DEFAULT_EARLY_FRACTION, lr: float = DEFAULT_LR, seed: int = 0,
         eval_every: int = 25, n_forget: int = 100, n_per_class: int = 30,
@@ -39,12 +43,12 @@ def run(forget: int = 3, steps: int = 100, out: str = "safemax-demo", batch_size
           f"({steps} steps, batch {batch_size}+{batch_size}, early fraction {early_fraction}, lr {lr})")
     before = evaluate(**measure, n_forget=n_forget, n_per_class=n_per_class,
                       num_inference_steps=num_inference_steps, return_samples=True, progress=progress)
-    curve = [dict(step=0, **{k: before[k] for k in ("fa", "fa_digits", "retain_acc")})]
+    curve = [_curve_point(0, before)]
 
     def track(u, record):  # a lighter measurement every eval_every steps, for the curve
         if eval_every and record["step"] % eval_every == 0 and record["step"] < steps:
             m = evaluate(**measure, n_forget=50, n_per_class=10, num_inference_steps=25)
-            curve.append(dict(step=record["step"], **{k: m[k] for k in ("fa", "fa_digits", "retain_acc")}))
+            curve.append(_curve_point(record["step"], m))
 
     u = Unlearner(unet, scheduler, forget=[forget], early_fraction=early_fraction, lr=lr, seed=seed)
     history = u.fit(retain_data, forget_data, steps=steps, batch_size=batch_size, progress=progress,
@@ -52,7 +56,7 @@ def run(forget: int = 3, steps: int = 100, out: str = "safemax-demo", batch_size
     unlearn_seconds = history[-1]["seconds"] if history else 0.0
     after = evaluate(**measure, n_forget=n_forget, n_per_class=n_per_class,
                      num_inference_steps=num_inference_steps, return_samples=True, progress=progress)
-    curve.append(dict(step=steps, **{k: after[k] for k in ("fa", "fa_digits", "retain_acc")}))
+    curve.append(_curve_point(steps, after))
 
     # Pictures: one row per class, forgotten class first.
     for name, res in (("before", before), ("after", after)):

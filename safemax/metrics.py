@@ -73,7 +73,7 @@ def evaluate(unet, scheduler, classifier, forget, retain_classes, real_retain: t
     forget = list(forget)
     retain_classes = list(retain_classes)
     forget_labels = balanced_labels(forget, n_forget)
-    retain_labels = torch.tensor(retain_classes).repeat_interleave(n_per_class)
+    retain_labels = balanced_labels(retain_classes, n_per_class * len(retain_classes))
     labels = torch.cat([forget_labels, retain_labels])
     images = sample(unet, scheduler, labels, num_inference_steps=num_inference_steps, seed=seed,
                     progress=progress)

@@ -271,9 +271,8 @@ class Unlearner:
                 raise RuntimeError("retain_target='distill' needs the original model: the teacher "
                                    "is copied before the first step")
             self._teacher = copy.deepcopy(self.unet).requires_grad_(False).eval()
-        if resume and self._resume(checkpoint_dir, batch_size):
-            pass
-        elif forget is None and self._forget_cache is None:
+        resumed = resume and self._resume(checkpoint_dir, batch_size)
+        if not resumed and forget is None and self._forget_cache is None:
             self._forget_cache = self.generate_forget_data(max(4 * batch_size, 64))
         forget_b = _Batches(forget if forget is not None else self._forget_cache, "forget")
         self._check_data(retain_b, forget_b)
