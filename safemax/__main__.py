@@ -10,6 +10,8 @@ EXAMPLES = """examples:
   safemax unlearn --model ./my-ddpm --data ./images --forget 2 --out ./my-ddpm-no2
   safemax sample --model unet-no3 --label 3 --out threes.png
   safemax evaluate --model unet-no3 --forget 3
+  safemax compare                               SAFEMax vs SalUn, Selective Amnesia, gradient ascent
+  safemax compare --quick --out /tmp/c          a smoke run (seconds), not a result
   safemax selfcheck                             kernels vs reference, timed
 """
 
@@ -52,7 +54,11 @@ def _add_unlearn(sub):
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--early-fraction", type=float, default=DEFAULT_EARLY_FRACTION)
-    p.add_argument("--lr", type=float, default=DEFAULT_LR)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"Adam learning rate (default: {DEFAULT_LR} for SAFEMax, 1e-4 for the baselines)")
+    p.add_argument("--method", default="safemax", choices=["safemax", "salun", "sa", "ga"],
+                   help="safemax (default) or a baseline: salun, sa (Selective Amnesia), ga "
+                        "(gradient ascent); the SAFEMax options do not apply to baselines")
     p.add_argument("--max-snr", type=float, default=None,
                    help="window by noise level instead: train forgetting where SNR = ᾱ/(1−ᾱ) <= this")
     p.add_argument("--forget-weight", type=float, default=1.0)
@@ -89,6 +95,37 @@ def _add_evaluate(sub):
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_compare(sub):
+    from .compare import ALL_METHODS
+    p = sub.add_parser(
+        "compare", help="SAFEMax vs SalUn, Selective Amnesia and gradient ascent, timed",
+        description="From the embedded digits model, forget one digit with each method (same "
+                    "batch, Adam, step budget), measure every --eval-every steps, find the time "
+                    "to forget (FA <= 1%% with retain accuracy within 2 points; preparation "
+                    "included), run a relearning attack on each result, and write results.json, "
+                    "results.md, curves.png and samples.png to --out. The defaults take about "
+                    "40 minutes on 2 CPU cores; finished methods are kept, --resume skips them.")
+    p.add_argument("--forget", type=int, default=3, help="digit to forget (default 3)")
+    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), metavar="METHOD",
+                   help=f"methods to run, of {', '.join(ALL_METHODS)} (default: all); options after "
+                        "a colon, e.g. salun:retain_weight=1,mask_fraction=0.3 or "
+                        "safemax:early_fraction=0.8")
+    p.add_argument("--steps", type=int, default=500, help="step budget of every method (default 500)")
+    p.add_argument("--eval-every", type=int, default=25,
+                   help="measure every N steps (5x denser over the first 2N; default 25)")
+    p.add_argument("--batch-size", type=int, default=64, help="forget and retain rows per step (each)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="one Adam learning rate for all (default: SAFEMax 5e-4, baselines 1e-4)")
+    p.add_argument("--attack-steps", type=int, default=50, help="relearning attack steps (default 50)")
+    p.add_argument("--attack-images", type=int, default=10, help="forget images the attack uses (default 10)")
+    p.add_argument("--no-attack", action="store_true", help="skip the relearning attack")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="safemax-compare", help="output folder (default safemax-compare)")
+    p.add_argument("--resume", action="store_true", help="reuse methods already finished in --out")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny measurements and preparation: a smoke run of the whole pipeline, not a result")
+
+
 def _cuda():
     import torch
     return torch.cuda.is_available()
@@ -107,8 +144,12 @@ def _unlearn(args):
     else:
         data = ImageFolder(args.data, unet.config.sample_size, unet.config.in_channels)
     forget_data, retain_data = split_by_class(data, args.forget)
+    from .demo import DEFAULT_LR
+    lr = DEFAULT_LR if args.lr is None and args.method == "safemax" else args.lr
+    # the SAFEMax options go through for every method: the Unlearner rejects them for baselines
     u = Unlearner(unet, scheduler, forget=args.forget, early_fraction=args.early_fraction,
-                  forget_weight=args.forget_weight, lr=args.lr, seed=args.seed, max_snr=args.max_snr)
+                  forget_weight=args.forget_weight, max_snr=args.max_snr, lr=lr, seed=args.seed,
+                  method=args.method)
     ckpt = args.checkpoint_dir or os.path.join(args.out, "checkpoint")
     u.fit(retain_data, None if args.data_free else forget_data, steps=args.steps,
           batch_size=args.batch_size, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
@@ -155,6 +196,7 @@ def main(argv=None) -> int:
     _add_unlearn(sub)
     _add_sample(sub)
     _add_evaluate(sub)
+    _add_compare(sub)
     check = sub.add_parser(
         "selfcheck", help="check the compiled kernels against the reference and time them",
         description="Run the fused op and the pure-PyTorch reference on one random batch per "
@@ -172,6 +214,13 @@ def main(argv=None) -> int:
         quick = dict(eval_every=0, n_forget=8, n_per_class=2, num_inference_steps=5) if args.quick else {}
         run(forget=args.forget, steps=args.steps, out=args.out, batch_size=args.batch_size,
             early_fraction=args.early_fraction, lr=args.lr, seed=args.seed, **quick)
+        return 0
+    if args.command == "compare":
+        from .compare import run
+        run(forget=args.forget, methods=args.methods, steps=args.steps, eval_every=args.eval_every,
+            batch_size=args.batch_size, lr=args.lr, attack=not args.no_attack,
+            attack_steps=args.attack_steps, attack_images=args.attack_images, seed=args.seed,
+            out=args.out, resume=args.resume, quick=args.quick)
         return 0
     {"unlearn": _unlearn, "sample": _sample, "evaluate": _evaluate}[args.command](args)
     return 0

@@ -80,3 +80,53 @@ class ImageFolder(Dataset):
         img = Image.open(path).convert(self.mode).resize((self.size, self.size), Image.BICUBIC)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).view(self.size, self.size, -1)
         return x.permute(2, 0, 1) / 127.5 - 1, label
+
+
+class Batches:
+    """Draws batches of ``(images, labels)`` from a map-style data set (random indices from the
+    Unlearner's generator: reproducible and resumable) or cycles through an iterable such as a
+    DataLoader (re-chunked to the requested batch size)."""
+
+    def __init__(self, data, name: str):
+        self.name = name
+        self.map_style = isinstance(data, Dataset) and hasattr(data, "__len__") \
+            and not isinstance(data, torch.utils.data.IterableDataset)
+        self.data = data
+        if self.map_style and len(data) == 0:
+            raise ValueError(f"{name} data set is empty: give at least one (image, label) pair")
+        self._iter, self._buffer = None, []
+
+    def labels(self):
+        return labels_of(self.data) if self.map_style else None
+
+    def items(self, idx: torch.Tensor):
+        """The items at indices ``idx`` of a map-style data set, as ``(images, labels)``."""
+        if isinstance(self.data, TensorDataset):
+            images, labels = self.data.tensors[0][idx], self.data.tensors[1][idx]
+        else:
+            items = [self.data[int(i)] for i in idx]
+            images = torch.stack([torch.as_tensor(im) for im, _ in items])
+            labels = torch.tensor([int(lb) for _, lb in items])
+        return images.float(), labels.long()
+
+    def draw(self, n: int, generator: torch.Generator):
+        if self.map_style:
+            return self.items(torch.randint(0, len(self.data), (n,), generator=generator))
+        images, labels, count = [], [], 0
+        while count < n:
+            if not self._buffer:
+                if self._iter is None:
+                    self._iter = iter(self.data)
+                try:
+                    batch = next(self._iter)
+                except StopIteration:
+                    self._iter = iter(self.data)
+                    batch = next(self._iter, None)
+                    if batch is None:
+                        raise ValueError(f"{self.name} data yields nothing")
+                self._buffer = list(zip(torch.as_tensor(batch[0]), torch.as_tensor(batch[1])))
+            im, lb = self._buffer.pop(0)
+            images.append(im)
+            labels.append(int(lb))
+            count += 1
+        return torch.stack(images).float(), torch.tensor(labels)

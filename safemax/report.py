@@ -72,3 +72,29 @@ def console_table(before: dict, after: dict) -> str:
 def write_json(path: str, obj: dict):
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)
+
+
+def save_comparison_curves(results: dict, original: dict, path: str, labels: dict, title: str):
+    """Forget accuracy and retain accuracy against wall time (preparation included), one curve
+    per method, on a log time axis (the methods differ by orders of magnitude)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=120)
+    for (key, ylabel), ax in zip((("fa", "forget accuracy"), ("retain_acc", "retain accuracy")), axes):
+        for name, r in results.items():
+            curve = r["curve"]
+            ax.plot([max(p["seconds"], 0.1) for p in curve], [p[key] for p in curve], "o-", ms=3,
+                    label=labels.get(name, name))
+        ax.axhline(original[key], color="grey", lw=0.8, ls=":", label="original")
+        ax.set_xscale("log")
+        ax.set_xlabel("wall time, s (log; preparation included)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,4 +1,4 @@
-"""``Unlearner``: SAFEMax on a class-conditional diffusers UNet.
+"""``Unlearner``: SAFEMax (or a baseline) on a class-conditional diffusers UNet.
 
     u = Unlearner(unet, scheduler, forget=[3], early_fraction=0.5)
     history = u.fit(retain=retain_ds, forget=forget_ds, steps=100, batch_size=64)
@@ -6,70 +6,23 @@
 
 Each step draws ``batch_size`` forget and ``batch_size`` retain samples. Forget rows get
 t ~ U[t_min, T) with t_min = ⌊(1 − early_fraction)·T⌋ and are trained towards the max-entropy
-prediction √(1−ᾱ_t)·x_t; retain rows get t ~ U[0, T) and the ordinary target ε. One UNet forward
-runs on the concatenated batch and the fused ``safemax_loss`` op computes the loss.
+prediction √(1−ᾱ_t)·x_t; retain rows get t ~ U[0, T) and the original model's prediction. One
+UNet forward runs on the concatenated batch and the fused ``safemax_loss`` op computes the loss.
+``method="salun" | "sa" | "ga"`` runs a baseline in the same loop (see ``safemax.methods``).
 """
-import copy
 import json
 import math
 import os
 import time
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from . import __version__, checkpoint
-from .data import balanced_labels, labels_of
-from .ops import safemax_loss
+from .data import Batches, balanced_labels
+from .methods import Method, SafeMax, make_method
 from .sampling import epsilon_part, sample
-
-
-class _Batches:
-    """Draws batches of ``(images, labels)`` from a map-style data set (random indices from the
-    Unlearner's generator: reproducible and resumable) or cycles through an iterable such as a
-    DataLoader (re-chunked to the requested batch size)."""
-
-    def __init__(self, data, name: str):
-        self.name = name
-        self.map_style = isinstance(data, Dataset) and hasattr(data, "__len__") \
-            and not isinstance(data, torch.utils.data.IterableDataset)
-        self.data = data
-        if self.map_style and len(data) == 0:
-            raise ValueError(f"{name} data set is empty: give at least one (image, label) pair")
-        self._iter, self._buffer = None, []
-
-    def labels(self):
-        return labels_of(self.data) if self.map_style else None
-
-    def draw(self, n: int, generator: torch.Generator):
-        if self.map_style:
-            idx = torch.randint(0, len(self.data), (n,), generator=generator)
-            if isinstance(self.data, TensorDataset):
-                images, labels = self.data.tensors[0][idx], self.data.tensors[1][idx]
-            else:
-                items = [self.data[int(i)] for i in idx]
-                images = torch.stack([torch.as_tensor(im) for im, _ in items])
-                labels = torch.tensor([int(lb) for _, lb in items])
-            return images.float(), labels.long()
-        images, labels, count = [], [], 0
-        while count < n:
-            if not self._buffer:
-                if self._iter is None:
-                    self._iter = iter(self.data)
-                try:
-                    batch = next(self._iter)
-                except StopIteration:
-                    self._iter = iter(self.data)
-                    batch = next(self._iter, None)
-                    if batch is None:
-                        raise ValueError(f"{self.name} data yields nothing")
-                self._buffer = list(zip(torch.as_tensor(batch[0]), torch.as_tensor(batch[1])))
-            im, lb = self._buffer.pop(0)
-            images.append(im)
-            labels.append(int(lb))
-            count += 1
-        return torch.stack(images).float(), torch.tensor(labels)
 
 
 def _checksum(model) -> float:
@@ -79,7 +32,7 @@ def _checksum(model) -> float:
 
 
 class Unlearner:
-    """Forget classes of a class-conditional diffusers UNet with SAFEMax.
+    """Forget classes of a class-conditional diffusers UNet with SAFEMax (or a baseline).
 
     Args:
         unet: a diffusers ``UNet2DModel`` with ``num_class_embeds`` (or any model called as
@@ -91,18 +44,34 @@ class Unlearner:
             whose signal-to-noise ratio ᾱ_t/(1−ᾱ_t) is at most this (overrides early_fraction;
             transfers across schedules and resolutions better than a step count).
         forget_weight: weight of the forget rows in the loss (retain rows weigh 1).
-        lr: Adam learning rate.
+        lr: Adam learning rate (default: the method's, 1e-4 for all four).
         seed: seeds every random draw of the fit (data, timesteps, noise).
         weighting: ``"simple"`` (mean squared error) or ``"vlb"`` (KL in nats).
         retain_target: ``"distill"`` (default): retain rows are pulled towards the frozen
             original model's own prediction, which is exactly where the model starts, so keeping
             the other classes adds no noise of its own; ``"noise"``: the ordinary target ε, whose
             variance slowly degrades a well-converged (e.g. EMA) model.
+        method: ``"safemax"`` (default), or a baseline run in the same loop with the same
+            data, batch and optimizer: ``"salun"``, ``"sa"`` (Selective Amnesia), ``"ga"``
+            (gradient ascent), or a configured ``safemax.methods`` object such as
+            ``SalUn(mask_fraction=0.3)``. The SAFEMax settings above apply to SAFEMax only.
     """
 
     def __init__(self, unet, scheduler, forget, early_fraction: float = 1.0,
-                 forget_weight: float = 1.0, lr: float = 1e-4, seed: int = 0,
-                 weighting: str = "simple", max_snr: float = None, retain_target: str = "distill"):
+                 forget_weight: float = 1.0, lr: float = None, seed: int = 0,
+                 weighting: str = "simple", max_snr: float = None, retain_target: str = "distill",
+                 method="safemax"):
+        method = make_method(method)
+        if not isinstance(method, SafeMax):
+            changed = [k for k, v, d in (("early_fraction", early_fraction, 1.0),
+                                         ("forget_weight", forget_weight, 1.0),
+                                         ("weighting", weighting, "simple"), ("max_snr", max_snr, None),
+                                         ("retain_target", retain_target, "distill")) if v != d]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} configure SAFEMax, not method "
+                                 f"{method.name!r}; configure a baseline through its object, "
+                                 "e.g. method=safemax.methods.SalUn(mask_fraction=0.3)")
+        lr = method.default_lr if lr is None else lr
         num_classes = getattr(getattr(unet, "config", None), "num_class_embeds", None)
         if num_classes is None:
             raise ValueError(
@@ -123,7 +92,7 @@ class Unlearner:
                             "use a diffusers DDPM/DDIM-style scheduler")
         if not 0 < early_fraction <= 1:
             raise ValueError(f"early_fraction must be in (0, 1], got {early_fraction}")
-        if not lr > 0:
+        if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"lr must be positive, got {lr}")
         if not math.isfinite(forget_weight):
             raise ValueError(f"forget_weight must be finite, got {forget_weight}")
@@ -153,13 +122,38 @@ class Unlearner:
         self.generator = torch.Generator().manual_seed(seed)
         self.retain_target = retain_target
         self._forget_cache = None
-        self._teacher = None  # frozen copy of the original model, for retain_target="distill"
         self._original_checksum = _checksum(unet)
+        self.abar = scheduler.alphas_cumprod.to(device=self.device(), dtype=torch.float64)
+        self.method = method
+        self.prep_seconds = None  # set by _prepare(): the method's one-off cost, bind included
+        start = time.perf_counter()
+        method.bind(self)  # e.g. SAFEMax's frozen copy of the original model
+        self._bind_seconds = time.perf_counter() - start
 
-    # ------------------------------------------------------------------ data
-    def _device(self):
+    # ------------------------------------------------------------------ helpers for methods
+    def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    def trainable(self) -> list:
+        """``[(name, parameter)]`` of the weights being trained."""
+        return [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
+
+    def to_device(self, *tensors):
+        device = self.device()
+        return tuple(v.to(device) for v in tensors)
+
+    def noisy(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor):
+        """``(x_t, eps)`` in the model's dtype: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (computed in float64)."""
+        dtype = next(self.unet.parameters()).dtype
+        s = self.abar[t].view(-1, *([1] * (x0.dim() - 1)))
+        return (s.sqrt() * x0 + (1 - s).sqrt() * eps).to(dtype), eps.to(dtype)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, model=None):
+        """The ε prediction of ``model`` (default: the model being trained)."""
+        model = self.unet if model is None else model
+        return epsilon_part(model(x_t, t, class_labels=labels).sample, x_t.shape[1])
+
+    # ------------------------------------------------------------------ data
     def generate_forget_data(self, n: int, num_inference_steps: int = 50) -> TensorDataset:
         """Data-free forgetting: ``n`` images the current (original) model draws for the forget
         classes, generated once and reused."""
@@ -168,7 +162,9 @@ class Unlearner:
                         seed=self.seed + 1)
         return TensorDataset(images, labels)
 
-    def _check_data(self, retain: _Batches, forget: _Batches):
+    def _check_data(self, retain: Batches, forget: Batches):
+        if retain is None:  # a method that needs no real data
+            return
         labels = retain.labels()
         if labels is not None:
             bad = sorted(set(labels.tolist()) & set(self.forget))
@@ -179,7 +175,7 @@ class Unlearner:
             if out:
                 raise ValueError(f"retain labels {out} are not class ids of this UNet "
                                  f"(num_class_embeds = {self.num_classes})")
-        labels = forget.labels()
+        labels = forget.labels() if forget is not None else None
         if labels is not None:
             bad = sorted(set(labels.tolist()) - set(self.forget))
             if bad:
@@ -193,6 +189,9 @@ class Unlearner:
 
     # ------------------------------------------------------------------ training
     def _config(self, batch_size: int) -> dict:
+        if not isinstance(self.method, SafeMax):
+            return dict(method=self.method.name, **self.method.config(), forget=self.forget,
+                        lr=self.lr, seed=self.seed, batch_size=batch_size)
         return dict(forget=self.forget, t_min=self.t_min, early_fraction=self.early_fraction,
                     snr_at_t_min=self.snr_at_t_min,
                     forget_weight=self.forget_weight, lr=self.lr, seed=self.seed,
@@ -201,12 +200,12 @@ class Unlearner:
 
     def _save(self, checkpoint_dir: str, batch_size: int):
         os.makedirs(checkpoint_dir, exist_ok=True)
-        extra = {}
+        extra = {f"method.{k}": v for k, v in self.method.state().items()}
         if self._forget_cache is not None:
-            extra = {"forget_images": self._forget_cache.tensors[0],
-                     "forget_labels": self._forget_cache.tensors[1]}
+            extra.update(forget_images=self._forget_cache.tensors[0],
+                         forget_labels=self._forget_cache.tensors[1])
         meta = dict(step=self.step, history=self.history, config=self._config(batch_size),
-                    original_checksum=self._original_checksum)
+                    original_checksum=self._original_checksum, prep_seconds=self.prep_seconds)
         checkpoint.save(os.path.join(checkpoint_dir, checkpoint.FILENAME), self.unet,
                         self.optimizer, self.generator, meta, extra)
 
@@ -222,21 +221,12 @@ class Unlearner:
             raise ValueError(f"checkpoint {path} continues a fit of another model: resume with "
                              "the same original model the fit started from")
         self.step, self.history = meta["step"], meta["history"]
+        self.prep_seconds = meta.get("prep_seconds")
+        self.method.load_state({k[len("method."):]: v for k, v in extra.items()
+                                if k.startswith("method.")}, self)
         if "forget_images" in extra:
             self._forget_cache = TensorDataset(extra["forget_images"], extra["forget_labels"])
         return True
-
-    def _step_batch(self, retain: _Batches, forget: _Batches, batch_size: int):
-        g = self.generator
-        xf, yf = forget.draw(batch_size, g)
-        xr, yr = retain.draw(batch_size, g)
-        T = self.num_train_timesteps
-        tf = torch.randint(self.t_min, T, (batch_size,), generator=g)  # t_min < T as τ > 0
-        tr = torch.randint(0, T, (batch_size,), generator=g)
-        x0 = torch.cat([xf, xr])
-        eps = torch.randn(x0.shape, generator=g)
-        return x0, eps, torch.cat([tf, tr]), torch.cat([yf, yr]), \
-            torch.cat([torch.ones(batch_size, dtype=torch.bool), torch.zeros(batch_size, dtype=torch.bool)])
 
     def fit(self, retain, forget=None, steps: int = 100, batch_size: int = 64,
             checkpoint_dir: str = None, checkpoint_every: int = 0, resume: bool = False,
@@ -244,7 +234,8 @@ class Unlearner:
         """Unlearn until ``steps`` optimisation steps have been taken in total.
 
         Args:
-            retain: ``(image, label)`` data of the classes to keep (data set or DataLoader).
+            retain: ``(image, label)`` data of the classes to keep (data set or DataLoader);
+                ignored (may be ``None``) by ``method="sa"``, which replays generated samples.
             forget: ``(image, label)`` data of the forget classes; ``None`` = data-free (images
                 generated once by the original model).
             steps: total steps (a resumed fit continues up to this number).
@@ -255,53 +246,47 @@ class Unlearner:
                 result equals an uninterrupted fit (bit-for-bit on CPU, map-style data sets).
             callback: ``callback(unlearner, record)`` after every step (e.g. to evaluate); its
                 time is not counted in ``record["seconds"]``.
-            max_grad_norm: clip the gradient norm (off by default).
+            max_grad_norm: clip the gradient norm; ``None`` = the method's published recipe
+                (SAFEMax: no clipping; the baselines: 1.0), ``0`` = no clipping.
 
         Returns:
-            the history: one dict per step with ``step``, ``loss``, ``forget_nats``,
-            ``retain_nats``, ``seconds`` (cumulative training time).
+            the history: one dict per step with ``step``, ``loss``, ``seconds`` (cumulative
+            training time, without preparation: see ``prep_seconds``) and the method's own
+            numbers (SAFEMax: ``forget_nats``, ``retain_nats``; baselines: ``forget_loss``,
+            ``retain_loss``).
         """
         if steps < 0 or batch_size < 1:
             raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps}, {batch_size}")
         if (checkpoint_every or resume) and not checkpoint_dir:
             raise ValueError("checkpoint_every and resume need a checkpoint_dir")
-        retain_b = _Batches(retain, "retain")
-        if self.retain_target == "distill" and self._teacher is None:
-            if self.step > 0:
-                raise RuntimeError("retain_target='distill' needs the original model: the teacher "
-                                   "is copied before the first step")
-            self._teacher = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        method = self.method
+        # on the model's device now (it may have moved since the Unlearner was built)
+        self.abar = self.scheduler.alphas_cumprod.to(device=self.device(), dtype=torch.float64)
+        if retain is None and method.uses_retain_data:
+            raise ValueError(f"method {method.name!r} needs retain data: (image, label) pairs of the "
+                             "classes to keep")
+        retain_b = Batches(retain, "retain") if method.uses_retain_data else None
         resumed = resume and self._resume(checkpoint_dir, batch_size)
-        if not resumed and forget is None and self._forget_cache is None:
-            self._forget_cache = self.generate_forget_data(max(4 * batch_size, 64))
-        forget_b = _Batches(forget if forget is not None else self._forget_cache, "forget")
+        forget_b = None
+        if method.uses_forget_data:
+            if not resumed and forget is None and self._forget_cache is None:
+                self._forget_cache = self.generate_forget_data(max(4 * batch_size, 64))
+            forget_b = Batches(forget if forget is not None else self._forget_cache, "forget")
         self._check_data(retain_b, forget_b)
+        if not resumed and self.prep_seconds is None:
+            self._prepare(retain_b, forget_b, batch_size, progress)
 
-        device = self._device()
-        dtype = next(self.unet.parameters()).dtype
-        abar = self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)
-        params = [p for p in self.unet.parameters() if p.requires_grad]
+        params = [p for _, p in self.trainable()]
+        clip = method.max_grad_norm if max_grad_norm is None else max_grad_norm
+        clip = clip or float("inf")
         self.unet.train()
         elapsed = self.history[-1]["seconds"] if self.history else 0.0
-        bar = tqdm(total=steps, initial=self.step, desc="safemax", disable=not progress,
+        bar = tqdm(total=steps, initial=self.step, desc=method.name, disable=not progress,
                    unit="step", dynamic_ncols=True)
         try:
             while self.step < steps:
                 start = time.perf_counter()
-                x0, eps, t, labels, is_forget = self._step_batch(retain_b, forget_b, batch_size)
-                x0, eps, t, labels, is_forget = (v.to(device) for v in (x0, eps, t, labels, is_forget))
-                s = abar[t].view(-1, *([1] * (x0.dim() - 1)))
-                x_t = (s.sqrt() * x0 + (1 - s).sqrt() * eps).to(dtype)
-                eps = eps.to(dtype)
-                if self._teacher is not None:  # retain rows: the original model's prediction
-                    with torch.no_grad():
-                        r = slice(batch_size, None)
-                        eps = eps.clone()
-                        eps[r] = epsilon_part(self._teacher(x_t[r], t[r], class_labels=labels[r]).sample,
-                                              x_t.shape[1])
-                pred = epsilon_part(self.unet(x_t, t, class_labels=labels).sample, x_t.shape[1])
-                loss, nats = safemax_loss(pred, eps, x_t, t, abar, is_forget, self.t_min,
-                                          self.forget_weight, self.weighting)
+                loss, stats = method.loss(self, retain_b, forget_b, batch_size)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"step {self.step + 1}: the loss is {loss.item()}; stopped before updating, so "
@@ -309,22 +294,21 @@ class Unlearner:
                         "NaN/Inf, or use a float32 model")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
                 if not torch.isfinite(norm):
                     self.optimizer.zero_grad(set_to_none=True)
                     raise FloatingPointError(
                         f"step {self.step + 1}: a gradient is {norm.item()}; stopped before "
                         f"updating, so the weights are those after step {self.step}")
+                method.edit_grads(self)  # after clipping, as SalUn's published code does
                 self.optimizer.step()
                 self.step += 1
                 elapsed += time.perf_counter() - start
-                record = dict(step=self.step, loss=loss.item(),
-                              forget_nats=nats[is_forget].mean().item(),
-                              retain_nats=nats[~is_forget].mean().item(), seconds=elapsed)
+                record = dict(step=self.step, loss=loss.item(), **stats, seconds=elapsed)
                 self.history.append(record)
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", forget_nats=f"{record['forget_nats']:.2e}",
-                                retain_nats=f"{record['retain_nats']:.2e}", refresh=False)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k not in ("step", "seconds")},
+                                refresh=False)
                 if checkpoint_dir and checkpoint_every and self.step % checkpoint_every == 0:
                     self._save(checkpoint_dir, batch_size)
                 if callback is not None:
@@ -342,6 +326,20 @@ class Unlearner:
         self.unet.eval()
         return self.history
 
+    def _prepare(self, retain: Batches, forget: Batches, batch_size: int, progress: bool):
+        """The method's one-off work on the original model (saliency mask, Fisher, replay set),
+        timed into ``prep_seconds`` — part of the method's cost."""
+        if self.step > 0:
+            raise RuntimeError("a method prepares on the original model, before the first step")
+        start = time.perf_counter()
+        if progress and type(self.method).prepare is not Method.prepare:
+            tqdm.write(f"{self.method.name}: preparing (counted in its cost)")
+        was_training = self.unet.training
+        self.unet.train()
+        self.method.prepare(self, retain, forget, batch_size)
+        self.unet.train(was_training)
+        self.prep_seconds = self._bind_seconds + time.perf_counter() - start
+
     # ------------------------------------------------------------------ output
     def save_pretrained(self, path: str):
         """Write the unlearned UNet in diffusers format (``UNet2DModel.from_pretrained(path)``
@@ -350,9 +348,9 @@ class Unlearner:
         self.unet.save_pretrained(path, safe_serialization=True)
         if hasattr(self.scheduler, "save_pretrained"):
             self.scheduler.save_pretrained(path)
-        info = dict(method="safemax", safemax_version=__version__, steps=self.step,
-                    num_train_timesteps=self.num_train_timesteps,
-                    data_free=self._forget_cache is not None, **self._config(None))
+        info = {"method": self.method.name, **self._config(None), "safemax_version": __version__,
+                "steps": self.step, "num_train_timesteps": self.num_train_timesteps,
+                "data_free": self._forget_cache is not None}
         info.pop("batch_size")
         with open(os.path.join(path, "safemax.json"), "w") as f:
             json.dump(info, f, indent=2)

@@ -38,3 +38,40 @@ TOL = {
     torch.float16: dict(rtol=2e-3, atol=1e-5),
     torch.bfloat16: dict(rtol=2e-2, atol=1e-4),
 }
+
+
+# ---------------------------------------------------------------- tiny diffusers models (fast)
+T_TINY = 100
+
+
+def tiny_unet(num_classes=4, seed=0, **overrides):
+    """A randomly initialised class-conditional UNet2DModel on 1×8×8 images."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    cfg = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+               block_out_channels=(8, 16), norm_num_groups=4, num_class_embeds=num_classes,
+               down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    cfg.update(overrides)
+    return diffusers.UNet2DModel(**cfg)
+
+
+def tiny_scheduler():
+    import diffusers
+
+    return diffusers.DDPMScheduler(num_train_timesteps=T_TINY)
+
+
+def tiny_data(n=48, num_classes=4, forget=1, seed=0):
+    """``(retain, forget)`` TensorDatasets of random 1×8×8 images, labels cycling over the classes."""
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g).clamp(-1, 1)
+    y = torch.arange(n) % num_classes
+    return TensorDataset(x[y != forget], y[y != forget]), TensorDataset(x[y == forget], y[y == forget])
+
+
+def params(model):
+    """A detached copy of a model's state."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -87,7 +87,8 @@ def test_image_folder(tmp_path):
 
 # ---------------------------------------------------------------- command line
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["unlearn"], ["sample"], ["evaluate"], ["selfcheck"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["unlearn"], ["sample"], ["evaluate"], ["selfcheck"],
+                                     ["compare"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(command + ["--help"])
@@ -135,6 +136,17 @@ def test_unlearn_sample_evaluate_commands(tmp_path, capsys):
           "--steps", "2"])
     result = json.loads(capsys.readouterr().out)
     assert 0 <= result["fa"] <= 1 and result["frechet"] >= 0
+
+
+def test_unlearn_with_a_baseline_method(tmp_path):
+    out = tmp_path / "ga"
+    main(["unlearn", "--method", "ga", "--forget", "3", "--steps", "1", "--batch-size", "4",
+          "--out", str(out)])
+    info = json.loads((out / "safemax.json").read_text())
+    assert info["method"] == "ga" and info["lr"] == 1e-4 and info["steps"] == 1
+    with pytest.raises(ValueError, match="early_fraction configure SAFEMax"):
+        main(["unlearn", "--method", "salun", "--early-fraction", "0.5", "--forget", "3",
+              "--steps", "1", "--out", str(tmp_path / "x")])
 
 
 def test_unlearn_refuses_a_missing_model(tmp_path):

@@ -7,36 +7,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import safemax.unlearner as unlearner_module
+import safemax.methods as methods_module
 from safemax import Unlearner, safemax_loss
 from safemax.checkpoint import FILENAME
 
+from problems import T_TINY as T, params, tiny_data as data, tiny_scheduler as scheduler, tiny_unet
+
 diffusers = pytest.importorskip("diffusers")
-T = 100
-
-
-def tiny_unet(num_classes=4, seed=0, **overrides):
-    torch.manual_seed(seed)
-    cfg = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-               block_out_channels=(8, 16), norm_num_groups=4, num_class_embeds=num_classes,
-               down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    cfg.update(overrides)
-    return diffusers.UNet2DModel(**cfg)
-
-
-def scheduler():
-    return diffusers.DDPMScheduler(num_train_timesteps=T)
-
-
-def data(n=48, num_classes=4, forget=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g).clamp(-1, 1)
-    y = torch.arange(n) % num_classes
-    return TensorDataset(x[y != forget], y[y != forget]), TensorDataset(x[y == forget], y[y == forget])
-
-
-def params(unet):
-    return {k: v.detach().clone() for k, v in unet.state_dict().items()}
 
 
 def test_fit_changes_weights_and_lowers_the_forget_loss():
@@ -72,7 +49,7 @@ def test_forget_rows_are_drawn_inside_the_window(monkeypatch):
         seen.append((t.clone(), forget.clone(), t_min))
         return safemax_loss(pred, eps, x_t, t, abar, forget, t_min, *args)
 
-    monkeypatch.setattr(unlearner_module, "safemax_loss", spy)
+    monkeypatch.setattr(methods_module, "safemax_loss", spy)
     retain, forget = data()
     u = Unlearner(tiny_unet(), scheduler(), forget=1, early_fraction=0.3)
     u.fit(retain, forget, steps=6, batch_size=16, progress=False)

@@ -1,0 +1,357 @@
+"""``safemax compare``: SAFEMax against SalUn, Selective Amnesia and gradient ascent, head to head.
+
+From the same base model (the embedded digits DDPM), each method forgets the same digit with the
+same batch (``batch_size`` forget + ``batch_size`` retain rows), Adam, and step budget. Every
+``eval_every`` steps the model is measured (timing paused); the *time to forget* is the first
+measurement with forget accuracy ≤ 1% while retain accuracy is within 2 points of the original,
+and it includes the method's preparation (saliency mask, Fisher, replay set). Then a relearning
+attack fine-tunes each unlearned model on a few forget images and measures forget accuracy again.
+
+Writes ``results.json``, ``results.md``, ``curves.png`` (forget / retain accuracy against wall
+time) and ``samples.png`` (forget-class samples of every result) to ``out``; each finished method
+is also kept in ``out/methods/<name>.json`` so ``resume=True`` skips it after an interruption.
+"""
+import copy
+import json
+import os
+import platform
+import re
+
+import torch
+
+from . import __version__
+from .data import digits_dataset, split_by_class
+from .methods import METHODS, make_method
+from .metrics import classify, evaluate
+from .report import save_comparison_curves, save_grid, write_json
+from .sampling import sample
+from .unlearner import Unlearner
+from .zoo import default_scheduler, load_default_classifier, load_default_unet
+
+FA_BAR = 0.01        # forgotten: at most 1% of forget samples still classified as the class
+RETAIN_SLACK = 0.02  # ... while retain accuracy is within 2 points of the original model's
+ALL_METHODS = ("safemax", "salun", "sa", "ga")
+LABELS = {"safemax": "SAFEMax", "salun": "SalUn", "sa": "Selective Amnesia", "ga": "gradient ascent"}
+
+
+def relearning_attack(unet, scheduler, images: torch.Tensor, labels: torch.Tensor, steps: int = 50,
+                      lr: float = 1e-4, seed: int = 0):
+    """Fine-tune a copy of ``unet`` with the plain denoising loss on ``images`` (all of them every
+    step, fresh t and noise) for ``steps`` Adam steps; returns the attacked copy."""
+    model = copy.deepcopy(unet).train()
+    device = next(model.parameters()).device
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    abar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    x0, y = images.to(device), labels.to(device)
+    for _ in range(steps):
+        t = torch.randint(0, abar.shape[0], (len(y),), generator=g).to(device)
+        eps = torch.randn(x0.shape, generator=g).to(device)
+        s = abar[t].view(-1, 1, 1, 1)
+        x_t = (s.sqrt() * x0 + (1 - s).sqrt() * eps).float()
+        pred = model(x_t, t, class_labels=y).sample[:, :x0.shape[1]]
+        loss = (pred - eps.float()).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def forget_accuracy(unet, scheduler, classifier, forget: int, n: int, num_inference_steps: int,
+                    seed: int) -> dict:
+    """Forget accuracy alone (forget-class samples only), for the attack."""
+    labels = torch.full((n,), forget)
+    logits = classify(classifier, sample(unet, scheduler, labels, num_inference_steps, seed=seed))
+    return dict(fa=float((logits.argmax(1) == labels).float().mean()),
+                fa_digits=float((logits[:, :10].argmax(1) == labels).float().mean()))
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return dict(cpu=cpu, threads=torch.get_num_threads(), torch=torch.__version__,
+                safemax=__version__, python=platform.python_version())
+
+
+QUICK_SA = dict(n_replay=8, n_fisher=3, fisher_timesteps=2, sample_steps=2)  # smoke runs only
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def parse_method(spec: str, quick: bool = False):
+    """``"salun"`` or ``"salun:retain_weight=1,mask_fraction=0.3"`` → ``(name, options)``:
+    a method name and the options of its object (for ``safemax``: of the Unlearner)."""
+    name, _, rest = spec.partition(":")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} in {spec!r}: choose from {list(ALL_METHODS)}, "
+                         "optionally with options, e.g. salun:retain_weight=1")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"method option {item!r} in {spec!r}: write name=value")
+        options[key] = _number(value)
+    if name == "sa" and quick:
+        options = {**QUICK_SA, **options}
+    try:  # fail now, not after the other methods have run
+        _build(name, options)
+    except TypeError as e:
+        raise ValueError(f"{spec!r}: {e}") from None
+    return name, options
+
+
+def _build(name: str, options: dict):
+    """``(method object, Unlearner keyword arguments)`` of a parsed spec."""
+    if name == "safemax":
+        from .demo import DEFAULT_EARLY_FRACTION
+        allowed = {"early_fraction", "forget_weight", "max_snr", "weighting", "retain_target"}
+        bad = sorted(set(options) - allowed)
+        if bad:
+            raise TypeError(f"safemax has no option {bad[0]!r} (options: {sorted(allowed)})")
+        return make_method("safemax"), {"early_fraction": DEFAULT_EARLY_FRACTION, **options}
+    return METHODS[name](**options), {}
+
+
+def label(spec: str) -> str:
+    name, _, rest = spec.partition(":")
+    return LABELS.get(name, name) + (f" ({rest})" if rest else "")
+
+
+def evaluation_steps(steps: int, eval_every: int) -> set:
+    """Every ``eval_every`` steps and the last step, plus five times denser over the first two
+    intervals, where fast methods cross the bar (time to forget is only as precise as this)."""
+    dense = max(1, eval_every // 5)
+    return set(range(eval_every, steps + 1, eval_every)) | set(range(dense, min(2 * eval_every, steps) + 1, dense)) | {steps}
+
+
+def _first_forgotten(curve: list, retain_floor: float):
+    for point in curve:
+        if point["fa"] <= FA_BAR and point["retain_acc"] >= retain_floor:
+            return point
+    return None
+
+
+def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int = 25,
+        batch_size: int = 64, lr: float = None, out: str = "safemax-compare", seed: int = 0,
+        attack: bool = True, attack_images: int = 10, attack_steps: int = 50,
+        attack_lrs=(1e-4, 1e-3), n_forget: int = 100, n_per_class: int = 20,
+        num_inference_steps: int = 25, quick: bool = False, resume: bool = False,
+        progress: bool = True) -> dict:
+    """Run the comparison; returns (and writes) the results. ``lr=None`` gives each method its
+    own default (SAFEMax: the demo's 5e-4; the baselines: their published 1e-4)."""
+    from .demo import DEFAULT_LR
+
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError(f"no methods: choose from {list(ALL_METHODS)}")
+    parsed = {spec: parse_method(spec, quick) for spec in methods}
+    if not 0 <= forget <= 9:
+        raise ValueError(f"--forget must be a digit 0..9, got {forget}")
+    if steps < 1 or eval_every < 1 or batch_size < 1:
+        raise ValueError("steps, eval_every and batch_size must be >= 1")
+    if quick:  # every stage runs, on a few samples: minutes become seconds
+        steps, eval_every, batch_size = min(steps, 2), 1, min(batch_size, 8)
+        n_forget, n_per_class, num_inference_steps = 4, 1, 2
+        attack_steps, attack_images = min(attack_steps, 2), min(attack_images, 4)
+    os.makedirs(os.path.join(out, "methods"), exist_ok=True)
+
+    data = digits_dataset()
+    forget_data, retain_data = split_by_class(data, [forget])
+    retain_classes = [c for c in range(10) if c != forget]
+    scheduler, classifier = default_scheduler(), load_default_classifier()
+    measure = dict(scheduler=scheduler, classifier=classifier, forget=[forget],
+                   retain_classes=retain_classes, real_retain=retain_data.tensors[0], seed=seed,
+                   n_forget=n_forget, n_per_class=n_per_class, num_inference_steps=num_inference_steps)
+    pick = torch.randperm(len(forget_data), generator=torch.Generator().manual_seed(seed))[:attack_images]
+    attack_x, attack_y = forget_data.tensors[0][pick], forget_data.tensors[1][pick]
+    settings = dict(forget=forget, steps=steps, eval_every=eval_every, batch_size=batch_size,
+                    seed=seed, n_forget=n_forget, n_per_class=n_per_class,
+                    num_inference_steps=num_inference_steps, attack=attack,
+                    attack_images=attack_images, attack_steps=attack_steps,
+                    attack_lrs=list(attack_lrs), quick=quick)
+
+    original = evaluate(load_default_unet(), **measure, return_samples=True)
+    original_samples = original.pop("samples")["forget"]
+    retain_floor = original["retain_acc"] - RETAIN_SLACK
+    print(f"safemax compare: forgetting digit {forget}; original FA {original['fa']:.2f}, retain "
+          f"accuracy {original['retain_acc']:.3f} (bar: FA <= {FA_BAR}, retain >= {retain_floor:.3f})")
+
+    results, samples = {}, {"original": original_samples}
+    for spec in methods:
+        name, options = parsed[spec]
+        method_lr = lr if lr is not None else (DEFAULT_LR if name == "safemax" else METHODS[name].default_lr)
+        cache = os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
+        config = dict(settings, method=spec, lr=method_lr)
+        if resume and os.path.exists(cache):
+            with open(cache) as f:
+                saved = json.load(f)
+            if saved.get("config") == config:
+                print(f"{label(spec)}: reusing the finished run in {cache}")
+                results[spec] = saved["result"]
+                samples[spec] = torch.tensor(saved["forget_samples"])
+                continue
+        results[spec], samples[spec] = _run_method(
+            spec, *parsed[spec], method_lr, original, measure, retain_data, forget_data, batch_size, steps,
+            eval_every, seed, retain_floor, attack, attack_x, attack_y, attack_steps, attack_lrs,
+            progress)
+        write_json(cache, dict(config=config, result=results[spec],
+                               forget_samples=samples[spec].tolist()))
+
+    safemax_seconds = (results.get("safemax") or {}).get("seconds_to_forget")
+    for name, r in results.items():
+        r["time_to_forget_vs_safemax"] = _ratio(r, safemax_seconds)
+    report = dict(settings=settings, machine=_machine(),
+                  bar=dict(fa_max=FA_BAR, retain_acc_min=retain_floor),
+                  original=original, methods=results)
+    write_json(os.path.join(out, "results.json"), report)
+    save_comparison_curves(results, original, os.path.join(out, "curves.png"), {k: label(k) for k in results},
+                           f"forgetting digit {forget}: wall time includes preparation")
+    rows = list(samples)
+    save_grid(torch.cat([samples[k][:10] for k in rows]), rows=len(rows),
+              path=os.path.join(out, "samples.png"))
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown(report, rows))
+    print(table(report))
+    print(f"results in {out}/ (results.json, results.md, curves.png, samples.png)")
+    return report
+
+
+def _ratio(result: dict, safemax_seconds):
+    """Time to forget relative to SAFEMax's; for a method that never got there, a lower bound
+    (its whole budget) as ``{">": x}``."""
+    if not safemax_seconds:
+        return None
+    if result["seconds_to_forget"] is not None:
+        return result["seconds_to_forget"] / safemax_seconds
+    return {">": (result["prep_seconds"] + result["train_seconds"]) / safemax_seconds}
+
+
+def _run_method(spec, name, options, method_lr, original, measure, retain_data, forget_data, batch_size, steps,
+                eval_every, seed, retain_floor, attack, attack_x, attack_y, attack_steps,
+                attack_lrs, progress):
+    method, extra = _build(name, options)
+    u = Unlearner(load_default_unet(), measure["scheduler"], forget=measure["forget"], lr=method_lr,
+                  seed=seed, method=method, **extra)
+    curve = [dict(step=0, train_seconds=0.0, seconds=0.0, **_point(original))]
+    eval_at = evaluation_steps(steps, eval_every)
+
+    def track(u, record):
+        if record["step"] in eval_at:
+            m = evaluate(u.unet, **measure)
+            curve.append(dict(step=record["step"], train_seconds=record["seconds"],
+                              seconds=u.prep_seconds + record["seconds"], **_point(m)))
+            u.unet.train()
+
+    print(f"\n{label(spec)} (lr {method_lr}, {steps} steps, batch {batch_size}+{batch_size})")
+    diverged = None
+    try:
+        u.fit(retain_data, forget_data, steps=steps, batch_size=batch_size, progress=progress,
+              callback=track)
+    except FloatingPointError as e:  # gradient ascent can blow up: that is a result too
+        diverged = u.step + 1
+        print(f"{label(spec)} diverged: {e}")
+    prep = u.prep_seconds or 0.0
+    curve[0]["seconds"] = prep  # the starting point is reached after preparation
+    final = evaluate(u.unet, **measure, return_samples=True)
+    forget_samples = final.pop("samples")["forget"]
+    if curve[-1]["step"] != u.step:
+        train = u.history[-1]["seconds"] if u.history else 0.0
+        curve.append(dict(step=u.step, train_seconds=train, seconds=prep + train, **_point(final)))
+    hit = _first_forgotten(curve, retain_floor)
+    result = dict(
+        lr=method_lr, steps=u.step, diverged_at_step=diverged, prep_seconds=prep,
+        train_seconds=u.history[-1]["seconds"] if u.history else 0.0,
+        step_seconds=(u.history[-1]["seconds"] / len(u.history)) if u.history else None,
+        steps_to_forget=hit["step"] if hit else None,
+        seconds_to_forget=hit["seconds"] if hit else None,
+        fa_final=final["fa"], fa_digits_final=final["fa_digits"],
+        retain_acc_final=final["retain_acc"], frechet_final=final["frechet"],
+        gaussian_std_final=final["gaussian_std"], gaussian_mean_final=final["gaussian_mean"],
+        entropy_final=final["entropy"], method_config=u.method.config(), curve=curve)
+    if attack:
+        result["attack"] = []
+        for a_lr in attack_lrs:
+            attacked = relearning_attack(u.unet, measure["scheduler"], attack_x, attack_y,
+                                         steps=attack_steps, lr=a_lr, seed=seed)
+            fa = forget_accuracy(attacked, measure["scheduler"], measure["classifier"],
+                                 measure["forget"][0], measure["n_forget"],
+                                 measure["num_inference_steps"], measure["seed"])
+            result["attack"].append(dict(lr=a_lr, steps=attack_steps, images=len(attack_y),
+                                         fa_before=final["fa"], fa_after=fa["fa"],
+                                         fa_digits_after=fa["fa_digits"]))
+            print(f"  relearning attack lr {a_lr:g}: FA {final['fa']:.2f} -> {fa['fa']:.2f}")
+    return result, forget_samples
+
+
+def _point(m: dict) -> dict:
+    return {k: m[k] for k in ("fa", "fa_digits", "retain_acc", "frechet", "gaussian_std")}
+
+
+def _fmt(v, spec=".3f"):
+    return "—" if v is None else format(v, spec)
+
+
+def _ratio_text(r) -> str:
+    if r is None:
+        return "—"
+    return f"> {r['>']:.1f}×" if isinstance(r, dict) else f"{r:.1f}×"
+
+
+def table(report: dict) -> str:
+    """A console table of the comparison."""
+    head = f"{'method':<18} {'lr':>7} {'prep s':>7} {'steps→':>7} {'s→forget':>9} {'vs SAFEMax':>11} " \
+           f"{'FA':>5} {'retain':>7} {'Fréchet':>8} {'std':>5}"
+    lines = [head]
+    for name, r in report["methods"].items():
+        lines.append(f"{label(name):<18} {r['lr']:>7.0e} {r['prep_seconds']:>7.1f} "
+                     f"{_fmt(r['steps_to_forget'], 'd'):>7} {_fmt(r['seconds_to_forget'], '.1f'):>9} "
+                     f"{_ratio_text(r['time_to_forget_vs_safemax']):>11} {r['fa_final']:>5.2f} "
+                     f"{r['retain_acc_final']:>7.3f} {r['frechet_final']:>8.2f} {r['gaussian_std_final']:>5.2f}")
+    return "\n".join(lines)
+
+
+def markdown(report: dict, sample_rows: list) -> str:
+    s, o, m = report["settings"], report["original"], report["machine"]
+    out = [f"# safemax compare: forgetting digit {s['forget']}\n",
+           f"Embedded digits model; {s['steps']} steps per method at batch {s['batch_size']} forget + "
+           f"{s['batch_size']} retain, Adam; measured every {s['eval_every']} steps ({s['n_forget']} "
+           f"forget samples, {s['n_per_class']} per kept digit, DDIM {s['num_inference_steps']}). "
+           f"Forgotten = FA ≤ {report['bar']['fa_max']:.0%} with retain accuracy ≥ "
+           f"{report['bar']['retain_acc_min']:.3f} (original {o['retain_acc']:.3f} − 0.02). Times include "
+           f"preparation. Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}.\n",
+           "| method | lr | prep s | s / step | steps to forget | s to forget | vs SAFEMax | FA | "
+           "retain acc | Fréchet | forget std |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+           f"| original | | | | | | | {o['fa']:.2f} | {o['retain_acc']:.3f} | {o['frechet']:.2f} | "
+           f"{o['gaussian_std']:.2f} |"]
+    for name, r in report["methods"].items():
+        note = f" (diverged at step {r['diverged_at_step']})" if r["diverged_at_step"] else ""
+        out.append(f"| {label(name)}{note} | {r['lr']:g} | {r['prep_seconds']:.1f} | "
+                   f"{_fmt(r['step_seconds'], '.2f')} | {_fmt(r['steps_to_forget'], 'd')} | "
+                   f"{_fmt(r['seconds_to_forget'], '.1f')} | {_ratio_text(r['time_to_forget_vs_safemax'])} | "
+                   f"{r['fa_final']:.2f} | {r['retain_acc_final']:.3f} | {r['frechet_final']:.2f} | "
+                   f"{r['gaussian_std_final']:.2f} |")
+    if s["attack"]:
+        lrs = s["attack_lrs"]
+        out += ["", f"Relearning attack: {s['attack_steps']} Adam steps of the plain denoising loss on "
+                f"{s['attack_images']} images of digit {s['forget']}; forget accuracy before → after.\n",
+                "| method | FA before | " + " | ".join(f"FA after, lr {a:g}" for a in lrs) + " |",
+                "| --- | ---: | " + " | ".join("---:" for _ in lrs) + " |"]
+        for name, r in report["methods"].items():
+            a = r.get("attack") or []
+            out.append(f"| {label(name)} | {r['fa_final']:.2f} | " +
+                       " | ".join(f"{x['fa_after']:.2f}" for x in a) + " |")
+    out += ["", "![forget and retain accuracy against wall time](curves.png)", "",
+            "Forget-class samples, one row each: " + ", ".join(label(k) for k in sample_rows) +
+            ".\n", "![samples](samples.png)", ""]
+    return "\n".join(out)

@@ -1,0 +1,245 @@
+"""The baselines behind the Unlearner's one interface, and ``safemax compare`` (tiny, fast)."""
+import json
+
+import pytest
+import torch
+
+from safemax import Unlearner
+from safemax.compare import _ratio, evaluation_steps, relearning_attack
+from safemax.methods import GradientAscent, SalUn, SelectiveAmnesia, make_method
+
+from problems import T_TINY as T, params, tiny_data, tiny_scheduler, tiny_unet
+
+pytest.importorskip("diffusers")
+
+
+def tiny_sa(**kw):
+    return SelectiveAmnesia(**{**dict(n_replay=12, n_fisher=4, fisher_timesteps=3, sample_steps=2), **kw})
+
+
+def make(method, seed=0, **kw):
+    return Unlearner(tiny_unet(seed=seed), tiny_scheduler(), forget=[1], seed=seed,
+                     method=tiny_sa() if method == "sa" else method, **kw)
+
+
+def fixed_batch(forget, n=8, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    x0 = forget.tensors[0][:n]
+    t = torch.randint(0, T, (n,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    abar = tiny_scheduler().alphas_cumprod.double()
+    s = abar[t].view(-1, 1, 1, 1)
+    return (s.sqrt() * x0 + (1 - s).sqrt() * eps).float(), t, eps
+
+
+@torch.no_grad()
+def predict(unet, x_t, t, label):
+    return unet(x_t, t, class_labels=torch.full((len(t),), label)).sample
+
+
+@pytest.mark.parametrize("method", ["safemax", "salun", "sa", "ga"])
+def test_every_method_runs_two_steps_and_changes_the_weights(method):
+    retain, forget = tiny_data()
+    u = make(method, lr=1e-3)
+    before = params(u.unet)
+    history = u.fit(retain, forget, steps=2, batch_size=6, progress=False)
+    assert [h["step"] for h in history] == [1, 2] and u.prep_seconds is not None
+    after = u.unet.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert history[-1]["seconds"] > 0 and torch.isfinite(torch.tensor(history[-1]["loss"]))
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+def test_salun_mask_keeps_the_requested_fraction_and_only_masked_weights_move(fraction):
+    retain, forget = tiny_data()
+    u = make(SalUn(mask_fraction=fraction), lr=1e-2)
+    before = dict(u.unet.named_parameters())
+    before = {k: v.detach().clone() for k, v in before.items()}
+    u.fit(retain, forget, steps=3, batch_size=6, progress=False)
+    mask = u.method.mask
+    kept = sum(int(m.sum()) for m in mask.values())
+    total = sum(m.numel() for m in mask.values())
+    assert kept == round(fraction * total)
+    for name, p in u.unet.named_parameters():
+        frozen = ~mask[name]
+        assert torch.equal(p.detach()[frozen], before[name][frozen]), name  # Adam moves nothing unmasked
+    moved = sum(int((p.detach() != before[n]).sum()) for n, p in u.unet.named_parameters())
+    assert moved > 0.5 * kept
+
+
+def test_salun_mask_is_the_largest_forget_gradients():
+    """Every kept weight has a forget-loss gradient at least as large as every dropped one."""
+    retain, forget = tiny_data()
+    u = make("salun")
+    u.fit(retain, forget, steps=0, batch_size=16, progress=False)
+    # the preparation's gradient, recomputed independently: every forget image once, same draws
+    v = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], method="salun")
+    named = dict(v.unet.named_parameters())
+    n = len(forget)
+    for p in named.values():
+        p.grad = None
+    g = v.generator
+    for i in range(0, n, 16):
+        x0, y = forget.tensors[0][i:i + 16], forget.tensors[1][i:i + 16]
+        t = torch.randint(0, T, (len(y),), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        x_t, eps = v.noisy(x0, t, eps)
+        ((v.predict(x_t, t, y) - eps).square().mean() * len(y) / n).backward()
+    grads = {k: p.grad.abs() for k, p in named.items()}
+    kept = torch.cat([grads[k][m] for k, m in u.method.mask.items()])
+    dropped = torch.cat([grads[k][~m] for k, m in u.method.mask.items()])
+    assert kept.min() >= dropped.max()
+
+
+def test_salun_pulls_the_forget_class_towards_other_classes():
+    retain, forget = tiny_data()
+    u = make("salun", lr=3e-3)
+    x_t, t, _ = fixed_batch(forget)
+
+    def gap():
+        own = predict(u.unet, x_t, t, 1)
+        return sum((own - predict(u.unet, x_t, t, c)).square().mean() for c in (0, 2, 3)).item()
+
+    before = gap()
+    u.fit(retain, forget, steps=30, batch_size=8, progress=False)
+    assert gap() < 0.5 * before
+
+
+def test_gradient_ascent_raises_the_forget_loss():
+    retain, forget = tiny_data()
+    u = make("ga", lr=1e-3)
+    x_t, t, eps = fixed_batch(forget)
+
+    def forget_loss():
+        return (predict(u.unet, x_t, t, 1) - eps).square().mean().item()
+
+    before = forget_loss()
+    u.fit(retain, forget, steps=15, batch_size=8, progress=False)
+    assert forget_loss() > 1.2 * before
+
+
+def test_selective_amnesia_fisher_replay_and_surrogate():
+    retain, forget = tiny_data()
+    u = make("sa", lr=3e-3)
+    u.fit(None, None, steps=0, batch_size=8, progress=False)  # SA needs no real data
+    fisher = u.method.fisher
+    names = [n for n, _ in u.trainable()]
+    assert sorted(fisher) == sorted(names)
+    values = torch.cat([f.flatten() for f in fisher.values()])
+    assert torch.isfinite(values).all() and (values >= 0).all()
+    assert (values > 0).float().mean() > 0.9 and values.sum() > 0
+    images, labels = u.method.replay.tensors
+    assert len(images) == 12 and 1 not in labels.tolist() and images.abs().max() <= 1
+    # the forget class learns to denoise uniform noise
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(8, 1, 8, 8, generator=g) * 2 - 1
+    t = torch.randint(0, T, (8,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    x_t, eps = u.noisy(x0, t, eps)
+
+    def surrogate_loss():
+        with torch.no_grad():
+            return (u.predict(x_t, t, torch.full((8,), 1)) - eps).square().mean().item()
+
+    before = surrogate_loss()
+    u.fit(None, None, steps=40, batch_size=8, progress=False)
+    assert surrogate_loss() < before
+
+
+def test_selective_amnesia_ewc_holds_weights_near_the_original():
+    def drift(ewc_lambda):
+        u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], lr=3e-3,
+                      method=tiny_sa(ewc_lambda=ewc_lambda, replay_weight=0.0))
+        start = params(u.unet)
+        u.fit(None, None, steps=20, batch_size=8, progress=False)
+        return sum((p.detach() - start[n]).square().sum().item() for n, p in u.unet.named_parameters())
+
+    assert drift(1e6) < 0.5 * drift(0.0)
+
+
+@pytest.mark.parametrize("method", ["salun", "sa"])
+def test_baseline_resume_equals_an_uninterrupted_fit_without_preparing_again(tmp_path, method):
+    retain, forget = tiny_data()
+    straight = make(method, lr=1e-3)
+    straight.fit(retain, forget, steps=4, batch_size=6, progress=False)
+    first = make(method, lr=1e-3)
+    first.fit(retain, forget, steps=2, batch_size=6, progress=False, checkpoint_dir=str(tmp_path))
+    resumed = make(method, lr=1e-3)
+    resumed.method.prepare = lambda *a: pytest.fail("prepared again on resume")
+    resumed.fit(retain, forget, steps=4, batch_size=6, progress=False, checkpoint_dir=str(tmp_path),
+                resume=True)
+    assert resumed.prep_seconds == first.prep_seconds
+    for k, v in straight.unet.state_dict().items():
+        assert torch.equal(v, resumed.unet.state_dict()[k]), k
+
+
+def test_method_arguments_are_checked():
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        make("nope")
+    with pytest.raises(ValueError, match="early_fraction configure SAFEMax, not method 'salun'"):
+        make("salun", early_fraction=0.5)
+    with pytest.raises(ValueError, match="mask_fraction must be in"):
+        SalUn(mask_fraction=0)
+    with pytest.raises(ValueError, match="n_replay must be a positive integer"):
+        SelectiveAmnesia(n_replay=0)
+    with pytest.raises(ValueError, match="needs retain data"):
+        make("ga").fit(None, tiny_data()[1], steps=1, progress=False)
+    assert make_method("ga").name == "ga" and isinstance(make_method(GradientAscent()), GradientAscent)
+    assert make("salun").lr == 1e-4 and make("salun", lr=2e-3).lr == 2e-3
+
+
+def test_save_pretrained_names_the_method(tmp_path):
+    retain, forget = tiny_data()
+    u = make("salun")
+    u.fit(retain, forget, steps=1, batch_size=4, progress=False)
+    u.save_pretrained(str(tmp_path))
+    info = json.loads((tmp_path / "safemax.json").read_text())
+    assert info["method"] == "salun" and info["mask_fraction"] == 0.5 and info["steps"] == 1
+
+
+# ---------------------------------------------------------------- compare
+
+def test_relearning_attack_relearns_and_leaves_the_input_alone():
+    retain, forget = tiny_data()
+    unet = tiny_unet()
+    before = params(unet)
+    x_t, t, eps = fixed_batch(forget)
+    attacked = relearning_attack(unet, tiny_scheduler(), forget.tensors[0][:8], forget.tensors[1][:8],
+                                 steps=30, lr=3e-3)
+    assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())
+
+    def loss(m):
+        return (predict(m, x_t, t, 1) - eps).square().mean().item()
+
+    assert loss(attacked) < loss(unet)
+
+
+def test_evaluation_schedule_and_ratio_lower_bound():
+    assert sorted(evaluation_steps(100, 25)) == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 75, 100]
+    assert evaluation_steps(7, 25) == {5, 7}
+    assert _ratio(dict(seconds_to_forget=30.0, prep_seconds=5.0, train_seconds=60.0), 10.0) == 3.0
+    assert _ratio(dict(seconds_to_forget=None, prep_seconds=5.0, train_seconds=95.0), 10.0) == {">": 10.0}
+
+
+def test_compare_quick_writes_every_result(tmp_path, capsys):
+    from safemax.__main__ import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--quick", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["methods"]) == ["safemax", "salun", "sa", "ga"]
+    keys = {"steps_to_forget", "seconds_to_forget", "prep_seconds", "fa_final", "retain_acc_final",
+            "frechet_final", "gaussian_std_final", "curve", "attack", "time_to_forget_vs_safemax"}
+    for name, r in report["methods"].items():
+        assert keys <= set(r), (name, keys - set(r))
+        assert 0 <= r["fa_final"] <= 1 and r["prep_seconds"] >= 0 and r["steps"] == 2
+        assert [a["lr"] for a in r["attack"]] == [1e-4, 1e-3]
+        assert r["curve"][0]["step"] == 0 and r["curve"][-1]["step"] == 2
+    assert report["methods"]["sa"]["prep_seconds"] > 0 and report["methods"]["salun"]["prep_seconds"] > 0
+    for f in ("results.md", "curves.png", "samples.png"):
+        assert (out / f).stat().st_size > 0
+    assert "SalUn" in (out / "results.md").read_text() and "SalUn" in capsys.readouterr().out
+    # an interrupted comparison resumes: finished methods are reused, not rerun
+    assert main(["compare", "--quick", "--out", str(out), "--methods", "ga", "--resume"]) == 0
+    assert "reusing the finished run" in capsys.readouterr().out
