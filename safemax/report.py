@@ -74,9 +74,11 @@ def write_json(path: str, obj: dict):
         json.dump(obj, f, indent=2)
 
 
-def save_comparison_curves(results: dict, original: dict, path: str, labels: dict, title: str):
+def save_comparison_curves(results: dict, original: dict, path: str, labels: dict, title: str,
+                           bar: dict = None):
     """Forget accuracy and retain accuracy against wall time (preparation included), one curve
-    per method, on a log time axis (the methods differ by orders of magnitude)."""
+    per method, on a log time axis (the methods differ by orders of magnitude); ``bar``
+    (``fa_max``, ``retain_acc_min``) is drawn as dashed lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -88,6 +90,9 @@ def save_comparison_curves(results: dict, original: dict, path: str, labels: dic
             ax.plot([max(p["seconds"], 0.1) for p in curve], [p[key] for p in curve], "o-", ms=3,
                     label=labels.get(name, name))
         ax.axhline(original[key], color="grey", lw=0.8, ls=":", label="original")
+        if bar:
+            ax.axhline(bar["fa_max" if key == "fa" else "retain_acc_min"], color="black", lw=0.8,
+                       ls="--", label="bar")
         ax.set_xscale("log")
         ax.set_xlabel("wall time, s (log; preparation included)")
         ax.set_ylabel(ylabel)

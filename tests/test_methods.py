@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from safemax import Unlearner
-from safemax.compare import _ratio, evaluation_steps, relearning_attack
+from safemax.compare import evaluation_steps, relearning_attack, summarise
 from safemax.methods import GradientAscent, SalUn, SelectiveAmnesia, make_method
 
 from problems import T_TINY as T, params, tiny_data, tiny_scheduler, tiny_unet
@@ -215,11 +215,29 @@ def test_relearning_attack_relearns_and_leaves_the_input_alone():
     assert loss(attacked) < loss(unet)
 
 
-def test_evaluation_schedule_and_ratio_lower_bound():
+def test_evaluation_schedule():
     assert sorted(evaluation_steps(100, 25)) == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 75, 100]
     assert evaluation_steps(7, 25) == {5, 7}
-    assert _ratio(dict(seconds_to_forget=30.0, prep_seconds=5.0, train_seconds=60.0), 10.0) == 3.0
-    assert _ratio(dict(seconds_to_forget=None, prep_seconds=5.0, train_seconds=95.0), 10.0) == {">": 10.0}
+
+
+def test_time_to_forget_first_held_and_ratios():
+    def run(points, prep=5.0):
+        curve = [dict(step=10 * i, seconds=prep + 2.0 * i, fa=fa, retain_acc=acc, frechet=float(i))
+                 for i, (fa, acc) in enumerate(points)]
+        return dict(curve=curve, prep_seconds=prep, train_seconds=2.0 * (len(points) - 1))
+
+    safemax = run([(1, 1), (0.5, 1), (0, 0.99), (0, 1)], prep=0.0)
+    fluke = run([(1, 1), (0, 0.99), (0, 0.5), (0, 0.99), (0, 0.985)])  # passes, breaks, passes again
+    never = run([(1, 1), (0, 0.5), (0.2, 0.99)])
+    for r in (safemax, fluke, never):
+        r.update(summarise(r, retain_floor=0.98))
+    for r in (safemax, fluke, never):
+        r.update(summarise(r, retain_floor=0.98, safemax=safemax))
+    assert (safemax["steps_to_forget"], safemax["steps_to_forget_held"]) == (20, 20)
+    assert (fluke["steps_to_forget"], fluke["seconds_to_forget"], fluke["frechet_at_forget"]) == (10, 7.0, 1.0)
+    assert (fluke["steps_to_forget_held"], fluke["seconds_to_forget_held"]) == (30, 11.0)
+    assert fluke["time_to_forget_vs_safemax"] == 7.0 / 4.0 and fluke["held_time_to_forget_vs_safemax"] == 11.0 / 4.0
+    assert never["steps_to_forget"] is None and never["held_time_to_forget_vs_safemax"] == {">": 9.0 / 4.0}
 
 
 def test_compare_quick_writes_every_result(tmp_path, capsys):
@@ -229,7 +247,7 @@ def test_compare_quick_writes_every_result(tmp_path, capsys):
     assert main(["compare", "--quick", "--out", str(out)]) == 0
     report = json.loads((out / "results.json").read_text())
     assert list(report["methods"]) == ["safemax", "salun", "sa", "ga"]
-    keys = {"steps_to_forget", "seconds_to_forget", "prep_seconds", "fa_final", "retain_acc_final",
+    keys = {"steps_to_forget", "seconds_to_forget", "steps_to_forget_held", "prep_seconds", "fa_final", "retain_acc_final",
             "frechet_final", "gaussian_std_final", "curve", "attack", "time_to_forget_vs_safemax"}
     for name, r in report["methods"].items():
         assert keys <= set(r), (name, keys - set(r))
@@ -243,3 +261,19 @@ def test_compare_quick_writes_every_result(tmp_path, capsys):
     # an interrupted comparison resumes: finished methods are reused, not rerun
     assert main(["compare", "--quick", "--out", str(out), "--methods", "ga", "--resume"]) == 0
     assert "reusing the finished run" in capsys.readouterr().out
+
+
+def test_method_specs_with_options():
+    from safemax.compare import label, parse_method
+
+    assert parse_method("salun:retain_weight=1,mask_fraction=0.3") == \
+        ("salun", {"retain_weight": 1, "mask_fraction": 0.3})
+    assert parse_method("safemax:early_fraction=0.8") == ("safemax", {"early_fraction": 0.8})
+    assert parse_method("sa", quick=True)[1]["n_replay"] == 8
+    assert label("salun:retain_weight=1") == "SalUn (retain_weight=1)"
+    for spec, message in (("nope", "unknown method 'nope'"), ("salun:retain_weight", "write name=value"),
+                          ("salun:bogus=1", "unexpected keyword argument 'bogus'"),
+                          ("safemax:lr=1", "safemax has no option 'lr'"),
+                          ("salun:mask_fraction=2", "mask_fraction must be in")):
+        with pytest.raises(ValueError, match=message):
+            parse_method(spec)
