@@ -230,10 +230,11 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         write_json(cache, dict(config=config, result=results[spec],
                                forget_samples=samples[spec].tolist()))
 
+    reference = results.get("safemax")
+    if reference:
+        reference.update(summarise(reference, retain_floor))
     for r in results.values():
-        r.update(summarise(r, retain_floor))
-    for r in results.values():
-        r.update(summarise(r, retain_floor, safemax=results.get("safemax")))
+        r.update(summarise(r, retain_floor, safemax=reference))
     report = dict(settings=settings, machine=_machine(),
                   bar=dict(fa_max=FA_BAR, retain_acc_min=retain_floor),
                   original=original, methods=results)

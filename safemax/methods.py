@@ -239,7 +239,7 @@ class SelectiveAmnesia(Method):
         self.ewc_lambda, self.replay_weight = ewc_lambda, replay_weight
         self.n_replay, self.n_fisher = n_replay, n_fisher
         self.fisher_timesteps, self.sample_steps = fisher_timesteps, sample_steps
-        self.fisher = self.replay = None
+        self.fisher = self.replay = self._replay_batches = None
 
     def config(self):
         return dict(ewc_lambda=self.ewc_lambda, replay_weight=self.replay_weight,
@@ -254,7 +254,7 @@ class SelectiveAmnesia(Method):
         labels = balanced_labels(self.kept, self.n_replay)
         replay = sample(u.unet, u.scheduler, labels, num_inference_steps=self.sample_steps,
                         seed=u.seed + 2).clamp(-1, 1)
-        self.replay = TensorDataset(replay, labels)
+        self._set_replay(TensorDataset(replay, labels))
         self.fisher = self._fisher(u)
 
     def _fisher(self, u):
@@ -276,7 +276,7 @@ class SelectiveAmnesia(Method):
 
     def loss(self, u, retain, forget, batch_size):
         g = u.generator
-        xr, yr = self._replay_batches(u).draw(batch_size, g)
+        xr, yr = self._replay_batches.draw(batch_size, g)
         forget_ids = torch.tensor(u.forget)
         yf = forget_ids[torch.randint(0, len(forget_ids), (batch_size,), generator=g)]
         xf = torch.rand((batch_size, *xr.shape[1:]), generator=g) * 2 - 1  # surrogate: uniform noise
@@ -292,10 +292,8 @@ class SelectiveAmnesia(Method):
         loss = forget_loss + self.replay_weight * replay_loss + 0.5 * self.ewc_lambda * ewc
         return loss, dict(forget_loss=forget_loss.item(), retain_loss=replay_loss.item(), ewc=ewc.item())
 
-    def _replay_batches(self, u):
-        if getattr(self, "_replay_b", None) is None or self._replay_b.data is not self.replay:
-            self._replay_b = Batches(self.replay, "replay")
-        return self._replay_b
+    def _set_replay(self, replay: TensorDataset):
+        self.replay, self._replay_batches = replay, Batches(replay, "replay")
 
     def state(self):
         out = {f"fisher.{k}": v for k, v in self.fisher.items()}
@@ -306,7 +304,7 @@ class SelectiveAmnesia(Method):
         device = u.device()
         self.fisher = {k[len("fisher."):]: v.to(device) for k, v in tensors.items()
                        if k.startswith("fisher.")}
-        self.replay = TensorDataset(tensors["replay_images"], tensors["replay_labels"])
+        self._set_replay(TensorDataset(tensors["replay_images"], tensors["replay_labels"]))
 
 
 # ---------------------------------------------------------------------------------- gradient ascent
