@@ -25,6 +25,18 @@ from .methods import Method, SafeMax, make_method
 from .sampling import epsilon_part, sample
 
 
+def class_count(model):
+    """How many class labels a class-conditional diffusers model takes: ``num_class_embeds``
+    (UNet2DModel) or, for DiT (``DiTTransformer2DModel``, adaptive-norm-zero class
+    conditioning), ``num_embeds_ada_norm``; None for an unconditional model."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "num_class_embeds", None) is not None:
+        return cfg.num_class_embeds
+    if getattr(cfg, "norm_type", None) == "ada_norm_zero":
+        return getattr(cfg, "num_embeds_ada_norm", None)
+    return None
+
+
 def _checksum(model) -> float:
     """A cheap fingerprint of a model's weights (float64 sum of |w|), to match resumes."""
     with torch.no_grad():
@@ -35,8 +47,10 @@ class Unlearner:
     """Forget classes of a class-conditional diffusers UNet with SAFEMax (or a baseline).
 
     Args:
-        unet: a diffusers ``UNet2DModel`` with ``num_class_embeds`` (or any model called as
-            ``unet(x_t, t, class_labels=y).sample`` with that config entry). Trained in place.
+        unet: a class-conditional diffusers model, trained in place: ``UNet2DModel`` with
+            ``num_class_embeds``, or ``DiTTransformer2DModel`` (classes = ``num_embeds_ada_norm``);
+            any model called as ``unet(x_t, t, class_labels=y).sample`` with such a config entry.
+            Models that also predict their variance (2·C output channels) train the ε half.
         scheduler: a diffusers scheduler exposing ``alphas_cumprod`` (DDPM, DDIM, …).
         forget: class id or list of class ids to forget.
         early_fraction: τ in (0, 1]: forget rows are trained on the noisiest τ·T steps only.
@@ -72,18 +86,19 @@ class Unlearner:
                                  f"{method.name!r}; configure a baseline through its object, "
                                  "e.g. method=safemax.methods.SalUn(mask_fraction=0.3)")
         lr = method.default_lr if lr is None else lr
-        num_classes = getattr(getattr(unet, "config", None), "num_class_embeds", None)
+        num_classes = class_count(unet)
         if num_classes is None:
             raise ValueError(
-                "unet is not class-conditional (its config has no num_class_embeds): SAFEMax "
-                "forgets a class, so the UNet must take class_labels")
+                "unet is not class-conditional (its config has no num_class_embeds, and it is not "
+                "a DiT with num_embeds_ada_norm): SAFEMax forgets a class, so the model must take "
+                "class_labels")
         forget = [forget] if isinstance(forget, int) else list(forget)
         if not forget:
             raise ValueError("forget is empty: name at least one class id to forget")
         for c in forget:
             if not isinstance(c, int) or not 0 <= c < num_classes:
                 raise ValueError(f"forget class {c!r} is not a class id of this UNet "
-                                 f"(num_class_embeds = {num_classes}: ids 0..{num_classes - 1})")
+                                 f"({num_classes} classes: ids 0..{num_classes - 1})")
         if len(set(forget)) == num_classes:
             raise ValueError("forget names every class: nothing would be left to keep")
         abar = getattr(scheduler, "alphas_cumprod", None)
@@ -174,7 +189,7 @@ class Unlearner:
             out = sorted(c for c in set(labels.tolist()) if not 0 <= c < self.num_classes)
             if out:
                 raise ValueError(f"retain labels {out} are not class ids of this UNet "
-                                 f"(num_class_embeds = {self.num_classes})")
+                                 f"({self.num_classes} classes)")
         labels = forget.labels() if forget is not None else None
         if labels is not None:
             bad = sorted(set(labels.tolist()) - set(self.forget))
