@@ -24,7 +24,7 @@ from .data import digits_dataset, split_by_class
 from .methods import METHODS, make_method
 from .metrics import classify, evaluate
 from .report import save_comparison_curves, save_grid, write_json
-from .sampling import sample
+from .sampling import epsilon_part, sample
 from .unlearner import Unlearner
 from .zoo import default_scheduler, load_default_classifier, load_default_unet
 
@@ -49,7 +49,7 @@ def relearning_attack(unet, scheduler, images: torch.Tensor, labels: torch.Tenso
         eps = torch.randn(x0.shape, generator=g).to(device)
         s = abar[t].view(-1, 1, 1, 1)
         x_t = (s.sqrt() * x0 + (1 - s).sqrt() * eps).float()
-        pred = model(x_t, t, class_labels=y).sample[:, :x0.shape[1]]
+        pred = epsilon_part(model(x_t, t, class_labels=y).sample, x0.shape[1])
         loss = (pred - eps.float()).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,15 +257,13 @@ def _run_method(spec, name, options, method_lr, original, measure, retain_data, 
     method, extra = _build(name, options)
     u = Unlearner(load_default_unet(), measure["scheduler"], forget=measure["forget"], lr=method_lr,
                   seed=seed, method=method, **extra)
-    curve = [dict(step=0, train_seconds=0.0, seconds=0.0, **_point(original))]
+    curve = [_point(0, 0.0, 0.0, original)]
     eval_at = evaluation_steps(steps, eval_every)
 
     def track(u, record):
         if record["step"] in eval_at:
-            m = evaluate(u.unet, **measure)
-            curve.append(dict(step=record["step"], train_seconds=record["seconds"],
-                              seconds=u.prep_seconds + record["seconds"], **_point(m)))
-            u.unet.train()
+            curve.append(_point(record["step"], record["seconds"], u.prep_seconds,
+                                evaluate(u.unet, **measure)))
 
     print(f"\n{label(spec)} (lr {method_lr}, {steps} steps, batch {batch_size}+{batch_size})")
     diverged = None
@@ -276,16 +274,15 @@ def _run_method(spec, name, options, method_lr, original, measure, retain_data, 
         diverged = u.step + 1
         print(f"{label(spec)} diverged: {e}")
     prep = u.prep_seconds or 0.0
+    train = u.history[-1]["seconds"] if u.history else 0.0
     curve[0]["seconds"] = prep  # the starting point is reached after preparation
     final = evaluate(u.unet, **measure, return_samples=True)
     forget_samples = final.pop("samples")["forget"]
     if curve[-1]["step"] != u.step:
-        train = u.history[-1]["seconds"] if u.history else 0.0
-        curve.append(dict(step=u.step, train_seconds=train, seconds=prep + train, **_point(final)))
+        curve.append(_point(u.step, train, prep, final))
     result = dict(
         lr=method_lr, steps=u.step, diverged_at_step=diverged, prep_seconds=prep,
-        train_seconds=u.history[-1]["seconds"] if u.history else 0.0,
-        step_seconds=(u.history[-1]["seconds"] / len(u.history)) if u.history else None,
+        train_seconds=train, step_seconds=train / len(u.history) if u.history else None,
         fa_final=final["fa"], fa_digits_final=final["fa_digits"],
         retain_acc_final=final["retain_acc"], frechet_final=final["frechet"],
         gaussian_std_final=final["gaussian_std"], gaussian_mean_final=final["gaussian_mean"],
@@ -305,8 +302,10 @@ def _run_method(spec, name, options, method_lr, original, measure, retain_data, 
     return result, forget_samples
 
 
-def _point(m: dict) -> dict:
-    return {k: m[k] for k in ("fa", "fa_digits", "retain_acc", "frechet", "gaussian_std")}
+def _point(step: int, train_seconds: float, prep_seconds: float, m: dict) -> dict:
+    """One curve point: the step, training and wall time (preparation included), the metrics."""
+    return dict(step=step, train_seconds=train_seconds, seconds=prep_seconds + train_seconds,
+                **{k: m[k] for k in ("fa", "fa_digits", "retain_acc", "frechet", "gaussian_std")})
 
 
 def _fmt(v, spec=".3f"):
