@@ -8,6 +8,7 @@ EXAMPLES = """examples:
   safemax demo --forget 7 --steps 50 --out d7   another digit, fewer steps
   safemax unlearn --forget 3 --out unet-no3     unlearn the embedded model, save diffusers format
   safemax unlearn --model ./my-ddpm --data ./images --forget 2 --out ./my-ddpm-no2
+  accelerate launch -m safemax unlearn --forget 3 --out unet-no3   data-parallel (DDP)
   safemax sample --model unet-no3 --label 3 --out threes.png
   safemax evaluate --model unet-no3 --forget 3
   safemax compare                               SAFEMax vs SalUn, Selective Amnesia, gradient ascent
@@ -68,6 +69,10 @@ def _add_unlearn(sub):
     p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=None,
+                   help="autocast the forward passes through Accelerate (fp16: GPU only)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory, more time")
 
 
 def _add_sample(sub):
@@ -149,13 +154,15 @@ def _unlearn(args):
     # the SAFEMax options go through for every method: the Unlearner rejects them for baselines
     u = Unlearner(unet, scheduler, forget=args.forget, early_fraction=args.early_fraction,
                   forget_weight=args.forget_weight, max_snr=args.max_snr, lr=lr, seed=args.seed,
-                  method=args.method)
+                  method=args.method, mixed_precision=args.mixed_precision,
+                  gradient_checkpointing=args.gradient_checkpointing)
     ckpt = args.checkpoint_dir or os.path.join(args.out, "checkpoint")
     u.fit(retain_data, None if args.data_free else forget_data, steps=args.steps,
           batch_size=args.batch_size, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
           resume=args.resume)
     u.save_pretrained(args.out)
-    print(f"unlearned UNet saved to {args.out} (diffusers format; safemax.json says what was done)")
+    if u.is_main_process:
+        print(f"unlearned UNet saved to {args.out} (diffusers format; safemax.json says what was done)")
 
 
 def _sample(args):

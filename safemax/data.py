@@ -83,7 +83,8 @@ class ImageFolder(Dataset):
 
 
 class Batches:
-    """Draws batches of ``(images, labels)`` from a map-style data set (random indices from the
+    """Draws batches of ``(images, conditions)`` — a condition is a class id or a prompt
+    embedding ``[L, D]`` — from a map-style data set (random indices from the
     Unlearner's generator: reproducible and resumable) or cycles through an iterable such as a
     DataLoader (re-chunked to the requested batch size)."""
 
@@ -100,19 +101,24 @@ class Batches:
         return labels_of(self.data) if self.map_style else None
 
     def items(self, idx: torch.Tensor):
-        """The items at indices ``idx`` of a map-style data set, as ``(images, labels)``."""
+        """The items at indices ``idx`` of a map-style data set, as ``(images, conditions)``."""
         if isinstance(self.data, TensorDataset):
-            images, labels = self.data.tensors[0][idx], self.data.tensors[1][idx]
+            images, conds = self.data.tensors[0][idx], self.data.tensors[1][idx]
         else:
             items = [self.data[int(i)] for i in idx]
             images = torch.stack([torch.as_tensor(im) for im, _ in items])
-            labels = torch.tensor([int(lb) for _, lb in items])
-        return images.float(), labels.long()
+            conds = _stack_conditions([c for _, c in items])
+        return images.float(), (conds.float() if conds.is_floating_point() else conds.long())
 
-    def draw(self, n: int, generator: torch.Generator):
+    def draw(self, n: int, generator: torch.Generator, local=None):
+        """``n`` random items; ``local`` (the Unlearner's, under multi-process training) picks the
+        rows this process trains on. Every process draws the same ``n`` indices, so the random
+        stream and hence the global batch do not depend on the number of processes; a map-style
+        data set loads only the local rows."""
         if self.map_style:
-            return self.items(torch.randint(0, len(self.data), (n,), generator=generator))
-        images, labels, count = [], [], 0
+            idx = torch.randint(0, len(self.data), (n,), generator=generator)
+            return self.items(idx if local is None else local(idx))
+        images, conds, count = [], [], 0
         while count < n:
             if not self._buffer:
                 if self._iter is None:
@@ -125,8 +131,17 @@ class Batches:
                     if batch is None:
                         raise ValueError(f"{self.name} data yields nothing")
                 self._buffer = list(zip(torch.as_tensor(batch[0]), torch.as_tensor(batch[1])))
-            im, lb = self._buffer.pop(0)
+            im, c = self._buffer.pop(0)
             images.append(im)
-            labels.append(int(lb))
+            conds.append(c)
             count += 1
-        return torch.stack(images).float(), torch.tensor(labels)
+        images, conds = torch.stack(images).float(), _stack_conditions(conds)
+        conds = conds.float() if conds.is_floating_point() else conds.long()
+        return (images, conds) if local is None else (local(images), local(conds))
+
+
+def _stack_conditions(conds: list) -> torch.Tensor:
+    """Class ids (ints or 0-dim tensors) → ``[N]`` int64; prompt embeddings ``[L, D]`` → ``[N, L, D]``."""
+    if torch.is_tensor(conds[0]) and conds[0].dim() > 0:
+        return torch.stack(conds)
+    return torch.tensor([int(c) for c in conds])

@@ -36,16 +36,17 @@ def _mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def _denoising_batch(u, retain, forget, batch_size: int):
     """``batch_size`` forget rows then ``batch_size`` retain rows, t ~ U[0, T), noised:
-    ``(x_t, eps, t, labels)`` on the model's device."""
-    g = u.generator
-    xf, yf = forget.draw(batch_size, g)
-    xr, yr = retain.draw(batch_size, g)
-    t = torch.randint(0, u.num_train_timesteps, (2 * batch_size,), generator=g)
+    ``(x_t, eps, t, conds)`` on the model's device — this process's share of them
+    (``u.local``; all of them in a single process)."""
+    g, B = u.generator, batch_size
+    xf, yf = forget.draw(B, g, u.local)
+    xr, yr = retain.draw(B, g, u.local)
+    t = u.local(torch.randint(0, u.num_train_timesteps, (2 * B,), generator=g), parts=2)
     x0 = torch.cat([xf, xr])
-    eps = torch.randn(x0.shape, generator=g)
-    x0, eps, t, labels = u.to_device(x0, eps, t, torch.cat([yf, yr]))
+    eps = u.local(torch.randn((2 * B, *x0.shape[1:]), generator=g), parts=2)
+    x0, eps, t, conds = u.to_device(x0, eps, t, torch.cat([yf, yr]))
     x_t, eps = u.noisy(x0, t, eps)
-    return x_t, eps, t, labels
+    return x_t, eps, t, conds
 
 
 class Method:
@@ -98,25 +99,24 @@ class SafeMax(Method):
             self.teacher = copy.deepcopy(u.unet).requires_grad_(False).eval()
 
     def loss(self, u, retain, forget, batch_size):
-        g = u.generator
-        xf, yf = forget.draw(batch_size, g)
-        xr, yr = retain.draw(batch_size, g)
-        T = u.num_train_timesteps
-        tf = torch.randint(u.t_min, T, (batch_size,), generator=g)  # t_min < T as τ > 0
-        tr = torch.randint(0, T, (batch_size,), generator=g)
+        g, T, B = u.generator, u.num_train_timesteps, batch_size
+        xf, yf = forget.draw(B, g, u.local)
+        xr, yr = retain.draw(B, g, u.local)
+        tf = u.local(torch.randint(u.t_min, T, (B,), generator=g))  # t_min < T as τ > 0
+        tr = u.local(torch.randint(0, T, (B,), generator=g))
         x0 = torch.cat([xf, xr])
-        eps = torch.randn(x0.shape, generator=g)
-        is_forget = torch.cat([torch.ones(batch_size, dtype=torch.bool),
-                               torch.zeros(batch_size, dtype=torch.bool)])
-        x0, eps, t, labels, is_forget = u.to_device(x0, eps, torch.cat([tf, tr]),
-                                                    torch.cat([yf, yr]), is_forget)
+        eps = u.local(torch.randn((2 * B, *x0.shape[1:]), generator=g), parts=2)
+        b = len(xf)  # this process's rows of each half
+        is_forget = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
+        x0, eps, t, conds, is_forget = u.to_device(x0, eps, torch.cat([tf, tr]),
+                                                   torch.cat([yf, yr]), is_forget)
         x_t, eps = u.noisy(x0, t, eps)
         if self.teacher is not None:  # retain rows: the original model's prediction
             with torch.no_grad():
-                r = slice(batch_size, None)
+                r = slice(b, None)
                 eps = eps.clone()
-                eps[r] = u.predict(x_t[r], t[r], labels[r], model=self.teacher)
-        pred = u.predict(x_t, t, labels)
+                eps[r] = u.predict(x_t[r], t[r], conds[r], model=self.teacher)
+        pred = u.predict(x_t, t, conds)
         loss, nats = safemax_loss(pred, eps, x_t, t, u.abar, is_forget, u.t_min,
                                   u.forget_weight, u.weighting)
         return loss, dict(forget_nats=nats[is_forget].mean().item(),
@@ -151,7 +151,8 @@ class SalUn(Method):
         return dict(mask_fraction=self.mask_fraction, retain_weight=self.retain_weight)
 
     def bind(self, u):
-        self.other_classes = torch.tensor([c for c in range(u.num_classes) if c not in u.forget])
+        self.other_classes = None if u.num_classes is None else \
+            torch.tensor([c for c in range(u.num_classes) if c not in u.forget])
 
     def prepare(self, u, retain, forget, batch_size):
         named = u.trainable()
@@ -182,15 +183,19 @@ class SalUn(Method):
             p.grad = None
 
     def loss(self, u, retain, forget, batch_size):
-        x_t, eps, t, labels = _denoising_batch(u, retain, forget, batch_size)
-        pick = torch.randint(0, len(self.other_classes), (batch_size,), generator=u.generator)
-        other, = u.to_device(self.other_classes[pick])
-        f = slice(0, batch_size)
+        x_t, eps, t, conds = _denoising_batch(u, retain, forget, batch_size)
+        b = len(conds) // 2
+        if self.other_classes is not None:
+            pick = u.local(torch.randint(0, len(self.other_classes), (batch_size,), generator=u.generator))
+            other, = u.to_device(self.other_classes[pick])
+        else:  # text concepts: the retain rows' prompts, a random draw of other concepts
+            other = conds[b:]
+        f = slice(0, b)
         with torch.no_grad():  # the random label's prediction is the target, not trained
             target = u.predict(x_t[f], t[f], other)
-        pred = u.predict(x_t, t, labels)
+        pred = u.predict(x_t, t, conds)
         forget_loss = _mse(pred[f], target)
-        retain_loss = _mse(pred[batch_size:], eps[batch_size:])
+        retain_loss = _mse(pred[b:], eps[b:])
         return forget_loss + self.retain_weight * retain_loss, \
             dict(forget_loss=forget_loss.item(), retain_loss=retain_loss.item())
 
@@ -275,18 +280,19 @@ class SelectiveAmnesia(Method):
         return {name: f for (name, _), f in zip(named, fisher)}
 
     def loss(self, u, retain, forget, batch_size):
-        g = u.generator
-        xr, yr = self._replay_batches.draw(batch_size, g)
+        g, B = u.generator, batch_size
+        xr, yr = self._replay_batches.draw(B, g, u.local)
         forget_ids = torch.tensor(u.forget)
-        yf = forget_ids[torch.randint(0, len(forget_ids), (batch_size,), generator=g)]
-        xf = torch.rand((batch_size, *xr.shape[1:]), generator=g) * 2 - 1  # surrogate: uniform noise
-        t = torch.randint(0, u.num_train_timesteps, (2 * batch_size,), generator=g)
+        yf = u.local(forget_ids[torch.randint(0, len(forget_ids), (B,), generator=g)])
+        xf = u.local(torch.rand((B, *xr.shape[1:]), generator=g) * 2 - 1)  # surrogate: uniform noise
+        t = u.local(torch.randint(0, u.num_train_timesteps, (2 * B,), generator=g), parts=2)
         x0 = torch.cat([xf, xr])
-        eps = torch.randn(x0.shape, generator=g)
+        eps = u.local(torch.randn((2 * B, *x0.shape[1:]), generator=g), parts=2)
         x0, eps, t, labels = u.to_device(x0, eps, t, torch.cat([yf, yr]))
         x_t, eps = u.noisy(x0, t, eps)
+        b = len(yf)
         per_sample = (u.predict(x_t, t, labels).float() - eps.float()).square().flatten(1).sum(1)
-        forget_loss, replay_loss = per_sample[:batch_size].mean(), per_sample[batch_size:].mean()
+        forget_loss, replay_loss = per_sample[:b].mean(), per_sample[b:].mean()
         ewc = sum((self.fisher[n] * (p.float() - self.original[n].float()).square()).sum()
                   for n, p in u.trainable())
         loss = forget_loss + self.replay_weight * replay_loss + 0.5 * self.ewc_lambda * ewc
@@ -317,10 +323,11 @@ class GradientAscent(Method):
     max_grad_norm = 1.0  # the published configs clip the gradient norm at 1
 
     def loss(self, u, retain, forget, batch_size):
-        x_t, eps, t, labels = _denoising_batch(u, retain, forget, batch_size)
-        pred = u.predict(x_t, t, labels)
-        forget_loss = _mse(pred[:batch_size], eps[:batch_size])
-        retain_loss = _mse(pred[batch_size:], eps[batch_size:])
+        x_t, eps, t, conds = _denoising_batch(u, retain, forget, batch_size)
+        pred = u.predict(x_t, t, conds)
+        b = len(conds) // 2
+        forget_loss = _mse(pred[:b], eps[:b])
+        retain_loss = _mse(pred[b:], eps[b:])
         return retain_loss - forget_loss, dict(forget_loss=forget_loss.item(),
                                                retain_loss=retain_loss.item())
 

@@ -1,6 +1,7 @@
-"""Class-conditional sampling from a diffusers UNet (DDIM or DDPM), returning raw samples.
+"""Conditional sampling from a diffusers UNet (DDIM or DDPM), returning raw samples.
 
 Raw means before any clipping to [-1, 1]: the Gaussianity of forgotten classes is measured there.
+A condition is a class id (``class_labels``) or a prompt embedding (``encoder_hidden_states``).
 """
 import torch
 from tqdm.auto import tqdm
@@ -10,6 +11,13 @@ def epsilon_part(pred: torch.Tensor, channels: int) -> torch.Tensor:
     """The ε prediction of a model output: models that also learn their variance (DiT, improved
     DDPM) output 2·C channels, ε first."""
     return pred[:, :channels] if pred.shape[1] == 2 * channels else pred
+
+
+def condition(cond: torch.Tensor) -> dict:
+    """The keyword by which a diffusers model takes per-row conditions: class ids (integer
+    ``[B]``) are ``class_labels``, prompt embeddings (floating ``[B, L, D]``, e.g. from a CLIP
+    text encoder) are ``encoder_hidden_states``."""
+    return {"encoder_hidden_states": cond} if cond.is_floating_point() else {"class_labels": cond}
 
 
 def make_sampler(scheduler, method: str = "ddim", num_inference_steps: int = 50):
@@ -28,12 +36,15 @@ def make_sampler(scheduler, method: str = "ddim", num_inference_steps: int = 50)
 @torch.no_grad()
 def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str = "ddim",
            seed: int = 0, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Generate one image per entry of ``labels`` (class ids), ``[N, C, H, W]``, unclipped.
+    """Generate one image (or latent) per entry of ``labels``, ``[N, C, H, W]``, unclipped.
 
-    Deterministic for a given ``seed``: the initial noise and the DDPM noise come from a CPU
-    generator, whatever the device.
+    ``labels``: class ids ``[N]``, or prompt embeddings ``[N, L, D]`` for a text-conditional
+    UNet (plain conditional sampling, no classifier-free guidance). Deterministic for a given
+    ``seed``: the initial noise and the DDPM noise come from a CPU generator, whatever the device.
     """
-    labels = torch.as_tensor(labels, dtype=torch.long)
+    labels = torch.as_tensor(labels)
+    if not labels.is_floating_point():
+        labels = labels.long()
     param = next(unet.parameters())
     device, dtype = param.device, param.dtype
     cfg = unet.config
@@ -46,11 +57,12 @@ def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str =
     chunks = range(0, len(labels), batch_size)
     for start in tqdm(chunks, desc="sampling", disable=not progress, leave=False):
         y = labels[start:start + batch_size].to(device)
+        y = y.to(dtype) if y.is_floating_point() else y
         sampler = make_sampler(scheduler, method, num_inference_steps)
         x = torch.randn((len(y), *shape), generator=g).to(device=device, dtype=dtype)
         for t in sampler.timesteps:
             tt = torch.full((len(y),), int(t), device=device, dtype=torch.long)
-            eps = epsilon_part(unet(x, tt, class_labels=y).sample, shape[0])
+            eps = epsilon_part(unet(x, tt, **condition(y)).sample, shape[0])
             kwargs = {"eta": 0.0} if method == "ddim" else {"generator": g}
             x = sampler.step(eps, t, x, **kwargs).prev_sample
         out.append(x.float().cpu())

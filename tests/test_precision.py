@@ -1,0 +1,73 @@
+"""Mixed precision through Accelerate, gradient checkpointing and v-prediction models."""
+import diffusers
+import pytest
+import torch
+from problems import T_TINY, params, tiny_data, tiny_scheduler, tiny_unet
+
+from safemax import Unlearner
+
+pytest.importorskip("accelerate")
+
+
+def fit(steps=3, **kwargs):
+    retain, forget = tiny_data()
+    u = Unlearner(tiny_unet(), kwargs.pop("scheduler", tiny_scheduler()), forget=[1], lr=1e-3, **kwargs)
+    u.fit(retain=retain, forget=forget, steps=steps, batch_size=4, progress=False)
+    return u
+
+
+def test_bf16_autocast_trains_float32_weights_and_leaves_the_model_plain():
+    plain, bf16 = fit(), fit(mixed_precision="bf16")
+    a, b = plain.history[0]["loss"], bf16.history[0]["loss"]
+    assert a != b, "the forward ran in bfloat16"  # ...so its loss is not bit-identical
+    assert b == pytest.approx(a, rel=0.05)
+    assert all(p.dtype == torch.float32 for p in bf16.unet.parameters())
+    assert any(not torch.equal(x, y) for x, y in zip(params(plain.unet).values(), params(bf16.unet).values()))
+    assert "_original_forward" not in bf16.unet.__dict__, "Accelerate's autocast patch is removed"
+    x = torch.randn(2, 1, 8, 8)
+    assert bf16.unet(x, torch.tensor([1, 2]), class_labels=torch.tensor([0, 2])).sample.dtype == torch.float32
+    assert bf16.accelerator.mixed_precision == "bf16"
+
+
+def test_bf16_checkpoint_resume_equals_uninterrupted(tmp_path):
+    retain, forget = tiny_data()
+    straight = fit(steps=4, mixed_precision="bf16")
+    first = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], lr=1e-3, mixed_precision="bf16")
+    first.fit(retain=retain, forget=forget, steps=2, batch_size=4, progress=False, checkpoint_dir=str(tmp_path))
+    rest = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], lr=1e-3, mixed_precision="bf16")
+    rest.fit(retain=retain, forget=forget, steps=4, batch_size=4, progress=False, checkpoint_dir=str(tmp_path),
+             resume=True)
+    for k, v in params(straight.unet).items():
+        torch.testing.assert_close(params(rest.unet)[k], v, rtol=0, atol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_fit():
+    plain, ckpt = fit(), fit(gradient_checkpointing=True)
+    assert ckpt.unet.is_gradient_checkpointing and not plain.unet.is_gradient_checkpointing
+    for k, v in params(plain.unet).items():
+        torch.testing.assert_close(params(ckpt.unet)[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_v_prediction_output_is_turned_into_epsilon_and_forgetting_drives_v_to_zero():
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T_TINY, prediction_type="v_prediction")
+    u = Unlearner(tiny_unet(), sched, forget=[1], lr=3e-3)
+    x, t, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 5, 10, 20, 30, T_TINY - 1]), torch.full((6,), 1)
+    with torch.no_grad():
+        v = u.unet(x, t, class_labels=y).sample
+        abar = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+        torch.testing.assert_close(u.predict(x, t, y), (1 - abar).sqrt() * x + abar.sqrt() * v)
+
+    def v_norm():
+        with torch.no_grad():
+            return u.unet(x, torch.full((6,), T_TINY // 2), class_labels=y).sample.square().mean().item()
+
+    before = v_norm()
+    retain, forget = tiny_data()
+    u.fit(retain=retain, forget=forget, steps=30, batch_size=8, progress=False)
+    assert v_norm() < 0.3 * before  # the max-entropy target is v* = 0
+
+
+def test_unsupported_prediction_type_is_refused():
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T_TINY, prediction_type="sample")
+    with pytest.raises(ValueError, match="prediction_type 'sample' is not supported"):
+        Unlearner(tiny_unet(), sched, forget=[1])
