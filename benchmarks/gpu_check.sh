@@ -26,3 +26,8 @@ echo "=== selfcheck"
 echo "=== kernel benchmarks"
 "$PY" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider -k "cuda" \
   --benchmark-json="$out/benchmarks.json" 2>&1 | tee "$out/benchmarks.log" | sed -n '/kernel summary/,/^$/p'
+
+echo "=== Unlearner fit on a Stable-Diffusion-sized random UNet (860 M, 64x64 latents = 512 px)"
+"$PY" benchmarks/memory.py --device cuda --models sd --sd-latent 64 --sd-batch 2 \
+  --configs fp32 "fp32 + checkpointing" bf16 fp16 "fp16 + checkpointing" --out "$out/memory" 2>&1 \
+  | tee "$out/memory.log" | tail -8
