@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -32,7 +33,9 @@ def launch(*args, processes=2, module=False):
            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            *(["-m"] if module else [WORKER]), *map(str, args)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    # run outside the checkout, so that `-m safemax` is the installed (compiled) package
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tempfile.gettempdir())
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
 
