@@ -1,7 +1,7 @@
 """One SAFEMax fit of the tiny UNet, run in-process or as a script under ``accelerate launch``
 by tests/test_parallel.py. The main process writes the weights and the history to ``out``.
 
-    python tests/parallel_worker.py OUT STEPS [CHECKPOINT_DIR]
+    python tests/parallel_worker.py OUT STEPS [CHECKPOINT_DIR|-] [METHOD]
 """
 import json
 import os
@@ -18,10 +18,10 @@ from safemax import Unlearner  # noqa: E402
 LR, BATCH = 1e-3, 8
 
 
-def run(out: str, steps: int, checkpoint_dir: str = None) -> Unlearner:
+def run(out: str, steps: int, checkpoint_dir: str = None, method: str = "safemax") -> Unlearner:
     torch.set_num_threads(1)  # two processes share two cores
     retain, forget = tiny_data()
-    u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], lr=LR, seed=5)
+    u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], lr=LR, seed=5, method=method)
     u.fit(retain=retain, forget=forget, steps=steps, batch_size=BATCH, progress=True,
           checkpoint_dir=checkpoint_dir, checkpoint_every=1 if checkpoint_dir else 0,
           resume=checkpoint_dir is not None)
@@ -35,4 +35,5 @@ def run(out: str, steps: int, checkpoint_dir: str = None) -> Unlearner:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
+    ckpt = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] != "-" else None
+    run(sys.argv[1], int(sys.argv[2]), ckpt, *sys.argv[4:5])
