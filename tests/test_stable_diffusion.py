@@ -133,3 +133,18 @@ def test_clear_errors_for_concepts(pipe, retain):
         u.fit(retain=TensorDataset(torch.randn(4, 4, 8, 8), torch.arange(4)), forget=None, steps=1)
     with pytest.raises(ValueError, match="latents: encode images"):
         u.fit(retain=TensorDataset(torch.randn(4, 3, 16, 16), retain.tensors[1][:4]), steps=1)
+
+
+def test_the_concept_benchmark_runs_end_to_end(tmp_path):
+    """benchmarks/concept_digits.py (whose figures the README quotes), with tiny settings."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "concept_digits.py")
+    done = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--train-steps", "3",
+                           "--steps", "2", "--n", "5"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert {"before_w1", "after_w1", "before_w3", "after_w3"} <= result.keys()
+    assert (tmp_path / "samples.png").exists() and (tmp_path / "model" / "config.json").exists()
