@@ -28,7 +28,7 @@ from safemax import Unlearner
 from safemax.data import digits_dataset, split_by_class
 from safemax.metrics import classify
 from safemax.report import save_grid
-from safemax.sampling import make_sampler
+from safemax.sampling import sample
 from safemax.zoo import NOT_A_DIGIT, load_default_classifier
 
 L, D = 4, 32  # prompt length and width of the stand-in text encoder
@@ -79,30 +79,16 @@ def train(out: str, minutes: float, steps: int, batch: int = 128, lr: float = 1e
             break
     ema.save_pretrained(os.path.join(out, "model"))
     sched.save_pretrained(os.path.join(out, "model"))
-    return dict(train_steps=step + 1, train_minutes=round((time.time() - start) / 60, 1))
-
-
-@torch.no_grad()
-def sample(unet, sched, labels, guidance: float, steps: int = 25, seed: int = 0):
-    """DDIM with classifier-free guidance ε_u + w·(ε_c − ε_u) (w = 1: plain conditional)."""
-    emb = prompts()
-    sampler = make_sampler(sched, "ddim", steps)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((len(labels), 1, 16, 16), generator=g)
-    cond, null = emb[labels], emb[torch.full((len(labels),), 10)]
-    for t in sampler.timesteps:
-        tt = torch.full((len(labels),), int(t))
-        e_c = unet(x, tt, encoder_hidden_states=cond).sample
-        e = e_c if guidance == 1 else unet(x, tt, encoder_hidden_states=null).sample * (1 - guidance) \
-            + guidance * e_c
-        x = sampler.step(e, t, x, eta=0.0).prev_sample
-    return x
+    info = dict(train_steps=step + 1, train_minutes=round((time.time() - start) / 60, 1))
+    with open(os.path.join(out, "model", "training.json"), "w") as f:
+        json.dump(info, f)
 
 
 def measure(unet, sched, classifier, forget: int, n: int, guidance: float) -> tuple:
     f_labels = torch.full((n,), forget)
     r_labels = torch.tensor([c for c in range(10) if c != forget]).repeat_interleave(n // 5)
-    x = sample(unet, sched, torch.cat([f_labels, r_labels]), guidance)
+    x = sample(unet, sched, prompts()[torch.cat([f_labels, r_labels])], num_inference_steps=25,
+               guidance_scale=guidance, uncond=prompts()[10])
     pred = classify(classifier, x).argmax(1)
     fa = (pred[:n] == forget).float().mean().item()
     retain = (pred[n:] == r_labels).float().mean().item()
@@ -125,9 +111,12 @@ def main():
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     model_dir = args.model or os.path.join(args.out, "model")
-    info = {}
     if not os.path.isdir(model_dir):
-        info = train(args.out, args.minutes, args.train_steps)
+        train(args.out, args.minutes, args.train_steps)
+    info = {}
+    if os.path.exists(os.path.join(model_dir, "training.json")):
+        with open(os.path.join(model_dir, "training.json")) as f:
+            info = json.load(f)
     unet = UNet2DConditionModel.from_pretrained(model_dir)
     sched = DDPMScheduler.from_pretrained(model_dir)
     classifier = load_default_classifier()

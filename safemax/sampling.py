@@ -35,16 +35,22 @@ def make_sampler(scheduler, method: str = "ddim", num_inference_steps: int = 50)
 
 @torch.no_grad()
 def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str = "ddim",
-           seed: int = 0, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+           seed: int = 0, batch_size: int = 256, progress: bool = False,
+           guidance_scale: float = 1.0, uncond=None) -> torch.Tensor:
     """Generate one image (or latent) per entry of ``labels``, ``[N, C, H, W]``, unclipped.
 
     ``labels``: class ids ``[N]``, or prompt embeddings ``[N, L, D]`` for a text-conditional
-    UNet (plain conditional sampling, no classifier-free guidance). Deterministic for a given
-    ``seed``: the initial noise and the DDPM noise come from a CPU generator, whatever the device.
+    UNet. ``guidance_scale`` w ≠ 1 samples with classifier-free guidance ε_u + w·(ε_c − ε_u),
+    ε_u the prediction for ``uncond`` (the empty prompt's embedding ``[L, D]``, or the
+    "no class" id); w = 1 is plain conditional sampling. Deterministic for a given ``seed``: the
+    initial noise and the DDPM noise come from a CPU generator, whatever the device.
     """
     labels = torch.as_tensor(labels)
     if not labels.is_floating_point():
         labels = labels.long()
+    if guidance_scale != 1 and uncond is None:
+        raise ValueError("guidance_scale != 1 needs uncond: the empty prompt's embedding (or the "
+                         "unconditional class id) the model was trained with")
     param = next(unet.parameters())
     device, dtype = param.device, param.dtype
     cfg = unet.config
@@ -58,11 +64,16 @@ def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str =
     for start in tqdm(chunks, desc="sampling", disable=not progress, leave=False):
         y = labels[start:start + batch_size].to(device)
         y = y.to(dtype) if y.is_floating_point() else y
+        if guidance_scale != 1:
+            null = torch.as_tensor(uncond).to(device=device, dtype=y.dtype).expand_as(y)
         sampler = make_sampler(scheduler, method, num_inference_steps)
         x = torch.randn((len(y), *shape), generator=g).to(device=device, dtype=dtype)
         for t in sampler.timesteps:
             tt = torch.full((len(y),), int(t), device=device, dtype=torch.long)
             eps = epsilon_part(unet(x, tt, **condition(y)).sample, shape[0])
+            if guidance_scale != 1:
+                e_u = epsilon_part(unet(x, tt, **condition(null)).sample, shape[0])
+                eps = e_u + guidance_scale * (eps - e_u)
             kwargs = {"eta": 0.0} if method == "ddim" else {"generator": g}
             x = sampler.step(eps, t, x, **kwargs).prev_sample
         out.append(x.float().cpu())

@@ -71,3 +71,21 @@ def test_unsupported_prediction_type_is_refused():
     sched = diffusers.DDPMScheduler(num_train_timesteps=T_TINY, prediction_type="sample")
     with pytest.raises(ValueError, match="prediction_type 'sample' is not supported"):
         Unlearner(tiny_unet(), sched, forget=[1])
+
+
+def test_classifier_free_guidance_in_sampling():
+    from safemax.sampling import sample
+
+    unet, sched = tiny_unet(), tiny_scheduler()
+    labels = torch.tensor([1, 2, 3])
+    plain = sample(unet, sched, labels, num_inference_steps=3)
+    torch.testing.assert_close(sample(unet, sched, labels, num_inference_steps=3, guidance_scale=1,
+                                      uncond=0), plain)
+    # w = 0 is the unconditional prediction alone: sampling the "no class" id itself
+    torch.testing.assert_close(sample(unet, sched, labels, num_inference_steps=3, guidance_scale=0,
+                                      uncond=0), sample(unet, sched, torch.zeros(3, dtype=torch.long),
+                                                        num_inference_steps=3))
+    guided = sample(unet, sched, labels, num_inference_steps=3, guidance_scale=3, uncond=0)
+    assert not torch.allclose(guided, plain)
+    with pytest.raises(ValueError, match="needs uncond"):
+        sample(unet, sched, labels, guidance_scale=3)
