@@ -1,15 +1,16 @@
 """Peak memory and time of one SAFEMax training step, with and without bf16 mixed precision and
 gradient checkpointing, on the embedded model and on a Stable-Diffusion-sized UNet.
 
-    python benchmarks/memory.py --out benchmarks/results/memory            # CPU: ~40 min, 2 cores
+    python benchmarks/memory.py --out benchmarks/results/memory            # CPU: ~20 min, 2 cores
     python benchmarks/memory.py --device cuda --models sd --sd-latent 64 --out memory-gpu  # GPU
 
 Each configuration runs in a fresh process (so one's memory cannot hide another's). It builds the
 Unlearner (model, frozen teacher copy, Adam), takes one warm-up step (Adam's state now exists),
-then measures a second step. CPU: resident memory — "resident" is RSS before the step (weights,
-teacher, optimizer state; a fit frees its gradients), "step peak" the rise of the peak RSS during
-it (gradients, activations, autocast's low-precision weight copies), read from /proc with the peak reset (clear_refs) after returning freed
-heap to the OS (malloc_trim). CUDA: torch.cuda.max_memory_allocated the same way.
+then measures the next ``--measure-steps`` steps (their mean time; the peak over them).
+CPU: resident memory — "resident" is RSS before the step (weights, teacher, optimizer state; a
+fit frees its gradients), "step peak" the rise of the peak RSS during it (gradients, activations,
+autocast's low-precision weight copies), read from /proc with the peak reset (clear_refs) after
+returning freed heap to the OS (malloc_trim). CUDA: torch.cuda.max_memory_allocated the same way.
 """
 import argparse
 import ctypes
@@ -36,7 +37,7 @@ def _rss_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def _build(model: str, latent: int, batch: int):
+def _build(model: str, latent: int, batch: int, device: str):
     """``(unet, scheduler, forget, retain, forget_data)`` for one model."""
     import torch
     from torch.utils.data import TensorDataset
@@ -51,7 +52,8 @@ def _build(model: str, latent: int, batch: int):
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**{**SD_UNET, "sample_size": latent})
+    with torch.device(device):  # initialise 860 M weights where they will live (fast on a GPU)
+        unet = UNet2DConditionModel(**{**SD_UNET, "sample_size": latent})
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(4, 77, 768, generator=g)
@@ -59,12 +61,13 @@ def _build(model: str, latent: int, batch: int):
     return unet, scheduler, {"concept": emb[:1]}, data(2 * batch), data(2 * batch)
 
 
-def measure(model: str, mixed_precision, checkpointing: bool, device: str, latent: int, batch: int) -> dict:
+def measure(model: str, mixed_precision, checkpointing: bool, device: str, latent: int, batch: int,
+            steps: int = 1) -> dict:
     import torch
 
     from safemax import Unlearner
 
-    unet, scheduler, forget, retain, forget_data = _build(model, latent, batch)
+    unet, scheduler, forget, retain, forget_data = _build(model, latent, batch, device)
     unet.to(device)
     params = sum(p.numel() for p in unet.parameters())
     u = Unlearner(unet, scheduler, forget=forget, lr=1e-5, mixed_precision=mixed_precision,
@@ -80,13 +83,13 @@ def measure(model: str, mixed_precision, checkpointing: bool, device: str, laten
             f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
         resident = _rss_kib("VmRSS") * 1024
     start = time.perf_counter()
-    u.fit(retain, forget_data, steps=2, batch_size=batch, progress=False)
+    u.fit(retain, forget_data, steps=1 + steps, batch_size=batch, progress=False)
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = _rss_kib("VmHWM") * 1024
-    seconds = time.perf_counter() - start
+    seconds = (time.perf_counter() - start) / steps
     return dict(model=model, params=params, device=device, latent=latent if model == "sd" else None,
                 batch=batch, rows=2 * batch, resident_gib=resident / 2**30,
                 step_peak_gib=(peak - resident) / 2**30, peak_gib=peak / 2**30, step_seconds=seconds,
@@ -115,6 +118,7 @@ def main():
                    help="SD latent sizes (32 = 256-px images, 64 = 512 px; default both)")
     p.add_argument("--sd-batch", type=int, default=1, help="SD forget rows per step (= retain rows)")
     p.add_argument("--batch", type=int, default=64, help="embedded model's forget rows per step")
+    p.add_argument("--measure-steps", type=int, default=1, help="steps measured after the warm-up (default 1)")
     p.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS[:4]],
                    choices=[c[0] for c in CONFIGS])
     p.add_argument("--out", default="memory")
@@ -124,7 +128,8 @@ def main():
         model, name = args.one.split(":", 1)
         _, mp, ckpt = next(c for c in CONFIGS if c[0] == name)
         latent, batch = (args.sd_latent[0], args.sd_batch) if model == "sd" else (None, args.batch)
-        print("RESULT " + json.dumps(dict(config=name, **measure(model, mp, ckpt, args.device, latent, batch))))
+        print("RESULT " + json.dumps(dict(config=name, **measure(model, mp, ckpt, args.device, latent, batch,
+                                                                 args.measure_steps))))
         return
     os.makedirs(args.out, exist_ok=True)
     rows = []
@@ -133,7 +138,7 @@ def main():
         for name in args.configs:
             cmd = [sys.executable, __file__, "--one", f"{model}:{name}", "--device", args.device,
                    "--sd-latent", str(latent or 0), "--sd-batch", str(args.sd_batch),
-                   "--batch", str(args.batch)]
+                   "--batch", str(args.batch), "--measure-steps", str(args.measure_steps)]
             print(f"{model} {latent or ''} / {name} ...", flush=True)
             done = subprocess.run(cmd, capture_output=True, text=True)
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)

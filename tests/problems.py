@@ -74,4 +74,4 @@ def tiny_data(n=48, num_classes=4, forget=1, seed=0):
 
 def params(model):
     """A detached copy of a model's state."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -24,8 +24,9 @@ def test_bf16_autocast_trains_float32_weights_and_leaves_the_model_plain():
     assert all(p.dtype == torch.float32 for p in bf16.unet.parameters())
     assert any(not torch.equal(x, y) for x, y in zip(params(plain.unet).values(), params(bf16.unet).values()))
     assert "_original_forward" not in bf16.unet.__dict__, "Accelerate's autocast patch is removed"
-    x = torch.randn(2, 1, 8, 8)
-    assert bf16.unet(x, torch.tensor([1, 2]), class_labels=torch.tensor([0, 2])).sample.dtype == torch.float32
+    dev = bf16.accelerator.device  # the Unlearner put the model there (a GPU if there is one)
+    x, t, y = torch.randn(2, 1, 8, 8, device=dev), torch.tensor([1, 2], device=dev), torch.tensor([0, 2], device=dev)
+    assert bf16.unet(x, t, class_labels=y).sample.dtype == torch.float32
     assert bf16.accelerator.mixed_precision == "bf16"
 
 
@@ -37,8 +38,9 @@ def test_bf16_checkpoint_resume_equals_uninterrupted(tmp_path):
     rest = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], lr=1e-3, mixed_precision="bf16")
     rest.fit(retain=retain, forget=forget, steps=4, batch_size=4, progress=False, checkpoint_dir=str(tmp_path),
              resume=True)
+    exact = straight.accelerator.device.type == "cpu"  # GPU kernels need not be deterministic
     for k, v in params(straight.unet).items():
-        torch.testing.assert_close(params(rest.unet)[k], v, rtol=0, atol=0)
+        torch.testing.assert_close(params(rest.unet)[k], v, rtol=0 if exact else 1e-4, atol=0 if exact else 1e-5)
 
 
 def test_gradient_checkpointing_gives_the_same_fit():
