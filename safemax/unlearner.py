@@ -205,7 +205,7 @@ class Unlearner:
         self.snr_at_t_min = float(snr[self.t_min])
         self.unet, self.scheduler = unet, scheduler
         self.model = unet  # what a training step calls: the DDP-wrapped model during a fit
-        self._wrapped = False
+        self._wrapped, self._wrapped_optimizer = False, None
         self.forget = forget
         self.early_fraction, self.forget_weight, self.lr = early_fraction, forget_weight, lr
         self.seed, self.weighting = seed, weighting
@@ -487,7 +487,8 @@ class Unlearner:
         acc = self.accelerator
         if acc is None:
             return self.optimizer, contextlib.nullcontext
-        self.model, optimizer = acc.prepare(self.unet, self.optimizer)
+        self.model, self._wrapped_optimizer = acc.prepare(self.unet, self.optimizer)
+        optimizer = self._wrapped_optimizer
         self._wrapped = True
         if self._resumed_scaler and acc.scaler is not None:
             acc.scaler.load_state_dict(self._resumed_scaler)
@@ -497,8 +498,15 @@ class Unlearner:
         if self._wrapped:
             # drops the DDP wrapper and Accelerate's autocast patch of unet.forward (set on the
             # model itself, even in a single process)
-            self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
-            self._wrapped = False
+            acc = self.accelerator
+            acc.unwrap_model(self.model, keep_fp32_wrapper=False)
+            # and forget this fit's wrappers: Accelerate unscales the gradients of every optimizer
+            # it has prepared, so a second fit's wrapper beside the first would unscale twice
+            for registry, wrapper in ((getattr(acc, "_models", None), self.model),
+                                      (getattr(acc, "_optimizers", None), self._wrapped_optimizer)):
+                if isinstance(registry, list):
+                    registry[:] = [x for x in registry if x is not wrapper]
+            self._wrapped, self._wrapped_optimizer = False, None
         self.model = self.unet
 
     def _scaler(self):

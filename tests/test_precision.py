@@ -91,3 +91,22 @@ def test_classifier_free_guidance_in_sampling():
     assert not torch.allclose(guided, plain)
     with pytest.raises(ValueError, match="needs uncond"):
         sample(unet, sched, labels, guidance_scale=3)
+
+
+def test_a_second_fit_leaves_no_stale_accelerate_wrappers():
+    # Accelerate unscales every optimizer it has prepared: a first fit's wrapper left beside the
+    # second's made fp16 loss scaling unscale twice and fail (seen on an H200)
+    u = fit(steps=1, mixed_precision="bf16")
+    retain, forget = tiny_data()
+    u.fit(retain=retain, forget=forget, steps=2, batch_size=4, progress=False)
+    assert getattr(u.accelerator, "_optimizers", []) == [] and getattr(u.accelerator, "_models", []) == []
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs a GPU")
+def test_fp16_loss_scaling_over_two_fits_on_a_gpu():
+    u = fit(steps=2, mixed_precision="fp16")
+    retain, forget = tiny_data()
+    u.fit(retain=retain, forget=forget, steps=4, batch_size=4, progress=False)
+    assert u.step == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in u.history)
+    assert u.accelerator.scaler is not None
