@@ -108,7 +108,7 @@ class Batches:
             items = [self.data[int(i)] for i in idx]
             images = torch.stack([torch.as_tensor(im) for im, _ in items])
             conds = _stack_conditions([c for _, c in items])
-        return images.float(), (conds.float() if conds.is_floating_point() else conds.long())
+        return images.float(), _as_conditions(conds)
 
     def draw(self, n: int, generator: torch.Generator, local=None):
         """``n`` random items; ``local`` (the Unlearner's, under multi-process training) picks the
@@ -135,9 +135,13 @@ class Batches:
             images.append(im)
             conds.append(c)
             count += 1
-        images, conds = torch.stack(images).float(), _stack_conditions(conds)
-        conds = conds.float() if conds.is_floating_point() else conds.long()
+        images, conds = torch.stack(images).float(), _as_conditions(_stack_conditions(conds))
         return (images, conds) if local is None else (local(images), local(conds))
+
+
+def _as_conditions(conds: torch.Tensor) -> torch.Tensor:
+    """Class ids as int64, prompt embeddings as float32."""
+    return conds.float() if conds.is_floating_point() else conds.long()
 
 
 def _stack_conditions(conds: list) -> torch.Tensor:
