@@ -25,11 +25,17 @@ def balanced_labels(classes, n: int) -> torch.Tensor:
     return classes.repeat_interleave(-(-n // len(classes)))[:n]
 
 
-def labels_of(dataset: Dataset) -> torch.Tensor:
-    """All labels of a map-style ``(image, label)`` data set (fast path for TensorDataset)."""
+def labels_of(dataset) -> torch.Tensor:
+    """All class ids of a map-style ``(image, label)`` data set (fast paths for TensorDataset and
+    a Hugging Face ``datasets.Dataset``, whose label column is read at once)."""
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1]
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    columns = getattr(dataset, "column_names", None)
+    if isinstance(columns, list):
+        key = next((k for k in CONDITION_KEYS if k in columns), None)
+        if key is not None:
+            return torch.as_tensor(dataset[key]).long()
+    return torch.tensor([int(split_item(dataset[i])[1]) for i in range(len(dataset))])
 
 
 def split_by_class(dataset: Dataset, classes):
@@ -82,20 +88,90 @@ class ImageFolder(Dataset):
         return x.permute(2, 0, 1) / 127.5 - 1, label
 
 
+# The names a dict item or batch (e.g. a Hugging Face data set's row) may give its two parts.
+IMAGE_KEYS = ("image", "images", "pixel_values", "latent", "latents", "x", "input")
+CONDITION_KEYS = ("label", "labels", "class_labels", "class", "y", "prompt_embeds",
+                  "encoder_hidden_states", "condition")
+
+
+def is_map_style(data) -> bool:
+    """PyTorch's own definition: anything with ``__len__`` and ``__getitem__`` (a Dataset, a list or
+    tuple of pairs, a Hugging Face ``datasets.Dataset``); everything else is an iterable of batches."""
+    return hasattr(data, "__len__") and hasattr(data, "__getitem__") and \
+        not isinstance(data, (torch.utils.data.IterableDataset, dict, str, bytes))
+
+
+def split_item(item, what: str = "item"):
+    """``(image, condition)`` of one data-set item or one batch: a pair, or a dict with an image
+    key (``image``, ``pixel_values``, ``latents``, …) and a condition key (``label``,
+    ``prompt_embeds``, …)."""
+    if isinstance(item, dict):
+        image = next((k for k in IMAGE_KEYS if k in item), None)
+        cond = next((k for k in CONDITION_KEYS if k in item), None)
+        if image is None or cond is None:
+            raise ValueError(f"a dict {what} needs an image key (one of {', '.join(IMAGE_KEYS)}) and a "
+                             f"condition key (one of {', '.join(CONDITION_KEYS)}); got keys "
+                             f"{sorted(item)}")
+        return item[image], item[cond]
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return item[0], item[1]
+    kind = f"a {type(item).__name__}" + (f" of {len(item)}" if isinstance(item, (tuple, list)) else "")
+    raise ValueError(f"each {what} must be an (image, condition) pair or a dict with image and "
+                     f"condition keys, got {kind}")
+
+
+def _shape(x) -> list:
+    if isinstance(x, (int, float, np.integer, np.floating)):
+        return []
+    try:
+        return list(torch.as_tensor(x).shape)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(f"expected a tensor or an array, got a {type(x).__name__} (convert images "
+                         "to float tensors scaled to [-1, 1] first)") from None
+
+
 class Batches:
     """Draws batches of ``(images, conditions)`` — a condition is a class id or a prompt
-    embedding ``[L, D]`` — from a map-style data set (random indices from the
-    Unlearner's generator: reproducible and resumable) or cycles through an iterable such as a
-    DataLoader (re-chunked to the requested batch size)."""
+    embedding ``[L, D]`` — from a map-style data set of ``(image, condition)`` items (random
+    indices from the Unlearner's generator: reproducible and resumable) or cycles through an
+    iterable of *batches* such as a DataLoader (re-chunked to the requested batch size).
 
-    def __init__(self, data, name: str):
-        self.name = name
-        self.map_style = isinstance(data, Dataset) and hasattr(data, "__len__") \
-            and not isinstance(data, torch.utils.data.IterableDataset)
-        self.data = data
+    ``image_dim`` is the number of dimensions of one image (3: ``[C, H, W]``); the first item
+    (or batch) is checked against it when the ``Batches`` is made, so that data of the wrong
+    form fails here with a message that names the expected one.
+    """
+
+    def __init__(self, data, name: str, image_dim: int = 3):
+        if data is None:
+            raise ValueError(f"{name} data is None: give a data set of (image, condition) pairs or "
+                             "an iterable of (images, conditions) batches")
+        self.name, self.data, self.image_dim = name, data, image_dim
+        self.map_style = is_map_style(data)
         if self.map_style and len(data) == 0:
             raise ValueError(f"{name} data set is empty: give at least one (image, label) pair")
         self._iter, self._buffer = None, []
+        self._check_first()
+
+    def _check_first(self):
+        n = self.image_dim
+        if self.map_style:
+            image, cond = split_item(self.data[0], f"item of the {self.name} data set")
+            if len(_shape(image)) == n + 1 and len(_shape(cond)) in (1, 3):
+                raise ValueError(
+                    f"item 0 of the {self.name} data set looks like a batch (images {_shape(image)}, "
+                    f"conditions {_shape(cond)}): a list, tuple or Dataset is read as (image, "
+                    "condition) items; give batches as an iterable instead (a DataLoader or a "
+                    "generator), or the items one by one")
+            if len(_shape(image)) != n:
+                raise ValueError(f"item 0 of the {self.name} data set has an image of shape "
+                                 f"{_shape(image)}; expected one image of {n} dimensions "
+                                 "([C, H, W])")
+            if len(_shape(cond)) not in (0, 2):
+                raise ValueError(f"item 0 of the {self.name} data set has a condition of shape "
+                                 f"{_shape(cond)}; expected a class id (a scalar) or prompt "
+                                 "embeddings [L, D]")
+        else:
+            self._fill()  # checks the first batch; it is kept for the first draw
 
     def labels(self):
         return labels_of(self.data) if self.map_style else None
@@ -105,10 +181,37 @@ class Batches:
         if isinstance(self.data, TensorDataset):
             images, conds = self.data.tensors[0][idx], self.data.tensors[1][idx]
         else:
-            items = [self.data[int(i)] for i in idx]
+            items = [split_item(self.data[int(i)], f"item of the {self.name} data set") for i in idx]
             images = torch.stack([torch.as_tensor(im) for im, _ in items])
             conds = _stack_conditions([c for _, c in items])
-        return images.float(), _as_conditions(conds)
+        return _as_images(images, self.name), _as_conditions(conds)
+
+    def _fill(self):
+        """Refill the buffer with the rows of the iterable's next batch (restarting it at its end)."""
+        if self._iter is None:
+            self._iter = iter(self.data)
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self._iter = iter(self.data)
+            batch = next(self._iter, None)
+            if batch is None:
+                raise ValueError(f"{self.name} data yields nothing") from None
+        images, conds = split_item(batch, f"batch of the {self.name} data")
+        images = torch.as_tensor(images)
+        if images.dim() != self.image_dim + 1:
+            hint = " (one image, not a batch: give a data set of items — a list of (image, " \
+                   "condition) pairs is one — or batch them with a DataLoader)" \
+                if images.dim() == self.image_dim else ""
+            raise ValueError(f"{self.name} data: an iterable must yield batches (images [N, C, H, W], "
+                             f"conditions [N] or [N, L, D]), got images of shape {list(images.shape)}"
+                             + hint)
+        conds = _stack_conditions(conds)
+        if conds.dim() not in (1, 3) or conds.shape[0] != images.shape[0]:
+            raise ValueError(f"{self.name} data: a batch of {images.shape[0]} images came with "
+                             f"conditions of shape {list(conds.shape)}; expected one class id ([N]) "
+                             "or one prompt embedding ([N, L, D]) per image")
+        self._buffer = list(zip(images, conds))
 
     def draw(self, n: int, generator: torch.Generator, local=None):
         """``n`` random items; ``local`` (the Unlearner's, under multi-process training) picks the
@@ -118,25 +221,23 @@ class Batches:
         if self.map_style:
             idx = torch.randint(0, len(self.data), (n,), generator=generator)
             return self.items(idx if local is None else local(idx))
-        images, conds, count = [], [], 0
-        while count < n:
+        images, conds = [], []
+        while len(images) < n:
             if not self._buffer:
-                if self._iter is None:
-                    self._iter = iter(self.data)
-                try:
-                    batch = next(self._iter)
-                except StopIteration:
-                    self._iter = iter(self.data)
-                    batch = next(self._iter, None)
-                    if batch is None:
-                        raise ValueError(f"{self.name} data yields nothing")
-                self._buffer = list(zip(torch.as_tensor(batch[0]), torch.as_tensor(batch[1])))
+                self._fill()
             im, c = self._buffer.pop(0)
             images.append(im)
             conds.append(c)
-            count += 1
-        images, conds = torch.stack(images).float(), _as_conditions(_stack_conditions(conds))
+        images = _as_images(torch.stack(images), self.name)
+        conds = _as_conditions(_stack_conditions(conds))
         return (images, conds) if local is None else (local(images), local(conds))
+
+
+def _as_images(images: torch.Tensor, name: str) -> torch.Tensor:
+    if not (images.is_floating_point() or images.is_complex()):
+        raise ValueError(f"{name} images are {images.dtype}: give floating images scaled to [-1, 1] "
+                         "(for uint8 pixels: x.float() / 127.5 - 1)")
+    return images.float()
 
 
 def _as_conditions(conds: torch.Tensor) -> torch.Tensor:
@@ -144,8 +245,14 @@ def _as_conditions(conds: torch.Tensor) -> torch.Tensor:
     return conds.float() if conds.is_floating_point() else conds.long()
 
 
-def _stack_conditions(conds: list) -> torch.Tensor:
-    """Class ids (ints or 0-dim tensors) → ``[N]`` int64; prompt embeddings ``[L, D]`` → ``[N, L, D]``."""
-    if torch.is_tensor(conds[0]) and conds[0].dim() > 0:
+def _stack_conditions(conds) -> torch.Tensor:
+    """Class ids (ints, numpy or 0-dim tensors) → ``[N]`` int64; prompt embeddings ``[L, D]`` →
+    ``[N, L, D]``; a tensor (a batch's conditions) is returned as it is."""
+    if torch.is_tensor(conds):
+        return conds
+    if isinstance(conds, (np.ndarray, int, np.integer)):
+        return torch.as_tensor(conds)
+    conds = [torch.as_tensor(c) for c in conds]
+    if conds[0].dim() > 0:
         return torch.stack(conds)
     return torch.tensor([int(c) for c in conds])
