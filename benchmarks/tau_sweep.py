@@ -62,7 +62,7 @@ def main():
                         batch_size=args.batch_size, progress=False)
         total = time.time() - start
         m = measure(unet)
-        rows.append(dict(tau=tau, label=f"τ={tau}" + (" data-free" if data_free else ""), t_min=u.t_min,
+        rows.append(dict(tau=tau, label=f"τ={tau}" + (" data-free" if data_free else ""), t_min=u.method.t_min,
                          steps=args.steps, seconds=round(history[-1]["seconds"], 1),
                          seconds_with_generation=round(total, 1), **{k: m[k] for k in KEYS}))
         print(json.dumps(rows[-1]), flush=True)

@@ -54,7 +54,8 @@ def _add_unlearn(sub):
                    help="do not use forget-class images: generate them with the original model")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--early-fraction", type=float, default=DEFAULT_EARLY_FRACTION)
+    p.add_argument("--early-fraction", type=float, default=None,
+                   help=f"SAFEMax: train forgetting on the noisiest fraction of steps (default {DEFAULT_EARLY_FRACTION})")
     p.add_argument("--lr", type=float, default=None,
                    help=f"Adam learning rate (default: {DEFAULT_LR} for SAFEMax, 1e-4 for the baselines)")
     p.add_argument("--method", default="safemax", choices=["safemax", "salun", "sa", "ga"],
@@ -62,7 +63,7 @@ def _add_unlearn(sub):
                         "(gradient ascent); the SAFEMax options do not apply to baselines")
     p.add_argument("--max-snr", type=float, default=None,
                    help="window by noise level instead: train forgetting where SNR = ᾱ/(1−ᾱ) <= this")
-    p.add_argument("--forget-weight", type=float, default=1.0)
+    p.add_argument("--forget-weight", type=float, default=None, help="SAFEMax: weight of the forget rows (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the unlearned UNet")
     p.add_argument("--checkpoint-dir", help="folder for checkpoints (default: OUT/checkpoint)")
@@ -151,11 +152,12 @@ def _unlearn(args):
     forget_data, retain_data = split_by_class(data, args.forget)
     from .demo import DEFAULT_LR
     lr = DEFAULT_LR if args.lr is None and args.method == "safemax" else args.lr
-    # the SAFEMax options go through for every method: the Unlearner rejects them for baselines
-    u = Unlearner(unet, scheduler, forget=args.forget, early_fraction=args.early_fraction,
-                  forget_weight=args.forget_weight, max_snr=args.max_snr, lr=lr, seed=args.seed,
-                  method=args.method, mixed_precision=args.mixed_precision,
-                  gradient_checkpointing=args.gradient_checkpointing)
+    # SAFEMax's settings, where given: a baseline refuses them (they are not its settings)
+    settings = {k: v for k, v in (("early_fraction", args.early_fraction), ("max_snr", args.max_snr),
+                                  ("forget_weight", args.forget_weight)) if v is not None}
+    u = Unlearner(unet, scheduler, forget=args.forget, lr=lr, seed=args.seed, method=args.method,
+                  mixed_precision=args.mixed_precision,
+                  gradient_checkpointing=args.gradient_checkpointing, **settings)
     ckpt = args.checkpoint_dir or os.path.join(args.out, "checkpoint")
     u.fit(retain_data, None if args.data_free else forget_data, steps=args.steps,
           batch_size=args.batch_size, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,

@@ -5,6 +5,7 @@ configuration as JSON metadata.
 Written to a temporary file in the same folder and renamed over the old one, so an interruption
 at any moment leaves either the previous checkpoint or the new one, never a torn file.
 """
+import hashlib
 import json
 import os
 
@@ -59,3 +60,56 @@ def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         "param_groups": json.loads(metadata["param_groups"]),
     })
     return json.loads(metadata["meta"]), extra
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state (names, dtypes, shapes and bytes, in name order): a resume
+    continues only the fit of the very model it started from."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        value = value.detach().contiguous().cpu()
+        h.update(f"{name}|{value.dtype}|{tuple(value.shape)};".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return h.hexdigest()
+
+
+def save_fit(u, checkpoint_dir: str, batch_size: int) -> None:
+    """Write an Unlearner's whole fit state (weights, optimizer, generator, step, history, the
+    method's prepared tensors, the data-free forget set, the loss scaler) to ``checkpoint_dir``."""
+    if not u.is_main_process:  # every process holds the same state; one writes it
+        return
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    extra = {f"method.{k}": v for k, v in u.method.state().items()}
+    if u.forget_set is not None:
+        extra.update(forget_images=u.forget_set.tensors[0], forget_labels=u.forget_set.tensors[1])
+    meta = dict(step=u.step, history=u.history, config=u.config(batch_size),
+                original_sha256=u.original_digest, prep_seconds=u.prep_seconds,
+                grad_scaler=u.scaler_state())
+    save(os.path.join(checkpoint_dir, FILENAME), u.unet, u.optimizer, u.generator, meta, extra)
+
+
+def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
+    """Restore an Unlearner's fit state from ``checkpoint_dir``; False if there is no checkpoint.
+    Refuses a checkpoint of other settings or of another original model."""
+    from torch.utils.data import TensorDataset
+
+    path = os.path.join(checkpoint_dir, FILENAME)
+    if not os.path.exists(path):
+        return False
+    with safe_open(path, framework="pt") as f:  # check before anything is restored
+        meta = json.loads(f.metadata()["meta"])
+    if meta["config"] != u.config(batch_size):
+        raise ValueError(f"checkpoint {path} was made with other settings "
+                         f"({meta['config']}) than this fit ({u.config(batch_size)})")
+    if meta.get("original_sha256") != u.original_digest:
+        raise ValueError(f"checkpoint {path} continues a fit of another model (or was written by an "
+                         "older safemax): resume with the same original model the fit started from, "
+                         "or start afresh in an empty checkpoint_dir")
+    meta, extra = load(path, u.unet, u.optimizer, u.generator)
+    u.step, u.history = meta["step"], meta["history"]
+    u.prep_seconds = meta.get("prep_seconds")
+    u.resumed_scaler_state = meta.get("grad_scaler")
+    u.method.load_state({k[len("method."):]: v for k, v in extra.items() if k.startswith("method.")}, u)
+    if "forget_images" in extra:
+        u.forget_set = TensorDataset(extra["forget_images"], extra["forget_labels"])
+    return True

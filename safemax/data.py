@@ -176,6 +176,15 @@ class Batches:
     def labels(self):
         return labels_of(self.data) if self.map_style else None
 
+    def peek(self):
+        """``(images [1, ...], conditions [1, ...])`` of one item, without drawing from the data."""
+        if self.map_style:
+            return self.items(torch.tensor([0]))
+        if not self._buffer:
+            self._fill()
+        image, cond = self._buffer[0]
+        return _as_images(image[None], self.name), _as_conditions(cond[None])
+
     def items(self, idx: torch.Tensor):
         """The items at indices ``idx`` of a map-style data set, as ``(images, conditions)``."""
         if isinstance(self.data, TensorDataset):

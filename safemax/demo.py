@@ -68,14 +68,14 @@ def run(forget: int = 3, steps: int = 100, out: str = "safemax-demo", batch_size
 
     seconds = time.time() - start
     report = dict(forget=forget, steps=steps, batch_size=batch_size, early_fraction=early_fraction,
-                  t_min=u.t_min, lr=lr, seed=seed, seconds=round(seconds, 1),
+                  t_min=u.method.t_min, lr=lr, seed=seed, seconds=round(seconds, 1),
                   unlearn_seconds=round(unlearn_seconds, 1), before=before, after=after,
                   curve=curve, final_loss=history[-1]["loss"] if history else None)
     write_json(os.path.join(out, "report.json"), report)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(f"# safemax demo: forgetting digit {forget}\n\n"
                 f"Embedded digits model, {steps} SAFEMax steps at batch {batch_size}+{batch_size}, "
-                f"early fraction {early_fraction} (t_min {u.t_min}), lr {lr}. Unlearning took "
+                f"early fraction {early_fraction} (t_min {u.method.t_min}), lr {lr}. Unlearning took "
                 f"{unlearn_seconds:.1f} s; the whole demo {seconds:.1f} s. Samples: DDIM "
                 f"{num_inference_steps} steps, {n_forget} of digit {forget}, {n_per_class} of "
                 "each other digit, same seed before and after.\n\n"

@@ -16,15 +16,23 @@ method        forget term                                  keeps the other class
 ``ga``        minus the forget rows' denoising loss         plus the retain denoising loss    none
 ============  ===========================================  ================================  ====================
 
-Every method draws its batches, timesteps and noise from the Unlearner's generator, so a fit is
-reproducible and resumable whatever the method.
+Every method draws its rows with one batch builder (``denoising_batch``: the methods differ only
+in the forget rows' timestep range and where the forget rows come from), from the Unlearner's
+generator, so a fit is reproducible and resumable whatever the method.
+
+What a method sees of the Unlearner ``u``: ``u.denoiser`` (``noisy``, ``predict``, the schedule),
+``u.targets`` (what is forgotten), ``u.generator``, ``u.local`` (this process's rows),
+``u.trainable()`` and ``u.seed``.
 """
 import copy
+import inspect
 import math
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import TensorDataset
 
+from . import schedule
 from .data import Batches, balanced_labels
 from .ops import safemax_loss
 from .sampling import sample
@@ -34,19 +42,46 @@ def _mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).square().mean()
 
 
-def _denoising_batch(u, retain, forget, batch_size: int):
-    """``batch_size`` forget rows then ``batch_size`` retain rows, t ~ U[0, T), noised:
-    ``(x_t, eps, t, conds)`` on the model's device — this process's share of them
-    (``u.local``; all of them in a single process)."""
-    g, B = u.generator, batch_size
-    xf, yf = forget.draw(B, g, u.local)
-    xr, yr = retain.draw(B, g, u.local)
-    t = u.local(torch.randint(0, u.num_train_timesteps, (2 * B,), generator=g), parts=2)
+class Batch(NamedTuple):
+    """A step's rows on the model's device: this process's forget rows, then as many retain rows."""
+    x_t: torch.Tensor
+    eps: torch.Tensor
+    t: torch.Tensor
+    cond: torch.Tensor
+    is_forget: torch.Tensor
+
+    @property
+    def forget_rows(self) -> slice:
+        return slice(0, len(self.t) // 2)
+
+    @property
+    def retain_rows(self) -> slice:
+        return slice(len(self.t) // 2, None)
+
+
+def denoising_batch(u, forget, retain, batch_size: int, forget_t_min: int = 0,
+                    retain_first: bool = False) -> Batch:
+    """``batch_size`` forget rows (t ~ U[forget_t_min, T)) then ``batch_size`` retain rows
+    (t ~ U[0, T)), noised — this process's share of them (``u.local``). Everything is drawn from
+    the Unlearner's generator: first the two sources' items (``retain_first``: the retain source
+    first), then the timesteps, then the noise, so each method's random stream is fixed."""
+    g, B, T = u.generator, batch_size, u.denoiser.num_train_timesteps
+    if retain_first:
+        xr, yr = retain.draw(B, g, u.local)
+        xf, yf = forget.draw(B, g, u.local)
+    else:
+        xf, yf = forget.draw(B, g, u.local)
+        xr, yr = retain.draw(B, g, u.local)
+    tf = torch.randint(forget_t_min, T, (B,), generator=g)
+    tr = torch.randint(0, T, (B,), generator=g)
+    t = u.local(torch.cat([tf, tr]), parts=2)
     x0 = torch.cat([xf, xr])
     eps = u.local(torch.randn((2 * B, *x0.shape[1:]), generator=g), parts=2)
-    x0, eps, t, conds = u.to_device(x0, eps, t, torch.cat([yf, yr]))
-    x_t, eps = u.noisy(x0, t, eps)
-    return x_t, eps, t, conds
+    b = len(xf)
+    is_forget = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
+    x0, eps, t, cond, is_forget = u.denoiser.to_device(x0, eps, t, torch.cat([yf, yr]), is_forget)
+    x_t, eps = u.denoiser.noisy(x0, t, eps)
+    return Batch(x_t, eps, t, cond, is_forget)
 
 
 class Method:
@@ -63,6 +98,9 @@ class Method:
 
     def config(self) -> dict:
         return {}
+
+    def check_targets(self, targets) -> None:
+        """Raise if the method cannot forget these targets (``conditions.ForgetTargets``)."""
 
     def bind(self, u) -> None:
         """Called when the Unlearner is built, while its model is still the original."""
@@ -85,40 +123,68 @@ class Method:
 
 # ---------------------------------------------------------------------------------- SAFEMax
 class SafeMax(Method):
-    """Forget rows (t in the early window) are trained towards √(1−ᾱ_t)·x_t, so that denoising
-    halts and the class generates Gaussian noise; retain rows towards the original model's
-    prediction (``retain_target="distill"``) or ε (``"noise"``). The loss is the fused op.
-    Its settings live on the Unlearner (early_fraction, max_snr, forget_weight, weighting,
-    retain_target), which validates them."""
+    """SAFEMax: forget rows (t in the early window) are trained towards √(1−ᾱ_t)·x_t, so that
+    denoising halts and the class generates Gaussian noise; retain rows towards the original
+    model's prediction (``retain_target="distill"``) or ε (``"noise"``). The loss is the fused op.
+
+    Args:
+        early_fraction: τ in (0, 1]: forget rows are trained on the noisiest τ·T steps only.
+        max_snr: alternatively, the window by noise level: the steps whose signal-to-noise ratio
+            ᾱ_t/(1−ᾱ_t) is at most this (overrides early_fraction; transfers across schedules and
+            resolutions better than a step count).
+        forget_weight: weight of the forget rows in the loss (retain rows weigh 1).
+        weighting: ``"simple"`` (mean squared error) or ``"vlb"`` (KL in nats).
+        retain_target: ``"distill"`` (default): retain rows are pulled towards the frozen
+            original model's own prediction, which is exactly where the model starts, so keeping
+            the other classes adds no noise of its own; ``"noise"``: the ordinary target ε, whose
+            variance slowly degrades a well-converged (e.g. EMA) model.
+
+    ``Unlearner(..., early_fraction=0.5)`` is shorthand for ``method=SafeMax(early_fraction=0.5)``.
+    """
 
     name = "safemax"
 
+    def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
+                 weighting: str = "simple", retain_target: str = "distill"):
+        if not 0 < early_fraction <= 1:
+            raise ValueError(f"early_fraction must be in (0, 1], got {early_fraction}")
+        if not math.isfinite(forget_weight):
+            raise ValueError(f"forget_weight must be finite, got {forget_weight}")
+        if weighting not in ("simple", "vlb"):
+            raise ValueError(f'weighting must be "simple" or "vlb", got {weighting!r}')
+        if retain_target not in ("distill", "noise"):
+            raise ValueError(f'retain_target must be "distill" or "noise", got {retain_target!r}')
+        self.early_fraction, self.max_snr = early_fraction, max_snr
+        self.forget_weight, self.weighting, self.retain_target = forget_weight, weighting, retain_target
+        self.window, self.teacher = None, None
+
+    @property
+    def t_min(self) -> int:
+        """The window's first step: forget rows are trained on t ∈ [t_min, T)."""
+        return self.window.t_min
+
+    def config(self):
+        return dict(t_min=self.window.t_min, early_fraction=self.window.early_fraction,
+                    snr_at_t_min=self.window.snr_at_t_min, forget_weight=self.forget_weight,
+                    weighting=self.weighting, retain_target=self.retain_target)
+
     def bind(self, u):
+        self.window = schedule.early_window(u.denoiser.alphas_cumprod, self.early_fraction, self.max_snr)
         self.teacher = None
-        if u.retain_target == "distill":  # the frozen original, before any step changes it
-            self.teacher = copy.deepcopy(u.unet).requires_grad_(False).eval()
+        if self.retain_target == "distill":  # the frozen original, before any step changes it
+            self.teacher = copy.deepcopy(u.denoiser.unet).requires_grad_(False).eval()
 
     def loss(self, u, retain, forget, batch_size):
-        g, T, B = u.generator, u.num_train_timesteps, batch_size
-        xf, yf = forget.draw(B, g, u.local)
-        xr, yr = retain.draw(B, g, u.local)
-        tf = u.local(torch.randint(u.t_min, T, (B,), generator=g))  # t_min < T as τ > 0
-        tr = u.local(torch.randint(0, T, (B,), generator=g))
-        x0 = torch.cat([xf, xr])
-        eps = u.local(torch.randn((2 * B, *x0.shape[1:]), generator=g), parts=2)
-        b = len(xf)  # this process's rows of each half
-        is_forget = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
-        x0, eps, t, conds, is_forget = u.to_device(x0, eps, torch.cat([tf, tr]),
-                                                   torch.cat([yf, yr]), is_forget)
-        x_t, eps = u.noisy(x0, t, eps)
+        x_t, eps, t, cond, is_forget = batch = denoising_batch(u, forget, retain, batch_size,
+                                                               forget_t_min=self.t_min)
         if self.teacher is not None:  # retain rows: the original model's prediction
             with torch.no_grad():
-                r = slice(b, None)
+                r = batch.retain_rows
                 eps = eps.clone()
-                eps[r] = u.predict(x_t[r], t[r], conds[r], model=self.teacher)
-        pred = u.predict(x_t, t, conds)
-        loss, nats = safemax_loss(pred, eps, x_t, t, u.abar, is_forget, u.t_min,
-                                  u.forget_weight, u.weighting)
+                eps[r] = u.denoiser.predict(x_t[r], t[r], cond[r], model=self.teacher)
+        pred = u.denoiser.predict(x_t, t, cond)
+        loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.abar, is_forget, self.t_min,
+                                  self.forget_weight, self.weighting)
         return loss, dict(forget_nats=nats[is_forget].mean().item(),
                           retain_nats=nats[~is_forget].mean().item())
 
@@ -151,8 +217,8 @@ class SalUn(Method):
         return dict(mask_fraction=self.mask_fraction, retain_weight=self.retain_weight)
 
     def bind(self, u):
-        self.other_classes = None if u.num_classes is None else \
-            torch.tensor([c for c in range(u.num_classes) if c not in u.forget])
+        kept = u.targets.kept_classes
+        self.other_classes = torch.tensor(kept) if kept else None  # None: text concepts
 
     def prepare(self, u, retain, forget, batch_size):
         named = u.trainable()
@@ -167,11 +233,11 @@ class SalUn(Method):
                 x0, y = forget.items(torch.arange(i * batch_size, min(n, (i + 1) * batch_size)))
             else:
                 x0, y = forget.draw(batch_size, g)
-            t = torch.randint(0, u.num_train_timesteps, (len(y),), generator=g)
+            t = torch.randint(0, u.denoiser.num_train_timesteps, (len(y),), generator=g)
             eps = torch.randn(x0.shape, generator=g)
-            x0, eps, t, y = u.to_device(x0, eps, t, y)
-            x_t, eps = u.noisy(x0, t, eps)
-            (_mse(u.predict(x_t, t, y), eps) * len(y) / n).backward()
+            x0, eps, t, y = u.denoiser.to_device(x0, eps, t, y)
+            x_t, eps = u.denoiser.noisy(x0, t, eps)
+            (_mse(u.denoiser.predict(x_t, t, y), eps) * len(y) / n).backward()
         scores = torch.cat([(p.grad.abs() if p.grad is not None else torch.zeros_like(p)).flatten().float()
                             for _, p in named])
         keep = torch.zeros_like(scores, dtype=torch.bool)
@@ -183,19 +249,18 @@ class SalUn(Method):
             p.grad = None
 
     def loss(self, u, retain, forget, batch_size):
-        x_t, eps, t, conds = _denoising_batch(u, retain, forget, batch_size)
-        b = len(conds) // 2
+        x_t, eps, t, cond, _ = batch = denoising_batch(u, forget, retain, batch_size)
+        f, r = batch.forget_rows, batch.retain_rows
         if self.other_classes is not None:
             pick = u.local(torch.randint(0, len(self.other_classes), (batch_size,), generator=u.generator))
-            other, = u.to_device(self.other_classes[pick])
+            other, = u.denoiser.to_device(self.other_classes[pick])
         else:  # text concepts: the retain rows' prompts, a random draw of other concepts
-            other = conds[b:]
-        f = slice(0, b)
+            other = cond[r]
         with torch.no_grad():  # the random label's prediction is the target, not trained
-            target = u.predict(x_t[f], t[f], other)
-        pred = u.predict(x_t, t, conds)
+            target = u.denoiser.predict(x_t[f], t[f], other)
+        pred = u.denoiser.predict(x_t, t, cond)
         forget_loss = _mse(pred[f], target)
-        retain_loss = _mse(pred[b:], eps[b:])
+        retain_loss = _mse(pred[r], eps[r])
         return forget_loss + self.retain_weight * retain_loss, \
             dict(forget_loss=forget_loss.item(), retain_loss=retain_loss.item())
 
@@ -208,7 +273,7 @@ class SalUn(Method):
         return {f"mask.{k}": v.to(torch.uint8) for k, v in self.mask.items()}
 
     def load_state(self, tensors, u):
-        device = u.device()
+        device = u.denoiser.device()
         self.mask = {k[len("mask."):]: v.bool().to(device) for k, v in tensors.items()
                      if k.startswith("mask.")}
 
@@ -251,48 +316,49 @@ class SelectiveAmnesia(Method):
                     n_replay=self.n_replay, n_fisher=self.n_fisher,
                     fisher_timesteps=self.fisher_timesteps, sample_steps=self.sample_steps)
 
+    def check_targets(self, targets):
+        if targets.concepts is not None:
+            raise ValueError("Selective Amnesia replays samples of the kept classes, which a "
+                             "text-conditional model does not enumerate: use method "
+                             '"safemax", "salun" or "ga" for concepts')
+
     def bind(self, u):
         self.original = {n: p.detach().clone() for n, p in u.trainable()}  # θ*
-        self.kept = [c for c in range(u.num_classes) if c not in u.forget]
+        self.kept = u.targets.kept_classes
+        self.surrogate = _Surrogate(u.targets.ids)
 
     def prepare(self, u, retain, forget, batch_size):
+        d = u.denoiser
         labels = balanced_labels(self.kept, self.n_replay)
-        replay = sample(u.unet, u.scheduler, labels, num_inference_steps=self.sample_steps,
+        replay = sample(d.unet, d.scheduler, labels, num_inference_steps=self.sample_steps,
                         seed=u.seed + 2).clamp(-1, 1)
         self._set_replay(TensorDataset(replay, labels))
         self.fisher = self._fisher(u)
 
     def _fisher(self, u):
-        labels = balanced_labels(range(u.num_classes), self.n_fisher)
-        images = sample(u.unet, u.scheduler, labels, num_inference_steps=self.sample_steps,
+        d = u.denoiser
+        labels = balanced_labels(range(u.targets.num_classes), self.n_fisher)
+        images = sample(d.unet, d.scheduler, labels, num_inference_steps=self.sample_steps,
                         seed=u.seed + 3).clamp(-1, 1)
-        T, K = u.num_train_timesteps, self.fisher_timesteps
+        T, K = d.num_train_timesteps, self.fisher_timesteps
         grid = torch.linspace(0, T - 1, K).round().long()
         named = u.trainable()
         fisher = [torch.zeros_like(p, dtype=torch.float32) for _, p in named]
         for x, y in zip(images, labels):  # per-sample gradients: E[g²], not (E g)²
             eps = torch.randn((K, *x.shape), generator=u.generator)
-            x0, eps, t, y = u.to_device(x.expand(K, *x.shape), eps, grid, y.expand(K))
-            x_t, eps = u.noisy(x0, t, eps)
-            nll = (u.predict(x_t, t, y).float() - eps.float()).square().flatten(1).sum(1).mean()
+            x0, eps, t, y = d.to_device(x.expand(K, *x.shape), eps, grid, y.expand(K))
+            x_t, eps = d.noisy(x0, t, eps)
+            nll = (d.predict(x_t, t, y).float() - eps.float()).square().flatten(1).sum(1).mean()
             for f, gr in zip(fisher, torch.autograd.grad(nll, [p for _, p in named])):
                 f.add_(gr.float().square(), alpha=1.0 / len(labels))
         return {name: f for (name, _), f in zip(named, fisher)}
 
     def loss(self, u, retain, forget, batch_size):
-        g, B = u.generator, batch_size
-        xr, yr = self._replay_batches.draw(B, g, u.local)
-        forget_ids = torch.tensor(u.forget)
-        yf = u.local(forget_ids[torch.randint(0, len(forget_ids), (B,), generator=g)])
-        xf = u.local(torch.rand((B, *xr.shape[1:]), generator=g) * 2 - 1)  # surrogate: uniform noise
-        t = u.local(torch.randint(0, u.num_train_timesteps, (2 * B,), generator=g), parts=2)
-        x0 = torch.cat([xf, xr])
-        eps = u.local(torch.randn((2 * B, *x0.shape[1:]), generator=g), parts=2)
-        x0, eps, t, labels = u.to_device(x0, eps, t, torch.cat([yf, yr]))
-        x_t, eps = u.noisy(x0, t, eps)
-        b = len(yf)
-        per_sample = (u.predict(x_t, t, labels).float() - eps.float()).square().flatten(1).sum(1)
-        forget_loss, replay_loss = per_sample[:b].mean(), per_sample[b:].mean()
+        x_t, eps, t, labels, _ = batch = denoising_batch(u, self.surrogate, self._replay_batches,
+                                                         batch_size, retain_first=True)
+        per_sample = (u.denoiser.predict(x_t, t, labels).float() - eps.float()).square().flatten(1).sum(1)
+        forget_loss = per_sample[batch.forget_rows].mean()
+        replay_loss = per_sample[batch.retain_rows].mean()
         ewc = sum((self.fisher[n] * (p.float() - self.original[n].float()).square()).sum()
                   for n, p in u.trainable())
         loss = forget_loss + self.replay_weight * replay_loss + 0.5 * self.ewc_lambda * ewc
@@ -300,6 +366,7 @@ class SelectiveAmnesia(Method):
 
     def _set_replay(self, replay: TensorDataset):
         self.replay, self._replay_batches = replay, Batches(replay, "replay")
+        self.surrogate.shape = tuple(replay.tensors[0].shape[1:])
 
     def state(self):
         out = {f"fisher.{k}": v for k, v in self.fisher.items()}
@@ -307,10 +374,24 @@ class SelectiveAmnesia(Method):
         return out
 
     def load_state(self, tensors, u):
-        device = u.device()
+        device = u.denoiser.device()
         self.fisher = {k[len("fisher."):]: v.to(device) for k, v in tensors.items()
                        if k.startswith("fisher.")}
         self._set_replay(TensorDataset(tensors["replay_images"], tensors["replay_labels"]))
+
+
+class _Surrogate:
+    """SA's forget rows: uniform-noise images in [-1, 1] (the surrogate distribution), each
+    labelled with a random forget class; drawn like a data set (labels first, then images)."""
+
+    def __init__(self, ids):
+        self.ids, self.shape = torch.tensor(ids), None  # shape: set with the replay set
+
+    def draw(self, n: int, generator: torch.Generator, local=None):
+        local = local or (lambda x: x)
+        y = local(self.ids[torch.randint(0, len(self.ids), (n,), generator=generator)])
+        x = local(torch.rand((n, *self.shape), generator=generator) * 2 - 1)
+        return x, y
 
 
 # ---------------------------------------------------------------------------------- gradient ascent
@@ -323,11 +404,11 @@ class GradientAscent(Method):
     max_grad_norm = 1.0  # the published configs clip the gradient norm at 1
 
     def loss(self, u, retain, forget, batch_size):
-        x_t, eps, t, conds = _denoising_batch(u, retain, forget, batch_size)
-        pred = u.predict(x_t, t, conds)
-        b = len(conds) // 2
-        forget_loss = _mse(pred[:b], eps[:b])
-        retain_loss = _mse(pred[b:], eps[b:])
+        x_t, eps, t, cond, _ = batch = denoising_batch(u, forget, retain, batch_size)
+        pred = u.denoiser.predict(x_t, t, cond)
+        f, r = batch.forget_rows, batch.retain_rows
+        forget_loss = _mse(pred[f], eps[f])
+        retain_loss = _mse(pred[r], eps[r])
         return retain_loss - forget_loss, dict(forget_loss=forget_loss.item(),
                                                retain_loss=retain_loss.item())
 
@@ -335,11 +416,21 @@ class GradientAscent(Method):
 METHODS = {cls.name: cls for cls in (SafeMax, SalUn, SelectiveAmnesia, GradientAscent)}
 
 
-def make_method(method) -> Method:
-    """A method object from a name (``"safemax"``, ``"salun"``, ``"sa"``, ``"ga"``) or itself."""
+def make_method(method, **options) -> Method:
+    """A method object from a name (``"safemax"``, ``"salun"``, ``"sa"``, ``"ga"``) and its
+    settings (``make_method("salun", mask_fraction=0.3)``), or a method object itself."""
     if isinstance(method, Method):
+        if options:
+            raise ValueError(f"{', '.join(sorted(options))}: configure the method object itself, e.g. "
+                             f"{type(method).__name__}({next(iter(sorted(options)))}=...)")
         return method
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {sorted(METHODS)} "
                          "or pass a safemax.methods.Method")
-    return METHODS[method]()
+    cls = METHODS[method]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} {'is not a setting' if len(unknown) == 1 else 'are not settings'} "
+                         f"of method {method!r} (its settings: {', '.join(accepted) or 'none'})")
+    return cls(**options)

@@ -6,6 +6,7 @@ cheap) and trains on its own contiguous share of the rows; DDP averages the grad
 2-process run equals a 1-process run with the same ``batch_size`` up to float rounding, and a
 checkpoint resumes on any number of processes.
 """
+import contextlib
 import os
 
 import torch
@@ -85,3 +86,53 @@ class Shard:
         k = n // self.world
         lo = self.rank * k
         return torch.cat([x[p * n + lo:p * n + lo + k] for p in range(parts)])
+
+
+@contextlib.contextmanager
+def prepared(accelerator, model, optimizer, owned: bool, scaler_state: dict = None):
+    """``(model, optimizer, autocast)`` for one fit: under Accelerate, the DDP/mixed-precision
+    wrappers (with a resumed loss scaler's state), removed again when the fit ends; otherwise the
+    plain ones. ``owned``: the accelerator was made for this Unlearner, so it may be cleared."""
+    if accelerator is None:
+        yield model, optimizer, contextlib.nullcontext
+        return
+    wrapped, wrapped_optimizer = accelerator.prepare(model, optimizer)
+    if scaler_state and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(scaler_state)
+    try:
+        yield wrapped, wrapped_optimizer, accelerator.autocast
+    finally:
+        # drops the DDP wrapper and Accelerate's autocast patch of model.forward (set on the
+        # model itself, even in a single process)
+        accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
+        if owned:  # and forgets this fit's wrappers, so that a next fit starts clean
+            accelerator.free_memory()
+
+
+def backward_and_clip(accelerator, loss: torch.Tensor, optimizer, params: list,
+                      max_norm: float) -> torch.Tensor:
+    """Backward pass and gradient-norm clipping; returns the norm before clipping. Under fp16
+    only *this* optimizer's gradients are unscaled (Accelerate's own clip_grad_norm_ would
+    unscale every optimizer it ever prepared, a former fit's too)."""
+    if accelerator is None:
+        loss.backward()
+    else:
+        accelerator.backward(loss)  # scales the loss under fp16
+        accelerator.unscale_gradients(optimizer=optimizer)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def mean_over_processes(accelerator, values: list) -> list:
+    """Floats averaged over the processes (so that every process logs the same, and a NaN on
+    one stops them all); the values themselves in a single process."""
+    values = [v.item() if torch.is_tensor(v) else float(v) for v in values]
+    if accelerator is None or accelerator.num_processes == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(t, reduction="mean").tolist()
+
+
+def scaler_state(accelerator):
+    """The fp16 loss scaler's state (None without one), for checkpoints."""
+    scaler = accelerator.scaler if accelerator is not None else None
+    return scaler.state_dict() if scaler is not None else None

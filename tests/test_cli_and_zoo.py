@@ -144,7 +144,7 @@ def test_unlearn_with_a_baseline_method(tmp_path):
           "--out", str(out)])
     info = json.loads((out / "safemax.json").read_text())
     assert info["method"] == "ga" and info["lr"] == 1e-4 and info["steps"] == 1
-    with pytest.raises(ValueError, match="early_fraction configure SAFEMax"):
+    with pytest.raises(ValueError, match="early_fraction is not a setting of method .salun."):
         main(["unlearn", "--method", "salun", "--early-fraction", "0.5", "--forget", "3",
               "--steps", "1", "--out", str(tmp_path / "x")])
 

@@ -6,7 +6,7 @@ import torch
 
 from safemax import Unlearner
 from safemax.compare import evaluation_steps, relearning_attack, summarise
-from safemax.methods import GradientAscent, SalUn, SelectiveAmnesia, make_method
+from safemax.methods import GradientAscent, SafeMax, SalUn, SelectiveAmnesia, make_method
 
 from problems import T_TINY as T, params, tiny_data, tiny_scheduler, tiny_unet
 
@@ -84,8 +84,8 @@ def test_salun_mask_is_the_largest_forget_gradients():
         x0, y = forget.tensors[0][i:i + 16], forget.tensors[1][i:i + 16]
         t = torch.randint(0, T, (len(y),), generator=g)
         eps = torch.randn(x0.shape, generator=g)
-        x_t, eps = v.noisy(x0, t, eps)
-        ((v.predict(x_t, t, y) - eps).square().mean() * len(y) / n).backward()
+        x_t, eps = v.denoiser.noisy(x0, t, eps)
+        ((v.denoiser.predict(x_t, t, y) - eps).square().mean() * len(y) / n).backward()
     grads = {k: p.grad.abs() for k, p in named.items()}
     kept = torch.cat([grads[k][m] for k, m in u.method.mask.items()])
     dropped = torch.cat([grads[k][~m] for k, m in u.method.mask.items()])
@@ -136,11 +136,11 @@ def test_selective_amnesia_fisher_replay_and_surrogate():
     x0 = torch.rand(8, 1, 8, 8, generator=g) * 2 - 1
     t = torch.randint(0, T, (8,), generator=g)
     eps = torch.randn(x0.shape, generator=g)
-    x_t, eps = u.noisy(x0, t, eps)
+    x_t, eps = u.denoiser.noisy(x0, t, eps)
 
     def surrogate_loss():
         with torch.no_grad():
-            return (u.predict(x_t, t, torch.full((8,), 1)) - eps).square().mean().item()
+            return (u.denoiser.predict(x_t, t, torch.full((8,), 1)) - eps).square().mean().item()
 
     before = surrogate_loss()
     u.fit(None, None, steps=40, batch_size=8, progress=False)
@@ -177,8 +177,14 @@ def test_baseline_resume_equals_an_uninterrupted_fit_without_preparing_again(tmp
 def test_method_arguments_are_checked():
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         make("nope")
-    with pytest.raises(ValueError, match="early_fraction configure SAFEMax, not method 'salun'"):
+    with pytest.raises(ValueError, match="early_fraction is not a setting of method 'salun' "
+                                         r"\(its settings: mask_fraction, retain_weight\)"):
         make("salun", early_fraction=0.5)
+    with pytest.raises(ValueError, match=r"configure the method object itself, e.g. SalUn\(mask_fraction=...\)"):
+        make(SalUn(), mask_fraction=0.3)
+    assert make("salun", mask_fraction=0.3).method.mask_fraction == 0.3  # the keywords as a shorthand
+    u = make(SafeMax(early_fraction=0.5, forget_weight=2.0))
+    assert u.method.t_min == make("safemax", early_fraction=0.5).method.t_min and u.method.forget_weight == 2.0
     with pytest.raises(ValueError, match="mask_fraction must be in"):
         SalUn(mask_fraction=0)
     with pytest.raises(ValueError, match="n_replay must be a positive integer"):
@@ -272,8 +278,8 @@ def test_method_specs_with_options():
     assert parse_method("sa", quick=True)[1]["n_replay"] == 8
     assert label("salun:retain_weight=1") == "SalUn (retain_weight=1)"
     for spec, message in (("nope", "unknown method 'nope'"), ("salun:retain_weight", "write name=value"),
-                          ("salun:bogus=1", "unexpected keyword argument 'bogus'"),
-                          ("safemax:lr=1", "safemax has no option 'lr'"),
+                          ("salun:bogus=1", "bogus is not a setting of method 'salun'"),
+                          ("safemax:lr=1", "lr is not a setting of method 'safemax'"),
                           ("salun:mask_fraction=2", "mask_fraction must be in")):
         with pytest.raises(ValueError, match=message):
             parse_method(spec)

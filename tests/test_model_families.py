@@ -5,7 +5,7 @@ import torch
 from safemax import Unlearner
 from safemax.methods import SelectiveAmnesia
 from safemax.sampling import sample
-from safemax.unlearner import class_count
+from safemax.conditions import class_count
 
 from problems import params, tiny_data, tiny_scheduler, tiny_unet
 

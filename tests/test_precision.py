@@ -57,7 +57,7 @@ def test_v_prediction_output_is_turned_into_epsilon_and_forgetting_drives_v_to_z
     with torch.no_grad():
         v = u.unet(x, t, class_labels=y).sample
         abar = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
-        torch.testing.assert_close(u.predict(x, t, y), (1 - abar).sqrt() * x + abar.sqrt() * v)
+        torch.testing.assert_close(u.denoiser.predict(x, t, y), (1 - abar).sqrt() * x + abar.sqrt() * v)
 
     def v_norm():
         with torch.no_grad():

@@ -56,10 +56,10 @@ def concept_error(u, emb, n=32, seed=0):
     """Mean squared distance of the concept's ε prediction to √(1−ᾱ_t)·x_t on the window."""
     g = torch.Generator().manual_seed(seed)
     x_t = torch.randn(n, 4, 8, 8, generator=g)
-    t = torch.randint(u.t_min, u.num_train_timesteps, (n,), generator=g)
+    t = torch.randint(u.method.t_min, u.denoiser.num_train_timesteps, (n,), generator=g)
     with torch.no_grad():
-        pred = u.predict(x_t, t, emb[torch.arange(n) % len(emb)], model=u.unet)
-    target = (1 - u.abar[t]).sqrt().float().view(-1, 1, 1, 1) * x_t
+        pred = u.denoiser.predict(x_t, t, emb[torch.arange(n) % len(emb)], model=u.unet)
+    target = (1 - u.denoiser.abar[t]).sqrt().float().view(-1, 1, 1, 1) * x_t
     return (pred - target).square().mean().item()
 
 
@@ -76,11 +76,11 @@ def test_safemax_forgets_a_concept_and_keeps_the_others(pipe):
 
     def pred(c):
         with torch.no_grad():
-            return u.predict(x, t, c.expand(16, -1, -1))
+            return u.denoiser.predict(x, t, c.expand(16, -1, -1))
 
     church0, kept0, before = pred(church), pred(others[:1]), concept_error(u, church)
     u.fit(retain=retain, forget=None, steps=40, batch_size=4, progress=False)  # data-free forget latents
-    assert u._forget_cache.tensors[0].shape[1:] == (4, 8, 8)
+    assert u.forget_set.tensors[0].shape[1:] == (4, 8, 8)
     assert concept_error(u, church) < 0.7 * before  # 1.11 -> 0.65 when written
     moved = (pred(church) - church0).square().mean()
     moved_kept = (pred(others[:1]) - kept0).square().mean()

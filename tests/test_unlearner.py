@@ -53,7 +53,7 @@ def test_forget_rows_are_drawn_inside_the_window(monkeypatch):
     retain, forget = data()
     u = Unlearner(tiny_unet(), scheduler(), forget=1, early_fraction=0.3)
     u.fit(retain, forget, steps=6, batch_size=16, progress=False)
-    assert u.t_min == 70
+    assert u.method.t_min == 70
     t = torch.cat([s[0] for s in seen])
     mask = torch.cat([s[1] for s in seen])
     assert all(s[2] == 70 for s in seen)
@@ -146,7 +146,7 @@ def test_data_free_forgetting_generates_its_forget_images():
     retain = TensorDataset(retain.tensors[0][retain.tensors[1] != 2], retain.tensors[1][retain.tensors[1] != 2])
     history = u.fit(retain, None, steps=2, batch_size=4, progress=False)
     assert len(history) == 2
-    images, labels = u._forget_cache.tensors
+    images, labels = u.forget_set.tensors
     assert images.shape[1:] == (1, 8, 8) and set(labels.tolist()) == {1, 2}
 
 
@@ -233,7 +233,8 @@ def test_window_by_noise_level():
     abar = sched.alphas_cumprod.double()
     snr = abar / (1 - abar)
     u = Unlearner(tiny_unet(), sched, forget=[1], max_snr=1.0)
-    assert snr[u.t_min] <= 1.0 < snr[u.t_min - 1]
-    assert u.early_fraction == (T - u.t_min) / T and u.snr_at_t_min == pytest.approx(float(snr[u.t_min]))
+    assert snr[u.method.t_min] <= 1.0 < snr[u.method.t_min - 1]
+    w = u.method.window
+    assert w.early_fraction == (T - w.t_min) / T and w.snr_at_t_min == pytest.approx(float(snr[w.t_min]))
     with pytest.raises(ValueError, match="max_snr must exceed"):
         Unlearner(tiny_unet(), sched, forget=[1], max_snr=float(snr[-1]) / 2)
