@@ -14,7 +14,7 @@ from .report import console_table, metrics_table, save_curves, save_grid, write_
 from .unlearner import Unlearner
 from .zoo import default_scheduler, load_default_classifier, load_default_unet
 
-# Defaults chosen from the early-fraction sweep in the README (benchmarks/tau_sweep.py).
+# Defaults chosen from the early-fraction sweep (docs/results/early-fraction.md, benchmarks/tau_sweep.py).
 DEFAULT_EARLY_FRACTION = 1.0
 DEFAULT_LR = 5e-4
 

@@ -4,17 +4,12 @@ A method prepares once (its cost is reported as ``prep_seconds``) and then gives
 step; the ``Unlearner`` owns the loop, the optimizer, the checkpoints and the NaN guard, so every
 method runs on the same data, batch and optimizer.
 
-============  ===========================================  ================================  ====================
-method        forget term                                  keeps the other classes by        preparation
-============  ===========================================  ================================  ====================
-``safemax``   forget rows → √(1−ᾱ_t)·x_t, the max-entropy   retain rows distilled to the      a frozen copy
-              prediction (fused op, early-step window)      original model
-``salun``     ε(x_t, forget class) → detached ε(x_t, a      retain denoising loss × 1e-3;     saliency mask: top 50%
-              random other class) (Fan et al. 2024)         only the salient weights move     of |∂ forget loss / ∂θ|
-``sa``        forget class trained to denoise uniform-      EWC (diagonal Fisher, λ = 10) +   replay set and Fisher,
-              noise images (Heng & Soh 2023)                replay of generated other classes both from the original
-``ga``        minus the forget rows' denoising loss         plus the retain denoising loss    none
-============  ===========================================  ================================  ====================
+| method | forget term | keeps the other classes by | preparation |
+| --- | --- | --- | --- |
+| `safemax` | forget rows → √(1−ᾱ_t)·x_t, the max-entropy prediction (fused op, early-step window) | retain rows distilled to the original model | a frozen copy |
+| `salun` | ε(x_t, forget class) → detached ε(x_t, a random other class) (Fan et al. 2024) | retain denoising loss × 1e-3; only the salient weights move | saliency mask: the 50% of weights with the largest forget-loss gradient magnitude |
+| `sa` | forget class trained to denoise uniform-noise images (Heng & Soh 2023) | EWC (diagonal Fisher, λ = 10) + replay of generated other classes | replay set and Fisher, both from the original |
+| `ga` | minus the forget rows' denoising loss | plus the retain denoising loss | none |
 
 Every method draws its rows with one batch builder (``denoising_batch``: the methods differ only
 in the forget rows' timestep range and where the forget rows come from), from the Unlearner's

@@ -51,7 +51,7 @@ def make_accelerator(accelerator=None, mixed_precision: str = None):
             f"{accelerator.distributed_type.value}: the Unlearner trains with DDP (each process holds "
             "the whole model, which SAFEMax's frozen teacher copy and the baselines' per-weight "
             "masks and Fisher need); configure `accelerate config` for multi-GPU DDP and use "
-            "mixed_precision / gradient_checkpointing to fit larger models (README: Scale-out)")
+            "mixed_precision / gradient_checkpointing to fit larger models (docs: tutorials/scale-out)")
     if launched_distributed() and accelerator.num_processes == 1:
         raise RuntimeError(
             f"launched as one of {os.environ['WORLD_SIZE']} processes, but the Accelerator runs a single "
