@@ -102,6 +102,23 @@ def test_a_second_fit_leaves_no_stale_accelerate_wrappers():
     assert getattr(u.accelerator, "_optimizers", []) == [] and getattr(u.accelerator, "_models", []) == []
 
 
+def test_a_users_accelerator_keeps_its_own_objects_over_two_fits():
+    # The Unlearner clears an accelerator it made itself; a user's keeps what the user prepared,
+    # and each fit unscales only its own optimizer (Accelerate's public unscale_gradients)
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    acc = Accelerator(mixed_precision="bf16", cpu=True)
+    users_model = acc.prepare(torch.nn.Linear(2, 2))
+    u = fit(steps=1, accelerator=acc)
+    retain, forget = tiny_data()
+    u.fit(retain=retain, forget=forget, steps=2, batch_size=4, progress=False)
+    assert u.step == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in u.history)
+    assert any(m is users_model for m in acc._models)
+    assert "_original_forward" not in u.unet.__dict__, "Accelerate's autocast patch is removed"
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs a GPU")
 def test_fp16_loss_scaling_over_two_fits_on_a_gpu():

@@ -91,6 +91,27 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
             progress=False)
 
 
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    # The original weights are matched by content (SHA-256): a permutation of the same weights —
+    # equal sum of |w|, which the old fingerprint compared — is another model
+    from safemax.checkpoint import weights_digest
+
+    retain, forget = data()
+    Unlearner(tiny_unet(), scheduler(), forget=[1]).fit(
+        retain, forget, steps=1, batch_size=4, checkpoint_dir=str(tmp_path), progress=False)
+    other = tiny_unet()
+    with torch.no_grad():
+        w = next(p for p in other.parameters() if p.numel() > 1)
+        w.copy_(w.flatten().flip(0).view_as(w))
+    assert weights_digest(other) != weights_digest(tiny_unet())
+    before = params(other)
+    with pytest.raises(ValueError, match="continues a fit of another model"):
+        Unlearner(other, scheduler(), forget=[1]).fit(
+            retain, forget, steps=2, batch_size=4, checkpoint_dir=str(tmp_path), resume=True,
+            progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items()), "nothing restored"
+
+
 def test_checkpoints_are_written_atomically_and_periodically(tmp_path):
     retain, forget = data()
     steps_seen = []
