@@ -127,3 +127,35 @@ def test_fp16_loss_scaling_over_two_fits_on_a_gpu():
     u.fit(retain=retain, forget=forget, steps=4, batch_size=4, progress=False)
     assert u.step == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in u.history)
     assert u.accelerator.scaler is not None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs a GPU")
+def test_fp16_overflow_skips_the_step_and_the_scaler_is_checkpointed(tmp_path):
+    # Force an overflow: start the loss scaler at 2^40, so the scaled fp16 gradients are inf.
+    # Each such step must be skipped (weights unchanged, no NaN guard raised), the scale halved,
+    # and the scaler's state must survive a checkpoint and a resume.
+    retain, forget = tiny_data()
+    u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], lr=1e-3, mixed_precision="fp16")
+    scaler = u.accelerator.scaler
+    state = scaler.state_dict()
+    state["scale"] = 2.0 ** 40
+    u.resumed_scaler_state = state  # what a resume would load into the scaler
+    before = params(u.unet)
+    u.fit(retain=retain, forget=forget, steps=1, batch_size=4, progress=False, checkpoint_dir=str(tmp_path))
+    assert u.step == 1 and u.accelerator.optimizer_step_was_skipped
+    assert all(torch.equal(v.cpu(), before[k]) for k, v in params(u.unet).items()), "the step was skipped"
+    assert scaler.get_scale() == 2.0 ** 39
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as f:
+        saved = __import__("json").loads(f.metadata()["meta"])["grad_scaler"]
+    assert saved["scale"] == 2.0 ** 39
+
+    v = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], lr=1e-3, mixed_precision="fp16")
+    v.fit(retain=retain, forget=forget, steps=40, batch_size=4, progress=False,
+          checkpoint_dir=str(tmp_path), resume=True)
+    # resumed at 2^39; halved on each overflow until the gradients fit, then the steps are taken
+    assert v.accelerator.scaler.get_scale() < 2.0 ** 39
+    assert any(not torch.equal(x.cpu(), before[k]) for k, x in params(v.unet).items())
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in v.history)
