@@ -352,6 +352,31 @@ def test_bad_input_names_the_argument(name, kwargs, exc, message):
         safemax_loss(**kwargs)
 
 
+# An out-of-range timestep once crashed the process (segfault, torch 2.11) instead of raising:
+# the check ran inside the kernel launcher. It now runs before any kernel, forward and backward.
+@pytest.mark.parametrize("t", [-1, T, T + 1, 2**62, -(2**63)], ids=["-1", "T", "T+1", "2^62", "int64 min"])
+@pytest.mark.parametrize("which", ["forward", "backward"])
+def test_out_of_range_timestep_raises_on_cpu(t, which):
+    eps_pred, eps, x_t, _, ac, forget = make_problem((3, 2, 4, 4), forget=[1, 0, 1])
+    ts = torch.tensor([5, t, 900])
+    message = rf"safemax_loss: timesteps\[1\] = {t} is outside \[0, T\) = \[0, {T}\) of alphas_cumprod"
+    with pytest.raises(ValueError, match=message):
+        if which == "forward":
+            safemax_loss(eps_pred, eps, x_t, ts, ac, forget, 500)
+        else:
+            torch.ops.safemax.safemax_loss_backward(
+                torch.tensor(1.0), torch.zeros(3), eps_pred, eps, x_t, ts, ac, forget, 500, 1.0,
+                "simple", [True, True, True])
+
+
+def test_out_of_range_timestep_raises_under_compile():
+    torch._dynamo.reset()
+    eps_pred, eps, x_t, _, ac, forget = make_problem((2, 3, 4, 4), forget=[1, 0])
+    compiled = torch.compile(lambda *a: safemax_loss(*a, 500)[0], fullgraph=True, backend="aot_eager")
+    with pytest.raises(ValueError, match=r"timesteps\[0\] = 1000 is outside"):
+        compiled(eps_pred, eps, x_t, torch.tensor([T, 3]), ac, forget)
+
+
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 
 @pytest.mark.cuda
