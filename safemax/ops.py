@@ -145,7 +145,7 @@ torch.library.register_autograd("safemax::safemax_loss", _autograd_backward,
 
 def safemax_loss(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
                  forget_weight=1.0, weighting="simple"):
-    """The SAFEMax loss of a mixed forget/retain batch, fused (DESIGN.md §1-2).
+    """The SAFEMax loss of a mixed forget/retain batch, fused (docs/method.md, docs/op.md).
 
     Args:
         eps_pred: model noise prediction ε_θ(x_t, t, c), ``[B, ...]``, float32/64/16 or bfloat16.
