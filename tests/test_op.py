@@ -1,5 +1,6 @@
 """The fused op against its pure-PyTorch spec (safemax.reference): values, gradients, layouts,
 edge cases, torch.library/compile integration, determinism and error messages."""
+import contextlib
 import importlib.machinery
 import re
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import safemax
 from safemax import safemax_loss, safemax_loss_reference
@@ -394,18 +396,11 @@ def _eager_error(op, kwargs):
 def _fake_error(op, kwargs, how):
     """The error the op's fake kernel raises for the same call: under FakeTensorMode (what
     torch.compile and opcheck use) or on meta tensors (the Meta kernel is the fake)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    mode = FakeTensorMode()
-    if how == "fake":
-        kwargs = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    else:
-        kwargs = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    mode = FakeTensorMode() if how == "fake" else contextlib.nullcontext()
+    convert = mode.from_tensor if how == "fake" else (lambda t: t.to("meta"))
+    kwargs = {k: convert(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     try:
-        if how == "fake":
-            with mode:
-                op(**kwargs)
-        else:
+        with mode:
             op(**kwargs)
     except (TypeError, ValueError) as e:
         return e
