@@ -1,4 +1,5 @@
-// The one definition of SAFEMax's per-sample and per-element math (DESIGN.md §1-2).
+// The one definition of SAFEMax's per-sample and per-element math (docs/method.md derives it;
+// docs/op.md is the op's contract).
 // Plain C++: included by the CPU kernel (g++) and the CUDA kernel (nvcc, no torch headers).
 #pragma once
 

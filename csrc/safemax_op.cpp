@@ -1,6 +1,6 @@
 // The safemax::safemax_loss operator: schema, argument checks, layout handling and the CPU
-// registration. The CUDA registration lives in cuda/safemax_cuda.cpp and reuses run_forward /
-// run_backward with its own launcher.
+// registration. The CUDA registration lives in cuda/safemax_cuda.cpp and reuses
+// prepare_forward / prepare_backward around its own kernels.
 #include "safemax_op.h"
 
 #include <Python.h>
@@ -64,21 +64,24 @@ bool rows_dense(const at::Tensor& t) {
   return B <= 1 || t.stride(0) * B == t.numel();
 }
 
-struct Prepared {
-  at::Tensor eps_pred, eps, x_t, timesteps, abar, forget;
-  bool copied = false;  // eps_pred/eps/x_t were made contiguous
-  LossProblem pb;
-};
+void check_timesteps_on_host(const LossProblem& pb) {
+  for (int64_t b = 0; b < pb.batch; ++b) {
+    const int64_t t = pb.timesteps[b];
+    TORCH_CHECK_VALUE(t >= 0 && t < pb.num_timesteps, "safemax_loss: timesteps[", b, "] = ", t,
+                      " is outside [0, T) = [0, ", pb.num_timesteps,
+                      ") of alphas_cumprod");
+  }
+}
 
-Prepared prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const at::Tensor& x_t,
-                 const at::Tensor& timesteps, const at::Tensor& alphas_cumprod,
-                 const at::Tensor& forget, int64_t t_min, double forget_weight,
-                 c10::string_view weighting) {
+PreparedInputs prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const at::Tensor& x_t,
+                       const at::Tensor& timesteps, const at::Tensor& alphas_cumprod,
+                       const at::Tensor& forget, int64_t t_min, double forget_weight,
+                       c10::string_view weighting, TimestepCheck timestep_check) {
   TORCH_CHECK_VALUE(eps_pred.layout() == at::kStrided,
                     "safemax_loss: eps_pred must be a dense (strided) tensor");
   TORCH_CHECK_VALUE(eps_pred.dim() >= 1,
                     "safemax_loss: eps_pred must be batched, shape [B, ...], got a 0-dim tensor");
-  Prepared p;
+  PreparedInputs p;
   p.pb.kind = kind_of(eps_pred);
   check_like(eps, "eps", eps_pred);
   check_like(x_t, "x_t", eps_pred);
@@ -131,20 +134,9 @@ Prepared prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const at::Te
   pb.t_min = t_min;
   pb.forget_weight = forget_weight;
   pb.vlb = weighting == "vlb";
+  if (timestep_check == TimestepCheck::kOnHost) check_timesteps_on_host(pb);
   return p;
 }
-
-// A gradient laid out like `like` would be by empty_like (what the fake kernel promises).
-// The kernel writes dense rows: straight into it when the layout allows, else into a
-// contiguous buffer copied over afterwards.
-struct GradSlot {
-  at::Tensor result, buffer;
-  void* data() { return buffer.data_ptr(); }
-  at::Tensor finish() {
-    if (!buffer.is_same(result)) result.copy_(buffer);
-    return result;
-  }
-};
 
 GradSlot grad_slot(const at::Tensor& like, bool copied) {
   GradSlot s;
@@ -154,63 +146,62 @@ GradSlot grad_slot(const at::Tensor& like, bool copied) {
   return s;
 }
 
-void check_timesteps_on_host(const LossProblem& pb) {
-  for (int64_t b = 0; b < pb.batch; ++b) {
-    const int64_t t = pb.timesteps[b];
-    TORCH_CHECK_VALUE(t >= 0 && t < pb.num_timesteps, "safemax_loss: timesteps[", b, "] = ", t,
-                      " is outside [0, T) = [0, ", pb.num_timesteps,
-                      ") of alphas_cumprod");
-  }
-}
-
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> run_forward(
-    const at::Tensor& eps_pred, const at::Tensor& eps, const at::Tensor& x_t,
-    const at::Tensor& timesteps, const at::Tensor& alphas_cumprod, const at::Tensor& forget,
-    int64_t t_min, double forget_weight, c10::string_view weighting,
-    const ForwardLauncher& launch) {
-  Prepared p = prepare(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                       forget_weight, weighting);
-  const auto opts = eps_pred.options().dtype(acc_dtype(p.pb.kind));
-  at::Tensor loss = at::empty({}, opts);
-  at::Tensor nats = at::empty({p.pb.batch}, opts);
-  if (p.pb.batch == 0) return {loss.zero_(), nats};
-  launch(p.pb, ForwardOut{loss.data_ptr(), nats.data_ptr()});
-  return {loss, nats};
+ForwardCall prepare_forward(const at::Tensor& eps_pred, const at::Tensor& eps,
+                            const at::Tensor& x_t, const at::Tensor& timesteps,
+                            const at::Tensor& alphas_cumprod, const at::Tensor& forget,
+                            int64_t t_min, double forget_weight, c10::string_view weighting,
+                            TimestepCheck timestep_check) {
+  ForwardCall call;
+  call.in = prepare(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
+                    weighting, timestep_check);
+  const auto opts = eps_pred.options().dtype(acc_dtype(call.in.pb.kind));
+  call.loss = at::empty({}, opts);
+  call.nats = at::empty({call.in.pb.batch}, opts);
+  if (!call.has_work()) call.loss.zero_();
+  return call;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_backward(
-    const at::Tensor& grad_loss, const at::Tensor& grad_nats, const at::Tensor& eps_pred,
-    const at::Tensor& eps, const at::Tensor& x_t, const at::Tensor& timesteps,
-    const at::Tensor& alphas_cumprod, const at::Tensor& forget, int64_t t_min,
-    double forget_weight, c10::string_view weighting, std::array<bool, 3> output_mask,
-    const BackwardLauncher& launch) {
-  Prepared p = prepare(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                       forget_weight, weighting);
-  const auto acc = eps_pred.options().dtype(acc_dtype(p.pb.kind));
+BackwardCall prepare_backward(const at::Tensor& grad_loss, const at::Tensor& grad_nats,
+                              const at::Tensor& eps_pred, const at::Tensor& eps,
+                              const at::Tensor& x_t, const at::Tensor& timesteps,
+                              const at::Tensor& alphas_cumprod, const at::Tensor& forget,
+                              int64_t t_min, double forget_weight, c10::string_view weighting,
+                              std::array<bool, 3> output_mask, TimestepCheck timestep_check) {
+  BackwardCall call;
+  call.in = prepare(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
+                    weighting, timestep_check);
+  const auto acc = eps_pred.options().dtype(acc_dtype(call.in.pb.kind));
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "safemax_loss_backward: grad_loss must be a scalar");
-  TORCH_CHECK_VALUE(grad_nats.dim() == 1 && grad_nats.size(0) == p.pb.batch,
+  TORCH_CHECK_VALUE(grad_nats.dim() == 1 && grad_nats.size(0) == call.in.pb.batch,
                     "safemax_loss_backward: grad_nats must have shape [B]");
-  const at::Tensor gl = grad_loss.to(acc).contiguous();
-  const at::Tensor gn = grad_nats.to(acc).contiguous();
-
+  call.grad_loss = grad_loss.to(acc).contiguous();
+  call.grad_nats = grad_nats.to(acc).contiguous();
+  call.wanted = output_mask;
   const at::Tensor* originals[3] = {&eps_pred, &eps, &x_t};
-  GradSlot slots[3];
+  for (int k = 0; k < 3; ++k) {
+    call.grads[k] = output_mask[k] ? grad_slot(*originals[k], call.in.copied)
+                                   : GradSlot{at::empty({0}, eps_pred.options()), {}};
+  }
+  return call;
+}
+
+BackwardOut BackwardCall::out() {
   void* ptrs[3] = {nullptr, nullptr, nullptr};
   for (int k = 0; k < 3; ++k) {
-    if (!output_mask[k]) continue;
-    slots[k] = grad_slot(*originals[k], p.copied);
-    ptrs[k] = slots[k].data();
+    if (wanted[k]) ptrs[k] = grads[k].buffer.data_ptr();
   }
-  if (p.pb.batch > 0) {
-    launch(p.pb, BackwardIn{gl.data_ptr(), gn.data_ptr()}, BackwardOut{ptrs[0], ptrs[1], ptrs[2]});
-  }
-  at::Tensor out[3];
+  return {ptrs[0], ptrs[1], ptrs[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> BackwardCall::result() {
   for (int k = 0; k < 3; ++k) {
-    out[k] = output_mask[k] ? slots[k].finish() : at::empty({0}, eps_pred.options());
+    if (wanted[k] && !grads[k].buffer.is_same(grads[k].result)) {
+      grads[k].result.copy_(grads[k].buffer);
+    }
   }
-  return {out[0], out[1], out[2]};
+  return {grads[0].result, grads[1].result, grads[2].result};
 }
 
 namespace {
@@ -219,11 +210,10 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu_op(
     const at::Tensor& eps_pred, const at::Tensor& eps, const at::Tensor& x_t,
     const at::Tensor& timesteps, const at::Tensor& alphas_cumprod, const at::Tensor& forget,
     int64_t t_min, double forget_weight, c10::string_view weighting) {
-  return run_forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                     forget_weight, weighting, [](const LossProblem& pb, ForwardOut out) {
-                       check_timesteps_on_host(pb);
-                       forward_cpu(pb, out);
-                     });
+  ForwardCall call = prepare_forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
+                                     forget_weight, weighting, TimestepCheck::kOnHost);
+  if (call.has_work()) forward_cpu(call.problem(), call.out());
+  return call.result();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu_op(
@@ -231,12 +221,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu_op(
     const at::Tensor& eps, const at::Tensor& x_t, const at::Tensor& timesteps,
     const at::Tensor& alphas_cumprod, const at::Tensor& forget, int64_t t_min,
     double forget_weight, c10::string_view weighting, std::array<bool, 3> output_mask) {
-  return run_backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_cumprod,
-                      forget, t_min, forget_weight, weighting, output_mask,
-                      [](const LossProblem& pb, BackwardIn in, BackwardOut out) {
-                        check_timesteps_on_host(pb);
-                        backward_cpu(pb, in, out);
-                      });
+  BackwardCall call = prepare_backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps,
+                                       alphas_cumprod, forget, t_min, forget_weight, weighting,
+                                       output_mask, TimestepCheck::kOnHost);
+  if (call.has_work()) backward_cpu(call.problem(), call.in_grads(), call.out());
+  return call.result();
 }
 
 }  // namespace

@@ -3,6 +3,9 @@ loss reduction in one pass), with its fake kernel and autograd formula registere
 
 The kernels are C++/CUDA (``csrc/``); ``safemax.reference`` is the pure-PyTorch spec.
 """
+import math
+import warnings
+
 import torch
 
 from . import _extension  # noqa: F401  (loads the kernels: torch.ops.safemax)
@@ -15,10 +18,92 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# The fake (meta) kernels repeat, in the same order and with the same error types and
+# messages, every check of the C++ `prepare` (csrc/safemax_op.cpp) that needs no data, so a bad
+# call fails the same way under torch.compile, FakeTensorMode or on meta tensors as in eager.
+# Only the timestep range needs the data: the CPU kernel checks it, the CUDA kernel gives NaN.
+
+# c10's name of each dtype (what the C++ messages print: Float, Long, Bool, BFloat16, ...),
+# as torch itself spells it in Tensor.type(), e.g. "torch.LongTensor"; computed once.
+_C10_NAMES = {}
+with warnings.catch_warnings():  # allocating complex32 or quantized dtypes warns
+    warnings.simplefilter("ignore")
+    for _dtype in {v for v in vars(torch).values() if isinstance(v, torch.dtype)}:
+        try:
+            _C10_NAMES[_dtype] = torch.empty(0, dtype=_dtype).type().rsplit(".", 1)[1][:-len("Tensor")]
+        except (RuntimeError, TypeError):  # dtypes that cannot be allocated keep str(dtype)
+            pass
+del _dtype
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return _C10_NAMES.get(dtype, str(dtype))
+
+
+def _shape(t) -> str:
+    return str(list(t.shape))
+
+
+def _check_like(t, name, eps_pred):
+    torch._check_type(t.dtype == eps_pred.dtype, lambda: (
+        f"safemax_loss: {name} must have the dtype of eps_pred ({_name(eps_pred.dtype)}), "
+        f"got {_name(t.dtype)}"))
+    torch._check_value(t.device == eps_pred.device, lambda: (
+        f"safemax_loss: {name} must be on the device of eps_pred ({eps_pred.device}), got {t.device}"))
+    torch._check_value(t.shape == eps_pred.shape, lambda: (
+        f"safemax_loss: {name} must have the shape of eps_pred {_shape(eps_pred)}, got {_shape(t)}"))
+
+
+def _check_per_sample(t, name, dtype, fix, eps_pred):
+    B = eps_pred.shape[0]
+    torch._check_type(t.dtype == dtype, lambda: (
+        f"safemax_loss: {name} must be {_name(dtype)}, got {_name(t.dtype)} ({fix})"))
+    torch._check_value(t.dim() == 1 and t.shape[0] == B, lambda: (
+        f"safemax_loss: {name} must have shape [B] = [{B}] (one per sample of eps_pred), "
+        f"got {_shape(t)}"))
+    torch._check_value(t.device == eps_pred.device, lambda: (
+        f"safemax_loss: {name} must be on the device of eps_pred ({eps_pred.device}), got {t.device}"))
+
+
+def _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
+                  weighting):
+    """The C++ ``prepare``'s checks, minus the timestep range (data)."""
+    torch._check_value(eps_pred.layout == torch.strided,
+                       lambda: "safemax_loss: eps_pred must be a dense (strided) tensor")
+    torch._check_value(eps_pred.dim() >= 1, lambda: (
+        "safemax_loss: eps_pred must be batched, shape [B, ...], got a 0-dim tensor"))
+    torch._check_type(eps_pred.dtype in _KERNEL_DTYPES, lambda: (
+        "safemax_loss: eps_pred must be float32, float64, float16 or bfloat16, got "
+        f"{_name(eps_pred.dtype)}"))
+    _check_like(eps, "eps", eps_pred)
+    _check_like(x_t, "x_t", eps_pred)
+    _check_per_sample(timesteps, "timesteps", torch.int64, "use timesteps.long()", eps_pred)
+    _check_per_sample(forget, "forget", torch.bool, "use a bool mask, e.g. labels == forget_class",
+                      eps_pred)
+    torch._check_type(alphas_cumprod.dtype.is_floating_point, lambda: (
+        f"safemax_loss: alphas_cumprod must be a floating tensor, got {_name(alphas_cumprod.dtype)}"))
+    torch._check_value(alphas_cumprod.dim() == 1 and alphas_cumprod.numel() >= 1, lambda: (
+        f"safemax_loss: alphas_cumprod must have shape [T] with T >= 1, got {_shape(alphas_cumprod)}"))
+    torch._check_value(alphas_cumprod.device == eps_pred.device, lambda: (
+        f"safemax_loss: alphas_cumprod must be on the device of eps_pred ({eps_pred.device}), "
+        f"got {alphas_cumprod.device}; move it once with scheduler.alphas_cumprod.to(device)"))
+    T = alphas_cumprod.shape[0]
+    torch._check_value(0 <= t_min <= T,
+                       lambda: f"safemax_loss: t_min must be in [0, T] = [0, {T}], got {t_min}")
+    torch._check_value(math.isfinite(forget_weight),
+                       lambda: f"safemax_loss: forget_weight must be finite, got {forget_weight}")
+    torch._check_value(weighting in ("simple", "vlb"), lambda: (
+        f'safemax_loss: weighting must be "simple" or "vlb", got "{weighting}"'))
+    torch._check_value(eps_pred.shape[0] == 0 or eps_pred.numel() > 0, lambda: (
+        f"safemax_loss: eps_pred has no elements per sample, shape {_shape(eps_pred)}"))
+
+
 @torch.library.register_fake("safemax::safemax_loss")
 def _forward_fake(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
                   forget_weight=1.0, weighting="simple"):
-    torch._check(eps_pred.dim() >= 1, lambda: "safemax_loss: eps_pred must be batched, shape [B, ...]")
+    _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
+                  weighting)
     acc = _acc_dtype(eps_pred.dtype)
     return eps_pred.new_empty((), dtype=acc), eps_pred.new_empty((eps_pred.shape[0],), dtype=acc)
 
@@ -26,6 +111,12 @@ def _forward_fake(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
 @torch.library.register_fake("safemax::safemax_loss_backward")
 def _backward_fake(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_cumprod, forget,
                    t_min, forget_weight, weighting, output_mask):
+    _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
+                  weighting)
+    torch._check_value(grad_loss.numel() == 1,
+                       lambda: "safemax_loss_backward: grad_loss must be a scalar")
+    torch._check_value(grad_nats.dim() == 1 and grad_nats.shape[0] == eps_pred.shape[0],
+                       lambda: "safemax_loss_backward: grad_nats must have shape [B]")
     return tuple(
         torch.empty_like(t) if wanted else eps_pred.new_empty((0,))
         for t, wanted in zip((eps_pred, eps, x_t), output_mask)
@@ -54,7 +145,7 @@ torch.library.register_autograd("safemax::safemax_loss", _autograd_backward,
 
 def safemax_loss(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
                  forget_weight=1.0, weighting="simple"):
-    """The SAFEMax loss of a mixed forget/retain batch, fused (DESIGN.md §1-2).
+    """The SAFEMax loss of a mixed forget/retain batch, fused (docs/method.md, docs/op.md).
 
     Args:
         eps_pred: model noise prediction ε_θ(x_t, t, c), ``[B, ...]``, float32/64/16 or bfloat16.

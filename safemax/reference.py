@@ -1,7 +1,8 @@
 """Pure-PyTorch reference of the SAFEMax loss: the executable spec of ``safemax_loss``.
 
 Written for clarity, not speed: it materialises the target and the residual. The fused op
-must agree with it (values and gradients); see DESIGN.md §1-2 and tests/test_op.py.
+must agree with it (values and gradients); see docs/method.md (the method and its derivation),
+docs/op.md (the op's contract) and tests/test_op.py.
 """
 import torch
 

@@ -1,11 +1,14 @@
 """The fused op against its pure-PyTorch spec (safemax.reference): values, gradients, layouts,
 edge cases, torch.library/compile integration, determinism and error messages."""
+import contextlib
 import importlib.machinery
+import re
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import safemax
 from safemax import safemax_loss, safemax_loss_reference
@@ -350,6 +353,129 @@ BAD_INPUTS = [
 def test_bad_input_names_the_argument(name, kwargs, exc, message):
     with pytest.raises(exc, match=message):
         safemax_loss(**kwargs)
+
+
+# An out-of-range timestep once crashed the process (segfault, torch 2.11) instead of raising:
+# the check ran inside the kernel launcher. It now runs before any kernel, forward and backward.
+@pytest.mark.parametrize("t", [-1, T, T + 1, 2**62, -(2**63)], ids=["-1", "T", "T+1", "2^62", "int64 min"])
+@pytest.mark.parametrize("which", ["forward", "backward"])
+def test_out_of_range_timestep_raises_on_cpu(t, which):
+    eps_pred, eps, x_t, _, ac, forget = make_problem((3, 2, 4, 4), forget=[1, 0, 1])
+    ts = torch.tensor([5, t, 900])
+    message = rf"safemax_loss: timesteps\[1\] = {t} is outside \[0, T\) = \[0, {T}\) of alphas_cumprod"
+    with pytest.raises(ValueError, match=message):
+        if which == "forward":
+            safemax_loss(eps_pred, eps, x_t, ts, ac, forget, 500)
+        else:
+            torch.ops.safemax.safemax_loss_backward(
+                torch.tensor(1.0), torch.zeros(3), eps_pred, eps, x_t, ts, ac, forget, 500, 1.0,
+                "simple", [True, True, True])
+
+
+def test_out_of_range_timestep_raises_under_compile():
+    torch._dynamo.reset()
+    eps_pred, eps, x_t, _, ac, forget = make_problem((2, 3, 4, 4), forget=[1, 0])
+    compiled = torch.compile(lambda *a: safemax_loss(*a, 500)[0], fullgraph=True, backend="aot_eager")
+    with pytest.raises(ValueError, match=r"timesteps\[0\] = 1000 is outside"):
+        compiled(eps_pred, eps, x_t, torch.tensor([T, 3]), ac, forget)
+
+
+# ---------------------------------------------------------------- the fake kernels check the same
+
+DATA_DEPENDENT = {"timestep too large", "negative timestep"}  # a fake kernel cannot see values
+
+
+def _eager_error(op, kwargs):
+    try:
+        op(**kwargs)
+    except (TypeError, ValueError) as e:
+        return e
+    raise AssertionError("the eager op accepted a bad input")
+
+
+def _fake_error(op, kwargs, how):
+    """The error the op's fake kernel raises for the same call: under FakeTensorMode (what
+    torch.compile and opcheck use) or on meta tensors (the Meta kernel is the fake)."""
+    mode = FakeTensorMode() if how == "fake" else contextlib.nullcontext()
+    convert = mode.from_tensor if how == "fake" else (lambda t: t.to("meta"))
+    kwargs = {k: convert(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    try:
+        with mode:
+            op(**kwargs)
+    except (TypeError, ValueError) as e:
+        return e
+    return None
+
+
+@pytest.mark.parametrize("how", ["fake", "meta"])
+@pytest.mark.parametrize("name,kwargs,exc,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_fake_kernel_raises_what_the_cpp_kernel_raises(name, kwargs, exc, message, how):
+    op = torch.ops.safemax.safemax_loss.default
+    fake = _fake_error(op, kwargs, how)
+    if name in DATA_DEPENDENT:
+        assert fake is None  # checked by the kernel only (the CPU kernel raises, CUDA gives NaN)
+        return
+    eager = _eager_error(op, kwargs)
+    assert type(fake) is type(eager) is exc
+    assert str(fake) == str(eager)
+
+
+def test_torch_compile_reports_a_bad_input_at_trace_time():
+    """Under torch.compile the fake kernel's check fires while tracing; Dynamo wraps it (as it
+    does for any op) in a RuntimeError that carries the eager message."""
+    kwargs = _bad(timesteps=lambda t: t.int())
+    eager = _eager_error(torch.ops.safemax.safemax_loss.default, kwargs)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda kw: safemax_loss(**kw), fullgraph=True, backend="aot_eager")
+    with pytest.raises(RuntimeError) as info:
+        compiled(kwargs)
+    assert str(eager) in str(info.value)
+
+
+def _bad_backward(**change):
+    kwargs = _bad(**{k: v for k, v in change.items() if k not in ("grad_loss", "grad_nats")})
+    B = kwargs["forget"].shape[0] if kwargs["forget"].dim() else 0
+    grads = dict(grad_loss=torch.tensor(1.0), grad_nats=torch.zeros(B))
+    grads.update({k: v for k, v in change.items() if k in grads})
+    return dict(grads, **kwargs, output_mask=[True, True, True])
+
+
+BAD_BACKWARD = [
+    ("grad_loss not a scalar", _bad_backward(grad_loss=torch.ones(2)), ValueError, "grad_loss must be a scalar"),
+    ("grad_nats shape", _bad_backward(grad_nats=torch.zeros(3)), ValueError, r"grad_nats must have shape \[B\]"),
+    ("grad_nats 2-d", _bad_backward(grad_nats=torch.zeros(2, 1)), ValueError, r"grad_nats must have shape \[B\]"),
+    ("eps shape", _bad_backward(eps=lambda t: t[:, :2]), ValueError, "eps must have the shape"),
+    ("forget dtype", _bad_backward(forget=lambda t: t.long()), TypeError, "forget must be Bool"),
+    ("weighting", _bad_backward(weighting="kl"), ValueError, 'weighting must be "simple" or "vlb"'),
+]
+
+
+@pytest.mark.parametrize("how", ["fake", "meta"])
+@pytest.mark.parametrize("name,kwargs,exc,message", BAD_BACKWARD, ids=[b[0] for b in BAD_BACKWARD])
+def test_fake_backward_raises_what_the_cpp_backward_raises(name, kwargs, exc, message, how):
+    op = torch.ops.safemax.safemax_loss_backward.default
+    eager = _eager_error(op, kwargs)
+    fake = _fake_error(op, kwargs, how)
+    assert type(eager) is exc and type(fake) is exc
+    assert str(fake) == str(eager)
+    assert re.search(message, str(eager))
+
+
+@pytest.mark.parametrize("arg", ["eps", "x_t", "timesteps", "alphas_cumprod", "forget"])
+def test_fake_kernel_device_mismatch_message(arg):
+    """A tensor on another device (here: meta) is refused by the C++ CPU kernel and the fake
+    kernel alike. Such a mixed call used to reach the fake kernel and return garbage."""
+    kwargs = _bad()
+    kwargs[arg] = kwargs[arg].to("meta")
+    op = torch.ops.safemax.safemax_loss.default
+    eager = None
+    try:
+        op._op_dk(torch._C.DispatchKey.CPU, *kwargs.values())  # the C++ CPU kernel itself
+    except ValueError as e:
+        eager = e
+    with pytest.raises(ValueError, match=f"{arg} must be on the device of eps_pred") as info:
+        op(**kwargs)  # the dispatcher picks the Meta (fake) kernel for a mixed call
+    assert eager is not None and str(info.value) == str(eager)
 
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)

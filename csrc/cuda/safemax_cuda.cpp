@@ -12,6 +12,7 @@
 namespace safemax {
 namespace {
 
+// Called after a launcher has returned its status: the launchers themselves never throw.
 void check_launch(int code, const char* what) {
   TORCH_CHECK(code == 0, "safemax_loss: CUDA ", what, " kernel launch failed: ",
               cuda_error_string(code));
@@ -24,15 +25,17 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(
   const c10::cuda::CUDAGuard guard(eps_pred.device());
   // Timestep range is not checked on the host (that would synchronise): an out-of-range
   // timestep gives NaN in that row's nats and in the loss (see plan_row).
-  return run_forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                     forget_weight, weighting, [&](const LossProblem& pb, ForwardOut out) {
-                       at::Tensor workspace =
-                           at::empty({static_cast<int64_t>(forward_cuda_workspace_bytes(pb))},
-                                     eps_pred.options().dtype(at::kByte));
-                       check_launch(forward_cuda(pb, out, workspace.data_ptr(),
-                                                 c10::cuda::getCurrentCUDAStream().stream()),
-                                    "forward");
-                     });
+  ForwardCall call = prepare_forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
+                                     forget_weight, weighting, TimestepCheck::kInKernel);
+  if (call.has_work()) {
+    const at::Tensor workspace =
+        at::empty({static_cast<int64_t>(forward_cuda_workspace_bytes(call.problem()))},
+                  eps_pred.options().dtype(at::kByte));
+    const int code = forward_cuda(call.problem(), call.out(), workspace.data_ptr(),
+                                  c10::cuda::getCurrentCUDAStream().stream());
+    check_launch(code, "forward");
+  }
+  return call.result();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda_op(
@@ -41,13 +44,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda_op(
     const at::Tensor& alphas_cumprod, const at::Tensor& forget, int64_t t_min,
     double forget_weight, c10::string_view weighting, std::array<bool, 3> output_mask) {
   const c10::cuda::CUDAGuard guard(eps_pred.device());
-  return run_backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_cumprod,
-                      forget, t_min, forget_weight, weighting, output_mask,
-                      [](const LossProblem& pb, BackwardIn in, BackwardOut out) {
-                        check_launch(backward_cuda(pb, in, out,
-                                                   c10::cuda::getCurrentCUDAStream().stream()),
-                                     "backward");
-                      });
+  BackwardCall call = prepare_backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps,
+                                       alphas_cumprod, forget, t_min, forget_weight, weighting,
+                                       output_mask, TimestepCheck::kInKernel);
+  if (call.has_work()) {
+    const int code = backward_cuda(call.problem(), call.in_grads(), call.out(),
+                                   c10::cuda::getCurrentCUDAStream().stream());
+    check_launch(code, "backward");
+  }
+  return call.result();
 }
 
 }  // namespace
