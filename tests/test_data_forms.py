@@ -97,11 +97,20 @@ def text_data():
     return concepts[:1], retain, forget
 
 
-def test_a_list_of_latent_and_embedding_pairs_trains_like_a_tensor_dataset():
-    # It used to pair latent *rows* with embedding *rows* and then fail (or, where the shapes
-    # happened to agree, train on wrong data).
+def hf_text_dataset(ds: TensorDataset):
+    datasets = pytest.importorskip("datasets")
+    x, e = ds.tensors
+    return datasets.Dataset.from_dict({"latents": x.numpy(), "prompt_embeds": e.numpy()}).with_format("torch")
+
+
+@pytest.mark.parametrize("form", ["list", "hugging face"])
+def test_latent_and_embedding_items_train_like_a_tensor_dataset(form):
+    # A list of (latent, embedding) pairs used to be taken for batches: latent *rows* were paired
+    # with embedding *rows*, then it failed (or, where the shapes happened to agree, trained on
+    # wrong data).
     concept, retain, forget = text_data()
     base = text_unet()
+    convert = (lambda ds: list(zip(*ds.tensors))) if form == "list" else hf_text_dataset
 
     def fit(unet, r, f):
         u = Unlearner(unet, tiny_scheduler(), forget={"c": concept}, lr=1e-3, seed=2)
@@ -109,9 +118,20 @@ def test_a_list_of_latent_and_embedding_pairs_trains_like_a_tensor_dataset():
         return params(unet)
 
     want = fit(copy.deepcopy(base), retain, forget)
-    got = fit(copy.deepcopy(base), list(zip(*retain.tensors)), list(zip(*forget.tensors)))
+    got = fit(copy.deepcopy(base), convert(retain), convert(forget))
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_class_ids_given_to_a_text_model_and_embeddings_to_a_class_model_are_refused():
+    concept, retain, _ = text_data()
+    u = Unlearner(text_unet(), tiny_scheduler(), forget={"c": concept})
+    with pytest.raises(ValueError, match=r"retain data must yield \(latent, prompt embeddings"):
+        u.fit([(x, 0) for x in retain.tensors[0]], None, steps=1, progress=False)
+    r, f = tiny_data()
+    u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1])
+    with pytest.raises(ValueError, match="yield prompt embeddings .* class-conditional: give class ids"):
+        u.fit([(x, torch.randn(5, 16)) for x in r.tensors[0]], f, steps=1, progress=False)
 
 
 def test_an_iterable_of_batches_still_works():
