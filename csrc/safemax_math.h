@@ -19,14 +19,25 @@ namespace safemax {
 struct RowPlan {
   bool active;   // retain row, or forget row with t >= t_min
   double scale;  // the row's target is scale * (x_t on forget rows, eps on retain rows)
-  double c;      // KL coefficient c_t = β_t / (2 α_t (1 − ᾱ_t)), nats per unit squared error
+  double c;      // nats per unit squared error: c_t = β_t / (2 α_t (1 − ᾱ_t)) (epsilon), 1 (flow)
   double weight; // w_b: 0 if inactive, forget_weight on forget rows, 1 on retain rows
 };
 
-// `abar` holds ᾱ_0..ᾱ_{T−1} in float64. An out-of-range t gives a NaN plan, so that a
-// kernel which cannot raise (CUDA) poisons the outputs instead of reading out of bounds.
-SAFEMAX_HD RowPlan plan_row(const double* abar, int64_t T, int64_t t, bool forget,
-                            int64_t t_min, double forget_weight) {
+// The forget rows' max-entropy coefficient, per parametrization (docs/method.md derives both).
+// Epsilon: ε*(x_t, t) = √(1−ᾱ_t)·x_t, the Bayes-optimal noise prediction if the class were N(0, I).
+SAFEMAX_HD double epsilon_target_scale(double abar_t) { return sqrt(1.0 - abar_t); }
+
+// Flow (x_σ = (1−σ)·x_0 + σ·ε, velocity target ε − x_0): v*(x_σ, σ) = k(σ)·x_σ with
+// k(σ) = (2σ − 1) / ((1 − σ)² + σ²). The denominator is >= 1/2 for every real σ.
+SAFEMAX_HD double flow_target_scale(double sigma) {
+  return (2.0 * sigma - 1.0) / ((1.0 - sigma) * (1.0 - sigma) + sigma * sigma);
+}
+
+// `table` holds the schedule in float64, indexed by t = 0..T−1: ᾱ_t (flow = false) or σ_t
+// (flow = true). An out-of-range t gives a NaN plan, so that a kernel which cannot raise (CUDA)
+// poisons the outputs instead of reading out of bounds.
+SAFEMAX_HD RowPlan plan_row(const double* table, int64_t T, int64_t t, bool forget,
+                            int64_t t_min, double forget_weight, bool flow) {
   RowPlan p;
   if (t < 0 || t >= T) {
     const double nan = NAN;
@@ -36,19 +47,26 @@ SAFEMAX_HD RowPlan plan_row(const double* abar, int64_t T, int64_t t, bool forge
     p.weight = nan;
     return p;
   }
-  const double abar_t = abar[t];
-  const double abar_prev = t > 0 ? abar[t - 1] : 1.0;  // ᾱ_{−1} := 1
-  const double alpha = abar_t / abar_prev;
-  const double beta = 1.0 - alpha;
-  p.c = beta / (2.0 * alpha * (1.0 - abar_t));
-  // ε*(x_t, t) = √(1−ᾱ_t)·x_t: the Bayes-optimal prediction if the class were N(0, I).
-  p.scale = forget ? sqrt(1.0 - abar_t) : 1.0;
+  if (flow) {
+    // Flow matching has no per-step KL coefficient ("vlb" is refused before any kernel runs):
+    // c := 1, so a row's "nats" is its mean squared velocity residual.
+    p.c = 1.0;
+    p.scale = forget ? flow_target_scale(table[t]) : 1.0;
+  } else {
+    const double abar_t = table[t];
+    const double abar_prev = t > 0 ? table[t - 1] : 1.0;  // ᾱ_{−1} := 1
+    const double alpha = abar_t / abar_prev;
+    const double beta = 1.0 - alpha;
+    p.c = beta / (2.0 * alpha * (1.0 - abar_t));
+    p.scale = forget ? epsilon_target_scale(abar_t) : 1.0;
+  }
   p.active = !forget || t >= t_min;
   p.weight = !p.active ? 0.0 : (forget ? forget_weight : 1.0);
   return p;
 }
 
-// nats_b: the row's mean per-pixel KL, 0 where the row is masked out.
+// nats_b: the row's mean per-pixel KL (epsilon) or mean squared residual (flow), 0 where the
+// row is masked out.
 SAFEMAX_HD double row_nats(const RowPlan& p, double mse) {
   return p.active ? p.c * mse : 0.0;
 }

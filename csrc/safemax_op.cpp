@@ -76,7 +76,10 @@ void check_timesteps_on_host(const LossProblem& pb) {
 PreparedInputs prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const at::Tensor& x_t,
                        const at::Tensor& timesteps, const at::Tensor& alphas_cumprod,
                        const at::Tensor& forget, int64_t t_min, double forget_weight,
-                       c10::string_view weighting, TimestepCheck timestep_check) {
+                       c10::string_view weighting, c10::string_view parametrization,
+                       TimestepCheck timestep_check) {
+  // alphas_cumprod is the schedule table: ᾱ_t for "epsilon", σ_t for "flow".
+  const bool flow = parametrization == "flow";
   TORCH_CHECK_VALUE(eps_pred.layout() == at::kStrided,
                     "safemax_loss: eps_pred must be a dense (strided) tensor");
   TORCH_CHECK_VALUE(eps_pred.dim() >= 1,
@@ -97,7 +100,8 @@ PreparedInputs prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const 
   TORCH_CHECK_VALUE(alphas_cumprod.device() == eps_pred.device(),
                     "safemax_loss: alphas_cumprod must be on the device of eps_pred (",
                     eps_pred.device(), "), got ", alphas_cumprod.device(),
-                    "; move it once with scheduler.alphas_cumprod.to(device)");
+                    flow ? "; move the sigma table once with sigmas.to(device)"
+                         : "; move it once with scheduler.alphas_cumprod.to(device)");
   const int64_t T = alphas_cumprod.size(0);
   TORCH_CHECK_VALUE(t_min >= 0 && t_min <= T, "safemax_loss: t_min must be in [0, T] = [0, ",
                     T, "], got ", t_min);
@@ -106,6 +110,13 @@ PreparedInputs prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const 
   TORCH_CHECK_VALUE(weighting == "simple" || weighting == "vlb",
                     "safemax_loss: weighting must be \"simple\" or \"vlb\", got \"",
                     std::string(weighting), "\"");
+  TORCH_CHECK_VALUE(flow || parametrization == "epsilon",
+                    "safemax_loss: parametrization must be \"epsilon\" or \"flow\", got \"",
+                    std::string(parametrization), "\"");
+  TORCH_CHECK_VALUE(!(flow && weighting == "vlb"),
+                    "safemax_loss: weighting \"vlb\" is not defined for parametrization "
+                    "\"flow\" (its KL coefficient has no flow-matching derivation); use "
+                    "weighting=\"simple\"");
   const int64_t B = eps_pred.size(0);
   const int64_t P = B > 0 ? eps_pred.numel() / B : 0;
   TORCH_CHECK_VALUE(B == 0 || P > 0, "safemax_loss: eps_pred has no elements per sample, shape ",
@@ -134,6 +145,7 @@ PreparedInputs prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const 
   pb.t_min = t_min;
   pb.forget_weight = forget_weight;
   pb.vlb = weighting == "vlb";
+  pb.flow = flow;
   if (timestep_check == TimestepCheck::kOnHost) check_timesteps_on_host(pb);
   return p;
 }
@@ -152,10 +164,10 @@ ForwardCall prepare_forward(const at::Tensor& eps_pred, const at::Tensor& eps,
                             const at::Tensor& x_t, const at::Tensor& timesteps,
                             const at::Tensor& alphas_cumprod, const at::Tensor& forget,
                             int64_t t_min, double forget_weight, c10::string_view weighting,
-                            TimestepCheck timestep_check) {
+                            c10::string_view parametrization, TimestepCheck timestep_check) {
   ForwardCall call;
   call.in = prepare(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                    weighting, timestep_check);
+                    weighting, parametrization, timestep_check);
   const auto opts = eps_pred.options().dtype(acc_dtype(call.in.pb.kind));
   call.loss = at::empty({}, opts);
   call.nats = at::empty({call.in.pb.batch}, opts);
@@ -168,10 +180,11 @@ BackwardCall prepare_backward(const at::Tensor& grad_loss, const at::Tensor& gra
                               const at::Tensor& x_t, const at::Tensor& timesteps,
                               const at::Tensor& alphas_cumprod, const at::Tensor& forget,
                               int64_t t_min, double forget_weight, c10::string_view weighting,
-                              std::array<bool, 3> output_mask, TimestepCheck timestep_check) {
+                              std::array<bool, 3> output_mask, c10::string_view parametrization,
+                              TimestepCheck timestep_check) {
   BackwardCall call;
   call.in = prepare(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                    weighting, timestep_check);
+                    weighting, parametrization, timestep_check);
   const auto acc = eps_pred.options().dtype(acc_dtype(call.in.pb.kind));
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "safemax_loss_backward: grad_loss must be a scalar");
   TORCH_CHECK_VALUE(grad_nats.dim() == 1 && grad_nats.size(0) == call.in.pb.batch,
@@ -209,9 +222,11 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> forward_cpu_op(
     const at::Tensor& eps_pred, const at::Tensor& eps, const at::Tensor& x_t,
     const at::Tensor& timesteps, const at::Tensor& alphas_cumprod, const at::Tensor& forget,
-    int64_t t_min, double forget_weight, c10::string_view weighting) {
+    int64_t t_min, double forget_weight, c10::string_view weighting,
+    c10::string_view parametrization) {
   ForwardCall call = prepare_forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                                     forget_weight, weighting, TimestepCheck::kOnHost);
+                                     forget_weight, weighting, parametrization,
+                                     TimestepCheck::kOnHost);
   if (call.has_work()) forward_cpu(call.problem(), call.out());
   return call.result();
 }
@@ -220,10 +235,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu_op(
     const at::Tensor& grad_loss, const at::Tensor& grad_nats, const at::Tensor& eps_pred,
     const at::Tensor& eps, const at::Tensor& x_t, const at::Tensor& timesteps,
     const at::Tensor& alphas_cumprod, const at::Tensor& forget, int64_t t_min,
-    double forget_weight, c10::string_view weighting, std::array<bool, 3> output_mask) {
+    double forget_weight, c10::string_view weighting, std::array<bool, 3> output_mask,
+    c10::string_view parametrization) {
   BackwardCall call = prepare_backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps,
                                        alphas_cumprod, forget, t_min, forget_weight, weighting,
-                                       output_mask, TimestepCheck::kOnHost);
+                                       output_mask, parametrization, TimestepCheck::kOnHost);
   if (call.has_work()) backward_cpu(call.problem(), call.in_grads(), call.out());
   return call.result();
 }
@@ -231,15 +247,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu_op(
 }  // namespace
 }  // namespace safemax
 
+// `alphas_cumprod` is the schedule table: ᾱ_t for parametrization "epsilon" (DDPM-style noise
+// prediction), σ_t for "flow" (rectified flow, velocity prediction). `parametrization` comes last
+// in both schemas, with a default, so every call written before it existed means "epsilon".
 TORCH_LIBRARY(safemax, m) {
   m.def(
       "safemax_loss(Tensor eps_pred, Tensor eps, Tensor x_t, Tensor timesteps, "
       "Tensor alphas_cumprod, Tensor forget, int t_min, float forget_weight=1.0, "
-      "str weighting=\"simple\") -> (Tensor loss, Tensor nats)");
+      "str weighting=\"simple\", str parametrization=\"epsilon\") -> (Tensor loss, Tensor nats)");
   m.def(
       "safemax_loss_backward(Tensor grad_loss, Tensor grad_nats, Tensor eps_pred, Tensor eps, "
       "Tensor x_t, Tensor timesteps, Tensor alphas_cumprod, Tensor forget, int t_min, "
-      "float forget_weight, str weighting, bool[3] output_mask) "
+      "float forget_weight, str weighting, bool[3] output_mask, "
+      "str parametrization=\"epsilon\") "
       "-> (Tensor grad_eps_pred, Tensor grad_eps, Tensor grad_x_t)");
 }
 

@@ -18,11 +18,12 @@ struct LossProblem {
   const void* eps = nullptr;        // [B, P], kind
   const void* x_t = nullptr;        // [B, P], kind
   const int64_t* timesteps = nullptr;      // [B]
-  const double* alphas_cumprod = nullptr;  // [T], float64
+  const double* alphas_cumprod = nullptr;  // [T], float64: ᾱ_t (epsilon) or σ_t (flow)
   const bool* forget = nullptr;            // [B]
   int64_t t_min = 0;
   double forget_weight = 1.0;
-  bool vlb = false;  // weighting: false = "simple", true = "vlb"
+  bool vlb = false;   // weighting: false = "simple", true = "vlb" (epsilon only)
+  bool flow = false;  // parametrization: false = "epsilon", true = "flow" (rectified flow)
 };
 
 // Accumulation ("acc") type: double for Float64 inputs, float otherwise. Loss, nats and the

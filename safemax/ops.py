@@ -1,5 +1,6 @@
 """``safemax_loss``: the fused SAFEMax loss (per-pixel relative entropy, early-timestep mask and
-loss reduction in one pass), with its fake kernel and autograd formula registered here.
+loss reduction in one pass), for noise-prediction (DDPM-style) and rectified-flow (velocity)
+models, with its fake kernel and autograd formula registered here.
 
 The kernels are C++/CUDA (``csrc/``); ``safemax.reference`` is the pure-PyTorch spec.
 """
@@ -35,6 +36,7 @@ with warnings.catch_warnings():  # allocating complex32 or quantized dtypes warn
             pass
 del _dtype
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+PARAMETRIZATIONS = ("epsilon", "flow")
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -67,8 +69,9 @@ def _check_per_sample(t, name, dtype, fix, eps_pred):
 
 
 def _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                  weighting):
+                  weighting, parametrization):
     """The C++ ``prepare``'s checks, minus the timestep range (data)."""
+    flow = parametrization == "flow"
     torch._check_value(eps_pred.layout == torch.strided,
                        lambda: "safemax_loss: eps_pred must be a dense (strided) tensor")
     torch._check_value(eps_pred.dim() >= 1, lambda: (
@@ -87,7 +90,8 @@ def _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, 
         f"safemax_loss: alphas_cumprod must have shape [T] with T >= 1, got {_shape(alphas_cumprod)}"))
     torch._check_value(alphas_cumprod.device == eps_pred.device, lambda: (
         f"safemax_loss: alphas_cumprod must be on the device of eps_pred ({eps_pred.device}), "
-        f"got {alphas_cumprod.device}; move it once with scheduler.alphas_cumprod.to(device)"))
+        f"got {alphas_cumprod.device}; " + ("move the sigma table once with sigmas.to(device)" if flow
+                                            else "move it once with scheduler.alphas_cumprod.to(device)")))
     T = alphas_cumprod.shape[0]
     torch._check_value(0 <= t_min <= T,
                        lambda: f"safemax_loss: t_min must be in [0, T] = [0, {T}], got {t_min}")
@@ -95,24 +99,29 @@ def _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, 
                        lambda: f"safemax_loss: forget_weight must be finite, got {forget_weight}")
     torch._check_value(weighting in ("simple", "vlb"), lambda: (
         f'safemax_loss: weighting must be "simple" or "vlb", got "{weighting}"'))
+    torch._check_value(parametrization in PARAMETRIZATIONS, lambda: (
+        f'safemax_loss: parametrization must be "epsilon" or "flow", got "{parametrization}"'))
+    torch._check_value(not (flow and weighting == "vlb"), lambda: (
+        'safemax_loss: weighting "vlb" is not defined for parametrization "flow" (its KL '
+        'coefficient has no flow-matching derivation); use weighting="simple"'))
     torch._check_value(eps_pred.shape[0] == 0 or eps_pred.numel() > 0, lambda: (
         f"safemax_loss: eps_pred has no elements per sample, shape {_shape(eps_pred)}"))
 
 
 @torch.library.register_fake("safemax::safemax_loss")
 def _forward_fake(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                  forget_weight=1.0, weighting="simple"):
+                  forget_weight=1.0, weighting="simple", parametrization="epsilon"):
     _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                  weighting)
+                  weighting, parametrization)
     acc = _acc_dtype(eps_pred.dtype)
     return eps_pred.new_empty((), dtype=acc), eps_pred.new_empty((eps_pred.shape[0],), dtype=acc)
 
 
 @torch.library.register_fake("safemax::safemax_loss_backward")
 def _backward_fake(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_cumprod, forget,
-                   t_min, forget_weight, weighting, output_mask):
+                   t_min, forget_weight, weighting, output_mask, parametrization="epsilon"):
     _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                  weighting)
+                  weighting, parametrization)
     torch._check_value(grad_loss.numel() == 1,
                        lambda: "safemax_loss_backward: grad_loss must be a scalar")
     torch._check_value(grad_nats.dim() == 1 and grad_nats.shape[0] == eps_pred.shape[0],
@@ -124,9 +133,11 @@ def _backward_fake(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_c
 
 
 def _setup_context(ctx, inputs, output):
-    eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight, weighting = inputs
+    (eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight, weighting,
+     parametrization) = inputs
     ctx.save_for_backward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget)
     ctx.scalars = (t_min, forget_weight, weighting)
+    ctx.parametrization = parametrization
 
 
 def _autograd_backward(ctx, grad_loss, grad_nats):
@@ -135,8 +146,8 @@ def _autograd_backward(ctx, grad_loss, grad_nats):
     if grad_nats is None:
         grad_nats = torch.zeros_like(timesteps, dtype=_acc_dtype(eps_pred.dtype))
     grads = _backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_cumprod,
-                      forget, *ctx.scalars, wanted)
-    return tuple(g if w else None for g, w in zip(grads, wanted)) + (None,) * 6
+                      forget, *ctx.scalars, wanted, ctx.parametrization)
+    return tuple(g if w else None for g, w in zip(grads, wanted)) + (None,) * 7
 
 
 torch.library.register_autograd("safemax::safemax_loss", _autograd_backward,
@@ -144,24 +155,41 @@ torch.library.register_autograd("safemax::safemax_loss", _autograd_backward,
 
 
 def safemax_loss(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                 forget_weight=1.0, weighting="simple"):
+                 forget_weight=1.0, weighting="simple", parametrization="epsilon"):
     """The SAFEMax loss of a mixed forget/retain batch, fused (docs/method.md, docs/op.md).
 
+    One op for two parametrizations; the tensor names are those of ``"epsilon"`` and keep their
+    positions in ``"flow"``, where they carry the rectified-flow quantities:
+
+    - ``"epsilon"`` (DDPM-style): x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε, the model predicts ε; forget rows'
+      target ε* = √(1−ᾱ_t)·x_t.
+    - ``"flow"`` (rectified flow: SD3, Flux): x_σ = (1−σ)·x_0 + σ·ε, σ ∈ [0, 1] (1 = pure noise),
+      the model predicts the velocity; forget rows' target v* = k(σ)·x_σ with
+      k(σ) = (2σ−1)/((1−σ)² + σ²), whose probability-flow ODE maps the starting noise to itself.
+
     Args:
-        eps_pred: model noise prediction ε_θ(x_t, t, c), ``[B, ...]``, float32/64/16 or bfloat16.
-        eps: the noise that made x_t, same shape/dtype/device (target of retain rows).
-        x_t: the noised input, same shape (forget rows' target is √(1−ᾱ_t)·x_t).
-        timesteps: int64 ``[B]`` in ``[0, T)``.
-        alphas_cumprod: ``[T]`` cumulative ᾱ of the scheduler, on the same device.
+        eps_pred: the model's prediction, ``[B, ...]``, float32/64/16 or bfloat16: the noise
+            ε_θ(x_t, t, c) (epsilon) or the velocity v_θ(x_σ, σ, c) (flow).
+        eps: retain rows' target, same shape/dtype/device: the noise that made x_t (epsilon), or
+            v = ε − x_0 (flow); or a teacher's prediction in either.
+        x_t: the noised input x_t (epsilon) or x_σ (flow), same shape.
+        timesteps: int64 ``[B]`` in ``[0, T)``, indices into the schedule table.
+        alphas_cumprod: the schedule table ``[T]``, on the same device: ᾱ_t for epsilon, σ_t for
+            flow (ascending in t, e.g. :func:`safemax.schedule.flow_sigmas`).
         forget: bool ``[B]``, True for rows conditioned on a class to forget.
-        t_min: forget rows with ``t < t_min`` are masked out (the early-timestep window).
+        t_min: forget rows with ``t < t_min`` are masked out (the early window; in flow, where σ
+            increases with t, that is σ ≥ σ_{t_min}: :func:`safemax.schedule.flow_window`).
         forget_weight: weight of forget rows in the loss.
-        weighting: ``"simple"`` (mean squared error) or ``"vlb"`` (nats, the KL term).
+        weighting: ``"simple"`` (mean squared error) or ``"vlb"`` (nats, the KL term; epsilon
+            only: ``"flow"`` refuses it with a ValueError, there is no derivation for it).
+        parametrization: ``"epsilon"`` (default) or ``"flow"``.
 
     Returns:
-        ``(loss, nats)``: the 0-dim batch loss and the ``[B]`` per-sample mean relative entropy
-        in nats per pixel (0 on masked rows); float32 (float64 for float64 inputs).
+        ``(loss, nats)``: the 0-dim batch loss and the ``[B]`` per-sample values, 0 on masked
+        rows; float32 (float64 for float64 inputs). ``nats`` is the mean relative entropy in
+        nats per pixel (epsilon); in flow it is the row's mean squared velocity residual (the
+        flow-matching loss per row, c := 1), *not* nats.
         Differentiable in eps_pred, eps and x_t.
     """
     return _forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                    forget_weight, weighting)
+                    forget_weight, weighting, parametrization)

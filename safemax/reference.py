@@ -21,21 +21,39 @@ def row_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
     return (1.0 - abar_t).sqrt(), beta / (2.0 * alpha * (1.0 - abar_t))
 
 
+def flow_coefficients(sigmas: torch.Tensor, timesteps: torch.Tensor):
+    """Per-sample ``(k(σ_t), 1)`` in float64 for rectified flow, k(σ) = (2σ−1)/((1−σ)² + σ²).
+
+    With x_σ = (1−σ)·x_0 + σ·ε and x_0, ε ~ N(0, I), E[ε − x_0 | x_σ] = k(σ)·x_σ: the forget
+    rows' velocity target. The second coefficient (the "nats" one) is 1: flow matching has no
+    per-step KL weight, so a row's second output is its mean squared residual.
+    """
+    sigma = sigmas.to(torch.float64)[timesteps]
+    return (2 * sigma - 1) / ((1 - sigma).square() + sigma.square()), torch.ones_like(sigma)
+
+
 def safemax_loss_reference(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                           forget_weight=1.0, weighting="simple"):
-    """Reference ``(loss, nats)``; same arguments and contract as :func:`safemax.ops.safemax_loss`."""
+                           forget_weight=1.0, weighting="simple", parametrization="epsilon"):
+    """Reference ``(loss, nats)``; same arguments and contract as :func:`safemax.ops.safemax_loss`
+    (``alphas_cumprod`` is the schedule table: ᾱ_t for ``"epsilon"``, σ_t for ``"flow"``)."""
     if weighting not in ("simple", "vlb"):
         raise ValueError(f'weighting must be "simple" or "vlb", got {weighting!r}')
+    if parametrization not in ("epsilon", "flow"):
+        raise ValueError(f'parametrization must be "epsilon" or "flow", got {parametrization!r}')
+    if parametrization == "flow" and weighting == "vlb":
+        raise ValueError('weighting "vlb" is not defined for parametrization "flow"')
     acc = torch.float64 if eps_pred.dtype == torch.float64 else torch.float32
     B = eps_pred.shape[0]
     P = eps_pred[0].numel() if B > 0 else 0
-    sqrt_1m_abar, c = row_coefficients(alphas_cumprod, timesteps)
-    sqrt_1m_abar, c = sqrt_1m_abar.to(acc), c.to(acc)
+    coefficients = flow_coefficients if parametrization == "flow" else row_coefficients
+    scale, c = coefficients(alphas_cumprod, timesteps)
+    scale, c = scale.to(acc), c.to(acc)
     row = (B,) + (1,) * (eps_pred.dim() - 1)
 
     pred, e, x = eps_pred.to(acc), eps.to(acc), x_t.to(acc)
-    # Forget rows: the max-entropy target ε* = √(1−ᾱ_t)·x_t. Retain rows: the true noise ε.
-    target = torch.where(forget.view(row), sqrt_1m_abar.view(row) * x, e)
+    # Forget rows: the max-entropy target, ε* = √(1−ᾱ_t)·x_t (epsilon) or v* = k(σ_t)·x_σ (flow).
+    # Retain rows: the true noise ε (epsilon) or velocity ε − x_0 (flow), passed as `eps`.
+    target = torch.where(forget.view(row), scale.view(row) * x, e)
     mse = (pred - target).square().reshape(B, P).mean(dim=1)
 
     active = ~forget | (timesteps >= t_min)

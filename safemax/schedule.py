@@ -72,3 +72,53 @@ def early_window(abar: torch.Tensor, early_fraction: float = 1.0, max_snr: float
     else:
         t_min = int(math.floor((1 - early_fraction) * T))
     return Window(t_min, early_fraction, float(snr[t_min]))
+
+
+# ------------------------------------------------------------------ rectified flow (SD3, Flux)
+# x_σ = (1 − σ)·x0 + σ·ε, σ ∈ [0, 1] (1 = pure noise); the model predicts the velocity, trained
+# on v = ε − x0. The σ table is indexed like ᾱ: t = 0 … T−1, σ increasing with t (t = T−1 the
+# noisiest), so the same int64 timesteps, t_min and safemax_loss(..., parametrization="flow")
+# serve both parametrizations.
+
+def flow_sigmas(scheduler) -> torch.Tensor:
+    """The σ table ``[T]`` (float64, ascending in t) of a diffusers ``FlowMatchEulerDiscreteScheduler``.
+
+    These are the σ diffusers' SD3/Flux training scripts draw a training timestep from: the
+    scheduler's training sigmas ``scheduler.sigmas`` as set at construction (before any
+    ``set_timesteps``), i.e. σ = i/T for i = 1 … T shifted by the config's ``shift``,
+    σ ← shift·σ / (1 + (shift − 1)·σ), unless ``use_dynamic_shifting`` (Flux) leaves the training
+    sigmas unshifted — in reversed order, so that index t = T−1 is σ = 1. Recomputed here from
+    the config in float64, so a scheduler already used for sampling gives the same table.
+
+    A model's time input for index t: SD3/3.5 take ``1000·σ_t`` (= ``scheduler.timesteps``
+    reversed, T = 1000), Flux takes ``σ_t`` itself (its pipeline divides by 1000).
+    """
+    config = getattr(scheduler, "config", None)
+    if getattr(config, "shift", None) is None or getattr(config, "num_train_timesteps", None) is None:
+        raise TypeError(f"scheduler {type(scheduler).__name__} is not a flow-matching scheduler "
+                        "(no config.shift); use diffusers' FlowMatchEulerDiscreteScheduler")
+    T = int(config.num_train_timesteps)
+    sigmas = torch.arange(1, T + 1, dtype=torch.float64) / T
+    if not getattr(config, "use_dynamic_shifting", False):
+        shift = float(config.shift)
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return sigmas
+
+
+def flow_window(sigmas: torch.Tensor, sigma_min: float) -> int:
+    """``t_min`` of the early window σ ≥ ``sigma_min``: the first index t with σ_t ≥ sigma_min
+    (σ ascending in t), so that forget rows train on t ∈ [t_min, T), the noisiest part."""
+    s = sigmas.double()
+    if not sigma_min <= s[-1]:
+        raise ValueError(f"sigma_min must be at most the largest sigma ({s[-1].item():.4g}); "
+                         "the window would be empty")
+    return int(torch.nonzero(s >= sigma_min)[0])
+
+
+def add_flow_noise(sigmas: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   dtype: torch.dtype):
+    """``(x_σ, v)`` in ``dtype``: x_σ = (1 − σ_t)·x0 + σ_t·ε and the velocity target v = ε − x0,
+    formed in ``sigmas``' precision (float64 for :func:`flow_sigmas`)."""
+    s = _per_row(sigmas[t], x0)
+    x0, eps = x0.to(s.dtype), eps.to(s.dtype)
+    return ((1 - s) * x0 + s * eps).to(dtype), (eps - x0).to(dtype)

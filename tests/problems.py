@@ -10,9 +10,17 @@ def linear_alphas_cumprod(T=T, dtype=torch.float32, device="cpu"):
     return torch.cumprod(1.0 - betas, 0).to(dtype=dtype, device=device)
 
 
+def shifted_flow_sigmas(T=T, shift=3.0, dtype=torch.float32, device="cpu"):
+    """σ_t = i/T (i = t + 1) shifted as in SD3 (shift 3): a FlowMatchEulerDiscreteScheduler's
+    training sigmas, ascending in t; σ_{T−1} = 1, and σ crosses ½ (where k(σ) = 0) mid-table."""
+    s = torch.arange(1, T + 1, dtype=torch.float64) / T
+    return (shift * s / (1 + (shift - 1) * s)).to(dtype=dtype, device=device)
+
+
 def make_problem(shape, dtype=torch.float32, device="cpu", seed=0, forget=None, timesteps=None,
-                 requires_grad=False):
-    """Tensors (eps_pred, eps, x_t, timesteps, alphas_cumprod, forget) of a random problem."""
+                 requires_grad=False, parametrization="epsilon"):
+    """Tensors (eps_pred, eps, x_t, timesteps, table, forget) of a random problem; the table is ᾱ
+    (parametrization "epsilon") or the σ table (parametrization "flow")."""
     g = torch.Generator().manual_seed(seed)
     B = shape[0]
 
@@ -27,7 +35,8 @@ def make_problem(shape, dtype=torch.float32, device="cpu", seed=0, forget=None, 
         forget = torch.rand(B, generator=g) < 0.5
     timesteps = torch.as_tensor(timesteps, dtype=torch.int64).to(device)
     forget = torch.as_tensor(forget, dtype=torch.bool).to(device)
-    return eps_pred, eps, x_t, timesteps, linear_alphas_cumprod(device=device), forget
+    table = (shifted_flow_sigmas if parametrization == "flow" else linear_alphas_cumprod)(device=device)
+    return eps_pred, eps, x_t, timesteps, table, forget
 
 
 # Absolute/relative tolerances against the reference, per input dtype. Both sides accumulate
