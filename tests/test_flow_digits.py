@@ -1,0 +1,24 @@
+"""benchmarks/flow_digits.py (the flow-matching results page's figures), end to end with tiny
+settings: it trains a rectified-flow UNet for 3 steps, measures, unlearns for 2 and writes its
+three outputs."""
+import json
+import os
+import subprocess
+import sys
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "flow_digits.py")
+
+
+def test_the_flow_benchmark_runs_end_to_end(tmp_path):
+    done = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path), "--train-steps", "3",
+                           "--steps", "2", "--n", "5"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert {"before", "after", "base_model", "unlearn_seconds", "train_steps", "command"} <= result.keys()
+    for when in ("before", "after"):
+        assert {"fa", "forget_not_a_digit", "retain_acc", "forget_pixel_mean",
+                "forget_pixel_std"} <= result[when].keys()
+    assert result["train_steps"] == 3 and len(result["base_model"]["per_class"]) == 10
+    assert (tmp_path / "results.md").exists() and (tmp_path / "samples.png").exists()
+    model = tmp_path / "model"
+    assert (model / "config.json").exists() and (model / "scheduler_config.json").exists()
