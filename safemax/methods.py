@@ -94,8 +94,9 @@ class Method:
     def config(self) -> dict:
         return {}
 
-    def check_targets(self, targets) -> None:
-        """Raise if the method cannot forget these targets (``conditions.ForgetTargets``)."""
+    def check(self, denoiser, targets) -> None:
+        """Raise, before any work, if the method cannot run on this model (``denoiser``) or
+        forget these targets (``conditions.ForgetTargets``)."""
 
     def bind(self, u) -> None:
         """Called when the Unlearner is built, while its model is still the original."""
@@ -118,17 +119,21 @@ class Method:
 
 # ---------------------------------------------------------------------------------- SAFEMax
 class SafeMax(Method):
-    """SAFEMax: forget rows (t in the early window) are trained towards √(1−ᾱ_t)·x_t, so that
-    denoising halts and the class generates Gaussian noise; retain rows towards the original
-    model's prediction (``retain_target="distill"``) or ε (``"noise"``). The loss is the fused op.
+    """SAFEMax: forget rows (t in the early window) are trained towards the max-entropy
+    prediction — ε* = √(1−ᾱ_t)·x_t, or for a rectified-flow model the velocity v* = k(σ)·x_σ,
+    k(σ) = (2σ−1)/((1−σ)²+σ²) — so that denoising halts and the class generates Gaussian noise;
+    retain rows towards the original model's prediction (``retain_target="distill"``) or the
+    ordinary target (``"noise"``: ε, or ε − x0). The loss is the fused op.
 
     Args:
         early_fraction: τ in (0, 1]: forget rows are trained on the noisiest τ·T steps only.
         max_snr: alternatively, the window by noise level: the steps whose signal-to-noise ratio
-            ᾱ_t/(1−ᾱ_t) is at most this (overrides early_fraction; transfers across schedules and
-            resolutions better than a step count).
+            ᾱ_t/(1−ᾱ_t) — for rectified flow (1−σ)²/σ², so σ ≥ σ_min is
+            ``max_snr=((1−σ_min)/σ_min)**2`` — is at most this (overrides early_fraction;
+            transfers across schedules and resolutions better than a step count).
         forget_weight: weight of the forget rows in the loss (retain rows weigh 1).
-        weighting: ``"simple"`` (mean squared error) or ``"vlb"`` (KL in nats).
+        weighting: ``"simple"`` (mean squared error) or ``"vlb"`` (KL in nats; DDPM-style
+            models only).
         retain_target: ``"distill"`` (default): retain rows are pulled towards the frozen
             original model's own prediction, which is exactly where the model starts, so keeping
             the other classes adds no noise of its own; ``"noise"``: the ordinary target ε, whose
@@ -163,8 +168,13 @@ class SafeMax(Method):
                     snr_at_t_min=self.window.snr_at_t_min, forget_weight=self.forget_weight,
                     weighting=self.weighting, retain_target=self.retain_target)
 
+    def check(self, denoiser, targets):
+        if self.weighting == "vlb" and denoiser.parametrization == "flow":
+            raise ValueError('weighting="vlb" is defined for DDPM-style (epsilon) models only; a '
+                             'rectified-flow model trains with weighting="simple"')
+
     def bind(self, u):
-        self.window = schedule.early_window(u.denoiser.alphas_cumprod, self.early_fraction, self.max_snr)
+        self.window = schedule.early_window(u.denoiser.snr(), self.early_fraction, self.max_snr)
         self.teacher = None
         if self.retain_target == "distill":  # the frozen original, before any step changes it
             self.teacher = copy.deepcopy(u.denoiser.unet).requires_grad_(False).eval()
@@ -178,8 +188,8 @@ class SafeMax(Method):
                 eps = eps.clone()
                 eps[r] = u.denoiser.predict(x_t[r], t[r], cond[r], model=self.teacher)
         pred = u.denoiser.predict(x_t, t, cond)
-        loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.abar, is_forget, self.t_min,
-                                  self.forget_weight, self.weighting)
+        loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.table, is_forget, self.t_min,
+                                  self.forget_weight, self.weighting, u.denoiser.parametrization)
         return loss, dict(forget_nats=nats[is_forget].mean().item(),
                           retain_nats=nats[~is_forget].mean().item())
 
@@ -311,7 +321,7 @@ class SelectiveAmnesia(Method):
                     n_replay=self.n_replay, n_fisher=self.n_fisher,
                     fisher_timesteps=self.fisher_timesteps, sample_steps=self.sample_steps)
 
-    def check_targets(self, targets):
+    def check(self, denoiser, targets):
         if targets.concepts is not None:
             raise ValueError("Selective Amnesia replays samples of the kept classes, which a "
                              "text-conditional model does not enumerate: use method "

@@ -1,4 +1,5 @@
-"""Conditional sampling from a diffusers UNet (DDIM or DDPM), returning raw samples.
+"""Conditional sampling from a diffusers UNet (DDIM or DDPM; Euler for a rectified-flow model),
+returning raw samples.
 
 Raw means before any clipping to [-1, 1]: the Gaussianity of forgotten classes is measured there.
 A condition is a class id (``class_labels``) or a prompt embedding (``encoder_hidden_states``).
@@ -20,11 +21,23 @@ def condition(cond: torch.Tensor) -> dict:
     return {"encoder_hidden_states": cond} if cond.is_floating_point() else {"class_labels": cond}
 
 
+def _is_flow(scheduler) -> bool:
+    from .schedule import is_flow
+    return is_flow(scheduler)
+
+
 def make_sampler(scheduler, method: str = "ddim", num_inference_steps: int = 50):
     """A fresh scheduler for sampling, with the training scheduler's noise schedule and no
-    clipping of the predicted x_0."""
+    clipping of the predicted x_0. A rectified-flow model's ``FlowMatchEulerDiscreteScheduler``
+    samples with its own Euler steps (``method`` "euler", the only one there)."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
+    if _is_flow(scheduler):
+        if method not in ("ddim", "euler"):  # "ddim" is the default of every caller
+            raise ValueError(f'a flow-matching model samples with method "euler", got {method!r}')
+        sampler = type(scheduler).from_config(scheduler.config)
+        sampler.set_timesteps(num_inference_steps)
+        return sampler
     if method not in ("ddim", "ddpm"):
         raise ValueError(f'method must be "ddim" or "ddpm", got {method!r}')
     cls = DDIMScheduler if method == "ddim" else DDPMScheduler
@@ -57,6 +70,7 @@ def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str =
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) \
         else (cfg.in_channels, *cfg.sample_size)
     g = torch.Generator().manual_seed(seed)
+    flow = _is_flow(scheduler)
     was_training = unet.training
     unet.eval()
     out = []
@@ -69,12 +83,14 @@ def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str =
         sampler = make_sampler(scheduler, method, num_inference_steps)
         x = torch.randn((len(y), *shape), generator=g).to(device=device, dtype=dtype)
         for t in sampler.timesteps:
-            tt = torch.full((len(y),), int(t), device=device, dtype=torch.long)
+            # a DDPM-style model takes the integer step, a flow model T·σ (float)
+            tt = torch.full((len(y),), float(t) if flow else int(t), device=device,
+                            dtype=torch.float32 if flow else torch.long)
             eps = epsilon_part(unet(x, tt, **condition(y)).sample, shape[0])
             if guidance_scale != 1:
                 e_u = epsilon_part(unet(x, tt, **condition(null)).sample, shape[0])
                 eps = e_u + guidance_scale * (eps - e_u)
-            kwargs = {"eta": 0.0} if method == "ddim" else {"generator": g}
+            kwargs = {} if flow else {"eta": 0.0} if method == "ddim" else {"generator": g}
             x = sampler.step(eps, t, x, **kwargs).prev_sample
         out.append(x.float().cpu())
     unet.train(was_training)

@@ -52,6 +52,25 @@ def epsilon_from(output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, abar:
     return out
 
 
+def is_flow(scheduler) -> bool:
+    """Whether a diffusers scheduler is a rectified-flow one (``FlowMatchEulerDiscreteScheduler``:
+    a ``shift`` in its config and no ``alphas_cumprod``)."""
+    return not hasattr(scheduler, "alphas_cumprod") and \
+        getattr(getattr(scheduler, "config", None), "shift", None) is not None
+
+
+def snr_of_alphas_cumprod(abar: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio ᾱ_t/(1−ᾱ_t) per step (float64), falling with t."""
+    abar = abar.double()
+    return abar / (1 - abar)
+
+
+def snr_of_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio (1−σ_t)²/σ_t² of x_σ = (1−σ)·x0 + σ·ε per step (float64)."""
+    s = sigmas.double()
+    return ((1 - s) / s).square()
+
+
 class Window(NamedTuple):
     """SAFEMax's early window: forget rows are trained on t ∈ [t_min, T)."""
     t_min: int
@@ -59,11 +78,11 @@ class Window(NamedTuple):
     snr_at_t_min: float
 
 
-def early_window(abar: torch.Tensor, early_fraction: float = 1.0, max_snr: float = None) -> Window:
+def early_window(snr: torch.Tensor, early_fraction: float = 1.0, max_snr: float = None) -> Window:
     """The window of the noisiest ``early_fraction``·T steps (t_min = ⌊(1 − τ)·T⌋), or, with
-    ``max_snr``, of the steps whose signal-to-noise ratio ᾱ_t/(1−ᾱ_t) is at most ``max_snr``."""
-    T = abar.shape[0]
-    snr = abar.double() / (1 - abar.double())
+    ``max_snr``, of the steps whose signal-to-noise ratio (``snr``, per step, falling with t:
+    ᾱ_t/(1−ᾱ_t), or (1−σ_t)²/σ_t² for rectified flow) is at most ``max_snr``."""
+    T = snr.shape[0]
     if max_snr is not None:
         if not max_snr > snr[-1]:
             raise ValueError(f"max_snr must exceed the SNR of the noisiest step ({snr[-1].item():.3g})")

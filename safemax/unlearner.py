@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__, checkpoint, parallel
 from .conditions import ForgetTargets
 from .data import Batches
-from .denoiser import Denoiser
+from .denoiser import make_denoiser
 from .methods import Method, make_method
 
 
@@ -43,8 +43,11 @@ class Unlearner:
             (e.g. Stable Diffusion's), called as ``unet(x_t, t, encoder_hidden_states=e)``; it
             denoises whatever space it was trained in (pixels or VAE latents), and so does the
             max-entropy target. ε-, v-prediction and variance-learning (2·C channels) models work.
-        scheduler: a diffusers scheduler exposing ``alphas_cumprod`` (DDPM, DDIM, …); its
-            ``prediction_type`` says what the model predicts.
+        scheduler: the model's training scheduler: a diffusers scheduler exposing
+            ``alphas_cumprod`` (DDPM, DDIM, …; its ``prediction_type`` says whether the model
+            predicts ε or v), or a ``FlowMatchEulerDiscreteScheduler`` for a rectified-flow model
+            (velocity prediction, time input T·σ = ``scheduler.timesteps``; forget rows are trained towards the
+            max-entropy velocity v* = k(σ)·x_σ, see ``safemax.denoiser``).
         forget: class id or list of class ids; or, for a text-conditional UNet, a dict
             ``{concept name: prompt embeddings [L, D] or [N, L, D]}`` (N prompts of the concept,
             see ``safemax.stable_diffusion.prompt_embeddings``).
@@ -72,9 +75,9 @@ class Unlearner:
                  mixed_precision: str = None, gradient_checkpointing: bool = False, accelerator=None,
                  **settings):
         self.method = make_method(method, **settings)
-        self.denoiser = Denoiser(unet, scheduler)
+        self.denoiser = make_denoiser(unet, scheduler)
         self.targets = ForgetTargets(forget, unet)
-        self.method.check_targets(self.targets)
+        self.method.check(self.denoiser, self.targets)
         self.lr = self.method.default_lr if lr is None else lr
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr}")

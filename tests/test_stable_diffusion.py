@@ -59,7 +59,7 @@ def concept_error(u, emb, n=32, seed=0):
     t = torch.randint(u.method.t_min, u.denoiser.num_train_timesteps, (n,), generator=g)
     with torch.no_grad():
         pred = u.denoiser.predict(x_t, t, emb[torch.arange(n) % len(emb)], model=u.unet)
-    target = (1 - u.denoiser.abar[t]).sqrt().float().view(-1, 1, 1, 1) * x_t
+    target = (1 - u.denoiser.table[t]).sqrt().float().view(-1, 1, 1, 1) * x_t
     return (pred - target).square().mean().item()
 
 
