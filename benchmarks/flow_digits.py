@@ -25,9 +25,11 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
 from tqdm import tqdm
 
+from safemax import Unlearner
 from safemax.data import digits_dataset, split_by_class
 from safemax.metrics import classify
 from safemax.report import save_grid
+from safemax.sampling import sample
 from safemax.schedule import add_flow_noise, flow_sigmas
 from safemax.zoo import NOT_A_DIGIT, UNET_CONFIG, load_default_classifier
 from safemax.zoo.train import _shift
@@ -82,7 +84,9 @@ def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-
             bar.write(f"step {step + 1}: mean loss of the last 250 {sum(losses[-250:]) / 250:.4f}, "
                       f"{(time.time() - start) / 60:.1f} min")
         if snapshot_minutes and (time.time() - start) / 60 >= next_snapshot:
-            ema.save_pretrained(os.path.join(model_dir, "snapshots", f"step-{step + 1}"))
+            snap = os.path.join(model_dir, "snapshots", f"step-{step + 1}")
+            ema.save_pretrained(snap)
+            sched.save_pretrained(snap)
             bar.write(f"snapshot at step {step + 1}, {(time.time() - start) / 60:.1f} min")
             next_snapshot += snapshot_minutes
         if progress >= 1.0:
@@ -98,40 +102,10 @@ def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-
     return info
 
 
-@torch.no_grad()
-def euler_sample(unet, scheduler, labels, num_inference_steps: int = 50, seed: int = 0,
-                 batch_size: int = 256) -> torch.Tensor:
-    """Plain Euler sampling with diffusers' FlowMatchEulerDiscreteScheduler, the model's time
-    input being the scheduler's timesteps (1000·σ); raw (unclipped) samples."""
-    labels = torch.as_tensor(labels).long()
-    cfg = unet.config
-    shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    g = torch.Generator().manual_seed(seed)
-    was_training = unet.training
-    unet.eval()
-    out = []
-    for start in range(0, len(labels), batch_size):
-        y = labels[start:start + batch_size]
-        sampler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
-        sampler.set_timesteps(num_inference_steps)
-        x = torch.randn((len(y), *shape), generator=g)
-        for t in sampler.timesteps:
-            v = unet(x, t.expand(len(y)), class_labels=y).sample
-            x = sampler.step(v, t, x).prev_sample
-        out.append(x.float())
-    unet.train(was_training)
-    return torch.cat(out) if out else torch.empty((0, *shape))
-
-
 def draw(unet, scheduler, labels, num_inference_steps=50, seed=0):
-    """Samples through safemax.sampling.sample once it knows flow matching (an older one would
-    silently run DDIM on the flow model), else through euler_sample."""
-    from safemax import schedule
-    if hasattr(schedule, "is_flow"):
-        from safemax.sampling import sample
-        return sample(unet, scheduler, labels, num_inference_steps=num_inference_steps, seed=seed)
-    draw.fallback = True
-    return euler_sample(unet, scheduler, labels, num_inference_steps, seed)
+    """Euler samples (raw) with diffusers' FlowMatchEulerDiscreteScheduler, the model's time input
+    its timesteps 1000·σ: safemax.sampling.sample given a flow scheduler."""
+    return sample(unet, scheduler, labels, num_inference_steps=num_inference_steps, seed=seed)
 
 
 def base_quality(unet, sched, classifier, n_per_class: int, num_inference_steps: int = 50) -> dict:
@@ -144,23 +118,28 @@ def base_quality(unet, sched, classifier, n_per_class: int, num_inference_steps:
 
 
 def measure(unet, sched, classifier, forget: int, n: int, n_kept: int) -> tuple:
+    """FA, "not a digit" share, retain accuracy, and how far the forget samples are their own
+    starting noise z (a halted flow returns ≈0.97·z with diffusers' Euler-50 at shift 1)."""
     kept = [c for c in range(10) if c != forget]
-    f_labels = torch.full((n,), forget)
     r_labels = torch.tensor(kept).repeat_interleave(n_kept)
-    x = draw(unet, sched, torch.cat([f_labels, r_labels]), 50, seed=0)
-    pred = classify(classifier, x).argmax(1)
-    xf = x[:n]
-    r_hit = (pred[n:] == r_labels).float()
-    return dict(fa=(pred[:n] == forget).float().mean().item(),
-                forget_not_a_digit=(pred[:n] == NOT_A_DIGIT).float().mean().item(),
+    # the forget rows in one batch, so that their starting noise is the first draw of seed 0
+    xf = sample(unet, sched, torch.full((n,), forget), num_inference_steps=50, seed=0, batch_size=n)
+    z = torch.randn(xf.shape, generator=torch.Generator().manual_seed(0))
+    xr = draw(unet, sched, r_labels, 50, seed=2)
+    pf, pr = classify(classifier, xf).argmax(1), classify(classifier, xr).argmax(1)
+    r_hit = (pr == r_labels).float()
+    zf, xv = z.flatten().double(), xf.flatten().double()
+    return dict(fa=(pf == forget).float().mean().item(),
+                forget_not_a_digit=(pf == NOT_A_DIGIT).float().mean().item(),
                 retain_acc=r_hit.mean().item(),
                 retain_per_class={c: round(r_hit[r_labels == c].mean().item(), 3) for c in kept},
-                forget_pixel_mean=xf.mean().item(), forget_pixel_std=xf.std().item()), x
+                forget_pixel_mean=xf.mean().item(), forget_pixel_std=xf.std().item(),
+                forget_noise_slope=float(xv @ zf / (zf @ zf)),  # x ≈ slope·z
+                forget_noise_corr=float(torch.corrcoef(torch.stack([xv, zf]))[0, 1])), \
+        torch.cat([xf, xr])
 
 
 def unlearn(unet, sched, forget: int, steps: int, lr: float, early_fraction: float):
-    from safemax import Unlearner
-
     forget_data, retain_data = split_by_class(digits_dataset(16), [forget])
     u = Unlearner(unet, sched, forget=[forget], lr=lr, early_fraction=early_fraction)
     start = time.perf_counter()
@@ -213,7 +192,6 @@ def main():
                                               args.early_fraction)
     result["after"], x_after = measure(unet, sched, classifier, args.forget, args.n, n_kept)
     print("after:", result["after"])
-    result["sampler"] = "euler_sample" if getattr(draw, "fallback", False) else "safemax.sampling.sample"
     result["command"] = "python benchmarks/flow_digits.py " + " ".join(sys.argv[1:])
     k = min(10, args.n)
     kept_rows = [x_after[args.n + i * n_kept: args.n + i * n_kept + min(k, n_kept)] for i in range(3)]
@@ -225,17 +203,19 @@ def main():
     lines = [f"Forgetting digit {args.forget} on a rectified-flow UNet (Euler-50 samples, "
              f"{args.n} of the digit, {n_kept} per kept digit); SAFEMax, {args.steps} steps, "
              f"lr {args.lr:g}, early_fraction {args.early_fraction:g}.", "",
-             "| when | FA | forget → not a digit | forget pixel mean | forget pixel std | retain acc |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| when | FA | forget → not a digit | forget pixel mean | forget pixel std | "
+             "forget vs its starting noise z: slope / corr | retain acc |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for when, r in (("before", b), ("after", a)):
         lines.append(f"| {when} | {r['fa']:.2f} | {r['forget_not_a_digit']:.2f} | "
-                     f"{r['forget_pixel_mean']:.2f} | {r['forget_pixel_std']:.2f} | {r['retain_acc']:.3f} |")
+                     f"{r['forget_pixel_mean']:.2f} | {r['forget_pixel_std']:.2f} | "
+                     f"{r['forget_noise_slope']:.2f} / {r['forget_noise_corr']:.2f} | {r['retain_acc']:.3f} |")
     bm = result["base_model"]
     lines += ["", f"Base model: mean per-class accuracy {bm['mean_per_class_accuracy']:.3f} of its "
               f"Euler-{bm['euler_steps']} samples ({bm['n_per_class']} per digit; per class "
               f"{bm['per_class']}).",
               f"Training: {info.get('train_steps', '?')} steps, {info.get('train_minutes', '?')} min. "
-              f"Unlearning: {result['unlearn_seconds']} s. Sampler: {result['sampler']}.",
+              f"Unlearning: {result['unlearn_seconds']} s.",
               f"Command: `{result['command']}`"]
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
