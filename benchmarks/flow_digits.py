@@ -96,7 +96,8 @@ def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-
     sched.save_pretrained(model_dir)
     info = dict(train_steps=step + 1, train_minutes=round((time.time() - start) / 60, 1),
                 train_batch=batch, train_lr=lr, augment=augment,
-                final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 4))
+                final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 4),
+                train_command="python benchmarks/flow_digits.py " + " ".join(sys.argv[1:]))
     with open(os.path.join(model_dir, "training.json"), "w") as f:
         json.dump(info, f, indent=2)
     return info
