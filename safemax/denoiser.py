@@ -40,8 +40,9 @@ class Denoiser:
         self.follow_device()
 
     def _schedule(self, scheduler) -> torch.Tensor:
+        abar = schedule.alphas_cumprod(scheduler)
         self.prediction_type = schedule.prediction_type(scheduler)
-        return schedule.alphas_cumprod(scheduler)
+        return abar
 
     def snr(self) -> torch.Tensor:
         """Signal-to-noise ratio per training step (float64, falling with t): the early window."""
