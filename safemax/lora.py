@@ -8,15 +8,15 @@ to_v, to_out.0])``, through the model's own ``add_adapter`` where diffusers give
 peft's ``inject_adapter_in_model``, which is what ``add_adapter`` calls). Only the adapter
 trains, so Adam holds state for the adapter only; the adapter starts at B = 0, so the model
 starts exactly at the original, and the original itself — SAFEMax's distillation teacher — is
-the same model with its adapters switched off (``adapters_off``): no copy.
+the same model with its adapters switched off (``AdaptersOff``): no copy.
 
 ``save`` writes what loads back: for a text-conditional UNet (Stable Diffusion) the pipeline's
 LoRA file (``pytorch_lora_weights.safetensors``, ``pipe.load_lora_weights(path)``); for another
 model with diffusers' LoRA support, the model's own ``save_lora_adapter`` file
-(``model.load_lora_adapter(path, prefix=None)``); for a class-conditional ``UNet2DModel`` or
-``DiTTransformer2DModel`` (no diffusers LoRA loader) the merged model in diffusers format
-(``from_pretrained`` loads it) plus the adapter alone in peft format (``adapter_model.safetensors``
-and ``adapter_config.json``).
+(``model.load_lora_adapter(path, prefix=None, use_safetensors=True)``); for a class-conditional
+``UNet2DModel`` or ``DiTTransformer2DModel`` (no diffusers LoRA loader) the merged model in
+diffusers format (``from_pretrained`` loads it) plus the adapter alone in peft format
+(``adapter_model.safetensors`` and ``adapter_config.json``).
 """
 import contextlib
 import copy
@@ -66,7 +66,8 @@ def settings(config) -> dict:
     targets = targets if isinstance(targets, str) else sorted(targets)
     init = config.init_lora_weights
     return dict(lora_rank=config.r, lora_alpha=config.lora_alpha, lora_target_modules=targets,
-                lora_dropout=config.lora_dropout, lora_init=init if isinstance(init, (bool, str)) else str(init))
+                lora_dropout=config.lora_dropout,
+                lora_init=init if isinstance(init, (bool, str)) else str(init))
 
 
 def _matches(name: str, target: str) -> bool:

@@ -224,3 +224,31 @@ def test_cli_unlearn_with_lora_rank(tmp_path):
     main(["sample", "--model", str(out), "--label", "3", "--n", "1", "--steps", "2",
           "--out", str(tmp_path / "s.png")])
     assert (tmp_path / "s.png").exists()
+
+
+def test_a_diffusers_lora_model_other_than_a_unet_gets_its_own_adapter_file(tmp_path):
+    """The save path for models with diffusers' LoRA support (save_lora_adapter), here a tiny SD3
+    transformer: the file loads back with load_lora_adapter."""
+    from diffusers import SD3Transformer2DModel
+
+    from safemax import lora
+
+    def tiny():
+        torch.manual_seed(0)
+        return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1,
+                                     attention_head_dim=4, num_attention_heads=2,
+                                     joint_attention_dim=8, caption_projection_dim=8,
+                                     pooled_projection_dim=8, out_channels=4)
+
+    model, config = tiny(), lora.make_config(lora_rank=2)
+    lora.add_adapter(model, config, seed=0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    assert lora.save(model, config, str(tmp_path)) == "adapter"
+    fresh = tiny()
+    fresh.load_lora_adapter(str(tmp_path), prefix=None, use_safetensors=True, adapter_name="default")
+    want = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    got = {n: p for n, p in fresh.named_parameters() if "lora_" in n}
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
