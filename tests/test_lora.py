@@ -252,3 +252,23 @@ def test_a_diffusers_lora_model_other_than_a_unet_gets_its_own_adapter_file(tmp_
     want = {n: p for n, p in model.named_parameters() if "lora_" in n}
     got = {n: p for n, p in fresh.named_parameters() if "lora_" in n}
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_dit_trains_an_adapter_and_saves_merged(tmp_path):
+    import diffusers
+    from test_model_families import tiny_dit
+
+    retain, forget = tiny_data()
+    u = Unlearner(tiny_dit(), tiny_scheduler(), [1], lr=1e-2, lora_rank=2)
+    base0, adapter0 = base_and_adapter(u)
+    assert {n.split(".lora_")[0].split(".")[-1] for n in adapter0} >= {"to_q", "to_k", "to_v"}
+    u.fit(retain, forget, steps=2, batch_size=4, progress=False)
+    base1, adapter1 = base_and_adapter(u)
+    assert all(torch.equal(base0[k], base1[k]) for k in base0)
+    assert any(not torch.equal(adapter0[k], adapter1[k]) for k in adapter0)
+    u.save_pretrained(str(tmp_path))
+    merged = diffusers.DiTTransformer2DModel.from_pretrained(str(tmp_path)).eval()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 50]), torch.tensor([0, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x, t, class_labels=y).sample,
+                                   u.unet(x, t, class_labels=y).sample, rtol=1e-5, atol=1e-5)
