@@ -8,6 +8,7 @@ EXAMPLES = """examples:
   safemax demo --forget 7 --steps 50 --out d7   another digit, fewer steps
   safemax unlearn --forget 3 --out unet-no3     unlearn the embedded model, save diffusers format
   safemax unlearn --model ./my-ddpm --data ./images --forget 2 --out ./my-ddpm-no2
+  safemax unlearn --forget 3 --lora-rank 4 --out unet-no3-lora   train a LoRA adapter only
   accelerate launch -m safemax unlearn --forget 3 --out unet-no3   data-parallel (DDP)
   safemax sample --model unet-no3 --label 3 --out threes.png
   safemax evaluate --model unet-no3 --forget 3
@@ -74,6 +75,10 @@ def _add_unlearn(sub):
                    help="autocast the forward passes through Accelerate (fp16: GPU only)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass: less memory, more time")
+    p.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                   help="train a LoRA adapter of rank R on the attention projections instead of "
+                        "the whole model (needs peft); --out then holds the merged model plus "
+                        "the adapter alone (adapter_model.safetensors)")
 
 
 def _add_sample(sub):
@@ -157,7 +162,8 @@ def _unlearn(args):
                                   ("forget_weight", args.forget_weight)) if v is not None}
     u = Unlearner(unet, scheduler, forget=args.forget, lr=lr, seed=args.seed, method=args.method,
                   mixed_precision=args.mixed_precision,
-                  gradient_checkpointing=args.gradient_checkpointing, **settings)
+                  gradient_checkpointing=args.gradient_checkpointing, lora_rank=args.lora_rank,
+                  **settings)
     ckpt = args.checkpoint_dir or os.path.join(args.out, "checkpoint")
     u.fit(retain_data, None if args.data_free else forget_data, steps=args.steps,
           batch_size=args.batch_size, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,

@@ -1,4 +1,5 @@
-"""Atomic, pickle-free training checkpoints: one safetensors file holding the model weights, the
+"""Atomic, pickle-free training checkpoints: one safetensors file holding the model weights (with a
+LoRA adapter: the adapter's weights only; the frozen base is checked by its SHA-256), the
 optimizer state, the random-generator state and any cached tensors, with the step, history and
 configuration as JSON metadata.
 
@@ -17,8 +18,12 @@ FILENAME = "checkpoint.safetensors"
 
 
 def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         generator: torch.Generator, meta: dict, extra: dict = None) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+         generator: torch.Generator, meta: dict, extra: dict = None, only_trainable: bool = False) -> None:
+    """``only_trainable``: of the model, only the parameters that require grad (a LoRA
+    adapter: the frozen base weights are not written)."""
+    weights = {k: v for k, v in model.named_parameters() if v.requires_grad} if only_trainable \
+        else model.state_dict()
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in weights.items()}
     state = optimizer.state_dict()
     for index, param_state in state["state"].items():
         for key, value in param_state.items():
@@ -35,8 +40,9 @@ def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         generator: torch.Generator) -> tuple:
-    """Restore model, optimizer and generator in place; return ``(meta, extra)``."""
+         generator: torch.Generator, only_trainable: bool = False) -> tuple:
+    """Restore model, optimizer and generator in place; return ``(meta, extra)``.
+    ``only_trainable``: the file holds exactly the parameters that require grad."""
     device = next(model.parameters()).device
     model_state, optim_state, extra = {}, {}, {}
     with safe_open(path, framework="pt") as f:
@@ -53,7 +59,16 @@ def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 extra[rest] = value
             elif key == "rng":
                 generator.set_state(value)
-    model.load_state_dict(model_state)
+    if only_trainable:
+        params = {k: v for k, v in model.named_parameters() if v.requires_grad}
+        if params.keys() != model_state.keys():
+            raise ValueError(f"checkpoint {path} holds other trainable weights than the model's "
+                             f"({sorted(set(model_state) ^ set(params))[:5]} ...)")
+        with torch.no_grad():
+            for k, v in model_state.items():
+                params[k].copy_(v)
+    else:
+        model.load_state_dict(model_state)
     optimizer.load_state_dict({
         "state": {i: {k: (v.to(device) if k != "step" else v) for k, v in s.items()}
                   for i, s in optim_state.items()},
@@ -85,7 +100,9 @@ def save_fit(u, checkpoint_dir: str, batch_size: int) -> None:
     meta = dict(step=u.step, history=u.history, config=u.config(batch_size),
                 original_sha256=u.original_digest, prep_seconds=u.prep_seconds,
                 grad_scaler=u.scaler_state())
-    save(os.path.join(checkpoint_dir, FILENAME), u.unet, u.optimizer, u.generator, meta, extra)
+    # with LoRA only the adapter: the base weights are the original's (checked by digest)
+    save(os.path.join(checkpoint_dir, FILENAME), u.unet, u.optimizer, u.generator, meta, extra,
+         only_trainable=u.lora is not None)
 
 
 def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
@@ -105,7 +122,7 @@ def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
         raise ValueError(f"checkpoint {path} continues a fit of another model (or was written by an "
                          "older safemax): resume with the same original model the fit started from, "
                          "or start afresh in an empty checkpoint_dir")
-    meta, extra = load(path, u.unet, u.optimizer, u.generator)
+    meta, extra = load(path, u.unet, u.optimizer, u.generator, only_trainable=u.lora is not None)
     u.step, u.history = meta["step"], meta["history"]
     u.prep_seconds = meta.get("prep_seconds")
     u.resumed_scaler_state = meta.get("grad_scaler")

@@ -40,8 +40,9 @@ class Denoiser:
         self.follow_device()
 
     def _schedule(self, scheduler) -> torch.Tensor:
+        table = schedule.alphas_cumprod(scheduler)  # first: the clear error for a scheduler without one
         self.prediction_type = schedule.prediction_type(scheduler)
-        return schedule.alphas_cumprod(scheduler)
+        return table
 
     def snr(self) -> torch.Tensor:
         """Signal-to-noise ratio per training step (float64, falling with t): the early window."""

@@ -6,7 +6,7 @@ method runs on the same data, batch and optimizer.
 
 | method | forget term | keeps the other classes by | preparation |
 | --- | --- | --- | --- |
-| `safemax` | forget rows → √(1−ᾱ_t)·x_t, the max-entropy prediction (fused op, early-step window) | retain rows distilled to the original model | a frozen copy |
+| `safemax` | forget rows → √(1−ᾱ_t)·x_t, the max-entropy prediction (fused op, early-step window) | retain rows distilled to the original model | a frozen copy (with LoRA: the model with its adapter off) |
 | `salun` | ε(x_t, forget class) → detached ε(x_t, a random other class) (Fan et al. 2024) | retain denoising loss × 1e-3; only the salient weights move | saliency mask: the 50% of weights with the largest forget-loss gradient magnitude |
 | `sa` | forget class trained to denoise uniform-noise images (Heng & Soh 2023) | EWC (diagonal Fisher, λ = 10) + replay of generated other classes | replay set and Fisher, both from the original |
 | `ga` | minus the forget rows' denoising loss | plus the retain denoising loss | none |
@@ -176,7 +176,11 @@ class SafeMax(Method):
     def bind(self, u):
         self.window = schedule.early_window(u.denoiser.snr(), self.early_fraction, self.max_snr)
         self.teacher = None
-        if self.retain_target == "distill":  # the frozen original, before any step changes it
+        if self.retain_target == "distill" and getattr(u, "lora", None) is not None:
+            # with a LoRA adapter the original is the model with the adapter off: no copy
+            from .lora import AdaptersOff
+            self.teacher = AdaptersOff(u.denoiser.unet)
+        elif self.retain_target == "distill":  # the frozen original, before any step changes it
             self.teacher = copy.deepcopy(u.denoiser.unet).requires_grad_(False).eval()
 
     def loss(self, u, retain, forget, batch_size):

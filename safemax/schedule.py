@@ -17,13 +17,14 @@ def alphas_cumprod(scheduler) -> torch.Tensor:
     abar = getattr(scheduler, "alphas_cumprod", None)
     if not torch.is_tensor(abar) or abar.dim() != 1:
         raise TypeError(f"scheduler {type(scheduler).__name__} has no alphas_cumprod tensor; "
-                        "use a diffusers DDPM/DDIM-style scheduler")
+                        "use the model's diffusers DDPM/DDIM-style scheduler, or its "
+                        "FlowMatchEulerDiscreteScheduler for a rectified-flow model")
     return abar
 
 
 def prediction_type(scheduler) -> str:
     """What the model predicts, from the scheduler's config: ``"epsilon"`` or ``"v_prediction"``."""
-    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    kind = getattr(getattr(scheduler, "config", None), "prediction_type", "epsilon")
     if kind not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type {kind!r} is not supported: the model must predict the "
                          "noise (epsilon) or v (v_prediction)")

@@ -26,9 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, checkpoint, parallel
+from . import lora as adapters
 from .conditions import ForgetTargets
 from .data import Batches
 from .denoiser import make_denoiser
+from .lora import make_config as make_lora_config
 from .methods import Method, make_method
 
 
@@ -69,15 +71,25 @@ class Unlearner:
         accelerator: an ``accelerate.Accelerator`` to run under (DDP across processes, its mixed
             precision); by default one is made when ``mixed_precision`` is set or the script
             runs under ``accelerate launch`` / ``torchrun`` with several processes.
+        lora_rank: train a LoRA adapter of this rank instead of the model (needs ``peft``): the
+            base weights are frozen, an adapter is added to the attention projections ``to_q,
+            to_k, to_v, to_out.0`` (alpha = rank, gaussian init, seeded by ``seed``) and only it
+            trains; SAFEMax's teacher is the model with the adapter switched off (no copy);
+            checkpoints hold the adapter and its Adam state; ``save_pretrained`` writes the
+            adapter (see ``safemax.lora``).
+        lora: alternatively, a ``peft.LoraConfig`` of your own (not both).
     """
 
     def __init__(self, unet, scheduler, forget, *, method="safemax", lr: float = None, seed: int = 0,
                  mixed_precision: str = None, gradient_checkpointing: bool = False, accelerator=None,
-                 **settings):
+                 lora_rank: int = None, lora=None, **settings):
         self.method = make_method(method, **settings)
+        self.lora = lora_config = make_lora_config(lora_rank, lora)  # a peft.LoraConfig or None
         self.denoiser = make_denoiser(unet, scheduler)
         self.targets = ForgetTargets(forget, unet)
         self.method.check(self.denoiser, self.targets)
+        if lora_config is not None:
+            adapters.check_targets(unet, lora_config)
         self.lr = self.method.default_lr if lr is None else lr
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr}")
@@ -94,11 +106,14 @@ class Unlearner:
         self.gradient_checkpointing = gradient_checkpointing
         self.seed = seed
         self.step, self.history = 0, []
+        # of the original model: with LoRA the base weights, which the checkpoints do not hold
+        self.original_digest = checkpoint.weights_digest(unet)
+        if lora_config is not None:
+            adapters.add_adapter(unet, lora_config, seed)
         self.optimizer = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=self.lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.forget_set = None  # the data-free forget set, once generated
         self.resumed_scaler_state = None
-        self.original_digest = checkpoint.weights_digest(unet)
         self.prep_seconds = None  # set by _prepare(): the method's one-off cost, bind included
         start = time.perf_counter()
         self.method.bind(self)  # e.g. SAFEMax's frozen copy of the original model
@@ -128,8 +143,11 @@ class Unlearner:
 
     def config(self, batch_size) -> dict:
         """What defines this fit: a checkpoint resumes only a fit with the same config."""
-        return dict(method=self.method.name, **self.method.config(), forget=self.forget,
-                    lr=self.lr, seed=self.seed, batch_size=batch_size)
+        out = dict(method=self.method.name, **self.method.config(), forget=self.forget,
+                   lr=self.lr, seed=self.seed, batch_size=batch_size)
+        if self.lora is not None:  # (absent without LoRA: those configs are as before)
+            out.update(adapters.settings(self.lora))
+        return out
 
     def scaler_state(self):
         return parallel.scaler_state(self.accelerator)
@@ -282,16 +300,27 @@ class Unlearner:
     def save_pretrained(self, path: str):
         """Write the unlearned UNet in diffusers format (``UNet2DModel.from_pretrained(path)``
         loads it), the scheduler config, and ``safemax.json`` describing what was done. Under
-        Accelerate only the main process writes."""
+        Accelerate only the main process writes.
+
+        With LoRA, the adapter instead: for a text-conditional UNet the pipeline's LoRA file
+        (``pytorch_lora_weights.safetensors``: ``pipe.load_lora_weights(path)``); for another
+        model with diffusers' LoRA support its ``save_lora_adapter`` file; for a
+        ``UNet2DModel``/``DiTTransformer2DModel`` (no diffusers LoRA loader) the merged model
+        in diffusers format plus the adapter alone in peft format (``safemax.lora.save``)."""
         if not self.is_main_process:
             return
         os.makedirs(path, exist_ok=True)
-        self.unet.save_pretrained(path, safe_serialization=True)
+        if self.lora is not None:
+            saved_as = adapters.save(self.unet, self.lora, path)
+        else:
+            self.unet.save_pretrained(path, safe_serialization=True)
         if hasattr(self.scheduler, "save_pretrained"):
             self.scheduler.save_pretrained(path)
         info = {**self.config(None), "safemax_version": __version__, "steps": self.step,
                 "num_train_timesteps": self.denoiser.num_train_timesteps,
                 "data_free": self.forget_set is not None}
+        if self.lora is not None:
+            info["lora_saved_as"] = saved_as
         info.pop("batch_size")
         with open(os.path.join(path, "safemax.json"), "w") as f:
             json.dump(info, f, indent=2)
