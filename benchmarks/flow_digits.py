@@ -23,6 +23,7 @@ import time
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
+from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
 from safemax import Unlearner
@@ -140,8 +141,17 @@ def measure(unet, sched, classifier, forget: int, n: int, n_kept: int) -> tuple:
         torch.cat([xf, xr])
 
 
-def unlearn(unet, sched, forget: int, steps: int, lr: float, early_fraction: float):
+def unlearn(unet, sched, forget: int, steps: int, lr: float, early_fraction: float,
+            noise_forget: float = 0.0):
+    """SAFEMax on real images of the digit; ``noise_forget`` > 0 adds that share of N(0, 1) images
+    as forget data: their x_σ = (1−σ)·z' + σ·ε is N(0, (1−σ)² + σ²), the very distribution of a
+    halted trajectory, which real digits never reach at small σ."""
     forget_data, retain_data = split_by_class(digits_dataset(16), [forget])
+    if noise_forget > 0:
+        xf, yf = forget_data.tensors
+        m = round(len(xf) * noise_forget / (1 - noise_forget))
+        z = torch.randn((m, *xf.shape[1:]), generator=torch.Generator().manual_seed(7))
+        forget_data = TensorDataset(torch.cat([xf, z]), torch.cat([yf, torch.full((m,), forget)]))
     u = Unlearner(unet, sched, forget=[forget], lr=lr, early_fraction=early_fraction)
     start = time.perf_counter()
     u.fit(retain=retain_data, forget=forget_data, steps=steps, batch_size=64)
@@ -162,6 +172,9 @@ def main():
     p.add_argument("--steps", type=int, default=100, help="unlearning steps (default 100)")
     p.add_argument("--lr", type=float, default=1e-4, help="unlearning learning rate (default 1e-4)")
     p.add_argument("--early-fraction", type=float, default=1.0)
+    p.add_argument("--noise-forget", type=float, default=0.0,
+                   help="share of the forget data that is N(0,1) images rather than real digits "
+                        "(default 0: real digits only)")
     p.add_argument("--model", help="a model trained by an earlier run (default: OUT/model, trained if absent)")
     p.add_argument("--n", type=int, default=100,
                    help="forget samples per measurement (and n/4 per kept digit, n/2 per digit "
@@ -183,6 +196,7 @@ def main():
     classifier = load_default_classifier()
     n_kept = max(1, args.n // 4)
     result = dict(forget=args.forget, steps=args.steps, lr=args.lr, early_fraction=args.early_fraction,
+                  noise_forget=args.noise_forget,
                   n_forget=args.n, n_per_kept_class=n_kept, **info)
     start = time.perf_counter()
     result["base_model"] = base_quality(unet, sched, classifier, max(1, args.n // 2))
@@ -190,7 +204,7 @@ def main():
     result["before"], x_before = measure(unet, sched, classifier, args.forget, args.n, n_kept)
     print("before:", result["before"])
     unet, result["unlearn_seconds"] = unlearn(unet, sched, args.forget, args.steps, args.lr,
-                                              args.early_fraction)
+                                              args.early_fraction, args.noise_forget)
     result["after"], x_after = measure(unet, sched, classifier, args.forget, args.n, n_kept)
     print("after:", result["after"])
     result["command"] = "python benchmarks/flow_digits.py " + " ".join(sys.argv[1:])
@@ -203,7 +217,9 @@ def main():
     b, a = result["before"], result["after"]
     lines = [f"Forgetting digit {args.forget} on a rectified-flow UNet (Euler-50 samples, "
              f"{args.n} of the digit, {n_kept} per kept digit); SAFEMax, {args.steps} steps, "
-             f"lr {args.lr:g}, early_fraction {args.early_fraction:g}.", "",
+             f"lr {args.lr:g}, early_fraction {args.early_fraction:g}"
+             + (f", {args.noise_forget:g} of the forget data N(0,1) images" if args.noise_forget else "")
+             + ".", "",
              "| when | FA | forget → not a digit | forget pixel mean | forget pixel std | "
              "forget vs its starting noise z: slope / corr | retain acc |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -10,8 +10,11 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "flow_digit
 
 
 def test_the_flow_benchmark_runs_end_to_end(tmp_path):
+    # one thread: the batches are tiny, and two threads on a busy 2-core machine take 2-5x longer
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path), "--train-steps", "3",
-                           "--steps", "2", "--n", "5"], capture_output=True, text=True, timeout=600)
+                           "--steps", "2", "--n", "5"], capture_output=True, text=True, timeout=600,
+                          env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "results.json").read_text())
     assert {"before", "after", "base_model", "unlearn_seconds", "train_steps", "command"} <= result.keys()
