@@ -91,8 +91,8 @@ def check_targets(model, config) -> None:
 
 
 def add_adapter(model, config, seed: int) -> None:
-    """Freeze ``model`` and add the LoRA adapter, its initial weights drawn from ``seed``."""
-    check_targets(model, config)
+    """Freeze ``model`` and add the LoRA adapter, its initial weights drawn from ``seed``
+    (the caller has run ``check_targets``, before any other work)."""
     model.requires_grad_(False)
     device = next(model.parameters()).device
     devices = [device] if device.type == "cuda" else []

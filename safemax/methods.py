@@ -176,7 +176,7 @@ class SafeMax(Method):
     def bind(self, u):
         self.window = schedule.early_window(u.denoiser.snr(), self.early_fraction, self.max_snr)
         self.teacher = None
-        if self.retain_target == "distill" and getattr(u, "lora", None) is not None:
+        if self.retain_target == "distill" and u.lora is not None:
             # with a LoRA adapter the original is the model with the adapter off: no copy
             from .lora import AdaptersOff
             self.teacher = AdaptersOff(u.denoiser.unet)

@@ -7,6 +7,8 @@ A condition is a class id (``class_labels``) or a prompt embedding (``encoder_hi
 import torch
 from tqdm.auto import tqdm
 
+from .schedule import is_flow
+
 
 def epsilon_part(pred: torch.Tensor, channels: int) -> torch.Tensor:
     """The ε prediction of a model output: models that also learn their variance (DiT, improved
@@ -21,18 +23,13 @@ def condition(cond: torch.Tensor) -> dict:
     return {"encoder_hidden_states": cond} if cond.is_floating_point() else {"class_labels": cond}
 
 
-def _is_flow(scheduler) -> bool:
-    from .schedule import is_flow
-    return is_flow(scheduler)
-
-
 def make_sampler(scheduler, method: str = "ddim", num_inference_steps: int = 50):
     """A fresh scheduler for sampling, with the training scheduler's noise schedule and no
     clipping of the predicted x_0. A rectified-flow model's ``FlowMatchEulerDiscreteScheduler``
     samples with its own Euler steps (``method`` "euler", the only one there)."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    if _is_flow(scheduler):
+    if is_flow(scheduler):
         if method not in ("ddim", "euler"):  # "ddim" is the default of every caller
             raise ValueError(f'a flow-matching model samples with method "euler", got {method!r}')
         sampler = type(scheduler).from_config(scheduler.config)
@@ -70,7 +67,7 @@ def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str =
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) \
         else (cfg.in_channels, *cfg.sample_size)
     g = torch.Generator().manual_seed(seed)
-    flow = _is_flow(scheduler)
+    flow = is_flow(scheduler)
     was_training = unet.training
     unet.eval()
     out = []

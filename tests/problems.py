@@ -81,6 +81,20 @@ def tiny_data(n=48, num_classes=4, forget=1, seed=0):
     return TensorDataset(x[y != forget], y[y != forget]), TensorDataset(x[y == forget], y[y == forget])
 
 
+def short_fit(model, scheduler, method, steps=2, batch_size=6):
+    """``method`` (``"sa"``: a tiny Selective Amnesia) forgets class 1 of ``tiny_data`` for a few
+    steps at lr 1e-3: ``(history, the weights before)``."""
+    from safemax import Unlearner
+    from safemax.methods import SelectiveAmnesia
+
+    if method == "sa":
+        method = SelectiveAmnesia(n_replay=8, n_fisher=3, fisher_timesteps=2, sample_steps=2)
+    retain, forget = tiny_data()
+    u = Unlearner(model, scheduler, forget=[1], lr=1e-3, method=method)
+    before = params(model)
+    return u.fit(retain, forget, steps=steps, batch_size=batch_size, progress=False), before
+
+
 def params(model):
     """A detached copy of a model's state."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
