@@ -1,27 +1,28 @@
 """Tiny, randomly initialised pipelines of every diffusers family safemax supports, for tests.
 
 Like ``tiny_sd.py`` (Stable Diffusion 1.x) these are assembled offline — random weights, tokenizers
-built in code — as float32 CPU pipelines with progress bars disabled, reproducible per ``seed``.
-Each generates 16x16 images from 4x8x8 latents with 2 inference steps in well under a second.
+built in code — as float32 CPU pipelines in eval mode with progress bars disabled, reproducible per
+``seed``. Each generates from 4x8x8 latents with 2 inference steps in a fraction of a second.
 
-| builder | pipeline | denoiser | latents (denoiser space) | condition |
-| --- | --- | --- | --- | --- |
-| ``tiny_sdxl_pipeline`` | ``StableDiffusionXLPipeline`` | UNet, ``addition_embed_type="text_time"`` | 4x8x8 | prompt_embeds [16, 32] (two CLIPs: 16+16), pooled [16], add_time_ids [6] |
-| ``tiny_sd3_pipeline`` | ``StableDiffusion3Pipeline`` | SD3 transformer, patch 2 | 4x8x8, VAE shift+scale | prompt_embeds [16 + T5 length, 32], pooled [32] |
-| ``tiny_flux_pipeline`` | ``FluxPipeline`` | Flux transformer (packed 2x2: 16 tokens of 16) | 4x8x8 unpacked, VAE shift+scale | prompt_embeds [T5 length, 32], pooled [16], guidance (dev) |
-| ``tiny_pixart_pipeline`` | ``PixArtSigmaPipeline`` (``alpha=True``: ``PixArtAlphaPipeline``) | PixArt transformer, learned variance (8 out channels), patch 2 | 4x8x8 | prompt_embeds [T5 length, 32], attention mask |
-| ``tiny_sana_pipeline`` | ``SanaPipeline`` | Sana transformer, patch 1 | 4x8x8, ``AutoencoderDC`` | prompt_embeds [Gemma length, 16], attention mask |
+| builder | pipeline | denoiser | images | latents (denoiser space) | condition of one prompt |
+| --- | --- | --- | --- | --- | --- |
+| ``tiny_sdxl_pipeline`` | ``StableDiffusionXLPipeline`` | UNet, ``addition_embed_type="text_time"`` | 16x16 | 4x8x8 | prompt_embeds [16, 32] (two CLIPs, 16 + 16), pooled [16], add_time_ids [6] |
+| ``tiny_sd3_pipeline`` | ``StableDiffusion3Pipeline`` | SD3 transformer, patch 2 | 16x16 | 4x8x8, VAE shift + scale | prompt_embeds [16 + T5 length, 32], pooled [32] (16 + 16) |
+| ``tiny_flux_pipeline`` | ``FluxPipeline`` | Flux transformer on packed 2x2 patches (16 tokens of 16) | 16x16 | 4x8x8 unpacked, VAE shift + scale | prompt_embeds [T5 length, 32], pooled [16], dev: guidance |
+| ``tiny_pixart_pipeline`` | ``PixArtSigmaPipeline`` (``alpha=True``: ``PixArtAlphaPipeline`` with micro-conditions) | PixArt transformer, patch 2, learned variance (8 out channels) | 16x16 | 4x8x8 | prompt_embeds [T5 length, 32], attention mask; α: resolution [2], aspect ratio [1] |
+| ``tiny_sana_pipeline`` | ``SanaPipeline`` | Sana transformer, patch 1 | 32x32 | 4x8x8 (``AutoencoderDC``, factor 4) | prompt_embeds [Gemma length, 16], attention mask |
 
-Text widths: CLIP encoders 16 wide (SDXL's second and SD3's have 16-wide projections), T5 32 wide,
-Gemma2 16 wide. CLIP tokenizers pad to ``MAX_LENGTH`` = 16 tokens; the T5 and Gemma lengths are the
-pipelines' own ``max_sequence_length`` (SD3 256, Flux 512, PixArt-Σ 300, PixArt-α 120, Sana 300),
-so pass e.g. ``max_sequence_length=8`` to keep tests quick.
+Text widths: the CLIP encoders are 16 wide (with 16-wide projections where the family pools), the
+T5 encoders 32, Gemma2 16. CLIP tokenizers pad to ``MAX_LENGTH`` = 16 tokens; the T5 and Gemma
+lengths are the pipelines' own ``max_sequence_length`` defaults (SD3 256, Flux 512, PixArt-Σ 300,
+PixArt-α 120, Sana 300, after its complex human instruction), so pass e.g.
+``max_sequence_length=8`` to keep tests quick.
 
-Generation: SDXL and SD3 generate at their default size (16x16: the denoiser's ``sample_size`` 8
-times the VAE's factor 2). Flux's and Sana's default sizes are fixed in diffusers (1024 px), and
-PixArt's and Sana's resolution binning only knows the real sample sizes, so call those with
-``height=16, width=16`` (and ``use_resolution_binning=False`` for PixArt and Sana); ``SIZES`` holds
-these per family.
+Generation sizes: SDXL and SD3 generate at their default size (the denoiser's ``sample_size`` 8
+times the VAE's factor 2). Flux's and Sana's defaults are fixed in diffusers (1024 px), Sana wants
+multiples of 32, and PixArt's and Sana's resolution binning only knows the real models' sample
+sizes, so ``SIZES[family]`` holds the call options for the table's image size (``height``/``width``,
+and ``use_resolution_binning=False`` for PixArt and Sana).
 """
 import string
 
@@ -109,6 +110,9 @@ def _vae_kl(latent_channels=LATENT_CHANNELS, **config) -> AutoencoderKL:
 
 
 def _done(pipe):
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()  # as from_pretrained leaves them: T5 and Gemma2 have dropout
     pipe.set_progress_bar_config(disable=True)
     return pipe  # built on the CPU in float32 (torch defaults)
 
