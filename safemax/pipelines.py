@@ -67,7 +67,7 @@ def family(pipe) -> str:
                           ("flux", ("FluxPipeline",)),
                           ("pixart", ("PixArtAlphaPipeline", "PixArtSigmaPipeline")),
                           ("sana", ("SanaPipeline",))):
-        if any(isinstance(pipe, getattr(diffusers, c)) for c in classes):
+        if any(isinstance(pipe, getattr(diffusers, c, ())) for c in classes):  # () if too old
             return name
     raise ValueError(
         f"safemax.pipelines supports the text-to-image pipelines {', '.join(FAMILIES.values())}; "
@@ -113,8 +113,6 @@ def _size(pipe, fam, options) -> tuple:
     """(height, width) in pixels the pipeline generates at, from ``size=(h, w)`` or height/width."""
     size = options.get("size")
     if size is not None:
-        if options.get("height") is not None or options.get("width") is not None:
-            raise ValueError("give size=(height, width) or height=/width=, not both")
         height, width = (int(s) for s in size)
     else:
         height, width = options.get("height"), options.get("width")
@@ -160,6 +158,9 @@ def prompt_embeddings(pipe, prompts, **options):
     prompts = _prompts(prompts)
     fam = family(pipe)
     allowed = _check_options(pipe, options, extra=("size",))
+    if options.get("size") is not None and (options.get("height") is not None
+                                            or options.get("width") is not None):
+        raise ValueError("give size=(height, width) or height=/width=, not both")
     kw = _encode_kwargs(pipe, options, allowed)
     device, n = _device(pipe), len(prompts)
     if fam == "sd":
@@ -187,7 +188,8 @@ def prompt_embeddings(pipe, prompts, **options):
         emb, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1, **kw)
         out = {"prompt_embeds": _cpu(emb), "pooled_prompt_embeds": _cpu(pooled)}
         if pipe.transformer.config.guidance_embeds:
-            out["guidance"] = torch.full((n,), float(options.get("guidance_scale", allowed["guidance_scale"])))
+            scale = options.get("guidance_scale", allowed["guidance_scale"])  # __call__'s: 3.5
+            out["guidance"] = torch.full((n,), float(scale))
         return out
     # PixArt-α/Σ and Sana: T5 / Gemma embeddings with their attention mask
     emb, mask, _, _ = pipe.encode_prompt(prompts, False, device=device, num_images_per_prompt=1, **kw)

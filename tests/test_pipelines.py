@@ -231,8 +231,9 @@ def test_size_options_of_sdxl_and_pixart_alpha():
     assert prompt_embeddings(sdxl, "x")["add_time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]]
     ids = prompt_embeddings(sdxl, ["x", "y"], size=(32, 24))["add_time_ids"]
     assert ids.tolist() == [[32, 24, 0, 0, 32, 24]] * 2
-    assert prompt_embeddings(sdxl, "x", height=32, width=24, original_size=(64, 48),
-                             crops_coords_top_left=(2, 4))["add_time_ids"].tolist() == [[64, 48, 2, 4, 32, 24]]
+    ids = prompt_embeddings(sdxl, "x", height=32, width=24, original_size=(64, 48),
+                            crops_coords_top_left=(2, 4))["add_time_ids"]
+    assert ids.tolist() == [[64, 48, 2, 4, 32, 24]]
     alpha = pipe_of("pixart-alpha")
     cond = prompt_embeddings(alpha, "x", height=16, width=32, use_resolution_binning=False)
     assert cond["resolution"].tolist() == [[16.0, 32.0]] and cond["aspect_ratio"].tolist() == [[0.5]]
