@@ -37,8 +37,10 @@ Flux's latents are kept unpacked, ``[C, h, w]``, like every other family's.
 import inspect
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
+
+from .data import ConditionedImages
 
 FAMILIES = {
     "sd": "StableDiffusionPipeline (SD 1.x/2.x)",
@@ -302,25 +304,6 @@ def decode_latents(pipe, latents: torch.Tensor, batch_size: int = 8) -> torch.Te
 
 # ----------------------------------------------------------------------------- generated data
 
-class ConditionedLatents(Dataset):
-    """A map-style data set of ``(latent [C, h, w], condition)`` pairs, the condition a dict of
-    per-row tensors (one row of :func:`prompt_embeddings`' dict).
-
-    ``latents`` (``[N, C, h, w]``) and ``conditions`` (a dict of ``[N, ...]`` tensors) hold them all.
-    """
-
-    def __init__(self, latents: torch.Tensor, conditions: dict):
-        if any(len(v) != len(latents) for v in conditions.values()):
-            raise ValueError("every condition tensor needs one row per latent")
-        self.latents, self.conditions = latents, conditions
-
-    def __len__(self):
-        return len(self.latents)
-
-    def __getitem__(self, i):
-        return self.latents[i], {k: v[i] for k, v in self.conditions.items()}
-
-
 def _unpack_flux(pipe, packed, options):
     height = options.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
     width = options.get("width") or pipe.default_sample_size * pipe.vae_scale_factor
@@ -343,7 +326,7 @@ def pipeline_data(pipe, prompts, n_per_prompt: int, num_inference_steps: int = 2
     ``[C, h, w]``); the conditions are rows of :func:`prompt_embeddings`.
 
     Stable Diffusion 1.x/2.x gives a ``TensorDataset`` of ``(latent, prompt embeddings [L, D])``;
-    every other family a :class:`ConditionedLatents` of ``(latent, dict of per-row tensors)``.
+    every other family a :class:`safemax.data.ConditionedImages` of ``(latent, dict of per-row tensors)``.
     """
     prompts = _prompts(prompts)
     fam = family(pipe)
@@ -374,4 +357,4 @@ def pipeline_data(pipe, prompts, n_per_prompt: int, num_inference_steps: int = 2
     latents, index = torch.cat(latents), torch.tensor(index)
     if fam == "sd":
         return TensorDataset(latents, cond[index].contiguous())
-    return ConditionedLatents(latents, {k: v[index].contiguous() for k, v in cond.items()})
+    return ConditionedImages(latents, {k: v[index].contiguous() for k, v in cond.items()})

@@ -12,7 +12,8 @@ from tiny_pipelines import (CLIP_WIDTH, GEMMA_WIDTH, SIZES, T5_WIDTH, tiny_flux_
 from tiny_sd import HIDDEN, MAX_LENGTH, tiny_sd_pipeline  # noqa: E402
 
 import safemax.stable_diffusion  # noqa: E402
-from safemax.pipelines import (ConditionedLatents, decode_latents, encode_images, family,  # noqa: E402
+from safemax.data import ConditionedImages  # noqa: E402
+from safemax.pipelines import (decode_latents, encode_images, family,  # noqa: E402
                                pipeline_data, prompt_embeddings)
 
 SEQ = 8  # max_sequence_length of the T5/Gemma encoders in most tests (their defaults are 256-512)
@@ -311,7 +312,7 @@ def test_sd3_without_t5_and_sana_with_its_shipped_scheduler():
     sana = tiny_sana_pipeline(dpm_solver=True)
     opts = {**SIZES["sana"], "max_sequence_length": SEQ}
     data = pipeline_data(sana, ["a dog"], n_per_prompt=2, num_inference_steps=2, progress=False, **opts)
-    assert len(data) == 2 and data[1][0].shape == (4, 8, 8) and torch.isfinite(data.latents).all()
+    assert len(data) == 2 and data[1][0].shape == (4, 8, 8) and torch.isfinite(data.images).all()
 
 
 def test_a_lora_scale_in_the_attention_kwargs_reaches_the_text_encoder():
@@ -343,7 +344,7 @@ def test_pipeline_data_items_have_the_documented_form(name):
         assert isinstance(data, TensorDataset) and c.shape == form
         torch.testing.assert_close(c, cond[1])
     else:
-        assert isinstance(data, ConditionedLatents) and set(c) == set(form)
+        assert isinstance(data, ConditionedImages) and set(c) == set(form)
         for k, shape in form.items():
             assert c[k].shape == shape
             torch.testing.assert_close(c[k], cond[k][1])
