@@ -253,3 +253,24 @@ def test_wrong_conditions_are_refused_with_the_expected_form():
               None, steps=1, batch_size=1, progress=False)
     with pytest.raises(ValueError, match="does not say its sample size"):
         sample(denoiser(flux), flux.scheduler, fc, num_inference_steps=1)
+
+
+def test_sanas_shipped_dpm_solver_is_a_flow_scheduler_with_its_flow_shift():
+    """Real Sana checkpoints ship DPMSolverMultistepScheduler(prediction_type="flow_prediction"):
+    it has an alphas_cumprod but is a flow schedule, shifted by its flow_shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from tiny_pipelines import tiny_sana_pipeline
+
+    from safemax.denoiser import make_denoiser
+    from safemax.schedule import flow_sigmas
+
+    pipe = tiny_sana_pipeline(dpm_solver=True)
+    assert hasattr(pipe.scheduler, "alphas_cumprod")
+    d = make_denoiser(pipe.transformer, pipe.scheduler)
+    assert d.parametrization == "flow"
+    shift = pipe.scheduler.config.flow_shift
+    assert shift != 1
+    torch.testing.assert_close(d.cpu_table, flow_sigmas(FlowMatchEulerDiscreteScheduler(shift=shift)))
+    cond = prompt_embeddings(pipe, [FORGET, KEEP], **CASES["sana"][2])
+    out = sample(pipe.transformer, pipe.scheduler, cond, num_inference_steps=2)
+    assert out.shape == (2, *latent_shape("sana")) and torch.isfinite(out).all()
