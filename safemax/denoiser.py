@@ -2,7 +2,8 @@
 
 The Unlearner and every method see a model only through ``noisy`` (the forward process and the
 training target of a real sample) and ``predict`` (the model's prediction in the fused op's
-parametrization), so a model family or a parametrization differs only here:
+parametrization), so a parametrization differs only here (how each model family is called is
+``safemax.families``):
 
 - DDPM-style schedulers (``alphas_cumprod``): x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, the prediction is ε
   (a v-prediction model's v is converted), the op runs with ``parametrization="epsilon"``.

@@ -7,19 +7,19 @@ time, cond)`` with unpacked images or latents ``x`` ``[B, C, H, W]``; what the m
 A text family's condition is what the pipeline's ``encode_prompt`` returns, as a dict keyed by
 the pipelines' own names (one row per image; ``safemax.pipelines.prompt_embeddings`` makes it):
 
-======  ============================================================================================
-sd      a tensor ``[L, D]`` (or ``{"prompt_embeds": [L, D]}``) — Stable Diffusion 1.x/2.x
-sdxl    ``prompt_embeds [L, D]``, ``pooled_prompt_embeds [P]``, ``add_time_ids [6]``
-sd3     ``prompt_embeds [L, D]``, ``pooled_prompt_embeds [P]``
-flux    ``prompt_embeds [L, D]``, ``pooled_prompt_embeds [P]``, Flux.1-dev also ``guidance []``
-pixart  ``prompt_embeds [L, D]``, ``prompt_attention_mask [L]`` (PixArt-α at 1024 px also
-        ``resolution [2]``, ``aspect_ratio [1]``)
-sana    ``prompt_embeds [L, D]``, ``prompt_attention_mask [L]``
-======  ============================================================================================
+| family | condition of one row |
+| --- | --- |
+| `sd` | a tensor `[L, D]` (or `{"prompt_embeds": [L, D]}`) — Stable Diffusion 1.x/2.x |
+| `sdxl` | `prompt_embeds [L, D]`, `pooled_prompt_embeds [P]`, `add_time_ids [6]` |
+| `sd3` | `prompt_embeds [L, D]`, `pooled_prompt_embeds [P]` |
+| `flux` | `prompt_embeds [L, D]`, `pooled_prompt_embeds [P]`, Flux.1-dev also `guidance []` |
+| `pixart` | `prompt_embeds [L, D]`, `prompt_attention_mask [L]` (PixArt-α at 1024 px also `resolution [2]`, `aspect_ratio [1]`) |
+| `sana` | `prompt_embeds [L, D]`, `prompt_attention_mask [L]` |
 
 Class-conditional families (``UNet2DModel``, DiT) take class ids. A module that is not a diffusers
 model is called like ``UNet2DModel``: ``model(x, t, class_labels=y)`` or, for floating conditions,
-``model(x, t, encoder_hidden_states=e)``.
+``model(x, t, encoder_hidden_states=e)``. A diffusers model of no supported family is refused by
+``family_of`` with one ``ValueError`` that names the families that work.
 """
 import torch
 
@@ -340,8 +340,9 @@ class Sana(_MaskedPrompt):
     lora_pipeline = ("SanaPipeline", "transformer_lora_layers")
 
     @classmethod
-    def matches(cls, model):
-        return type(model).__name__ == "SanaTransformer2DModel"
+    def matches(cls, model):  # SANA-Sprint (guidance embedding, SCM scheduler) is another family
+        return type(model).__name__ == "SanaTransformer2DModel" and \
+            not getattr(model.config, "guidance_embeds", False)
 
     def widths(self):
         return {"prompt_embeds": (None, self.config.caption_channels), "prompt_attention_mask": (None,)}

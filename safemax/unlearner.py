@@ -39,20 +39,22 @@ class Unlearner:
     one, with SAFEMax (or a baseline).
 
     Args:
-        unet: the model, trained in place. Class-conditional: ``UNet2DModel`` with
-            ``num_class_embeds``, or ``DiTTransformer2DModel`` (classes = ``num_embeds_ada_norm``),
-            called as ``unet(x_t, t, class_labels=y)``. Text-conditional: ``UNet2DConditionModel``
-            (e.g. Stable Diffusion's), called as ``unet(x_t, t, encoder_hidden_states=e)``; it
-            denoises whatever space it was trained in (pixels or VAE latents), and so does the
-            max-entropy target. ε-, v-prediction and variance-learning (2·C channels) models work.
+        unet: the model, trained in place, of a family in ``safemax.families``. Class-conditional:
+            ``UNet2DModel`` with ``num_class_embeds``, or ``DiTTransformer2DModel`` (classes =
+            ``num_embeds_ada_norm``). Text-conditional, called as its own pipeline calls it:
+            Stable Diffusion 1.x/2.x and SDXL UNets, SD3/3.5, Flux.1, PixArt-α/Σ and Sana
+            transformers (``pipe.unet`` or ``pipe.transformer``); it denoises whatever space it
+            was trained in (pixels or VAE latents), and so does the max-entropy target. ε-,
+            v-prediction, variance-learning (2·C channels) and rectified-flow models work.
         scheduler: the model's training scheduler: a diffusers scheduler exposing
             ``alphas_cumprod`` (DDPM, DDIM, …; its ``prediction_type`` says whether the model
             predicts ε or v), or a ``FlowMatchEulerDiscreteScheduler`` for a rectified-flow model
             (velocity prediction, time input T·σ = ``scheduler.timesteps``; forget rows are trained towards the
             max-entropy velocity v* = k(σ)·x_σ, see ``safemax.denoiser``).
-        forget: class id or list of class ids; or, for a text-conditional UNet, a dict
-            ``{concept name: prompt embeddings [L, D] or [N, L, D]}`` (N prompts of the concept,
-            see ``safemax.stable_diffusion.prompt_embeddings``).
+        forget: class id or list of class ids; or, for a text-conditional model, a dict
+            ``{concept name: condition}`` with one or N rows (N prompts of the concept): prompt
+            embeddings ``[L, D]`` / ``[N, L, D]`` for Stable Diffusion 1.x/2.x, the family's dict
+            of conditions otherwise (``safemax.pipelines.prompt_embeddings(pipe, prompts)``).
         method: ``"safemax"`` (default), or a baseline run in the same loop with the same
             data, batch and optimizer: ``"salun"``, ``"sa"`` (Selective Amnesia), ``"ga"``
             (gradient ascent); or a configured ``safemax.methods`` object such as
@@ -307,11 +309,11 @@ class Unlearner:
         loads it), the scheduler config, and ``safemax.json`` describing what was done. Under
         Accelerate only the main process writes.
 
-        With LoRA, the adapter instead: for a text-conditional UNet the pipeline's LoRA file
-        (``pytorch_lora_weights.safetensors``: ``pipe.load_lora_weights(path)``); for another
-        model with diffusers' LoRA support its ``save_lora_adapter`` file; for a
-        ``UNet2DModel``/``DiTTransformer2DModel`` (no diffusers LoRA loader) the merged model
-        in diffusers format plus the adapter alone in peft format (``safemax.lora.save``)."""
+        With LoRA, the adapter instead: for SD 1.x/2.x, SDXL, SD3/3.5, Flux.1 and Sana the
+        pipeline's LoRA file (``pytorch_lora_weights.safetensors``: ``pipe.load_lora_weights(path)``);
+        for PixArt, ``UNet2DModel`` and ``DiTTransformer2DModel`` (no diffusers LoRA loader) the
+        merged model in diffusers format plus the adapter alone in peft format
+        (``safemax.lora.save``)."""
         if not self.is_main_process:
             return
         os.makedirs(path, exist_ok=True)
