@@ -93,19 +93,27 @@ class ForgetTargets:
         return [] if self.num_classes is None else \
             [c for c in range(self.num_classes) if c not in self.ids]
 
-    def generate(self, unet, scheduler, n: int, seed: int, num_inference_steps: int = 50,
-                 shape=None):
-        """Data-free forgetting: ``n`` images (or latents, of ``shape`` ``(C, H, W)``; by default
-        the model's sample size) ``unet`` (the original model) draws for the forget classes or
-        concepts (plain conditional sampling), as ``(image, condition)`` items."""
+    def conditions(self, n: int):
+        """``n`` conditions spread evenly over the forget classes or concepts' rows."""
         if self.concepts is not None:
             prompts = rows.cat(list(self.concepts.values()))
-            conds = rows.take(prompts, torch.arange(n) % rows.count(prompts))
-        else:
-            conds = balanced_labels(self.ids, n)
-        images = sample(unet, scheduler, conds, num_inference_steps=num_inference_steps, seed=seed,
-                        shape=shape)
-        return ConditionedImages(images, conds)
+            return rows.take(prompts, torch.arange(n) % rows.count(prompts))
+        return balanced_labels(self.ids, n)
+
+    def generate(self, unet, scheduler, n: int, seed: int, num_inference_steps: int = 50,
+                 shape=None, images: bool = True):
+        """Data-free forgetting: ``n`` images (or latents, of ``shape`` ``(C, H, W)``; by default
+        the model's sample size) ``unet`` (the original model) draws for the forget classes or
+        concepts (plain conditional sampling), as ``(image, condition)`` items. ``images=False``:
+        the conditions only, with zero images of that shape (for forget rows that replace their
+        image by Gaussian noise)."""
+        conds = self.conditions(n)
+        if not images:
+            shape = tuple(shape) if shape is not None else self.family.sample_shape()
+            return ConditionedImages(torch.zeros(n, *shape), conds)
+        drawn = sample(unet, scheduler, conds, num_inference_steps=num_inference_steps, seed=seed,
+                       shape=shape)
+        return ConditionedImages(drawn, conds)
 
     def form(self, cond):
         """A batch of conditions in the model family's one form (``Batches`` apply it)."""

@@ -55,11 +55,13 @@ class Batch(NamedTuple):
 
 
 def denoising_batch(u, forget, retain, batch_size: int, forget_t_min: int = 0,
-                    retain_first: bool = False) -> Batch:
+                    retain_first: bool = False, gaussian_forget: int = 0) -> Batch:
     """``batch_size`` forget rows (t ~ U[forget_t_min, T)) then ``batch_size`` retain rows
     (t ~ U[0, T)), noised — this process's share of them (``u.local``). Everything is drawn from
     the Unlearner's generator: first the two sources' items (``retain_first``: the retain source
-    first), then the timesteps, then the noise, so each method's random stream is fixed."""
+    first), then the timesteps, then the noise, so each method's random stream is fixed.
+    ``gaussian_forget``: the first that many forget rows take x0 ~ N(0, I) instead of their
+    image (drawn last, so that without them the stream is unchanged)."""
     g, B, T = u.generator, batch_size, u.denoiser.num_train_timesteps
     if retain_first:
         xr, yr = retain.draw(B, g, u.local)
@@ -72,6 +74,10 @@ def denoising_batch(u, forget, retain, batch_size: int, forget_t_min: int = 0,
     t = u.local(torch.cat([tf, tr]), parts=2)
     x0 = torch.cat([xf, xr])
     eps = u.local(torch.randn((2 * B, *x0.shape[1:]), generator=g), parts=2)
+    if gaussian_forget:  # the max-entropy class itself: the states a halted chain visits
+        z = u.local(torch.randn((B, *x0.shape[1:]), generator=g))
+        use = u.local(torch.arange(B) < gaussian_forget).view(-1, *[1] * (x0.dim() - 1))
+        x0 = torch.cat([torch.where(use, z, xf), xr])
     b = len(xf)
     is_forget = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
     x0, eps, t, cond, is_forget = u.denoiser.to_device(x0, eps, t, rows.cat([yf, yr]), is_forget)
@@ -89,6 +95,7 @@ class Method:
     default_lr = 1e-4
     max_grad_norm = None  # gradient-norm clipping of the published recipe (None: none)
     uses_forget_data = True  # real (or generated) forget-class images
+    needs_forget_images = True  # False: only the forget rows' conditions are used (no sampling)
     uses_retain_data = True  # real images of the kept classes
 
     def config(self) -> dict:
@@ -138,6 +145,11 @@ class SafeMax(Method):
             original model's own prediction, which is exactly where the model starts, so keeping
             the other classes adds no noise of its own; ``"noise"``: the ordinary target ε, whose
             variance slowly degrades a well-converged (e.g. EMA) model.
+        gaussian_fraction: the share of forget rows whose clean sample x0 is drawn from
+            N(0, I) — the max-entropy "class" itself — instead of a forget image: these are the
+            states the halted reverse chain visits (x_t ~ N(0, I) at every t), on which the model
+            is otherwise never trained, so without them it keeps "denoising" the noise in the
+            last steps. 1.0 needs no forget images at all (data-free without sampling).
 
     ``Unlearner(..., early_fraction=0.5)`` is shorthand for ``method=SafeMax(early_fraction=0.5)``.
     """
@@ -145,7 +157,7 @@ class SafeMax(Method):
     name = "safemax"
 
     def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
-                 weighting: str = "simple", retain_target: str = "distill"):
+                 weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0):
         if not 0 < early_fraction <= 1:
             raise ValueError(f"early_fraction must be in (0, 1], got {early_fraction}")
         if not math.isfinite(forget_weight):
@@ -154,7 +166,9 @@ class SafeMax(Method):
             raise ValueError(f'weighting must be "simple" or "vlb", got {weighting!r}')
         if retain_target not in ("distill", "noise"):
             raise ValueError(f'retain_target must be "distill" or "noise", got {retain_target!r}')
-        self.early_fraction, self.max_snr = early_fraction, max_snr
+        if not 0 <= gaussian_fraction <= 1:
+            raise ValueError(f"gaussian_fraction must be in [0, 1], got {gaussian_fraction}")
+        self.early_fraction, self.max_snr, self.gaussian_fraction = early_fraction, max_snr, gaussian_fraction
         self.forget_weight, self.weighting, self.retain_target = forget_weight, weighting, retain_target
         self.window, self.teacher = None, None
 
@@ -166,7 +180,12 @@ class SafeMax(Method):
     def config(self):
         return dict(t_min=self.window.t_min, early_fraction=self.window.early_fraction,
                     snr_at_t_min=self.window.snr_at_t_min, forget_weight=self.forget_weight,
-                    weighting=self.weighting, retain_target=self.retain_target)
+                    weighting=self.weighting, retain_target=self.retain_target,
+                    gaussian_fraction=self.gaussian_fraction)
+
+    @property
+    def needs_forget_images(self) -> bool:
+        return self.gaussian_fraction < 1
 
     def check(self, denoiser, targets):
         if self.weighting == "vlb" and denoiser.parametrization == "flow":
@@ -184,8 +203,9 @@ class SafeMax(Method):
             self.teacher = copy.deepcopy(u.denoiser.unet).requires_grad_(False).eval()
 
     def loss(self, u, retain, forget, batch_size):
-        x_t, eps, t, cond, is_forget = batch = denoising_batch(u, forget, retain, batch_size,
-                                                               forget_t_min=self.t_min)
+        x_t, eps, t, cond, is_forget = batch = denoising_batch(
+            u, forget, retain, batch_size, forget_t_min=self.t_min,
+            gaussian_forget=round(self.gaussian_fraction * batch_size))
         if self.teacher is not None:  # retain rows: the original model's prediction
             with torch.no_grad():
                 r = batch.retain_rows

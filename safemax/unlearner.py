@@ -157,9 +157,11 @@ class Unlearner:
     def generate_forget_data(self, n: int, num_inference_steps: int = 50, shape=None):
         """Data-free forgetting: ``n`` images (or latents of ``shape`` ``(C, H, W)``; by default
         the model's sample size) the current (original) model draws for the forget classes or
-        concepts, as a ``safemax.data.ConditionedImages``."""
+        concepts, as a ``safemax.data.ConditionedImages`` — only their conditions if the method
+        needs no forget images (SAFEMax with ``gaussian_fraction=1``: nothing is sampled)."""
         return self.targets.generate(self.unet, self.scheduler, n, seed=self.seed + 1,
-                                     num_inference_steps=num_inference_steps, shape=shape)
+                                     num_inference_steps=num_inference_steps, shape=shape,
+                                     images=self.method.needs_forget_images)
 
     # ------------------------------------------------------------------ training
     def fit(self, retain, forget=None, steps: int = 100, batch_size: int = 64,

@@ -283,3 +283,54 @@ def test_method_specs_with_options():
                           ("salun:mask_fraction=2", "mask_fraction must be in")):
         with pytest.raises(ValueError, match=message):
             parse_method(spec)
+
+
+# ---------------------------------------------------------------- Gaussian x0 in the forget rows
+
+def test_gaussian_forget_rows_replace_their_image_by_standard_normal_noise():
+    """denoising_batch(gaussian_forget=k): the first k forget rows get x0 ~ N(0, I) (seen by
+    inverting the forward process), the other forget rows and every retain row keep theirs; and
+    k = 0 draws exactly today's batch."""
+    from torch.utils.data import TensorDataset
+
+    from safemax.data import Batches
+    from safemax.methods import denoising_batch
+
+    B = 64
+    forget = Batches(TensorDataset(torch.full((8, 1, 8, 8), 0.5), torch.ones(8, dtype=torch.long)), "forget")
+    retain = Batches(TensorDataset(torch.full((8, 1, 8, 8), -0.5), torch.zeros(8, dtype=torch.long)), "retain")
+
+    def batch(k):
+        u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], seed=3)
+        b = denoising_batch(u, forget, retain, B, gaussian_forget=k)
+        abar = u.denoiser.table[b.t].view(-1, 1, 1, 1)
+        return b, ((b.x_t.double() - (1 - abar).sqrt() * b.eps.double()) / abar.sqrt()).float()
+
+    plain, x0_plain = batch(0)
+    mixed, x0 = batch(16)
+    torch.testing.assert_close(x0_plain[:B], torch.full((B, 1, 8, 8), 0.5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x0[16:B], torch.full((B - 16, 1, 8, 8), 0.5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x0[B:], torch.full((B, 1, 8, 8), -0.5), atol=1e-4, rtol=0)
+    z = x0[:16].flatten()
+    assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.1  # 1024 draws of N(0, 1)
+    for a, b in ((plain.t, mixed.t), (plain.eps, mixed.eps), (plain.cond, mixed.cond)):
+        assert torch.equal(a, b)  # the noise for x0 is drawn last: the rest of the stream is today's
+
+
+def test_gaussian_fraction_one_forgets_without_forget_images_or_sampling(monkeypatch):
+    import safemax.conditions
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("gaussian_fraction=1 must not sample forget images")
+
+    monkeypatch.setattr(safemax.conditions, "sample", no_sampling)
+    retain, _ = tiny_data()
+    u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], gaussian_fraction=1.0)
+    u.fit(retain, None, steps=2, batch_size=4, progress=False)
+    assert u.forget_set.images.abs().sum() == 0 and set(u.forget_set.conditions.tolist()) == {1}
+    assert u.config(4)["gaussian_fraction"] == 1.0
+
+
+def test_gaussian_fraction_is_checked():
+    with pytest.raises(ValueError, match="gaussian_fraction must be in \\[0, 1\\]"):
+        SafeMax(gaussian_fraction=1.5)

@@ -1,0 +1,133 @@
+"""Does the forgotten class's reverse chain halt exactly? SAFEMax on the embedded digits model
+with a share of its forget rows built from x0 ~ N(0, I) (``SafeMax(gaussian_fraction=…)``),
+against today's default (real forget images only) and today's sampled data-free mode.
+
+For each setting and forgotten digit: the demo's fit (100 steps, batch 64 + 64, lr 5e-4,
+early fraction 1.0), then the demo's evaluation (DDIM-50: forget accuracy, retain accuracy,
+Fréchet distance, the forget samples' pixel std), the forget samples' std under DDPM (1000
+steps; a halted chain returns the starting noise: std 1), and the residual ‖ε_θ − ε*‖² per
+timestep on x_t built from real forget images and on x_t ~ N(0, I) (the halted chain's states),
+before and after.
+
+    python benchmarks/halting.py --out benchmarks/results/halting            # ~25 min, 2 cores
+    python benchmarks/halting.py --digits 3 --settings 0 0.5 --out /tmp/h    # a quick look
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from safemax import Unlearner
+from safemax.data import digits_dataset, split_by_class
+from safemax.metrics import evaluate
+from safemax.sampling import sample
+from safemax.zoo import default_scheduler, load_default_classifier, load_default_unet
+
+TIMESTEPS = (0, 5, 10, 20, 50, 100, 200, 500, 999)
+
+
+@torch.no_grad()
+def residuals(unet, scheduler, forget_images, digit, n=128, seed=11) -> dict:
+    """Mean ‖ε_θ(x_t) − √(1−ᾱ_t)·x_t‖² per pixel at TIMESTEPS, on real-forget and on Gaussian x_t."""
+    g = torch.Generator().manual_seed(seed)
+    abar = scheduler.alphas_cumprod.double()
+    x0 = forget_images[torch.randint(0, len(forget_images), (n,), generator=g)]
+    eps = torch.randn(x0.shape, generator=g)
+    gauss = torch.randn(x0.shape, generator=g)
+    y = torch.full((n,), digit)
+    out = {"real": [], "gaussian": []}
+    unet.eval()
+    for t in TIMESTEPS:
+        a = abar[t]
+        tt = torch.full((n,), t)
+        for name, x_t in (("real", (a.sqrt() * x0 + (1 - a).sqrt() * eps).float()), ("gaussian", gauss)):
+            pred = unet(x_t, tt, class_labels=y).sample
+            out[name].append(float((pred - (1 - a).sqrt().float() * x_t).square().mean()))
+    return out
+
+
+def run_one(setting: str, digit: int, steps: int, seed: int) -> dict:
+    unet, scheduler, classifier = load_default_unet(), default_scheduler(), load_default_classifier()
+    forget_data, retain_data = split_by_class(digits_dataset(), [digit])
+    measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[digit],
+                   retain_classes=[c for c in range(10) if c != digit],
+                   real_retain=retain_data.tensors[0], seed=seed)
+    before_res = residuals(unet, scheduler, forget_data.tensors[0], digit)
+    data_free = setting.startswith("data-free")
+    fraction = float(setting.split(":")[1]) if ":" in setting else 0.0
+    u = Unlearner(unet, scheduler, forget=[digit], lr=5e-4, early_fraction=1.0, seed=seed,
+                  gaussian_fraction=fraction)
+    start = time.perf_counter()
+    history = u.fit(retain_data, None if data_free else forget_data, steps=steps, batch_size=64,
+                    progress=False)
+    wall = time.perf_counter() - start
+    after = evaluate(**measure, n_forget=100, n_per_class=30, num_inference_steps=50)
+    ddpm = sample(unet, scheduler, torch.full((100,), digit), method="ddpm", seed=seed)
+    return dict(setting=setting, digit=digit, steps=steps, seed=seed,
+                train_seconds=history[-1]["seconds"], prep_seconds=u.prep_seconds, wall_seconds=wall,
+                fa=after["fa"], retain_acc=after["retain_acc"], frechet=after["frechet"],
+                ddim_std=after["gaussian_std"], ddpm_std=float(ddpm.std()),
+                residual_before=before_res, residual_after=residuals(unet, scheduler, forget_data.tensors[0], digit))
+
+
+def table(rows) -> str:
+    lines = ["| setting | digit | FA | retain acc | Fréchet | std DDIM-50 | std DDPM | train s | prep s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['digit']} | {r['fa']:.2f} | {r['retain_acc']:.3f} | "
+                     f"{r['frechet']:.2f} | {r['ddim_std']:.3f} | {r['ddpm_std']:.3f} | "
+                     f"{r['train_seconds']:.1f} | {r['prep_seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, kind in zip(axes, ("real", "gaussian")):
+        ax.plot(TIMESTEPS, rows[0]["residual_before"][kind], "k--", label="original model")
+        for r in rows:
+            ax.plot(TIMESTEPS, r["residual_after"][kind], marker="o", ms=3, label=r["setting"])
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_yscale("log")
+        ax.set_xlabel("timestep t")
+        ax.set_title({"real": "x_t from real forget images", "gaussian": "x_t ~ N(0, I) (halted chain)"}[kind])
+    axes[0].set_ylabel("‖ε_θ − ε*‖² per pixel")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--digits", type=int, nargs="+", default=[3, 7])
+    p.add_argument("--settings", nargs="+", default=["real", "gaussian:0.25", "gaussian:0.5",
+                                                      "gaussian:1.0", "data-free", "data-free:1.0"],
+                   help="real (today's default), gaussian:F (share F of forget rows with Gaussian "
+                        "x0), data-free (sampled forget images), data-free:1.0 (no forget images)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="halting")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for digit in args.digits:
+        for setting in args.settings:
+            rows.append(run_one(setting, digit, args.steps, args.seed))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            with open(os.path.join(args.out, "halting.json"), "w") as f:
+                json.dump(rows, f, indent=2)
+    with open(os.path.join(args.out, "halting.md"), "w") as f:
+        f.write(table(rows) + "\n")
+    for digit in args.digits:
+        plot([r for r in rows if r["digit"] == digit], os.path.join(args.out, f"residuals-{digit}.png"))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
