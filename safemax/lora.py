@@ -104,6 +104,11 @@ def add_adapter(model, config, seed: int) -> None:
             _peft().inject_adapter_in_model(config, model, ADAPTER)
     for name, p in model.named_parameters():  # only the adapter trains
         p.requires_grad_("lora_" in name)
+        # on 16-bit base weights the adapter trains in float32 (diffusers' LoRA scripts'
+        # cast_training_params): Adam's updates are far below bf16's resolution; peft casts the
+        # adapter's input up and its output back to the base layer's dtype
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
 
 
 def _tuner_layers(model):

@@ -272,3 +272,18 @@ def test_dit_trains_an_adapter_and_saves_merged(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(x, t, class_labels=y).sample,
                                    u.unet(x, t, class_labels=y).sample, rtol=1e-5, atol=1e-5)
+
+
+def test_an_adapter_on_bf16_weights_trains_in_float32():
+    """As diffusers' LoRA scripts do (cast_training_params): the base stays bf16, the adapter and
+    hence Adam's state are float32, and a fit runs and moves the adapter."""
+    retain, forget = tiny_data()
+    unet = tiny_unet().to(torch.bfloat16)
+    u = Unlearner(unet, tiny_scheduler(), [1], lr=1e-2, lora_rank=2)
+    trainable = [p for _, p in u.trainable()]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert all(p.dtype == torch.bfloat16 for n, p in unet.named_parameters() if "lora_" not in n)
+    before = [p.detach().clone() for p in trainable]
+    u.fit(retain, forget, steps=2, batch_size=4, progress=False)
+    assert all(torch.isfinite(p).all() for p in trainable)
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainable))
