@@ -33,7 +33,9 @@ fit frees its gradients), "step peak" the rise of the peak RSS during it (gradie
 autocast's low-precision weight copies), read from /proc with the peak reset (clear_refs) after
 returning freed heap to the OS (malloc_trim); "base" is the RSS of the process before the model
 was built (Python, torch, diffusers). CUDA: torch.cuda.max_memory_allocated the same way (base 0).
-Every row also carries the computed weight side (``memory_accounting.weight_side``).
+Every row also carries the computed weight side (``memory_accounting.weight_side``) and the
+seconds to build the model, to make the Unlearner (the original's SHA-256 digest, the teacher
+copy, the adapter) and to take the warm-up step.
 """
 import argparse
 import ctypes
@@ -136,18 +138,24 @@ def measure(model: str, mixed_precision, checkpointing: bool, device: str, laten
     else:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         base = _rss_kib("VmRSS") * 1024
+    start = time.perf_counter()
     unet, scheduler, forget, retain, forget_data = _build(model, latent, batch, device, weights)
     unet.to(device)
+    build_seconds = time.perf_counter() - start
     params = sum(p.numel() for p in unet.parameters())
     extra = dict(lora_rank=lora_rank) if lora_rank else {}
     if retain_target != "distill":
         extra["retain_target"] = retain_target
+    start = time.perf_counter()  # the Unlearner: the original's digest, the teacher, the adapter
     u = Unlearner(unet, scheduler, forget=forget, lr=1e-5, mixed_precision=mixed_precision,
                   gradient_checkpointing=checkpointing, **extra)
+    unlearner_seconds = time.perf_counter() - start
     if weights != "fp32":  # a float32 adapter on 16-bit weights (diffusers' cast_training_params)
         for _, p in u.trainable():
             p.data = p.data.float()
+    start = time.perf_counter()
     u.fit(retain, forget_data, steps=1, batch_size=batch, progress=False)  # warm-up: Adam state
+    warmup_seconds = time.perf_counter() - start
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -169,7 +177,8 @@ def measure(model: str, mixed_precision, checkpointing: bool, device: str, laten
                 batch=batch, rows=2 * batch, resident_gib=resident / 2**30,
                 step_peak_gib=(peak - resident) / 2**30, peak_gib=peak / 2**30, step_seconds=seconds,
                 loss=u.history[-1]["loss"], base_gib=base / 2**30,
-                trainable=sum(p.numel() for _, p in u.trainable()))
+                trainable=sum(p.numel() for _, p in u.trainable()), build_seconds=build_seconds,
+                unlearner_seconds=unlearner_seconds, warmup_seconds=warmup_seconds)
 
 
 def options_label(r) -> str:
