@@ -236,13 +236,87 @@ def table(specs, options=OPTIONS) -> tuple:
     return rows, lines
 
 
+# ------------------------------------------------------------------------- which GPU fits
+GPUS = (24, 40, 80, 140)  # GiB: 24 GB cards, A100 40 GB, A100/H100 80 GB, H200 (141 GB = 140 GiB)
+RESERVE = 1.0  # GiB kept free for the CUDA context, cuBLAS workspaces and fragmentation
+# (label, memory.py config, lora_rank, weights, retain_target): the options of the fit table
+FIT_OPTIONS = [
+    ("full, bf16 autocast + checkpointing", "bf16 + checkpointing", 0, "fp32", "distill"),
+    ('full, bf16 autocast + checkpointing, retain_target="noise"', "bf16 + checkpointing", 0, "fp32", "noise"),
+    ("LoRA r=16, fp32 weights, bf16 autocast + checkpointing", "bf16 + checkpointing", 16, "fp32", "distill"),
+    ("LoRA r=16, bf16 weights", "fp32", 16, "bf16", "distill"),
+    ("LoRA r=16, bf16 weights, checkpointing", "fp32 + checkpointing", 16, "bf16", "distill"),
+]
+MIXED = {"fp32": None, "bf16": "bf16", "fp16": "fp16"}  # a memory.py config's autocast
+
+
+def _key(r):
+    return (r.get("config"), r.get("lora_rank") or 0, r.get("weights", "fp32"),
+            r.get("retain_target", "distill"))
+
+
+def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE) -> list:
+    """Markdown lines of the table "which model fits which GPU with which options".
+
+    ``measured``: rows of ``memory.py --device cuda`` (memory.json). A cell is ✓ or ✗ by the
+    measured peak (+ ``reserve``) where a run of that model and option at ``latent``/``batch``
+    exists; otherwise ✗ where the computed weight side alone (+ reserve) exceeds the GPU — exact,
+    whatever the activations — and "?" where it fits and the activations decide."""
+    lines = ["| model | option | computed: before activations GiB | measured peak GiB | "
+             + " | ".join(f"{g} GiB" for g in gpus) + " |",
+             "| --- | --- | ---: | ---: |" + " :---: |" * len(gpus)]
+    for spec in models:
+        model = build(spec)
+        c = counts(model)
+        runs = {_key(r): r for r in measured if r.get("model") == spec and r.get("latent") == latent
+                and r.get("batch") == batch and r.get("device") == "cuda" and "error" not in r}
+        options = list(FIT_OPTIONS) + [  # and any other option measured at this size
+            (None, k[0], k[1], k[2], k[3]) for k in runs
+            if k not in {(o[1], o[2], o[3], o[4]) for o in FIT_OPTIONS}]
+        for label, config, rank, weights, target in options:
+            mp = MIXED[config.split()[0]]
+            w = weight_side(spec, rank or None, weights, target, mp, _counts=c,
+                            _lora=lora_counts(model, rank) if rank else None)
+            before = w["step_without_activations_bytes"] / 2 ** 30
+            run = runs.get((config, rank, weights, target))
+            peak = run["peak_gib"] if run else None
+            cells = []
+            for g in gpus:
+                if peak is not None:
+                    cells.append("✓" if peak + reserve <= g else "✗")
+                else:
+                    cells.append("✗" if before + reserve > g else "?")
+            if label is None:
+                label = f"{config}, " + (f"LoRA r={rank}, {weights} weights" if rank else "full")
+                label += f", retain_target={target}" if target != "distill" else ""
+            lines.append(f"| {spec} | {label} | {before:.1f} | {f'{peak:.1f}' if peak is not None else '—'} | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["sd", *LARGE],
-                   help="model specs: sd, sdxl, sd3-medium, flux-dev, or a depth-reduced NAME/DEPTH")
-    p.add_argument("--out", default=None, help="write weight_side.json and weight_side.md here")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="model specs: sd, sdxl, sd3-medium, flux-dev, or a depth-reduced NAME/DEPTH "
+                        "(default: sd and the three large ones; with --fits the large ones)")
+    p.add_argument("--fits", nargs="*", metavar="MEMORY_JSON",
+                   help="print the which-GPU-fits table instead, from these measured memory.json "
+                        "files of GPU runs (none: from the computed weight side alone)")
+    p.add_argument("--latent", type=int, default=128, help="--fits: the latent size judged (default 128)")
+    p.add_argument("--batch", type=int, default=1, help="--fits: forget rows per step judged (default 1)")
+    p.add_argument("--out", default=None, help="write weight_side.json/.md (or fits.md) here")
     args = p.parse_args()
-    rows, lines = table(args.models)
+    if args.fits is not None:
+        measured = [r for path in args.fits for r in json.load(open(path))]
+        lines = fits(measured, tuple(args.models or LARGE), args.latent, args.batch)
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "fits.md"), "w") as f:
+                f.write(text)
+        return
+    rows, lines = table(args.models or ["sd", *LARGE])
     text = "\n".join(["All figures GiB (2^30 bytes), computed (exact) from meta-device models.", "",
                       *lines]) + "\n"
     print(text)

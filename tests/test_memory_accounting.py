@@ -94,3 +94,15 @@ def test_published_sizes():
     assert acc.counts(acc.build("sd3-medium"))["params"] == 2_028_328_000
     assert acc.counts(acc.build("flux-dev"))["params"] == 11_901_408_320
     assert acc.counts(acc.build("sd3-medium/2"))["params"] < 2_028_328_000 / 8
+
+
+def test_fit_table_is_exact_where_the_weights_decide_and_measured_elsewhere():
+    lines = acc.fits([], models=("flux-dev",))
+    full = next(x for x in lines if "| full, bf16 autocast + checkpointing |" in x)
+    assert full.endswith("| ✗ | ✗ | ✗ | ✗ |")  # 244 GiB before any activation
+    lora = next(x for x in lines if "| LoRA r=16, bf16 weights |" in x)
+    assert lora.endswith("| ? | ? | ? | ? |")  # 22.4 GiB of weights: the activations decide
+    run = dict(model="flux-dev", latent=128, batch=1, device="cuda", config="fp32", lora_rank=16,
+               weights="bf16", retain_target="distill", peak_gib=30.0)
+    lora = next(x for x in acc.fits([run], models=("flux-dev",)) if "| LoRA r=16, bf16 weights |" in x)
+    assert lora.endswith("| ✗ | ✓ | ✓ | ✓ |") and "| 30.0 |" in lora
