@@ -294,6 +294,25 @@ def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE
     return lines
 
 
+def validate(measured) -> list:
+    """Markdown lines comparing each measured run's resident memory (minus the process's own
+    base) with the computed resident weight side it carries (``memory.py`` rows)."""
+    gib = 2 ** 30
+    lines = ["| model | config | rows × size | computed resident GiB | measured resident − base GiB | "
+             "difference GiB |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in measured:
+        if "error" in r or not r.get("computed") or "base_gib" not in r:
+            continue
+        c = r["computed"]["resident_bytes"] / gib
+        m = r["resident_gib"] - r["base_gib"]
+        opts = [r["config"]] + ([f"LoRA r={r['lora_rank']}"] if r.get("lora_rank") else ["full"])
+        opts += [f"{r['weights']} weights"] if r.get("weights", "fp32") != "fp32" else []
+        opts += [f"retain_target={r['retain_target']}"] if r.get("retain_target", "distill") != "distill" else []
+        lines.append(f"| {r['model']} | {', '.join(opts)} | {r['rows']} × {r['latent']}² | {c:.2f} | "
+                     f"{m:.2f} | {m - c:+.2f} |")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=None,
@@ -302,10 +321,15 @@ def main():
     p.add_argument("--fits", nargs="*", metavar="MEMORY_JSON",
                    help="print the which-GPU-fits table instead, from these measured memory.json "
                         "files of GPU runs (none: from the computed weight side alone)")
+    p.add_argument("--validate", nargs="+", metavar="MEMORY_JSON",
+                   help="print measured resident memory against the computed, from memory.json files")
     p.add_argument("--latent", type=int, default=128, help="--fits: the latent size judged (default 128)")
     p.add_argument("--batch", type=int, default=1, help="--fits: forget rows per step judged (default 1)")
     p.add_argument("--out", default=None, help="write weight_side.json/.md (or fits.md) here")
     args = p.parse_args()
+    if args.validate:
+        print("\n".join(validate([r for path in args.validate for r in json.load(open(path))])))
+        return
     if args.fits is not None:
         measured = [r for path in args.fits for r in json.load(open(path))]
         lines = fits(measured, tuple(args.models or LARGE), args.latent, args.batch)
