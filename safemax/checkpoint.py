@@ -95,8 +95,11 @@ def save_fit(u, checkpoint_dir: str, batch_size: int) -> None:
         return
     os.makedirs(checkpoint_dir, exist_ok=True)
     extra = {f"method.{k}": v for k, v in u.method.state().items()}
-    if u.forget_set is not None:
-        extra.update(forget_images=u.forget_set.tensors[0], forget_labels=u.forget_set.tensors[1])
+    if u.forget_set is not None:  # conditions: a tensor, or a dict saved key by key
+        conds = u.forget_set.conditions
+        extra["forget_images"] = u.forget_set.images
+        extra.update({f"forget_labels.{k}": v for k, v in conds.items()} if isinstance(conds, dict)
+                     else {"forget_labels": conds})
     meta = dict(step=u.step, history=u.history, config=u.config(batch_size),
                 original_sha256=u.original_digest, prep_seconds=u.prep_seconds,
                 grad_scaler=u.scaler_state())
@@ -108,7 +111,7 @@ def save_fit(u, checkpoint_dir: str, batch_size: int) -> None:
 def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
     """Restore an Unlearner's fit state from ``checkpoint_dir``; False if there is no checkpoint.
     Refuses a checkpoint of other settings or of another original model."""
-    from torch.utils.data import TensorDataset
+    from .data import ConditionedImages
 
     path = os.path.join(checkpoint_dir, FILENAME)
     if not os.path.exists(path):
@@ -128,5 +131,6 @@ def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
     u.resumed_scaler_state = meta.get("grad_scaler")
     u.method.load_state({k[len("method."):]: v for k, v in extra.items() if k.startswith("method.")}, u)
     if "forget_images" in extra:
-        u.forget_set = TensorDataset(extra["forget_images"], extra["forget_labels"])
+        parts = {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("forget_labels.")}
+        u.forget_set = ConditionedImages(extra["forget_images"], parts or extra["forget_labels"])
     return True

@@ -4,7 +4,9 @@ given, and the data-free forget set the original model generates."""
 import torch
 from torch.utils.data import TensorDataset
 
-from .data import Batches, balanced_labels
+from . import rows
+from .data import Batches, ConditionedImages, balanced_labels
+from .families import cross_attention_width, family_of, supported
 from .sampling import sample
 
 
@@ -39,54 +41,47 @@ def class_ids(forget, num_classes) -> list:
     return sorted(set(forget))
 
 
-def cross_attention_width(unet):
-    """The prompt-embedding width D a text-conditional UNet takes (None if it takes none)."""
-    width = getattr(unet.config, "cross_attention_dim", None)
-    if isinstance(width, (list, tuple)):
-        if len(set(width)) != 1:
-            raise ValueError(f"cross_attention_dim differs per block ({width}): not supported")
-        width = width[0]
-    return width
-
-
-def concepts(forget: dict, unet) -> dict:
-    """Validate text concepts ``{name: prompt embeddings [L, D] or [N, L, D]}`` → ``[N, L, D]``."""
-    width = cross_attention_width(unet)
-    if width is None:
-        raise ValueError("forget was given as prompt embeddings, but the model has no "
-                         "cross_attention_dim: a concept needs a text-conditional UNet "
-                         "(UNet2DConditionModel); forget classes by id instead")
+def concepts(forget: dict, family) -> dict:
+    """Validate text concepts ``{name: condition}`` for the model's family → ``{name: rows}``
+    (one or N rows each: a prompt embedding ``[L, D]`` / ``[N, L, D]``, or a text family's dict)."""
+    if family.text is False or (family.text is None and cross_attention_width(family.config) is None):
+        raise ValueError("forget was given as prompt embeddings, but the model is class-conditional "
+                         f"({family.title}): forget classes by id instead, or give a text model "
+                         f"({supported()})")
     if not forget:
         raise ValueError("forget is empty: name at least one concept")
     out = {}
-    for name, emb in forget.items():
+    for name, cond in forget.items():
         if not isinstance(name, str):
             raise ValueError(f"concept names must be strings, got {name!r}")
-        emb = torch.as_tensor(emb)
-        if not emb.is_floating_point() or emb.dim() not in (2, 3) or emb.shape[-1] != width:
-            raise ValueError(f"concept {name!r}: prompt embeddings must be a float tensor [L, {width}] "
-                             f"or [N, L, {width}] (the UNet's cross_attention_dim), got "
-                             f"{tuple(emb.shape)} {emb.dtype}; build them with "
-                             "safemax.stable_diffusion.prompt_embeddings(pipe, prompts)")
-        if not torch.isfinite(emb).all():
-            raise ValueError(f"concept {name!r}: prompt embeddings contain NaN or Inf")
-        out[name] = (emb if emb.dim() == 3 else emb.unsqueeze(0)).detach().float().cpu()
-    lengths = {e.shape[1] for e in out.values()}
-    if len(lengths) != 1:
-        raise ValueError(f"all concepts' embeddings need the same length L, got {sorted(lengths)}")
+        out[name] = family.condition_rows(cond, f"concept {name!r}")
+    forms = {_form(c) for c in out.values()}
+    if len(forms) != 1:
+        raise ValueError("all concepts need conditions of the same form and prompt length L "
+                         "(pad or truncate prompts to the same length, as the pipelines do), got "
+                         + "; ".join(f"{n}: {rows.describe(c)}" for n, c in out.items()))
     return out
+
+
+def _form(cond):
+    """What must agree for rows to be batched together: keys and per-row shapes."""
+    if isinstance(cond, dict):
+        return tuple(sorted((k, tuple(v.shape[1:])) for k, v in cond.items()))
+    return tuple(cond.shape[1:])
 
 
 class ForgetTargets:
     """The classes or concepts to forget, validated against the model.
 
-    ``ids``: sorted class ids, or the concept names; ``concepts``: ``{name: [N, L, D]}`` or None;
-    ``num_classes``: the model's class count (None for a text-conditional model).
+    ``ids``: sorted class ids, or the concept names; ``concepts``: ``{name: rows}`` (prompt
+    embeddings ``[N, L, D]`` or a text family's dict with N rows) or None; ``num_classes``: the
+    model's class count (None for a text-conditional model); ``family``: how the model is called.
     """
 
     def __init__(self, forget, unet):
-        if isinstance(forget, dict):  # text concepts: prompt embeddings
-            self.concepts, self.num_classes = concepts(forget, unet), None
+        self.family = family_of(unet)
+        if isinstance(forget, dict):  # text concepts
+            self.concepts, self.num_classes = concepts(forget, self.family), None
             self.ids = list(self.concepts)
         else:
             self.concepts, self.num_classes = None, class_count(unet)
@@ -98,16 +93,23 @@ class ForgetTargets:
         return [] if self.num_classes is None else \
             [c for c in range(self.num_classes) if c not in self.ids]
 
-    def generate(self, unet, scheduler, n: int, seed: int, num_inference_steps: int = 50) -> TensorDataset:
-        """Data-free forgetting: ``n`` images (or latents) ``unet`` (the original model) draws for
-        the forget classes or concepts (plain conditional sampling), as ``(image, condition)``."""
+    def generate(self, unet, scheduler, n: int, seed: int, num_inference_steps: int = 50,
+                 shape=None):
+        """Data-free forgetting: ``n`` images (or latents, of ``shape`` ``(C, H, W)``; by default
+        the model's sample size) ``unet`` (the original model) draws for the forget classes or
+        concepts (plain conditional sampling), as ``(image, condition)`` items."""
         if self.concepts is not None:
-            prompts = torch.cat(list(self.concepts.values()))
-            conds = prompts[torch.arange(n) % len(prompts)]
+            prompts = rows.cat(list(self.concepts.values()))
+            conds = rows.take(prompts, torch.arange(n) % rows.count(prompts))
         else:
             conds = balanced_labels(self.ids, n)
-        images = sample(unet, scheduler, conds, num_inference_steps=num_inference_steps, seed=seed)
-        return TensorDataset(images, conds)
+        images = sample(unet, scheduler, conds, num_inference_steps=num_inference_steps, seed=seed,
+                        shape=shape)
+        return ConditionedImages(images, conds)
+
+    def form(self, cond):
+        """A batch of conditions in the model family's one form (``Batches`` apply it)."""
+        return self.family.canonical(cond)
 
     def check_data(self, retain: Batches, forget: Batches, in_channels: int):
         """Raise, before any step, if the fit's data do not fit the model and the targets."""
@@ -121,15 +123,15 @@ class ForgetTargets:
         if images.shape[1] != in_channels:
             raise ValueError(f"retain images have {images.shape[1]} channels, the UNet takes "
                              f"{in_channels}" + (" (latents: encode images with "
-                             "safemax.stable_diffusion.encode_images)" if self.concepts else ""))
+                             "safemax.pipelines.encode_images)" if self.concepts else ""))
 
     def _check_class_data(self, retain: Batches, forget: Batches):
         for batches in (retain, forget):
             if batches is None:
                 continue
             _, cond = batches.peek()
-            if cond.is_floating_point():
-                raise ValueError(f"{batches.name} data yield prompt embeddings {list(cond.shape[1:])}, "
+            if not rows.is_class_ids(cond):
+                raise ValueError(f"{batches.name} data yield text conditions ({rows.describe(cond)}), "
                                  "but this model is class-conditional: give class ids")
         labels = retain.labels()
         if labels is not None:
@@ -149,13 +151,17 @@ class ForgetTargets:
                                  f"forgotten ({self.ids})")
 
     def _check_text_data(self, retain: Batches, forget: Batches):
-        shape = next(iter(self.concepts.values())).shape[1:]
+        want = _form(next(iter(self.concepts.values())))
+        example = rows.describe(rows.take(next(iter(self.concepts.values())), slice(0, 1)))
         for batches in (retain, forget):
             if batches is None:
                 continue
             _, cond = batches.peek()
-            if not cond.is_floating_point() or tuple(cond.shape[1:]) != tuple(shape):
+            if rows.is_class_ids(cond):
+                raise ValueError(f"{batches.name} data must yield (latent, condition) items like the "
+                                 f"concepts' {example} for this text-conditional model, got class ids")
+            checked = self.family.condition_rows(cond, f"{batches.name} data")
+            if _form(checked) != want:
                 raise ValueError(
-                    f"{batches.name} data must yield (latent, prompt embeddings {list(shape)}) for "
-                    f"this text-conditional UNet, got conditions of shape {list(cond.shape[1:])} "
-                    f"{cond.dtype}")
+                    f"{batches.name} data must yield (latent, condition) items of the concepts' form "
+                    f"{example} (per row), got {rows.describe(cond)}")

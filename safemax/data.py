@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from . import rows
+
 NUM_DIGITS = 10
 
 
@@ -17,6 +19,23 @@ def digits_dataset(size: int = 16) -> TensorDataset:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 2 - 1).contiguous()
     return TensorDataset(images, torch.tensor(bunch.target, dtype=torch.int64))
+
+
+class ConditionedImages(Dataset):
+    """``images [N, C, H, W]`` with one condition per image — class ids ``[N]``, prompt
+    embeddings ``[N, L, D]`` or a text family's dict of N-row tensors — as ``(image, condition)``
+    items (a ``TensorDataset`` that also holds dict conditions)."""
+
+    def __init__(self, images: torch.Tensor, conditions):
+        if rows.count(conditions) != len(images):
+            raise ValueError(f"{len(images)} images but {rows.count(conditions)} conditions")
+        self.images, self.conditions = images, conditions
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], rows.take(self.conditions, i)
 
 
 def balanced_labels(classes, n: int) -> torch.Tensor:
@@ -92,6 +111,10 @@ class ImageFolder(Dataset):
 IMAGE_KEYS = ("image", "images", "pixel_values", "latent", "latents", "x", "input")
 CONDITION_KEYS = ("label", "labels", "class_labels", "class", "y", "prompt_embeds",
                   "encoder_hidden_states", "condition")
+# A text family's condition parts, by the pipelines' names (see safemax.families): an item with
+# any of these besides prompt_embeds has a dict condition made of all of them.
+PIPELINE_KEYS = ("prompt_embeds", "pooled_prompt_embeds", "add_time_ids", "prompt_attention_mask",
+                 "guidance", "resolution", "aspect_ratio")
 
 
 def is_map_style(data) -> bool:
@@ -104,8 +127,16 @@ def is_map_style(data) -> bool:
 def split_item(item, what: str = "item"):
     """``(image, condition)`` of one data-set item or one batch: a pair, or a dict with an image
     key (``image``, ``pixel_values``, ``latents``, …) and a condition key (``label``,
-    ``prompt_embeds``, …)."""
+    ``prompt_embeds``, …) — or several of a text family's keys (``prompt_embeds``,
+    ``pooled_prompt_embeds``, …), which together are the condition."""
     if isinstance(item, dict):
+        parts = [k for k in PIPELINE_KEYS if k in item]
+        if parts and parts != ["prompt_embeds"]:
+            image = next((k for k in IMAGE_KEYS if k in item), None)
+            if image is None:
+                raise ValueError(f"a dict {what} needs an image key (one of {', '.join(IMAGE_KEYS)}); "
+                                 f"got keys {sorted(item)}")
+            return item[image], {k: item[k] for k in parts}
         image = next((k for k in IMAGE_KEYS if k in item), None)
         cond = next((k for k in CONDITION_KEYS if k in item), None)
         if image is None or cond is None:
@@ -121,6 +152,10 @@ def split_item(item, what: str = "item"):
 
 
 def _shape(x) -> list:
+    if isinstance(x, dict):  # a text family's condition: its prompt embedding's shape
+        if "prompt_embeds" not in x:
+            raise ValueError(f"a dict condition needs 'prompt_embeds' (got keys {sorted(x)})")
+        x = x["prompt_embeds"]
     if isinstance(x, (int, float, np.integer, np.floating)):
         return []
     try:
@@ -138,14 +173,16 @@ class Batches:
 
     ``image_dim`` is the number of dimensions of one image (3: ``[C, H, W]``); the first item
     (or batch) is checked against it when the ``Batches`` is made, so that data of the wrong
-    form fails here with a message that names the expected one.
+    form fails here with a message that names the expected one. ``form`` puts each batch of
+    conditions in the model family's one form (``ForgetTargets.form``).
     """
 
-    def __init__(self, data, name: str, image_dim: int = 3):
+    def __init__(self, data, name: str, image_dim: int = 3, form=None):
         if data is None:
             raise ValueError(f"{name} data is None: give a data set of (image, condition) pairs or "
                              "an iterable of (images, conditions) batches")
         self.name, self.data, self.image_dim = name, data, image_dim
+        self.form = form or (lambda cond: cond)
         self.map_style = is_map_style(data)
         if self.map_style and len(data) == 0:
             raise ValueError(f"{name} data set is empty: give at least one (image, label) pair")
@@ -183,17 +220,22 @@ class Batches:
         if not self._buffer:
             self._fill()
         image, cond = self._buffer[0]
-        return _as_images(image[None], self.name), _as_conditions(cond[None])
+        return _as_images(image[None], self.name), self._conditions(rows.apply(lambda v: v[None], cond))
 
     def items(self, idx: torch.Tensor):
         """The items at indices ``idx`` of a map-style data set, as ``(images, conditions)``."""
         if isinstance(self.data, TensorDataset):
             images, conds = self.data.tensors[0][idx], self.data.tensors[1][idx]
+        elif isinstance(self.data, ConditionedImages):
+            images, conds = self.data.images[idx], rows.take(self.data.conditions, idx)
         else:
             items = [split_item(self.data[int(i)], f"item of the {self.name} data set") for i in idx]
             images = torch.stack([torch.as_tensor(im) for im, _ in items])
             conds = _stack_conditions([c for _, c in items])
-        return _as_images(images, self.name), _as_conditions(conds)
+        return _as_images(images, self.name), self._conditions(conds)
+
+    def _conditions(self, conds):
+        return self.form(rows.normalized(conds))
 
     def _fill(self):
         """Refill the buffer with the rows of the iterable's next batch (restarting it at its end)."""
@@ -216,11 +258,13 @@ class Batches:
                              f"conditions [N] or [N, L, D]), got images of shape {list(images.shape)}"
                              + hint)
         conds = _stack_conditions(conds)
-        if conds.dim() not in (1, 3) or conds.shape[0] != images.shape[0]:
+        dims = len(_shape(conds))
+        if dims not in (1, 3) or rows.count(conds) != images.shape[0]:
+            shapes = rows.describe(conds) if isinstance(conds, dict) else list(conds.shape)
             raise ValueError(f"{self.name} data: a batch of {images.shape[0]} images came with "
-                             f"conditions of shape {list(conds.shape)}; expected one class id ([N]) "
-                             "or one prompt embedding ([N, L, D]) per image")
-        self._buffer = list(zip(images, conds))
+                             f"conditions of shape {shapes}; expected one class id ([N]), one "
+                             "prompt embedding ([N, L, D]) or one row of a dict of conditions per image")
+        self._buffer = [(images[i], rows.take(conds, i)) for i in range(len(images))]
 
     def draw(self, n: int, generator: torch.Generator, local=None):
         """``n`` random items; ``local`` (the Unlearner's, under multi-process training) picks the
@@ -238,7 +282,7 @@ class Batches:
             images.append(im)
             conds.append(c)
         images = _as_images(torch.stack(images), self.name)
-        conds = _as_conditions(_stack_conditions(conds))
+        conds = self._conditions(_stack_conditions(conds))
         return (images, conds) if local is None else (local(images), local(conds))
 
 
@@ -249,19 +293,14 @@ def _as_images(images: torch.Tensor, name: str) -> torch.Tensor:
     return images.float()
 
 
-def _as_conditions(conds: torch.Tensor) -> torch.Tensor:
-    """Class ids as int64, prompt embeddings as float32."""
-    return conds.float() if conds.is_floating_point() else conds.long()
-
-
-def _stack_conditions(conds) -> torch.Tensor:
+def _stack_conditions(conds):
     """Class ids (ints, numpy or 0-dim tensors) → ``[N]`` int64; prompt embeddings ``[L, D]`` →
-    ``[N, L, D]``; a tensor (a batch's conditions) is returned as it is."""
+    ``[N, L, D]``; dicts of per-row tensors → a dict of batches; a tensor or a dict of tensors
+    (a batch's conditions) is returned as it is."""
     if torch.is_tensor(conds):
         return conds
+    if isinstance(conds, dict):
+        return {k: torch.as_tensor(v) for k, v in conds.items()}
     if isinstance(conds, (np.ndarray, int, np.integer)):
         return torch.as_tensor(conds)
-    conds = [torch.as_tensor(c) for c in conds]
-    if conds[0].dim() > 0:
-        return torch.stack(conds)
-    return torch.tensor([int(c) for c in conds])
+    return rows.stack(list(conds))

@@ -11,12 +11,14 @@ parametrization), so a model family or a parametrization differs only here:
 """
 import torch
 
-from . import schedule
-from .sampling import condition, epsilon_part
+from . import rows, schedule
+from .families import family_of
+from .sampling import epsilon_part
 
 
 def make_denoiser(unet, scheduler):
-    """The ``Denoiser`` for a model and its training scheduler."""
+    """The ``Denoiser`` for a model and its training scheduler (raises for a model family that
+    safemax cannot call, naming those it can)."""
     return FlowDenoiser(unet, scheduler) if schedule.is_flow(scheduler) else Denoiser(unet, scheduler)
 
 
@@ -33,6 +35,7 @@ class Denoiser:
 
     def __init__(self, unet, scheduler):
         self.unet, self.scheduler = unet, scheduler
+        self.family = family_of(unet)  # how the model is called (safemax.families)
         self.cpu_table = self._schedule(scheduler)
         self.num_train_timesteps = self.cpu_table.shape[0]
         self.model = unet
@@ -56,12 +59,14 @@ class Denoiser:
         return next(self.unet.parameters()).device
 
     def to_device(self, *tensors):
+        """On the model's device (tensors or batches of conditions)."""
         device = self.device()
-        return tuple(v.to(device) for v in tensors)
+        return tuple(rows.to(v, device) for v in tensors)
 
     @property
     def in_channels(self) -> int:
-        return self.unet.config.in_channels
+        """Channels of the images or latents the model denoises."""
+        return self.family.channels
 
     def _dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
@@ -77,12 +82,12 @@ class Denoiser:
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, model=None):
         """The prediction of ``model`` (default: ``self.model``) for conditions ``cond`` — class
-        ids ``[B]`` or prompt embeddings ``[B, L, D]`` — in x_t's dtype and the op's
-        parametrization (ε, whatever the model predicts: ε, v, or ε with a learned variance)."""
+        ids ``[B]``, prompt embeddings ``[B, L, D]`` or a text family's dict — in x_t's dtype and
+        the op's parametrization (ε, whatever the model predicts: ε, v, or ε with a learned
+        variance; a velocity for a flow model)."""
         model = self.model if model is None else model
-        if cond.is_floating_point():
-            cond = cond.to(x_t.dtype)
-        out = epsilon_part(model(x_t, self.model_time(t), **condition(cond)).sample, x_t.shape[1])
+        cond = rows.to(cond, x_t.device, x_t.dtype)
+        out = epsilon_part(self.family.call(model, x_t, self.model_time(t), cond), x_t.shape[1])
         return self._convert(out, x_t, t)
 
     def _convert(self, out, x_t, t):
@@ -111,7 +116,8 @@ class FlowDenoiser(Denoiser):
         return schedule.add_flow_noise(self.table, x0, t, eps, self._dtype())
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
-        return (self.table[t] * self.time_scale).to(torch.float32)
+        """T·σ_t, as the family's model takes it (Flux: σ_t)."""
+        return self.family.flow_input((self.table[t] * self.time_scale).to(torch.float32), self.time_scale)
 
     def _convert(self, out, x_t, t):
         return out.to(x_t.dtype)

@@ -10,13 +10,13 @@ trains, so Adam holds state for the adapter only; the adapter starts at B = 0, s
 starts exactly at the original, and the original itself — SAFEMax's distillation teacher — is
 the same model with its adapters switched off (``AdaptersOff``): no copy.
 
-``save`` writes what loads back: for a text-conditional UNet (Stable Diffusion) the pipeline's
-LoRA file (``pytorch_lora_weights.safetensors``, ``pipe.load_lora_weights(path)``); for another
-model with diffusers' LoRA support, the model's own ``save_lora_adapter`` file
-(``model.load_lora_adapter(path, prefix=None, use_safetensors=True)``); for a class-conditional
-``UNet2DModel`` or ``DiTTransformer2DModel`` (no diffusers LoRA loader) the merged model in
-diffusers format (``from_pretrained`` loads it) plus the adapter alone in peft format
-(``adapter_model.safetensors`` and ``adapter_config.json``).
+``save`` writes what loads back: for a model whose pipeline loads LoRA files (Stable Diffusion
+1.x/2.x, SDXL, SD3/3.5, Flux.1, Sana) the pipeline's LoRA file
+(``pytorch_lora_weights.safetensors``, ``pipe.load_lora_weights(path)``); for a model without
+a diffusers LoRA loader (PixArt, the class-conditional ``UNet2DModel`` and
+``DiTTransformer2DModel``) the merged model in diffusers format (``from_pretrained`` loads it)
+plus the adapter alone in peft format (``adapter_model.safetensors`` and ``adapter_config.json``,
+``peft.PeftModel.from_pretrained(base_model, path)``).
 """
 import contextlib
 import copy
@@ -164,21 +164,22 @@ def merged_copy(model):
 
 def save(model, config, path: str) -> str:
     """Write the adapter in the format that loads back (see the module's docstring); returns
-    a word for what was written: ``"pipeline"``, ``"adapter"`` or ``"merged"``."""
-    from diffusers import UNet2DConditionModel
+    a word for what was written: ``"pipeline"`` or ``"merged"``."""
+    import diffusers
     from safetensors.torch import save_file
 
+    from .families import family_of
+
     os.makedirs(path, exist_ok=True)
-    if isinstance(model, UNet2DConditionModel):
-        from diffusers import StableDiffusionPipeline
+    loader = family_of(model).lora_pipeline
+    if loader is not None:  # e.g. ("FluxPipeline", "transformer_lora_layers")
         from diffusers.utils import convert_state_dict_to_diffusers
-        StableDiffusionPipeline.save_lora_weights(
-            path, unet_lora_layers=convert_state_dict_to_diffusers(adapter_state(model)),
-            safe_serialization=True, unet_lora_adapter_metadata=config.to_dict())
+        pipeline, keyword = loader
+        getattr(diffusers, pipeline).save_lora_weights(
+            path, **{keyword: convert_state_dict_to_diffusers(adapter_state(model)),
+                     keyword.replace("_layers", "_adapter_metadata"): config.to_dict()},
+            safe_serialization=True)
         return "pipeline"
-    if hasattr(model, "save_lora_adapter"):
-        model.save_lora_adapter(path, adapter_name=ADAPTER, safe_serialization=True)
-        return "adapter"
     merged_copy(model).save_pretrained(path, safe_serialization=True)
     state = {k: v.detach().contiguous().cpu() for k, v in adapter_state(model).items()}
     save_file(state, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})

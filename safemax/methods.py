@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import TensorDataset
 
-from . import schedule
+from . import rows, schedule
 from .data import Batches, balanced_labels
 from .ops import safemax_loss
 from .sampling import sample
@@ -42,7 +42,7 @@ class Batch(NamedTuple):
     x_t: torch.Tensor
     eps: torch.Tensor
     t: torch.Tensor
-    cond: torch.Tensor
+    cond: object  # class ids, prompt embeddings or a dict of them (safemax.rows)
     is_forget: torch.Tensor
 
     @property
@@ -74,7 +74,7 @@ def denoising_batch(u, forget, retain, batch_size: int, forget_t_min: int = 0,
     eps = u.local(torch.randn((2 * B, *x0.shape[1:]), generator=g), parts=2)
     b = len(xf)
     is_forget = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
-    x0, eps, t, cond, is_forget = u.denoiser.to_device(x0, eps, t, torch.cat([yf, yr]), is_forget)
+    x0, eps, t, cond, is_forget = u.denoiser.to_device(x0, eps, t, rows.cat([yf, yr]), is_forget)
     x_t, eps = u.denoiser.noisy(x0, t, eps)
     return Batch(x_t, eps, t, cond, is_forget)
 
@@ -190,7 +190,7 @@ class SafeMax(Method):
             with torch.no_grad():
                 r = batch.retain_rows
                 eps = eps.clone()
-                eps[r] = u.denoiser.predict(x_t[r], t[r], cond[r], model=self.teacher)
+                eps[r] = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=self.teacher)
         pred = u.denoiser.predict(x_t, t, cond)
         loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.table, is_forget, self.t_min,
                                   self.forget_weight, self.weighting, u.denoiser.parametrization)
@@ -264,7 +264,7 @@ class SalUn(Method):
             pick = u.local(torch.randint(0, len(self.other_classes), (batch_size,), generator=u.generator))
             other, = u.denoiser.to_device(self.other_classes[pick])
         else:  # text concepts: the retain rows' prompts, a random draw of other concepts
-            other = cond[r]
+            other = rows.take(cond, r)
         with torch.no_grad():  # the random label's prediction is the target, not trained
             target = u.denoiser.predict(x_t[f], t[f], other)
         pred = u.denoiser.predict(x_t, t, cond)

@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from . import rows
+
 
 def launched_distributed() -> bool:
     """True under ``accelerate launch`` / ``torchrun`` with more than one process."""
@@ -77,15 +79,16 @@ class Shard:
             raise ValueError(f"batch_size {batch_size} does not split evenly over {self.world} "
                              f"processes: use a multiple of {self.world}")
 
-    def __call__(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
-        """The local rows of ``x``, a global batch made of ``parts`` equal blocks (e.g. forget
-        rows then retain rows): this process's share of each block, in order."""
+    def __call__(self, x, parts: int = 1):
+        """The local rows of ``x`` (a tensor or a batch of conditions), a global batch made of
+        ``parts`` equal blocks (e.g. forget rows then retain rows): this process's share of each
+        block, in order."""
         if self.world == 1:
             return x
-        n = x.shape[0] // parts
+        n = rows.count(x) // parts
         k = n // self.world
         lo = self.rank * k
-        return torch.cat([x[p * n + lo:p * n + lo + k] for p in range(parts)])
+        return rows.cat([rows.take(x, slice(p * n + lo, p * n + lo + k)) for p in range(parts)])
 
 
 @contextlib.contextmanager

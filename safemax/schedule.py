@@ -54,10 +54,13 @@ def epsilon_from(output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, abar:
 
 
 def is_flow(scheduler) -> bool:
-    """Whether a diffusers scheduler is a rectified-flow one (``FlowMatchEulerDiscreteScheduler``:
-    a ``shift`` in its config and no ``alphas_cumprod``)."""
-    return not hasattr(scheduler, "alphas_cumprod") and \
-        getattr(getattr(scheduler, "config", None), "shift", None) is not None
+    """Whether a diffusers scheduler is a rectified-flow one: a ``FlowMatchEulerDiscreteScheduler``
+    (a ``shift`` in its config and no ``alphas_cumprod``) or a solver set up for flow
+    (``prediction_type="flow_prediction"``, as Sana's DPM-Solver++ is)."""
+    config = getattr(scheduler, "config", None)
+    if getattr(config, "prediction_type", None) == "flow_prediction":
+        return True
+    return not hasattr(scheduler, "alphas_cumprod") and getattr(config, "shift", None) is not None
 
 
 def snr_of_alphas_cumprod(abar: torch.Tensor) -> torch.Tensor:
@@ -114,13 +117,16 @@ def flow_sigmas(scheduler) -> torch.Tensor:
     reversed, T = 1000), Flux takes ``σ_t`` itself (its pipeline divides by 1000).
     """
     config = getattr(scheduler, "config", None)
-    if getattr(config, "shift", None) is None or getattr(config, "num_train_timesteps", None) is None:
+    shift = getattr(config, "shift", None)
+    if shift is None and getattr(config, "prediction_type", None) == "flow_prediction":
+        shift = getattr(config, "flow_shift", None)  # a flow solver (Sana's DPM-Solver++)
+    if shift is None or getattr(config, "num_train_timesteps", None) is None:
         raise TypeError(f"scheduler {type(scheduler).__name__} is not a flow-matching scheduler "
                         "(no config.shift); use diffusers' FlowMatchEulerDiscreteScheduler")
     T = int(config.num_train_timesteps)
     sigmas = torch.arange(1, T + 1, dtype=torch.float64) / T
     if not getattr(config, "use_dynamic_shifting", False):
-        shift = float(config.shift)
+        shift = float(shift)
         sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
     return sigmas
 

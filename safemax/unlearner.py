@@ -152,11 +152,12 @@ class Unlearner:
     def scaler_state(self):
         return parallel.scaler_state(self.accelerator)
 
-    def generate_forget_data(self, n: int, num_inference_steps: int = 50):
-        """Data-free forgetting: ``n`` images (or latents) the current (original) model draws
-        for the forget classes or concepts, as a ``TensorDataset``."""
+    def generate_forget_data(self, n: int, num_inference_steps: int = 50, shape=None):
+        """Data-free forgetting: ``n`` images (or latents of ``shape`` ``(C, H, W)``; by default
+        the model's sample size) the current (original) model draws for the forget classes or
+        concepts, as a ``safemax.data.ConditionedImages``."""
         return self.targets.generate(self.unet, self.scheduler, n, seed=self.seed + 1,
-                                     num_inference_steps=num_inference_steps)
+                                     num_inference_steps=num_inference_steps, shape=shape)
 
     # ------------------------------------------------------------------ training
     def fit(self, retain, forget=None, steps: int = 100, batch_size: int = 64,
@@ -200,8 +201,10 @@ class Unlearner:
         resumed = resume and checkpoint.resume_fit(self, checkpoint_dir, batch_size)
         if forget_b is None and self.method.uses_forget_data:  # data-free: generated once, kept
             if self.forget_set is None:
-                self.forget_set = self.generate_forget_data(max(4 * batch_size, 64))
-            forget_b = Batches(self.forget_set, "forget")
+                # in the retain data's shape (a resolution-free transformer has no sample size)
+                shape = retain_b.peek()[0].shape[1:] if retain_b is not None else None
+                self.forget_set = self.generate_forget_data(max(4 * batch_size, 64), shape=shape)
+            forget_b = Batches(self.forget_set, "forget", form=self.targets.form)
         self.targets.check_data(retain_b, forget_b, self.denoiser.in_channels)
         if not resumed and self.prep_seconds is None:
             self._prepare(retain_b, forget_b, batch_size, progress)
@@ -250,8 +253,10 @@ class Unlearner:
         if retain is None and method.uses_retain_data:
             raise ValueError(f"method {method.name!r} needs retain data: (image, label) pairs of the "
                              "classes to keep")
-        retain_b = Batches(retain, "retain") if method.uses_retain_data else None
-        forget_b = Batches(forget, "forget") if method.uses_forget_data and forget is not None else None
+        form = self.targets.form
+        retain_b = Batches(retain, "retain", form=form) if method.uses_retain_data else None
+        forget_b = Batches(forget, "forget", form=form) if method.uses_forget_data and forget is not None \
+            else None
         return retain_b, forget_b
 
     def _step(self, optimizer, autocast, params, clip: float, retain, forget, batch_size: int) -> dict:

@@ -126,11 +126,11 @@ def test_latent_and_embedding_items_train_like_a_tensor_dataset(form):
 def test_class_ids_given_to_a_text_model_and_embeddings_to_a_class_model_are_refused():
     concept, retain, _ = text_data()
     u = Unlearner(text_unet(), tiny_scheduler(), forget={"c": concept})
-    with pytest.raises(ValueError, match=r"retain data must yield \(latent, prompt embeddings"):
+    with pytest.raises(ValueError, match=r"retain data must yield \(latent, condition\)"):
         u.fit([(x, 0) for x in retain.tensors[0]], None, steps=1, progress=False)
     r, f = tiny_data()
     u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1])
-    with pytest.raises(ValueError, match="yield prompt embeddings .* class-conditional: give class ids"):
+    with pytest.raises(ValueError, match="yield text conditions .* class-conditional: give class ids"):
         u.fit([(x, torch.randn(5, 16)) for x in r.tensors[0]], f, steps=1, progress=False)
 
 

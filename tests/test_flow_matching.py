@@ -112,7 +112,7 @@ def test_data_free_flow_forgetting_and_the_saved_model_loads(tmp_path):
     retain, _ = tiny_data()
     u = Unlearner(tiny_unet(), flow_scheduler(shift=3.0), forget=[1], lr=1e-3, early_fraction=0.5)
     u.fit(retain, None, steps=2, batch_size=4, progress=False)
-    assert u.forget_set.tensors[0].shape[1:] == (1, 8, 8)  # sampled with the Euler flow sampler
+    assert u.forget_set.images.shape[1:] == (1, 8, 8)  # sampled with the Euler flow sampler
     u.save_pretrained(str(tmp_path))
     loaded = diffusers.UNet2DModel.from_pretrained(str(tmp_path))
     sched = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(str(tmp_path))

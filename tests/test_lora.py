@@ -226,9 +226,9 @@ def test_cli_unlearn_with_lora_rank(tmp_path):
     assert (tmp_path / "s.png").exists()
 
 
-def test_a_diffusers_lora_model_other_than_a_unet_gets_its_own_adapter_file(tmp_path):
-    """The save path for models with diffusers' LoRA support (save_lora_adapter), here a tiny SD3
-    transformer: the file loads back with load_lora_adapter."""
+def test_a_transformer_family_gets_its_pipelines_lora_file(tmp_path):
+    """A tiny SD3 transformer's adapter is written as StableDiffusion3Pipeline's LoRA file
+    (keys under "transformer."): it loads back into a fresh transformer bit for bit."""
     from diffusers import SD3Transformer2DModel
 
     from safemax import lora
@@ -246,9 +246,9 @@ def test_a_diffusers_lora_model_other_than_a_unet_gets_its_own_adapter_file(tmp_
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_()
-    assert lora.save(model, config, str(tmp_path)) == "adapter"
+    assert lora.save(model, config, str(tmp_path)) == "pipeline"
     fresh = tiny()
-    fresh.load_lora_adapter(str(tmp_path), prefix=None, use_safetensors=True, adapter_name="default")
+    fresh.load_lora_adapter(str(tmp_path), prefix="transformer", use_safetensors=True, adapter_name="default")
     want = {n: p for n, p in model.named_parameters() if "lora_" in n}
     got = {n: p for n, p in fresh.named_parameters() if "lora_" in n}
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

@@ -167,7 +167,7 @@ def test_data_free_forgetting_generates_its_forget_images():
     retain = TensorDataset(retain.tensors[0][retain.tensors[1] != 2], retain.tensors[1][retain.tensors[1] != 2])
     history = u.fit(retain, None, steps=2, batch_size=4, progress=False)
     assert len(history) == 2
-    images, labels = u.forget_set.tensors
+    images, labels = u.forget_set.images, u.forget_set.conditions
     assert images.shape[1:] == (1, 8, 8) and set(labels.tolist()) == {1, 2}
 
 
