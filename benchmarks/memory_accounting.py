@@ -255,41 +255,77 @@ def _key(r):
             r.get("retain_target", "distill"))
 
 
-def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE) -> list:
+FULL_DEPTH = {"sdxl": 10, "sd3-medium": 24, "flux-dev": 19}  # what NAME/DEPTH varies (see parse)
+
+
+def activation_estimates(rows, latent=128, batch=1) -> dict:
+    """``{(model, option key): (GiB, depths)}``: a full-depth model's step peak (the memory a step
+    adds to the resident: activations, gradients, transients), extrapolated linearly in depth from
+    runs of two depth-reduced variants (``memory.py`` rows of ``NAME/DEPTH``, same option, size and
+    batch). An estimate: the CPU's kernels are not a GPU's."""
+    by = {}
+    for r in rows:
+        if "error" in r or r.get("latent") != latent or r.get("batch") != batch or "/" not in r["model"]:
+            continue
+        name, depth = parse(r["model"])
+        by.setdefault((name, _key(r)), {})[depth] = r["step_peak_gib"]
+    out = {}
+    for (name, key), points in by.items():
+        if len(points) >= 2 and name in FULL_DEPTH:
+            (d1, a1), (d2, a2) = sorted(points.items())[-2:]
+            full = FULL_DEPTH[name]
+            out[(name, key)] = (a2 + (full - d2) * (a2 - a1) / (d2 - d1), (d1, d2))
+    return out
+
+
+def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE,
+         estimated=None) -> list:
     """Markdown lines of the table "which model fits which GPU with which options".
 
     ``measured``: rows of ``memory.py --device cuda`` (memory.json). A cell is ✓ or ✗ by the
     measured peak (+ ``reserve``) where a run of that model and option at ``latent``/``batch``
     exists; otherwise ✗ where the computed weight side alone (+ reserve) exceeds the GPU — exact,
-    whatever the activations — and "?" where it fits and the activations decide."""
+    whatever the activations — and "?" where it fits and the activations decide. ``estimated``
+    (``activation_estimates``) turns a "?" into "✓ est."/"✗ est.": computed resident + the
+    estimated step peak of the same option."""
+    estimated = estimated or {}
     lines = ["| model | option | computed: before activations GiB | measured peak GiB | "
-             + " | ".join(f"{g} GiB" for g in gpus) + " |",
-             "| --- | --- | ---: | ---: |" + " :---: |" * len(gpus)]
+             "estimated peak GiB | " + " | ".join(f"{g} GiB" for g in gpus) + " |",
+             "| --- | --- | ---: | ---: | ---: |" + " :---: |" * len(gpus)]
     for spec in models:
         model = build(spec)
         c = counts(model)
         runs = {_key(r): r for r in measured if r.get("model") == spec and r.get("latent") == latent
                 and r.get("batch") == batch and r.get("device") == "cuda" and "error" not in r}
+        loras = {}
         options = list(FIT_OPTIONS) + [  # and any other option measured at this size
             (None, k[0], k[1], k[2], k[3]) for k in runs
             if k not in {(o[1], o[2], o[3], o[4]) for o in FIT_OPTIONS}]
         for label, config, rank, weights, target in options:
             mp = MIXED[config.split()[0]]
-            w = weight_side(spec, rank or None, weights, target, mp, _counts=c,
-                            _lora=lora_counts(model, rank) if rank else None)
+            if rank and rank not in loras:
+                loras[rank] = lora_counts(model, rank)
+            w = weight_side(spec, rank or None, weights, target, mp, _counts=c, _lora=loras.get(rank))
             before = w["step_without_activations_bytes"] / 2 ** 30
             run = runs.get((config, rank, weights, target))
             peak = run["peak_gib"] if run else None
+            est = estimated.get((spec, (config, rank, weights, target)))
+            est = w["resident_bytes"] / 2 ** 30 + est[0] if est else None
             cells = []
             for g in gpus:
                 if peak is not None:
                     cells.append("✓" if peak + reserve <= g else "✗")
+                elif before + reserve > g:
+                    cells.append("✗")
+                elif est is not None:
+                    cells.append("✓ est." if est + reserve <= g else "✗ est.")
                 else:
-                    cells.append("✗" if before + reserve > g else "?")
+                    cells.append("?")
             if label is None:
                 label = f"{config}, " + (f"LoRA r={rank}, {weights} weights" if rank else "full")
                 label += f", retain_target={target}" if target != "distill" else ""
-            lines.append(f"| {spec} | {label} | {before:.1f} | {f'{peak:.1f}' if peak is not None else '—'} | "
+            fmt = lambda v: f"{v:.1f}" if v is not None else "—"  # noqa: E731
+            lines.append(f"| {spec} | {label} | {before:.1f} | {fmt(peak)} | {fmt(est)} | "
                          + " | ".join(cells) + " |")
     return lines
 
@@ -321,6 +357,8 @@ def main():
     p.add_argument("--fits", nargs="*", metavar="MEMORY_JSON",
                    help="print the which-GPU-fits table instead, from these measured memory.json "
                         "files of GPU runs (none: from the computed weight side alone)")
+    p.add_argument("--estimate-from", nargs="+", metavar="MEMORY_JSON", default=[],
+                   help="--fits: estimate the activations from these runs of depth-reduced variants")
     p.add_argument("--validate", nargs="+", metavar="MEMORY_JSON",
                    help="print measured resident memory against the computed, from memory.json files")
     p.add_argument("--latent", type=int, default=128, help="--fits: the latent size judged (default 128)")
@@ -332,7 +370,9 @@ def main():
         return
     if args.fits is not None:
         measured = [r for path in args.fits for r in json.load(open(path))]
-        lines = fits(measured, tuple(args.models or LARGE), args.latent, args.batch)
+        cpu = [r for path in args.estimate_from for r in json.load(open(path))]
+        lines = fits(measured, tuple(args.models or LARGE), args.latent, args.batch,
+                     estimated=activation_estimates(cpu, args.latent, args.batch))
         text = "\n".join(lines) + "\n"
         print(text)
         if args.out:
