@@ -278,6 +278,11 @@ def activation_estimates(rows, latent=128, batch=1) -> dict:
     return out
 
 
+def w_twin_teacher(spec, c, mp, config) -> float:
+    """GiB of the teacher copy a full fine-tuning of ``spec`` holds (counts ``c``)."""
+    return weight_side(spec, None, "fp32", "distill", mp, _counts=c)["teacher_bytes"] / 2 ** 30
+
+
 def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE,
          estimated=None) -> list:
     """Markdown lines of the table "which model fits which GPU with which options".
@@ -309,12 +314,18 @@ def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE
             before = w["step_without_activations_bytes"] / 2 ** 30
             run = runs.get((config, rank, weights, target))
             peak = run["peak_gib"] if run else None
+            bound = None  # without a teacher: the measured run with one, less the teacher (≥)
+            twin = runs.get((config, rank, weights, "distill")) if target == "noise" else None
+            if peak is None and twin is not None:
+                bound = twin["peak_gib"] - w_twin_teacher(spec, c, mp, config)
             est = estimated.get((spec, (config, rank, weights, target)))
             est = w["resident_bytes"] / 2 ** 30 + est[0] if est else None
             cells = []
             for g in gpus:
                 if peak is not None:
                     cells.append("✓" if peak + reserve <= g else "✗")
+                elif bound is not None and bound + reserve <= g:
+                    cells.append("✓")
                 elif before + reserve > g:
                     cells.append("✗")
                 elif est is not None:
@@ -325,7 +336,8 @@ def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE
                 label = f"{config}, " + (f"LoRA r={rank}, {weights} weights" if rank else "full")
                 label += f", retain_target={target}" if target != "distill" else ""
             fmt = lambda v: f"{v:.1f}" if v is not None else "—"  # noqa: E731
-            lines.append(f"| {spec} | {label} | {before:.1f} | {fmt(peak)} | {fmt(est)} | "
+            shown = fmt(peak) if bound is None else f"≤ {bound:.1f} (the run with a teacher, less it)"
+            lines.append(f"| {spec} | {label} | {before:.1f} | {shown} | {fmt(est)} | "
                          + " | ".join(cells) + " |")
     return lines
 

@@ -114,3 +114,11 @@ def test_activations_extrapolate_linearly_in_depth():
     line = next(x for x in acc.fits([], models=("sd3-medium",), estimated=est)
                 if "| LoRA r=16, bf16 weights |" in x)
     assert line.endswith("| ✗ est. | ✓ est. | ✓ est. | ✓ est. |")  # 3.9 + 26 GiB
+
+
+def test_without_a_teacher_the_fit_table_bounds_by_the_run_with_one():
+    run = dict(model="sd3-medium", latent=128, batch=1, device="cuda", config="bf16 + checkpointing",
+               lora_rank=0, weights="fp32", retain_target="distill", peak_gib=47.0)
+    lines = acc.fits([run], models=("sd3-medium",))
+    noise = next(x for x in lines if 'retain_target="noise"' in x)
+    assert "≤ 39.2" in noise and noise.endswith("| ✗ | ? | ✓ | ✓ |")  # 47 − 7.77 GiB of teacher
