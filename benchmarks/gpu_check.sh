@@ -10,8 +10,11 @@
 #     bash benchmarks/gpu_check.sh            # OUT=dir also keeps the logs there
 #     PARTS="build large-memory" bash benchmarks/gpu_check.sh   # only these parts
 # Estimated on an H200 (the first runs were not timed part by part): build 1-2 min, memory ~1.5,
-# large-memory ~4, cuda-tests ~1, selfcheck < 0.5, benchmarks ~1.5, tests 3-4: about 13 min in
-# all, so within the default budget the whole test suite (last) is the part that may not run.
+# large-memory ~5-6 (7 runs of ~25-75 s: a fresh process, the model built on the GPU, the
+# Unlearner's SHA-256 of the original weights on the host — ~1 s per GiB, 22 GiB for Flux — a
+# warm-up and 2 measured steps; the full fine-tuning of Flux is skipped, computed not to fit),
+# cuda-tests ~1, selfcheck < 0.5, benchmarks ~1.5, tests 3-4: about 14 min in all, so within the
+# default budget the last parts (the whole test suite, maybe the kernel benchmarks) may not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
