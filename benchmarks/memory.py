@@ -31,7 +31,8 @@ measures the next ``--measure-steps`` steps (their mean time; the peak over them
 CPU: resident memory — "resident" is RSS before the step (weights, teacher, optimizer state; a
 fit frees its gradients), "step peak" the rise of the peak RSS during it (gradients, activations,
 autocast's low-precision weight copies), read from /proc with the peak reset (clear_refs) after
-returning freed heap to the OS (malloc_trim); "base" is the RSS of the process before the model
+returning freed heap to the OS (malloc_trim; ``--mmap-threshold`` makes the peak follow the live
+tensors more closely); "base" is the RSS of the process before the model
 was built (Python, torch, diffusers). CUDA: torch.cuda.max_memory_allocated the same way (base 0).
 Every row also carries the computed weight side (``memory_accounting.weight_side``) and the
 seconds to build the model, to make the Unlearner (the original's SHA-256 digest, the teacher
@@ -257,6 +258,11 @@ def main():
                    help="skip a run whose computed weight side (resident + gradients + autocast "
                         "copies) exceeds this many GiB, e.g. the GPU's memory")
     p.add_argument("--timeout", type=float, default=None, help="seconds per configuration")
+    p.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
+                   help="CPU: glibc's MALLOC_MMAP_THRESHOLD_ for the runs (e.g. 131072): every larger "
+                        "block is its own mapping, returned when freed, so the peak RSS follows the live "
+                        "tensors (by default glibc keeps freed blocks up to 32 MiB in its heap, and the "
+                        "step peak can read high)")
     p.add_argument("--append", action="store_true", help="add to the rows already in OUT/memory.json")
     p.add_argument("--out", default="memory")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
@@ -301,8 +307,11 @@ def main():
         else:
             cmd = [sys.executable, os.path.abspath(__file__), "--one", json.dumps(run), "--device", args.device,
                    "--measure-steps", str(args.measure_steps)]
+            env = dict(os.environ)
+            if args.mmap_threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
             try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
                 out, err, rc = done.stdout, done.stderr, done.returncode
             except subprocess.TimeoutExpired as e:
                 out, err, rc = e.stdout or "", f"timed out after {args.timeout:g} s", "timeout"
@@ -317,6 +326,8 @@ def main():
                 row = dict(run, error=f"failed (rc {rc}): {tail}")
             else:
                 row = {**run, **json.loads(line[len("RESULT "):])}
+            if args.mmap_threshold:
+                row["malloc_mmap_threshold"] = args.mmap_threshold
         row["computed"] = info
         rows.append(row)
         print("\n".join(table(rows[-1:])[2:]), flush=True)
