@@ -353,7 +353,8 @@ def validate(measured) -> list:
             continue
         c = r["computed"]["resident_bytes"] / gib
         m = r["resident_gib"] - r["base_gib"]
-        opts = [r["config"]] + ([f"LoRA r={r['lora_rank']}"] if r.get("lora_rank") else ["full"])
+        config = r["config"] if r.get("weights", "fp32") == "fp32" else r["config"].replace("fp32", "no autocast")
+        opts = [config] + ([f"LoRA r={r['lora_rank']}"] if r.get("lora_rank") else ["full"])
         opts += [f"{r['weights']} weights"] if r.get("weights", "fp32") != "fp32" else []
         opts += [f"retain_target={r['retain_target']}"] if r.get("retain_target", "distill") != "distill" else []
         lines.append(f"| {r['model']} | {', '.join(opts)} | {r['rows']} × {r['latent']}² | {c:.2f} | "
