@@ -278,7 +278,7 @@ def activation_estimates(rows, latent=128, batch=1) -> dict:
     return out
 
 
-def w_twin_teacher(spec, c, mp, config) -> float:
+def w_twin_teacher(spec, c, mp) -> float:
     """GiB of the teacher copy a full fine-tuning of ``spec`` holds (counts ``c``)."""
     return weight_side(spec, None, "fp32", "distill", mp, _counts=c)["teacher_bytes"] / 2 ** 30
 
@@ -317,7 +317,7 @@ def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE
             bound = None  # without a teacher: the measured run with one, less the teacher (≥)
             twin = runs.get((config, rank, weights, "distill")) if target == "noise" else None
             if peak is None and twin is not None:
-                bound = twin["peak_gib"] - w_twin_teacher(spec, c, mp, config)
+                bound = twin["peak_gib"] - w_twin_teacher(spec, c, mp)
             est = estimated.get((spec, (config, rank, weights, target)))
             est = w["resident_bytes"] / 2 ** 30 + est[0] if est else None
             cells = []
