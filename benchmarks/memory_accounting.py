@@ -284,7 +284,7 @@ def w_twin_teacher(spec, c, mp) -> float:
 
 
 def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE,
-         estimated=None) -> list:
+         estimated=None, options=FIT_OPTIONS) -> list:
     """Markdown lines of the table "which model fits which GPU with which options".
 
     ``measured``: rows of ``memory.py --device cuda`` (memory.json). A cell is ✓ or ✗ by the
@@ -303,10 +303,10 @@ def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE
         runs = {_key(r): r for r in measured if r.get("model") == spec and r.get("latent") == latent
                 and r.get("batch") == batch and r.get("device") == "cuda" and "error" not in r}
         loras = {}
-        options = list(FIT_OPTIONS) + [  # and any other option measured at this size
+        rows = list(options) + [  # and any other option measured at this size
             (None, k[0], k[1], k[2], k[3]) for k in runs
-            if k not in {(o[1], o[2], o[3], o[4]) for o in FIT_OPTIONS}]
-        for label, config, rank, weights, target in options:
+            if k not in {(o[1], o[2], o[3], o[4]) for o in options}]
+        for label, config, rank, weights, target in rows:
             mp = MIXED[config.split()[0]]
             if rank and rank not in loras:
                 loras[rank] = lora_counts(model, rank)
@@ -374,6 +374,7 @@ def main():
                    help="--fits: estimate the activations from these runs of depth-reduced variants")
     p.add_argument("--validate", nargs="+", metavar="MEMORY_JSON",
                    help="print measured resident memory against the computed, from memory.json files")
+    p.add_argument("--measured-only", action="store_true", help="--fits: only the options measured")
     p.add_argument("--latent", type=int, default=128, help="--fits: the latent size judged (default 128)")
     p.add_argument("--batch", type=int, default=1, help="--fits: forget rows per step judged (default 1)")
     p.add_argument("--out", default=None, help="write weight_side.json/.md (or fits.md) here")
@@ -385,7 +386,8 @@ def main():
         measured = [r for path in args.fits for r in json.load(open(path))]
         cpu = [r for path in args.estimate_from for r in json.load(open(path))]
         lines = fits(measured, tuple(args.models or LARGE), args.latent, args.batch,
-                     estimated=activation_estimates(cpu, args.latent, args.batch))
+                     estimated=activation_estimates(cpu, args.latent, args.batch),
+                     options=[] if args.measured_only else FIT_OPTIONS)
         text = "\n".join(lines) + "\n"
         print(text)
         if args.out:
