@@ -1,20 +1,38 @@
 #!/usr/bin/env bash
 # One call on a GPU machine checks everything that needs the GPU: builds safemax with its CUDA
 # kernels against the torch there, times an Unlearner fit on a Stable-Diffusion-sized UNet (step
-# time and peak memory), runs the CUDA tests, the selfcheck, the kernel benchmarks and then the
-# whole test suite. Each part runs even if an earlier one failed; the exit status says whether
-# all passed. Usage, from the repository root:
+# time and peak memory), measures the same at SDXL, SD3-medium and Flux.1-dev size (full
+# fine-tuning and LoRA, bf16, checkpointing), runs the CUDA tests, the selfcheck, the kernel
+# benchmarks and then the whole test suite. Each part runs even if an earlier one failed; the
+# exit status says whether all passed. The whole call keeps within BUDGET seconds (default 570):
+# a part gets the time that is left, and the parts that no longer fit are listed as not run.
+# Usage, from the repository root:
 #     bash benchmarks/gpu_check.sh            # OUT=dir also keeps the logs there
+#     PARTS="build large-memory" bash benchmarks/gpu_check.sh   # only these parts
+# Estimated on an H200 (the first runs were not timed part by part): build 1-2 min, memory ~1.5,
+# large-memory ~5-6 (7 runs of ~25-75 s: a fresh process, the model built on the GPU, the
+# Unlearner's SHA-256 of the original weights on the host — ~1 s per GiB, 22 GiB for Flux — a
+# warm-up and 2 measured steps; the full fine-tuning of Flux is skipped, computed not to fit),
+# cuda-tests ~1, selfcheck < 0.5, benchmarks ~1.5, tests 3-4: about 14 min in all, so within the
+# default budget the last parts (the whole test suite, maybe the kernel benchmarks) may not run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 out=${OUT:-$(mktemp -d)}
+BUDGET=${BUDGET:-570}
+PARTS=${PARTS:-build memory large-memory cuda-tests selfcheck benchmarks tests}
 failed=()
-part() {  # part NAME COMMAND...: run, log to $out/NAME.log, remember a failure
+not_run=()
+part() {  # part NAME COMMAND...: run within the time left, log to $out/NAME.log, remember a failure
   local name=$1; shift
-  echo "=== $name"
-  "$@" 2>&1 | tee "$out/$name.log" | tail -"${TAIL:-12}" || failed+=("$name")
+  [[ " $PARTS " == *" $name "* ]] || return 0
+  local left=$((BUDGET - SECONDS))
+  if ((left < ${MIN_LEFT:-30})); then not_run+=("$name"); echo "=== $name: not run (${left} s of the budget left)"; return 0; fi
+  local start=$SECONDS
+  echo "=== $name (${left} s left)"
+  timeout --kill-after=10 "$left" "$@" 2>&1 | tee "$out/$name.log" | tail -"${TAIL:-12}" || failed+=("$name")
+  echo "    ($name: $((SECONDS - start)) s)"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())'
@@ -28,9 +46,23 @@ TAIL=3 part build env SAFEMAX_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=${MAX
 # an Unlearner fit on Stable Diffusion 1.x's UNet (860 M, random weights), 64x64 latents (512 px)
 TAIL=8 part memory "$PY" benchmarks/memory.py --device cuda --models sd --sd-latent 64 --sd-batch 2 \
   --measure-steps 5 --configs fp32 "fp32 + checkpointing" bf16 fp16 "fp16 + checkpointing" --out "$out/memory"
+# SDXL, SD3-medium, Flux.1-dev (published configs, random weights) at 1024 px (128x128 latents),
+# 1 forget + 1 retain row: full fine-tuning (float32 weights, bf16 autocast, checkpointing; a
+# run whose computed weight side alone exceeds the GPU's memory is skipped and says so) and LoRA
+# rank 16 on bf16 weights, with and without checkpointing. Each configuration in a fresh process.
+gpu_gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+gpu_gib=$(( ${gpu_gib:-0} / 1024 ))
+large=("$PY" benchmarks/memory.py --device cuda --models sdxl sd3-medium flux-dev --latent 128
+       --latent-batch 1 --measure-steps 2 --timeout 150 --skip-over "$gpu_gib" --out "$out/memory-large")
+TAIL=16 part large-memory bash -c '"$@" --lora-rank 0 --configs "bf16 + checkpointing"; a=$?
+  "$@" --append --lora-rank 16 --weights bf16 --configs fp32 "fp32 + checkpointing"; exit $((a | $?))' \
+  _ "${large[@]}"
 TAIL=5 part cuda-tests "$PY" -m pytest tests -q -p no:cacheprovider -m cuda
 part selfcheck "$PY" -m safemax selfcheck
 TAIL=20 part benchmarks "$PY" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider -k "cuda" \
   --benchmark-json="$out/benchmarks.json"
 TAIL=5 part tests "$PY" -m pytest tests -q -p no:cacheprovider
-[ ${#failed[@]} -eq 0 ] && echo "GPU check passed" || { echo "GPU check failed: ${failed[*]}"; exit 1; }
+((${#not_run[@]})) && echo "not run (out of time, BUDGET=$BUDGET s): ${not_run[*]}"
+echo "total $SECONDS s"
+[ ${#failed[@]} -eq 0 ] && [ ${#not_run[@]} -eq 0 ] && echo "GPU check passed" || {
+  echo "GPU check failed: ${failed[*]:-none}${not_run:+; not run: ${not_run[*]}}"; exit 1; }
