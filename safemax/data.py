@@ -1,10 +1,13 @@
-"""scikit-learn's bundled handwritten digits as a diffusion data set (no download needed)."""
+"""Data sets — scikit-learn's bundled handwritten digits (no download needed), Fashion-MNIST
+(``safemax.fashion_mnist``, re-exported here), image folders, class splits — and ``Batches``,
+which draws a fit's batches from any map-style data set or iterable of batches."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from . import rows
+from .fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist, find_fashion_mnist  # noqa: F401
 
 NUM_DIGITS = 10
 
