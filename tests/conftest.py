@@ -1,7 +1,6 @@
-import os
-
 import pytest
 import torch
+from needs_data import fashion_mnist_or_skip
 
 import safemax
 
@@ -22,23 +21,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cuda") and not cuda_ready():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device and safemax's CUDA kernels"))
-
-
-FASHION_MNIST_MISSING = "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
-
-
-def fashion_mnist_or_skip() -> str:
-    """The folder of the real Fashion-MNIST files. Without them the calling test skips — or fails
-    when ``SAFEMAX_REQUIRE_DATA=1`` (CI, which installs the Debian package, sets it)."""
-    from safemax.data import find_fashion_mnist
-
-    try:
-        return find_fashion_mnist()
-    except FileNotFoundError as e:
-        if os.environ.get("SAFEMAX_REQUIRE_DATA") == "1":
-            pytest.fail(f"{FASHION_MNIST_MISSING}, and SAFEMAX_REQUIRE_DATA=1 requires it:\n{e}",
-                        pytrace=False)
-        pytest.skip(FASHION_MNIST_MISSING)
 
 
 @pytest.fixture(scope="session")

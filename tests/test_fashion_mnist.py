@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import FASHION_MNIST_MISSING, fashion_mnist_or_skip
+from needs_data import FASHION_MNIST_MISSING, fashion_mnist_or_skip
 
 from safemax import data as data_module
 from safemax import fashion_mnist as fm
