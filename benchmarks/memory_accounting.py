@@ -256,6 +256,8 @@ def _key(r):
 
 
 FULL_DEPTH = {"sdxl": 10, "sd3-medium": 24, "flux-dev": 19}  # what NAME/DEPTH varies (see parse)
+# the estimate that stands in for the activations of the other options with checkpointing
+CHECKPOINTED_PROXY = ("fp32 + checkpointing", 16, "bf16", "distill")
 
 
 def activation_estimates(rows, latent=128, batch=1) -> dict:
@@ -292,7 +294,9 @@ def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE
     exists; otherwise ✗ where the computed weight side alone (+ reserve) exceeds the GPU — exact,
     whatever the activations — and "?" where it fits and the activations decide. ``estimated``
     (``activation_estimates``) turns a "?" into "✓ est."/"✗ est.": computed resident + the
-    estimated step peak of the same option."""
+    estimated step peak of the same option; for another option with gradient checkpointing, its
+    computed weight side before activations + the estimated step peak of LoRA on bf16 weights with
+    checkpointing (``CHECKPOINTED_PROXY``)."""
     estimated = estimated or {}
     lines = ["| model | option | computed: before activations GiB | measured peak GiB | "
              "estimated peak GiB | " + " | ".join(f"{g} GiB" for g in gpus) + " |",
@@ -319,7 +323,13 @@ def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE
             if peak is None and twin is not None:
                 bound = twin["peak_gib"] - w_twin_teacher(spec, c, mp)
             est = estimated.get((spec, (config, rank, weights, target)))
-            est = w["resident_bytes"] / 2 ** 30 + est[0] if est else None
+            proxy = estimated.get((spec, CHECKPOINTED_PROXY))
+            if est:
+                est = w["resident_bytes"] / 2 ** 30 + est[0]
+            elif proxy and "checkpointing" in config:
+                # another option with checkpointing: its whole weight side at once (gradients and
+                # autocast's copies included: a bound) + the activations of LoRA on bf16 weights
+                est = before + proxy[0]
             cells = []
             for g in gpus:
                 if peak is not None:

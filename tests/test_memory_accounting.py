@@ -122,3 +122,10 @@ def test_without_a_teacher_the_fit_table_bounds_by_the_run_with_one():
     lines = acc.fits([run], models=("sd3-medium",))
     noise = next(x for x in lines if 'retain_target="noise"' in x)
     assert "≤ 39.2" in noise and noise.endswith("| ✗ | ? | ✓ | ✓ |")  # 47 − 7.77 GiB of teacher
+
+
+def test_checkpointed_options_borrow_the_lora_estimate():
+    est = {("sd3-medium", acc.CHECKPOINTED_PROXY): (2.0, (1, 2))}
+    lines = acc.fits([], models=("sd3-medium",), estimated=est)
+    full = next(x for x in lines if "| full, bf16 autocast + checkpointing |" in x)
+    assert "| 44.0 |" in full and full.endswith("| ✗ | ✗ | ✓ est. | ✓ est. |")  # 42.0 + 2.0
