@@ -29,6 +29,8 @@ import argparse
 import json
 import os
 
+from safemax.lora import DEFAULT_TARGETS as LORA_TARGETS  # the modules the Unlearner's adapter wraps
+
 # ---------------------------------------------------------------------------------- models
 # Stable Diffusion 1.x's UNet (860 M) as benchmarks/memory.py has always built it.
 SD_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -65,7 +67,6 @@ MODELS = {  # name: (diffusers class, config)
 }
 LARGE = ("sdxl", "sd3-medium", "flux-dev")
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # safemax.lora.DEFAULT_TARGETS
 
 
 def parse(spec: str):
@@ -117,23 +118,24 @@ def build(spec: str, device="meta", dtype=None, sample_size: int = None):
         torch.set_default_dtype(previous)
 
 
-def lora_parameters(model, rank: int, targets=LORA_TARGETS) -> int:
+def lora_parameters(model, rank: int) -> int:
     """Parameters of the LoRA adapter the Unlearner adds (``lora_rank=rank``): peft's count,
     from injecting the adapter into a meta-device copy of ``model``'s architecture."""
-    return lora_counts(model, rank, targets)[0]
+    return lora_counts(model, rank)[0]
 
 
-def lora_counts(model, rank: int, targets=LORA_TARGETS) -> tuple:
+def lora_counts(model, rank: int) -> tuple:
     """``(parameters, tensors)`` of the LoRA adapter (see ``lora_parameters``)."""
     import copy
 
     import torch
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
+
+    from safemax.lora import make_config
 
     meta = copy.deepcopy(model).to("meta") if next(model.parameters()).device.type != "meta" \
         else copy.deepcopy(model)
-    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                        target_modules=list(targets))
+    config = make_config(lora_rank=rank)  # the Unlearner's own adapter config
     with torch.device("meta"):
         inject_adapter_in_model(config, meta, "default", low_cpu_mem_usage=True)
     lora = [p for n, p in meta.named_parameters() if "lora_" in n]
