@@ -133,14 +133,13 @@ def split_item(item, what: str = "item"):
     ``prompt_embeds``, …) — or several of a text family's keys (``prompt_embeds``,
     ``pooled_prompt_embeds``, …), which together are the condition."""
     if isinstance(item, dict):
+        image = next((k for k in IMAGE_KEYS if k in item), None)
         parts = [k for k in PIPELINE_KEYS if k in item]
         if parts and parts != ["prompt_embeds"]:
-            image = next((k for k in IMAGE_KEYS if k in item), None)
             if image is None:
                 raise ValueError(f"a dict {what} needs an image key (one of {', '.join(IMAGE_KEYS)}); "
                                  f"got keys {sorted(item)}")
             return item[image], {k: item[k] for k in parts}
-        image = next((k for k in IMAGE_KEYS if k in item), None)
         cond = next((k for k in CONDITION_KEYS if k in item), None)
         if image is None or cond is None:
             raise ValueError(f"a dict {what} needs an image key (one of {', '.join(IMAGE_KEYS)}) and a "

@@ -315,7 +315,7 @@ class PixArt(_MaskedPrompt):
 
     def condition_rows(self, cond, what):
         out = super().condition_rows(cond, what)
-        if self.config is not None and self._needs_additional() and \
+        if self._needs_additional() and \
                 not {"resolution", "aspect_ratio"} <= set(out):
             raise ValueError(f"{what}: this PixArt-α transformer uses additional conditions: give "
                              "'resolution' [N, 2] and 'aspect_ratio' [N, 1] (the pipeline's height, "
