@@ -5,7 +5,7 @@ import torch
 
 METRIC_LABELS = [
     ("fa", "forget accuracy (11 classes)"),
-    ("fa_digits", "forget accuracy (digits only)"),
+    ("fa_digits", "forget accuracy (10 classes, no class 10)"),
     ("p_forget", "P(forget class)"),
     ("entropy", "classifier entropy on forget samples (nats)"),
     ("retain_acc", "retain accuracy"),
@@ -41,7 +41,7 @@ def save_curves(history: list, path: str, title: str):
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     ax.plot(steps, [h["fa"] for h in history], "o-", label="forget accuracy (11 classes)")
-    ax.plot(steps, [h["fa_digits"] for h in history], "o--", label="forget accuracy (digits only)")
+    ax.plot(steps, [h["fa_digits"] for h in history], "o--", label="forget accuracy (10 classes, no class 10)")
     ax.plot(steps, [h["retain_acc"] for h in history], "s-", label="retain accuracy")
     ax.set_xlabel("unlearning step")
     ax.set_ylabel("share of samples")

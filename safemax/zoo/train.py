@@ -1,18 +1,24 @@
-"""Trains the embedded default from scratch, deterministically from a seed (run once; the
-results are committed under safemax/zoo/):
+"""Trains an embedded model from scratch, deterministically from a seed (run once; the results are
+committed under safemax/zoo/):
 
-    python -m safemax.zoo.train                 # classifier, then the UNet (about 40 CPU minutes)
-    python -m safemax.zoo.train --only classifier
+    python -m safemax.zoo.train                              # digits: classifier, then UNet (~40 CPU min)
+    python -m safemax.zoo.train --dataset fashion-mnist      # Fashion-MNIST (hours on 2 CPU cores)
+    python -m safemax.zoo.train --dataset fashion-mnist --only classifier
 
-The UNet is a class-conditional diffusers UNet2DModel trained with the plain ε-prediction loss
-on the 1,797 digits (16×16); its exponential moving average is what is shipped, in float16 to
-keep the repository small. The classifier also learns a "not a digit" class from noise images.
+Each UNet is a class-conditional diffusers UNet2DModel trained with the plain ε-prediction loss;
+its exponential moving average is what is shipped, in float16 to keep the repository small. Each
+classifier also learns class 10, "not a digit" / "not a garment", from noise images.
+
+Long runs lose nothing when interrupted: the UNet's whole training state (weights, EMA, optimiser,
+schedule, random generator) is written to ``--work`` every ``--checkpoint-minutes`` and on Ctrl-C
+(after the step under way), and ``--resume`` continues from it bit for bit.
 """
 import argparse
 import copy
 import json
 import math
 import os
+import signal
 import time
 
 import torch
@@ -20,9 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..data import digits_dataset
-from . import (CLASSIFIER_FILE, NOT_A_DIGIT, SCHEDULER_CONFIG, UNET_CONFIG, UNET_DIR,
-               DigitClassifier, default_scheduler, noise_images)
+from . import NOT_A_CLASS, ImageClassifier, model_info, noise_images, scheduler_for
 
 
 def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -38,29 +42,51 @@ def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Ten
     return out
 
 
-def train_classifier(seed: int = 0, epochs: int = 40, batch_size: int = 128, lr: float = 2e-3):
+def _classifier_splits(info):
+    """(train images, labels, test images, labels): Fashion-MNIST's own split; for the digits a
+    fixed 20% held out."""
+    if info.name != "digits":
+        return (*info.dataset("train").tensors, *info.dataset("test").tensors)
+    images, labels = info.dataset().tensors
+    perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(1234))
+    test, train = perm[: images.shape[0] // 5], perm[images.shape[0] // 5:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def classifier_accuracy(model, info, test_images, test_labels, seed: int = 0) -> dict:
+    """Held-out accuracy (overall and per class) and the share of noise called class 10."""
+    from ..metrics import classify
+    size = info.image_size
+    pred = classify(model, test_images).argmax(1)
+    per_class = [round(float((pred[test_labels == c] == c).float().mean()), 4) for c in range(10)]
+    noise = noise_images(1000, size, generator=torch.Generator().manual_seed(seed + 1))
+    gauss = torch.randn(1000, 1, size, size, generator=torch.Generator().manual_seed(seed + 2)).clamp(-1, 1)
+    return dict(test_accuracy=round(float((pred == test_labels).float().mean()), 4),
+                test_per_class=per_class, test_images=int(test_labels.numel()),
+                noise_to_class_10=round(float((classify(model, noise).argmax(1) == NOT_A_CLASS).float().mean()), 4),
+                gaussian_to_class_10=round(float((classify(model, gauss).argmax(1) == NOT_A_CLASS).float().mean()), 4))
+
+
+def train_classifier(name: str = "digits", seed: int = 0, batch_size: int = 128):
+    info = model_info(name)
+    epochs, lr, max_shift = (info.train[k] for k in ("classifier_epochs", "classifier_lr", "max_shift"))
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    images, labels = digits_dataset().tensors
-    # A fixed 20% of the digits is held out to report the classifier's test accuracy.
-    perm = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(1234))
-    test = perm[: images.shape[0] // 5]
-    test_images, test_labels = images[test], labels[test]
-    images, labels = images[perm[images.shape[0] // 5:]], labels[perm[images.shape[0] // 5:]]
+    images, labels, test_images, test_labels = _classifier_splits(info)
     n = images.shape[0]
-    model = DigitClassifier()
+    model = ImageClassifier(**info.classifier_config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     model.train()
-    bar = tqdm(range(steps), desc="classifier")
+    bar = tqdm(range(steps), desc=f"{name} classifier")
     for _ in bar:
         idx = torch.randint(0, n, (batch_size,), generator=g)
-        x = _shift(images[idx], g)
+        x = _shift(images[idx], g, max_shift)
         x = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-        noise = noise_images(batch_size // 4, generator=g)
+        noise = noise_images(batch_size // 4, info.image_size, generator=g)
         x = torch.cat([x, noise])
-        y = torch.cat([labels[idx], torch.full((noise.shape[0],), NOT_A_DIGIT)])
+        y = torch.cat([labels[idx], torch.full((noise.shape[0],), NOT_A_CLASS)])
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -69,96 +95,160 @@ def train_classifier(seed: int = 0, epochs: int = 40, batch_size: int = 128, lr:
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     with torch.no_grad():
-        acc = (model(test_images).argmax(1) == test_labels).float().mean().item()
-        noise = noise_images(1000, generator=torch.Generator().manual_seed(seed + 1))
-        noise_acc = (model(noise).argmax(1) == NOT_A_DIGIT).float().mean().item()
-        gauss = torch.randn(1000, 1, 16, 16, generator=torch.Generator().manual_seed(seed + 2)).clamp(-1, 1)
-        gauss_acc = (model(gauss).argmax(1) == NOT_A_DIGIT).float().mean().item()
-    print(f"classifier: held-out digit accuracy {acc:.4f}, noise -> not-a-digit {noise_acc:.4f}, "
-          f"clipped N(0,1) -> not-a-digit {gauss_acc:.4f}")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, CLASSIFIER_FILE)
+        result = classifier_accuracy(model, info, test_images, test_labels, seed)
+    print(f"{name} classifier: held-out accuracy {result['test_accuracy']:.4f} {result['test_per_class']}, "
+          f"noise -> {info.not_a_class} {result['noise_to_class_10']:.4f}, clipped N(0,1) -> "
+          f"{info.not_a_class} {result['gaussian_to_class_10']:.4f}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, info.classifier_file)
+    with open(info.classifier_file.replace(".safetensors", ".json"), "w") as f:
+        json.dump(dict(seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, **result), f, indent=2)
     return model
 
 
-def train_unet(seed: int = 0, steps: int = 4000, batch_size: int = 128, lr: float = 1e-3,
-               ema_decay: float = 0.999, minutes: float = None):
+def _state_path(work: str, name: str) -> str:
+    return os.path.join(work, f"{name}-unet-training.pt")
+
+
+def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_size: int = 128,
+               lr: float = None, ema_decay: float = 0.999, minutes: float = None, work: str = None,
+               resume: bool = False, checkpoint_minutes: float = 10.0, out: str = None):
+    """Trains the UNet of ``name``; returns its EMA, saved (float16) to ``out`` (default: the
+    zoo's folder of ``name``). ``work`` (default ``~/.cache/safemax``) holds the resumable
+    training state."""
     from diffusers import UNet2DModel
 
+    info = model_info(name)
+    steps = steps or info.train["steps"]
+    lr = lr or info.train["lr"]
+    work = work or os.path.expanduser("~/.cache/safemax")
+    os.makedirs(work, exist_ok=True)
+    state_file = _state_path(work, name)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    images, labels = digits_dataset().tensors
+    images, labels = info.dataset("train").tensors
     n = images.shape[0]
-    unet = UNet2DModel(**UNET_CONFIG)
+    unet = UNet2DModel(**info.unet_config)
     ema = copy.deepcopy(unet).requires_grad_(False)
-    scheduler = default_scheduler()
+    scheduler = scheduler_for(name)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     warmup = 200
     lr_at = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    start = time.time()
-    bar = tqdm(range(steps), desc="unet")
-    for step in bar:
-        idx = torch.randint(0, n, (batch_size,), generator=g)
-        x0 = images[idx]
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
-        x_t = scheduler.add_noise(x0, eps, t)
-        loss = F.mse_loss(unet(x_t, t, class_labels=labels[idx]).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            d = min(ema_decay, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - d)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if minutes is not None and time.time() - start > minutes * 60:
-            print(f"time budget reached after {step + 1} steps")
-            break
-    ema.to(torch.float16).save_pretrained(UNET_DIR, safe_serialization=True)
-    with open(os.path.join(UNET_DIR, "scheduler_config.json"), "w") as f:
-        json.dump(dict(_class_name="DDPMScheduler", **SCHEDULER_CONFIG), f, indent=2)
-    with open(os.path.join(UNET_DIR, "training.json"), "w") as f:
-        json.dump(dict(seed=seed, steps=step + 1, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-                       seconds=round(time.time() - start)), f, indent=2)
+    first, seconds = 0, 0.0
+    if resume:
+        if not os.path.exists(state_file):
+            raise FileNotFoundError(f"--resume: no training state at {state_file}; start without --resume")
+        state = torch.load(state_file, weights_only=False)
+        if state["steps"] != steps or state["lr"] != lr or state["seed"] != seed:
+            raise ValueError(f"--resume: {state_file} was made with steps={state['steps']}, lr={state['lr']}, "
+                             f"seed={state['seed']}; pass the same settings")
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["generator"])
+        first, seconds = state["step"], state["seconds"]
+        print(f"resumed {name} at step {first} of {steps} ({seconds / 60:.1f} min done)")
+
+    def save_state(step):
+        tmp = state_file + ".tmp"
+        torch.save(dict(unet=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
+                        sched=sched.state_dict(), generator=g.get_state(), step=step, steps=steps,
+                        lr=lr, seed=seed, seconds=seconds + time.time() - start), tmp)
+        os.replace(tmp, state_file)   # never a half-written state
+
+    start = last_save = time.time()
+    step = first
+    interrupted = []   # Ctrl-C ends the step under way first: the state saved is a step boundary
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    bar = tqdm(range(first, steps), desc=f"{name} unet", initial=first, total=steps)
+    try:
+        for step in bar:
+            idx = torch.randint(0, n, (batch_size,), generator=g)
+            x0 = images[idx]
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g)
+            eps = torch.randn(x0.shape, generator=g)
+            x_t = scheduler.add_noise(x0, eps, t)
+            loss = F.mse_loss(unet(x_t, t, class_labels=labels[idx]).sample, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                d = min(ema_decay, (1 + step) / (10 + step))
+                for pe, p in zip(ema.parameters(), unet.parameters()):
+                    pe.lerp_(p, 1 - d)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            step += 1
+            if interrupted:
+                save_state(step)
+                print(f"\ninterrupted after step {step}; the state is in {state_file}: continue with --resume")
+                raise SystemExit(130)
+            if time.time() - last_save > checkpoint_minutes * 60:
+                save_state(step)
+                last_save = time.time()
+            if minutes is not None and time.time() - start > minutes * 60:
+                print(f"time budget reached after {step} steps")
+                break
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+    save_state(step)
+    out = out or info.unet_dir
+    ema.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    with open(os.path.join(out, "scheduler_config.json"), "w") as f:
+        json.dump(dict(_class_name="DDPMScheduler", **info.scheduler_config), f, indent=2)
+    with open(os.path.join(out, "training.json"), "w") as f:
+        json.dump(dict(seed=seed, steps=step, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                       seconds=round(seconds + time.time() - start)), f, indent=2)
     return ema
 
 
-def measure_unet(n_per_class: int = 50, num_inference_steps: int = 50, seed: int = 0) -> dict:
+def measure_unet(name: str = "digits", n_per_class: int = 50, num_inference_steps: int = 50,
+                 seed: int = 0) -> dict:
     """Mean per-class accuracy of the shipped UNet's DDIM samples, by the shipped classifier."""
     from ..metrics import classify
     from ..sampling import sample
-    from . import load_default_classifier, load_default_unet
+    from . import load_classifier, load_unet
 
     labels = torch.arange(10).repeat_interleave(n_per_class)
-    images = sample(load_default_unet(), default_scheduler(), labels,
-                    num_inference_steps=num_inference_steps, seed=seed, progress=True)
-    hit = (classify(load_default_classifier(), images).argmax(1) == labels).float()
+    images = sample(*load_unet(name), labels, num_inference_steps=num_inference_steps, seed=seed,
+                    progress=True)
+    hit = (classify(load_classifier(name), images).argmax(1) == labels).float()
     per_class = [round(float(hit[labels == c].mean()), 3) for c in range(10)]
     return dict(mean_per_class_accuracy=round(sum(per_class) / 10, 4), per_class=per_class,
                 n_per_class=n_per_class, ddim_steps=num_inference_steps)
 
 
 def main(argv=None):
+    from . import MODELS
     p = argparse.ArgumentParser(prog="python -m safemax.zoo.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=list(MODELS), default="digits", help="which embedded model")
     p.add_argument("--only", choices=["classifier", "unet", "measure"],
                    help="train just one of the two, or only measure the shipped UNet")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=4000, help="UNet optimisation steps (default 4000)")
+    p.add_argument("--steps", type=int, default=None, help="UNet optimisation steps (digits 4000, "
+                   "fashion-mnist 3000)")
     p.add_argument("--minutes", type=float, default=None, help="stop the UNet early after this long")
+    p.add_argument("--work", default=None, help="folder for the resumable training state "
+                   "(default ~/.cache/safemax)")
+    p.add_argument("--resume", action="store_true", help="continue the UNet from --work's state")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p.add_argument("--samples-per-class", type=int, default=50, help="DDIM-50 samples per class to measure")
     args = p.parse_args(argv)
+    name = args.dataset
     if args.only in (None, "classifier"):
-        train_classifier(seed=args.seed)
+        train_classifier(name, seed=args.seed)
     if args.only in (None, "unet"):
-        train_unet(seed=args.seed, steps=args.steps, minutes=args.minutes)
+        train_unet(name, seed=args.seed, steps=args.steps, minutes=args.minutes, work=args.work,
+                   resume=args.resume, checkpoint_minutes=args.checkpoint_minutes)
     if args.only in (None, "unet", "measure"):
-        result = measure_unet()
-        print(f"UNet DDIM-50 samples: mean per-class accuracy {result['mean_per_class_accuracy']:.3f} "
-              f"{result['per_class']}")
-        info_path = os.path.join(UNET_DIR, "training.json")
+        result = measure_unet(name, n_per_class=args.samples_per_class)
+        print(f"{name} UNet DDIM-50 samples: mean per-class accuracy "
+              f"{result['mean_per_class_accuracy']:.3f} {result['per_class']}")
+        info_path = os.path.join(model_info(name).unet_dir, "training.json")
         info = json.load(open(info_path)) if os.path.exists(info_path) else {}
         info["samples"] = result
         with open(info_path, "w") as f:
