@@ -25,7 +25,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoint, parallel
+from . import __version__, checkpoint, parallel, stopping
 from . import lora as adapters
 from .conditions import ForgetTargets
 from .data import Batches
@@ -108,6 +108,7 @@ class Unlearner:
         self.gradient_checkpointing = gradient_checkpointing
         self.seed = seed
         self.step, self.history = 0, []
+        self.stopped_at = None   # the step a fit's stop_when ended it at
         # of the original model: with LoRA the base weights, which the checkpoints do not hold
         self.original_digest = checkpoint.weights_digest(unet)
         if lora_config is not None:
@@ -166,7 +167,7 @@ class Unlearner:
     # ------------------------------------------------------------------ training
     def fit(self, retain, forget=None, steps: int = 100, batch_size: int = 64,
             checkpoint_dir: str = None, checkpoint_every: int = 0, resume: bool = False,
-            progress: bool = True, callback=None, max_grad_norm: float = None) -> list:
+            progress: bool = True, callback=None, max_grad_norm: float = None, stop_when=None) -> list:
         """Unlearn until ``steps`` optimisation steps have been taken in total.
 
         Args:
@@ -188,6 +189,10 @@ class Unlearner:
                 its time is not counted in ``record["seconds"]``.
             max_grad_norm: clip the gradient norm; ``None`` = the method's published recipe
                 (SAFEMax: no clipping; the baselines: 1.0), ``0`` = no clipping.
+            stop_when: stop before ``steps`` when forgetting is done, by a label-free rule
+                read from the history (``safemax.stopping``): ``"nats"`` (SAFEMax's forget and
+                retain rows both near their targets), ``"nats:RATIO:WINDOW"``, a ``NatsRule`` or
+                any callable ``rule(history) -> bool``; ``stopped_at`` then holds the step.
 
         Returns:
             the history: one dict per step with ``step``, ``loss``, ``seconds`` (cumulative
@@ -199,6 +204,8 @@ class Unlearner:
             raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps}, {batch_size}")
         if (checkpoint_every or resume) and not checkpoint_dir:
             raise ValueError("checkpoint_every and resume need a checkpoint_dir")
+        rule = stopping.stop_rule(stop_when)
+        self.stopped_at = None
         self.local.check(batch_size)
         self.denoiser.follow_device()  # the model may have moved since the Unlearner was built
         retain_b, forget_b = self._data(retain, forget, batch_size)
@@ -234,6 +241,8 @@ class Unlearner:
                         checkpoint.save_fit(self, checkpoint_dir, batch_size)
                     if callback is not None:
                         callback(self, record)
+                    if rule is not None and self._should_stop(rule, record):
+                        break
         except KeyboardInterrupt:
             if checkpoint_dir and self.is_main_process:
                 checkpoint.save_fit(self, checkpoint_dir, batch_size)
@@ -250,6 +259,18 @@ class Unlearner:
             self.accelerator.wait_for_everyone()  # the checkpoint exists for every process
         self.unet.eval()
         return self.history
+
+    def _should_stop(self, rule, record: dict) -> bool:
+        """Whether ``rule`` ends the fit after this step (read from the history, which every
+        process shares, so all stop together)."""
+        if isinstance(rule, stopping.NatsRule):
+            rule.check_history_keys(record, self.method.name)
+        if not rule(self.history):
+            return False
+        self.stopped_at = self.step
+        if self.is_main_process:
+            tqdm.write(f"safemax: stopped at step {self.step} by stop_when={rule}")
+        return True
 
     def _data(self, retain, forget, batch_size: int):
         """The fit's data as ``Batches`` (forget None: data-free, or a method that needs none)."""
@@ -330,6 +351,8 @@ class Unlearner:
                 "data_free": self.forget_set is not None}
         if self.lora is not None:
             info["lora_saved_as"] = saved_as
+        if self.stopped_at is not None:
+            info["stopped_at"] = self.stopped_at
         info.pop("batch_size")
         with open(os.path.join(path, "safemax.json"), "w") as f:
             json.dump(info, f, indent=2)
