@@ -6,14 +6,17 @@ import sys
 EXAMPLES = """examples:
   safemax demo                                  forget digit 3 of the embedded model, show it
   safemax demo --forget 7 --steps 50 --out d7   another digit, fewer steps
+  safemax demo --dataset fashion-mnist --forget 0 --out tshirt   forget T-shirts (needs the data)
   safemax unlearn --forget 3 --out unet-no3     unlearn the embedded model, save diffusers format
   safemax unlearn --model ./my-ddpm --data ./images --forget 2 --out ./my-ddpm-no2
   safemax unlearn --forget 3 --lora-rank 4 --out unet-no3-lora   train a LoRA adapter only
   accelerate launch -m safemax unlearn --forget 3 --out unet-no3   data-parallel (DDP)
   safemax sample --model unet-no3 --label 3 --out threes.png
   safemax evaluate --model unet-no3 --forget 3
+  safemax sample --model fashion-mnist --label 0 1 9 --out garments.png
   safemax compare                               SAFEMax vs SalUn, Selective Amnesia, gradient ascent
   safemax compare --quick --out /tmp/c          a smoke run (seconds), not a result
+  safemax probe --model digits unet-no3 --forget 3   erased or only avoided? (erasure probes)
   safemax selfcheck                             kernels vs reference, timed
 """
 
@@ -21,12 +24,14 @@ EXAMPLES = """examples:
 def _add_demo(sub):
     from .demo import DEFAULT_EARLY_FRACTION, DEFAULT_LR
     p = sub.add_parser(
-        "demo", help="forget a digit of the embedded model and show before/after",
-        description="Load the embedded digits DDPM, measure it, unlearn one digit with SAFEMax, "
-                    "measure again, and write before/after sample grids (before.png, after.png), "
-                    "the accuracy curve (curve.png), report.md, report.json and the unlearned UNet "
-                    "(unet/) to --out. About 2-3 minutes on 2 CPU cores.")
-    p.add_argument("--forget", type=int, default=3, help="digit to forget (default 3)")
+        "demo", help="forget a class of an embedded model and show before/after",
+        description="Load an embedded DDPM (the digits, or Fashion-MNIST with --dataset "
+                    "fashion-mnist), measure it, unlearn one class with SAFEMax, measure again, and "
+                    "write before/after sample grids (before.png, after.png), the accuracy curve "
+                    "(curve.png), report.md, report.json and the unlearned UNet (unet/) to --out. "
+                    "About 2-3 minutes (digits) on 2 CPU cores.")
+    _add_dataset(p)
+    p.add_argument("--forget", type=int, default=3, help="class id to forget (default 3)")
     p.add_argument("--steps", type=int, default=100, help="unlearning steps (default 100)")
     p.add_argument("--out", default="safemax-demo", help="output folder (default safemax-demo)")
     p.add_argument("--batch-size", type=int, default=64, help="forget and retain rows per step (each)")
@@ -38,6 +43,13 @@ def _add_demo(sub):
                    help="tiny measurement (few samples, few sampling steps): a smoke run, not a result")
 
 
+def _add_dataset(p):
+    from .zoo import MODELS
+    p.add_argument("--dataset", "--model", dest="dataset", choices=list(MODELS), default="digits",
+                   help="which embedded model and data set (default digits; fashion-mnist reads "
+                        "Fashion-MNIST's files, see safemax.fashion_mnist)")
+
+
 def _add_unlearn(sub):
     from .demo import DEFAULT_EARLY_FRACTION, DEFAULT_LR
     p = sub.add_parser(
@@ -47,21 +59,28 @@ def _add_unlearn(sub):
                     "safemax.json) to --out. Checkpoints every --checkpoint-every steps; Ctrl-C "
                     "saves one; --resume continues.")
     p.add_argument("--model", default="default",
-                   help="'default' (the embedded digits model) or a local diffusers UNet/pipeline folder")
-    p.add_argument("--data", default="digits",
-                   help="'digits' (scikit-learn's) or an image folder laid out as DIR/<class id>/*.png")
+                   help="an embedded model ('digits' = 'default', 'fashion-mnist') or a local "
+                        "diffusers UNet/pipeline folder")
+    p.add_argument("--data", default=None,
+                   help="'digits' (scikit-learn's), 'fashion-mnist' or an image folder laid out as "
+                        "DIR/<class id>/*.png (default: the embedded model's own data; digits for a folder)")
     p.add_argument("--forget", type=int, nargs="+", required=True, help="class id(s) to forget")
     p.add_argument("--data-free", action="store_true",
                    help="do not use forget-class images: generate them with the original model")
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=100, help="steps (at most, with --stop-when; default 100)")
+    p.add_argument("--stop-when", default=None, metavar="RULE",
+                   help="stop early once forgetting is done, by a label-free rule read from the "
+                        "training itself: 'nats' or 'nats:RATIO:WINDOW' (SAFEMax only; see "
+                        "safemax.stopping)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--early-fraction", type=float, default=None,
                    help=f"SAFEMax: train forgetting on the noisiest fraction of steps (default {DEFAULT_EARLY_FRACTION})")
     p.add_argument("--lr", type=float, default=None,
                    help=f"Adam learning rate (default: {DEFAULT_LR} for SAFEMax, 1e-4 for the baselines)")
-    p.add_argument("--method", default="safemax", choices=["safemax", "salun", "sa", "ga"],
-                   help="safemax (default) or a baseline: salun, sa (Selective Amnesia), ga "
-                        "(gradient ascent); the SAFEMax options do not apply to baselines")
+    p.add_argument("--method", default="safemax", choices=["safemax", "safemax-robust", "salun", "sa", "ga"],
+                   help="safemax (default), safemax-robust (holds against relearning; about 2x the "
+                        "step cost) or a baseline: salun, sa (Selective Amnesia), ga (gradient "
+                        "ascent); the SAFEMax options do not apply to baselines")
     p.add_argument("--max-snr", type=float, default=None,
                    help="window by noise level instead: train forgetting where SNR = ᾱ/(1−ᾱ) <= this")
     p.add_argument("--forget-weight", type=float, default=None, help="SAFEMax: weight of the forget rows (default 1)")
@@ -84,7 +103,8 @@ def _add_unlearn(sub):
 def _add_sample(sub):
     p = sub.add_parser("sample", help="draw class-conditional samples into a PNG grid",
                        description="DDIM samples of one or more classes; one row per class.")
-    p.add_argument("--model", default="default")
+    p.add_argument("--model", default="default",
+                   help="an embedded model ('digits' = 'default', 'fashion-mnist') or a local folder")
     p.add_argument("--label", type=int, nargs="+", required=True, help="class id(s), one row each")
     p.add_argument("--n", type=int, default=10, help="samples per class (default 10)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
@@ -94,11 +114,16 @@ def _add_sample(sub):
 
 def _add_evaluate(sub):
     p = sub.add_parser(
-        "evaluate", help="measure forgetting and retained quality (digits models)",
-        description="Sample the model and score the samples with the embedded digits classifier "
-                    "(10 digits + 'not a digit'): forget accuracy, P(forget), entropy, retain "
-                    "accuracy, Fréchet distance to real digits, Gaussianity. Prints JSON.")
-    p.add_argument("--model", default="default")
+        "evaluate", help="measure forgetting and retained quality (digits / Fashion-MNIST models)",
+        description="Sample the model and score the samples with an embedded classifier (10 "
+                    "classes + 'not a digit' / 'not a garment'): forget accuracy, P(forget), "
+                    "entropy, retain accuracy, Fréchet distance to real images, Gaussianity. "
+                    "Prints JSON.")
+    p.add_argument("--model", default="default",
+                   help="an embedded model ('digits' = 'default', 'fashion-mnist') or a local folder")
+    p.add_argument("--dataset", default=None, choices=["digits", "fashion-mnist"],
+                   help="whose classifier and real images measure it (default: the embedded "
+                        "model's own; for a folder, the one of its image size)")
     p.add_argument("--forget", type=int, nargs="+", required=True)
     p.add_argument("--n-forget", type=int, default=100)
     p.add_argument("--n-per-class", type=int, default=30)
@@ -110,15 +135,16 @@ def _add_compare(sub):
     from .compare import ALL_METHODS
     p = sub.add_parser(
         "compare", help="SAFEMax vs SalUn, Selective Amnesia and gradient ascent, timed",
-        description="From the embedded digits model, forget one digit with each method (same "
+        description="From an embedded model (--model digits or fashion-mnist), forget one class with each method (same "
                     "batch, Adam, step budget), measure every --eval-every steps, find the time "
                     "to forget (FA <= 1%% with retain accuracy within 2 points; preparation "
                     "included), run a relearning attack on each result, and write results.json, "
                     "results.md, curves.png and samples.png to --out. The defaults take about "
                     "40 minutes on 2 CPU cores; finished methods are kept, --resume skips them.")
-    p.add_argument("--forget", type=int, default=3, help="digit to forget (default 3)")
+    _add_dataset(p)
+    p.add_argument("--forget", type=int, default=3, help="class id to forget (default 3)")
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), metavar="METHOD",
-                   help=f"methods to run, of {', '.join(ALL_METHODS)} (default: all); options after "
+                   help=f"methods to run, of {', '.join(ALL_METHODS)} (the default) and safemax-robust; options after "
                         "a colon, e.g. salun:retain_weight=1,mask_fraction=0.3 or "
                         "safemax:early_fraction=0.8")
     p.add_argument("--steps", type=int, default=500, help="step budget of every method (default 500)")
@@ -137,6 +163,75 @@ def _add_compare(sub):
                    help="tiny measurements and preparation: a smoke run of the whole pipeline, not a result")
 
 
+def _add_probe(sub):
+    p = sub.add_parser(
+        "probe", help="is a forgotten class erased, or only avoided? (erasure probes)",
+        description="Run the erasure probes (safemax.probes) on one or more class-conditional "
+                    "models: denoising from noised real images of the class, classifier-guided "
+                    "sampling towards it, many seeds. Reports how often the class comes back, one "
+                    "column per model; writes probes.json, probes.md and guided.png to --out.")
+    p.add_argument("--model", nargs="+", required=True,
+                   help="models to probe: embedded names ('digits', 'fashion-mnist': the originals) "
+                        "or local folders (e.g. the unlearned model and its original, side by side)")
+    p.add_argument("--forget", type=int, required=True, help="the forgotten class id")
+    p.add_argument("--dataset", default=None, choices=["digits", "fashion-mnist"],
+                   help="whose classifier and real images (default: inferred from the first model)")
+    p.add_argument("--images", type=int, default=100, help="real images of the class to start from (default 100)")
+    p.add_argument("--t", type=int, nargs="+", default=[250, 500, 750], help="trajectory starts (default 250 500 750)")
+    p.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 3.0, 10.0],
+                   help="classifier-guidance scales (default 0 1 3 10)")
+    p.add_argument("--n-guided", type=int, default=100, help="guided samples per scale (default 100)")
+    p.add_argument("--n-seeds", type=int, default=1000, help="seeds of the class (default 1000)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="safemax-probe", help="output folder (default safemax-probe)")
+
+
+def _probe(args):
+    import os
+
+    import torch
+
+    from .loading import dataset_for, load_unet_and_scheduler
+    from .probes import guided, seeds, table, trajectory
+    from .report import save_grid, write_json
+    from .zoo import load_classifier, model_info
+
+    models = [load_unet_and_scheduler(spec) for spec in args.model]
+    name = args.dataset or dataset_for(args.model[0], models[0][0])
+    info = model_info(name)
+    if not 0 <= args.forget <= 9:
+        raise SystemExit(f"safemax probe: --forget {args.forget}: the {name} classes are 0..9")
+    classifier = load_classifier(name)
+    data, labels = info.dataset("train").tensors
+    pick = torch.randperm(int((labels == args.forget).sum()), generator=torch.Generator().manual_seed(args.seed))
+    images = data[labels == args.forget][pick[:args.images]]
+    os.makedirs(args.out, exist_ok=True)
+    results, pictures = {}, []
+    for spec, (unet, scheduler) in zip(args.model, models):
+        print(f"probing {spec} (class {info.class_name(args.forget)} of {name})")
+        rows = trajectory(unet, scheduler, classifier, args.forget, images, args.t,
+                          num_inference_steps=args.steps, seed=args.seed, progress=True)
+        g_rows, g_images = guided(unet, scheduler, classifier, args.forget, args.n_guided, args.scales,
+                                  args.steps, args.seed, progress=True, return_samples=True)
+        rows += g_rows + seeds(unet, scheduler, classifier, args.forget, args.n_seeds, args.steps,
+                               args.seed, progress=True)
+        results[spec] = rows
+        pictures += [g_images[s][:10] for s in args.scales]
+    write_json(os.path.join(args.out, "probes.json"),
+               dict(dataset=name, forget=args.forget, models=args.model, results=results))
+    text = table(results)
+    with open(os.path.join(args.out, "probes.md"), "w") as f:
+        f.write(f"# Erasure probes: class {info.class_name(args.forget)} of {name}\n\n"
+                "Share of results the classifier labels as the forgotten class; one column per "
+                "model.\n\n" + text + "\n\n![guided samples](guided.png)\n\nguided.png: one row per "
+                "model and guidance scale (" + ", ".join(f"{s:g}" for s in args.scales) + "), in the "
+                "column order above.\n")
+    save_grid(torch.cat(pictures), rows=len(pictures), path=os.path.join(args.out, "guided.png"))
+    print(text)
+    print(f"results in {args.out}/ (probes.json, probes.md, guided.png)")
+
+
 def _cuda():
     import torch
     return torch.cuda.is_available()
@@ -145,18 +240,21 @@ def _cuda():
 def _unlearn(args):
     import os
 
-    from .data import ImageFolder, digits_dataset, split_by_class
-    from .loading import load_unet_and_scheduler
+    from .data import ImageFolder, digits_dataset, fashion_mnist, split_by_class
+    from .loading import embedded_name, load_unet_and_scheduler
     from .unlearner import Unlearner
 
     unet, scheduler = load_unet_and_scheduler(args.model, args.device)
-    if args.data == "digits":
+    data_name = args.data or embedded_name(args.model) or "digits"
+    if data_name == "digits":
         data = digits_dataset(size=unet.config.sample_size)
+    elif data_name == "fashion-mnist":
+        data = fashion_mnist("train", size=unet.config.sample_size)
     else:
         data = ImageFolder(args.data, unet.config.sample_size, unet.config.in_channels)
     forget_data, retain_data = split_by_class(data, args.forget)
     from .demo import DEFAULT_LR
-    lr = DEFAULT_LR if args.lr is None and args.method == "safemax" else args.lr
+    lr = DEFAULT_LR if args.lr is None and args.method.startswith("safemax") else args.lr
     # SAFEMax's settings, where given: a baseline refuses them (they are not its settings)
     settings = {k: v for k, v in (("early_fraction", args.early_fraction), ("max_snr", args.max_snr),
                                   ("forget_weight", args.forget_weight)) if v is not None}
@@ -167,7 +265,7 @@ def _unlearn(args):
     ckpt = args.checkpoint_dir or os.path.join(args.out, "checkpoint")
     u.fit(retain_data, None if args.data_free else forget_data, steps=args.steps,
           batch_size=args.batch_size, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
-          resume=args.resume)
+          resume=args.resume, stop_when=args.stop_when)
     u.save_pretrained(args.out)
     if u.is_main_process:
         print(f"unlearned UNet saved to {args.out} (diffusers format; safemax.json says what was done)")
@@ -187,15 +285,26 @@ def _sample(args):
 
 
 def _evaluate(args):
-    from .data import digits_dataset, split_by_class
-    from .loading import load_unet_and_scheduler
+    import torch
+
+    from .loading import dataset_for, load_unet_and_scheduler
     from .metrics import evaluate
-    from .zoo import load_default_classifier
+    from .zoo import load_classifier, model_info
 
     unet, scheduler = load_unet_and_scheduler(args.model)
-    _, retain = split_by_class(digits_dataset(size=unet.config.sample_size), args.forget)
-    result = evaluate(unet, scheduler, load_default_classifier(), args.forget,
-                      [c for c in range(10) if c not in args.forget], retain.tensors[0],
+    name = args.dataset or dataset_for(args.model, unet)
+    info = model_info(name)
+    if unet.config.sample_size != info.image_size:
+        raise SystemExit(f"safemax evaluate: the {name} classifier measures {info.image_size}×"
+                         f"{info.image_size} images; {args.model} makes {unet.config.sample_size}×"
+                         f"{unet.config.sample_size}")
+    bad = [c for c in args.forget if not 0 <= c <= 9]
+    if bad:
+        raise SystemExit(f"safemax evaluate: --forget {bad}: the {name} classes are 0..9")
+    real, labels = info.reference_images()
+    result = evaluate(unet, scheduler, load_classifier(name), args.forget,
+                      [c for c in range(10) if c not in args.forget],
+                      real[~torch.isin(labels, torch.tensor(args.forget))],
                       n_forget=args.n_forget, n_per_class=args.n_per_class,
                       num_inference_steps=args.steps, seed=args.seed, progress=True)
     print(json.dumps(result, indent=2))
@@ -212,6 +321,7 @@ def main(argv=None) -> int:
     _add_sample(sub)
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_probe(sub)
     check = sub.add_parser(
         "selfcheck", help="check the compiled kernels against the reference and time them",
         description="Run the fused op and the pure-PyTorch reference on one random batch per "
@@ -228,16 +338,17 @@ def main(argv=None) -> int:
         from .demo import run
         quick = dict(eval_every=0, n_forget=8, n_per_class=2, num_inference_steps=5) if args.quick else {}
         run(forget=args.forget, steps=args.steps, out=args.out, batch_size=args.batch_size,
-            early_fraction=args.early_fraction, lr=args.lr, seed=args.seed, **quick)
+            early_fraction=args.early_fraction, lr=args.lr, seed=args.seed, dataset=args.dataset,
+            **quick)
         return 0
     if args.command == "compare":
         from .compare import run
         run(forget=args.forget, methods=args.methods, steps=args.steps, eval_every=args.eval_every,
             batch_size=args.batch_size, lr=args.lr, attack=not args.no_attack,
             attack_steps=args.attack_steps, attack_images=args.attack_images, seed=args.seed,
-            out=args.out, resume=args.resume, quick=args.quick)
+            out=args.out, resume=args.resume, quick=args.quick, model=args.dataset)
         return 0
-    {"unlearn": _unlearn, "sample": _sample, "evaluate": _evaluate}[args.command](args)
+    {"unlearn": _unlearn, "sample": _sample, "evaluate": _evaluate, "probe": _probe}[args.command](args)
     return 0
 
 

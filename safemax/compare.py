@@ -1,6 +1,6 @@
 """``safemax compare``: SAFEMax against SalUn, Selective Amnesia and gradient ascent, head to head.
 
-From the same base model (the embedded digits DDPM), each method forgets the same digit with the
+From the same base model (an embedded DDPM: the digits or Fashion-MNIST), each method forgets the same class with the
 same batch (``batch_size`` forget + ``batch_size`` retain rows), Adam, and step budget. Every
 ``eval_every`` steps the model is measured (timing paused); the *time to forget* is the first
 measurement with forget accuracy ≤ 1% while retain accuracy is within 2 points of the original,
@@ -20,18 +20,19 @@ import re
 import torch
 
 from . import __version__
-from .data import digits_dataset, split_by_class
+from .data import split_by_class
 from .methods import METHODS, make_method
 from .metrics import classify, evaluate
 from .report import save_comparison_curves, save_grid, write_json
 from .sampling import epsilon_part, sample
 from .unlearner import Unlearner
-from .zoo import default_scheduler, load_default_classifier, load_default_unet
+from .zoo import load_classifier, load_unet, model_info
 
 FA_BAR = 0.01        # forgotten: at most 1% of forget samples still classified as the class
 RETAIN_SLACK = 0.02  # ... while retain accuracy is within 2 points of the original model's
 ALL_METHODS = ("safemax", "salun", "sa", "ga")
-LABELS = {"safemax": "SAFEMax", "salun": "SalUn", "sa": "Selective Amnesia", "ga": "gradient ascent"}
+LABELS = {"safemax": "SAFEMax", "salun": "SalUn", "sa": "Selective Amnesia", "ga": "gradient ascent",
+          "safemax-robust": "robust SAFEMax"}
 
 
 def relearning_attack(unet, scheduler, images: torch.Tensor, labels: torch.Tensor, steps: int = 50,
@@ -93,7 +94,7 @@ def parse_method(spec: str, quick: bool = False):
     a method name and the options of its object (for ``safemax``: of the Unlearner)."""
     name, _, rest = spec.partition(":")
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r} in {spec!r}: choose from {list(ALL_METHODS)}, "
+        raise ValueError(f"unknown method {name!r} in {spec!r}: choose from {list(METHODS)}, "
                          "optionally with options, e.g. salun:retain_weight=1")
     options = {}
     for item in filter(None, rest.split(",")):
@@ -165,17 +166,19 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         attack: bool = True, attack_images: int = 10, attack_steps: int = 50,
         attack_lrs=(1e-4, 1e-3), n_forget: int = 100, n_per_class: int = 20,
         num_inference_steps: int = 25, quick: bool = False, resume: bool = False,
-        progress: bool = True) -> dict:
-    """Run the comparison; returns (and writes) the results. ``lr=None`` gives each method its
-    own default (SAFEMax: the demo's 5e-4; the baselines: their published 1e-4)."""
+        progress: bool = True, model: str = "digits") -> dict:
+    """Run the comparison on the embedded model ``model`` ("digits" or "fashion-mnist"); returns
+    (and writes) the results. ``lr=None`` gives each method its own default (SAFEMax: the demo's
+    5e-4; the baselines: their published 1e-4)."""
     from .demo import DEFAULT_LR
 
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise ValueError(f"no methods: choose from {list(ALL_METHODS)}")
     parsed = {spec: parse_method(spec, quick) for spec in methods}
+    info = model_info(model)
     if not 0 <= forget <= 9:
-        raise ValueError(f"--forget must be a digit 0..9, got {forget}")
+        raise ValueError(f"--forget must be a class id 0..9 of {model}, got {forget}")
     if steps < 1 or eval_every < 1 or batch_size < 1:
         raise ValueError("steps, eval_every and batch_size must be >= 1")
     if quick:  # every stage runs, on a few samples: minutes become seconds
@@ -184,25 +187,25 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         attack_steps, attack_images = min(attack_steps, 2), min(attack_images, 4)
     os.makedirs(os.path.join(out, "methods"), exist_ok=True)
 
-    data = digits_dataset()
-    forget_data, retain_data = split_by_class(data, [forget])
+    forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
     retain_classes = [c for c in range(10) if c != forget]
-    scheduler, classifier = default_scheduler(), load_default_classifier()
+    (base, scheduler), classifier = load_unet(model), load_classifier(model)
+    reference, reference_labels = info.reference_images()
     measure = dict(scheduler=scheduler, classifier=classifier, forget=[forget],
-                   retain_classes=retain_classes, real_retain=retain_data.tensors[0], seed=seed,
+                   retain_classes=retain_classes, real_retain=reference[reference_labels != forget], seed=seed,
                    n_forget=n_forget, n_per_class=n_per_class, num_inference_steps=num_inference_steps)
     pick = torch.randperm(len(forget_data), generator=torch.Generator().manual_seed(seed))[:attack_images]
     attack_x, attack_y = forget_data.tensors[0][pick], forget_data.tensors[1][pick]
-    settings = dict(forget=forget, steps=steps, eval_every=eval_every, batch_size=batch_size,
+    settings = dict(model=model, forget=forget, steps=steps, eval_every=eval_every, batch_size=batch_size,
                     seed=seed, n_forget=n_forget, n_per_class=n_per_class,
                     num_inference_steps=num_inference_steps, attack=attack,
                     attack_images=attack_images, attack_steps=attack_steps,
                     attack_lrs=list(attack_lrs), quick=quick)
 
-    original = evaluate(load_default_unet(), **measure, return_samples=True)
+    original = evaluate(base, **measure, return_samples=True)
     original_samples = original.pop("samples")["forget"]
     retain_floor = original["retain_acc"] - RETAIN_SLACK
-    print(f"safemax compare: forgetting digit {forget}; original FA {original['fa']:.2f}, retain "
+    print(f"safemax compare: forgetting class {info.class_name(forget)} of {model}; original FA {original['fa']:.2f}, retain "
           f"accuracy {original['retain_acc']:.3f} (bar: FA <= {FA_BAR}, retain >= {retain_floor:.3f})")
 
     results, samples = {}, {"original": original_samples}
@@ -220,7 +223,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                 samples[spec] = torch.tensor(saved["forget_samples"])
                 continue
         results[spec], samples[spec] = _run_method(
-            spec, *parsed[spec], method_lr, original, measure, retain_data, forget_data, batch_size, steps,
+            spec, *parsed[spec], method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
             eval_every, seed, retain_floor, attack, attack_x, attack_y, attack_steps, attack_lrs,
             progress)
         write_json(cache, dict(config=config, result=results[spec],
@@ -236,7 +239,8 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                   original=original, methods=results)
     write_json(os.path.join(out, "results.json"), report)
     save_comparison_curves(results, original, os.path.join(out, "curves.png"), {k: label(k) for k in results},
-                           f"forgetting digit {forget}: wall time includes preparation", report["bar"])
+                           f"forgetting {'digit' if model == 'digits' else 'class'} {info.class_name(forget)}: "
+                           "wall time includes preparation", report["bar"])
     rows = list(samples)
     save_grid(torch.cat([samples[k][:10] for k in rows]), rows=len(rows),
               path=os.path.join(out, "samples.png"))
@@ -247,11 +251,11 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     return report
 
 
-def _run_method(spec, name, options, method_lr, original, measure, retain_data, forget_data, batch_size, steps,
+def _run_method(spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
                 eval_every, seed, retain_floor, attack, attack_x, attack_y, attack_steps,
                 attack_lrs, progress):
     method = _build(name, options)
-    u = Unlearner(load_default_unet(), measure["scheduler"], forget=measure["forget"], lr=method_lr,
+    u = Unlearner(copy.deepcopy(base), measure["scheduler"], forget=measure["forget"], lr=method_lr,
                   seed=seed, method=method)
     curve = [_point(0, 0.0, 0.0, original)]
     eval_at = evaluation_steps(steps, eval_every)
@@ -329,10 +333,12 @@ def table(report: dict) -> str:
 
 def markdown(report: dict, sample_rows: list) -> str:
     s, o, m = report["settings"], report["original"], report["machine"]
-    out = [f"# safemax compare: forgetting digit {s['forget']}\n",
-           f"Embedded digits model; {s['steps']} steps per method at batch {s['batch_size']} forget + "
+    info = model_info(s.get("model", "digits"))
+    what = f"{'digit' if info.name == 'digits' else 'class'} {info.class_name(s['forget'])}"
+    out = [f"# safemax compare: forgetting {what}\n",
+           f"Embedded {info.name} model; {s['steps']} steps per method at batch {s['batch_size']} forget + "
            f"{s['batch_size']} retain, Adam; measured every {s['eval_every']} steps ({s['n_forget']} "
-           f"forget samples, {s['n_per_class']} per kept digit, DDIM {s['num_inference_steps']}). "
+           f"forget samples, {s['n_per_class']} per kept class, DDIM {s['num_inference_steps']}). "
            f"Forgotten = FA ≤ {report['bar']['fa_max']:.0%} with retain accuracy ≥ "
            f"{report['bar']['retain_acc_min']:.3f} (original {o['retain_acc']:.3f} − 0.02). Times include "
            f"preparation. Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}.\n",
@@ -356,9 +362,9 @@ def markdown(report: dict, sample_rows: list) -> str:
     if s["attack"]:
         lrs = s["attack_lrs"]
         out += ["", f"Relearning attack: {s['attack_steps']} Adam steps of the plain denoising loss on "
-                f"{s['attack_images']} images of digit {s['forget']}; forget accuracy before → after "
-                "(in brackets: over the 10 digits only — a damaged sample the 11-class classifier "
-                "calls \"not a digit\" may still look most like the class).\n",
+                f"{s['attack_images']} images of {what}; forget accuracy before → after "
+                "(in brackets: over the 10 classes only — a damaged sample the 11-class classifier "
+                f"calls \"{info.not_a_class}\" may still look most like the class).\n",
                 "| method | FA before | " + " | ".join(f"FA after, lr {a:g}" for a in lrs) + " |",
                 "| --- | ---: | " + " | ".join("---:" for _ in lrs) + " |"]
         for name, r in report["methods"].items():

@@ -1,6 +1,7 @@
-"""``safemax demo``: forget one digit of the embedded model and show what changed.
+"""``safemax demo``: forget one class of an embedded model (the digits, or Fashion-MNIST's garments)
+and show what changed.
 
-Embedded default → measure → unlearn → measure → before/after sample grids, a forget/retain
+Embedded model → measure → unlearn → measure → before/after sample grids, a forget/retain
 accuracy curve, ``report.md`` and ``report.json``, and a summary table on the console.
 """
 import os
@@ -8,11 +9,11 @@ import time
 
 import torch
 
-from .data import digits_dataset, split_by_class
+from .data import split_by_class
 from .metrics import evaluate
 from .report import console_table, metrics_table, save_curves, save_grid, write_json
 from .unlearner import Unlearner
-from .zoo import default_scheduler, load_default_classifier, load_default_unet
+from .zoo import load_classifier, load_unet, model_info
 
 # Defaults chosen from the early-fraction sweep (docs/results/early-fraction.md, benchmarks/tau_sweep.py).
 DEFAULT_EARLY_FRACTION = 1.0
@@ -26,20 +27,23 @@ def _curve_point(step: int, measured: dict) -> dict:
 def run(forget: int = 3, steps: int = 100, out: str = "safemax-demo", batch_size: int = 64,
         early_fraction: float = DEFAULT_EARLY_FRACTION, lr: float = DEFAULT_LR, seed: int = 0,
         eval_every: int = 25, n_forget: int = 100, n_per_class: int = 30,
-        num_inference_steps: int = 50, progress: bool = True) -> dict:
+        num_inference_steps: int = 50, progress: bool = True, dataset: str = "digits") -> dict:
+    """Forget class ``forget`` of the embedded model ``dataset`` ("digits" or "fashion-mnist")."""
+    info = model_info(dataset)
     if not 0 <= forget <= 9:
-        raise ValueError(f"--forget must be a digit 0..9, got {forget}")
+        raise ValueError(f"--forget must be a class id 0..9 of {dataset}, got {forget}")
     os.makedirs(out, exist_ok=True)
     start = time.time()
-    unet, scheduler, classifier = load_default_unet(), default_scheduler(), load_default_classifier()
-    data = digits_dataset()
-    forget_data, retain_data = split_by_class(data, [forget])
+    (unet, scheduler), classifier = load_unet(dataset), load_classifier(dataset)
+    forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
     retain_classes = [c for c in range(10) if c != forget]
-    real_retain = retain_data.tensors[0]
+    reference, reference_labels = info.reference_images()
+    real_retain = reference[reference_labels != forget]
+    what = f"{'digit' if dataset == 'digits' else 'class'} {info.class_name(forget)}"
     measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=retain_classes, real_retain=real_retain, seed=seed)
 
-    print(f"safemax demo: forgetting digit {forget} of the embedded digits model "
+    print(f"safemax demo: forgetting {what} of the embedded {dataset} model "
           f"({steps} steps, batch {batch_size}+{batch_size}, early fraction {early_fraction}, lr {lr})")
     before = evaluate(**measure, n_forget=n_forget, n_per_class=n_per_class,
                       num_inference_steps=num_inference_steps, return_samples=True, progress=progress)
@@ -63,25 +67,25 @@ def run(forget: int = 3, steps: int = 100, out: str = "safemax-demo", batch_size
         s = res.pop("samples")
         rows = [s["forget"][:10]] + [s["retain"][s["retain_labels"] == c][:10] for c in retain_classes]
         save_grid(torch.cat(rows), rows=len(rows), path=os.path.join(out, f"{name}.png"))
-    save_curves(curve, os.path.join(out, "curve.png"), f"forgetting digit {forget}")
+    save_curves(curve, os.path.join(out, "curve.png"), f"forgetting {what}")
     u.save_pretrained(os.path.join(out, "unet"))
 
     seconds = time.time() - start
-    report = dict(forget=forget, steps=steps, batch_size=batch_size, early_fraction=early_fraction,
+    report = dict(model=dataset, forget=forget, steps=steps, batch_size=batch_size, early_fraction=early_fraction,
                   t_min=u.method.t_min, lr=lr, seed=seed, seconds=round(seconds, 1),
                   unlearn_seconds=round(unlearn_seconds, 1), before=before, after=after,
                   curve=curve, final_loss=history[-1]["loss"] if history else None)
     write_json(os.path.join(out, "report.json"), report)
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(f"# safemax demo: forgetting digit {forget}\n\n"
-                f"Embedded digits model, {steps} SAFEMax steps at batch {batch_size}+{batch_size}, "
+        f.write(f"# safemax demo: forgetting {what}\n\n"
+                f"Embedded {dataset} model, {steps} SAFEMax steps at batch {batch_size}+{batch_size}, "
                 f"early fraction {early_fraction} (t_min {u.method.t_min}), lr {lr}. Unlearning took "
                 f"{unlearn_seconds:.1f} s; the whole demo {seconds:.1f} s. Samples: DDIM "
-                f"{num_inference_steps} steps, {n_forget} of digit {forget}, {n_per_class} of "
-                "each other digit, same seed before and after.\n\n"
+                f"{num_inference_steps} steps, {n_forget} of {what}, {n_per_class} of "
+                "each other class, same seed before and after.\n\n"
                 + metrics_table(before, after) +
                 "\n\n| before | after |\n| --- | --- |\n| ![before](before.png) | ![after](after.png) |\n\n"
-                "First row: the forgotten digit; other rows: the kept digits.\n\n![curve](curve.png)\n")
+                "First row: the forgotten class; other rows: the kept classes.\n\n![curve](curve.png)\n")
     print(console_table(before, after))
     print(f"unlearning {unlearn_seconds:.1f} s, whole demo {seconds:.1f} s; pictures and report in {out}/")
     return report

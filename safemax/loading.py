@@ -1,19 +1,21 @@
-"""Load a UNet and its scheduler: the embedded default, a diffusers model folder, or a pipeline
-folder (``unet/`` and ``scheduler/`` inside)."""
+"""Load a UNet and its scheduler: an embedded model by name, a diffusers model folder, or a
+pipeline folder (``unet/`` and ``scheduler/`` inside)."""
 import os
 
 
 def load_unet_and_scheduler(spec: str, device: str = "cpu"):
-    """``spec`` is ``"default"`` or a local folder. Nothing is downloaded."""
+    """``spec`` is an embedded model's name (``"digits"``, ``"fashion-mnist"``; ``"default"`` is
+    the digits) or a local folder. Nothing is downloaded."""
     import torch
     from diffusers import DDPMScheduler, UNet2DModel
 
-    if spec == "default":
-        from .zoo import default_scheduler, load_default_unet
-        return load_default_unet(device), default_scheduler()
+    from .zoo import MODELS, load_unet
+    name = embedded_name(spec)
+    if name is not None:
+        return load_unet(name, device)
     if not os.path.isdir(spec):
-        raise ValueError(f"model {spec!r} is neither 'default' nor a local folder "
-                         "(safemax never downloads weights)")
+        raise ValueError(f"model {spec!r} is neither an embedded model ({', '.join(MODELS)}) nor a "
+                         "local folder (safemax never downloads weights)")
     unet_dir = os.path.join(spec, "unet") if os.path.isdir(os.path.join(spec, "unet")) else spec
     sched_dir = os.path.join(spec, "scheduler") if os.path.isdir(os.path.join(spec, "scheduler")) else spec
     # safetensors only: a pickled .bin could run code on load
@@ -24,3 +26,29 @@ def load_unet_and_scheduler(spec: str, device: str = "cpu"):
         print(f"safemax: no scheduler_config.json in {spec}; assuming a linear-β DDPM with T = 1000")
         scheduler = DDPMScheduler(num_train_timesteps=1000)
     return unet.eval(), scheduler
+
+
+def embedded_name(spec: str):
+    """The zoo name ``spec`` stands for ("default" is the digits), or None for a folder."""
+    from .zoo import MODELS
+    if spec == "default":
+        return "digits"
+    return spec if spec in MODELS and not os.path.isdir(spec) else None
+
+
+def dataset_for(spec: str, unet) -> str:
+    """Which embedded model's classifier and data measure ``spec``: its own name, else the one
+    whose image size and channels the UNet has."""
+    from .zoo import MODELS
+    name = embedded_name(spec)
+    if name is not None:
+        return name
+    cfg = unet.config
+    fits = [m.name for m in MODELS.values()
+            if m.image_size == cfg.sample_size and cfg.in_channels == 1 and cfg.get("num_class_embeds") == 10]
+    if len(fits) != 1:
+        raise ValueError(f"cannot tell which embedded classifier measures {spec!r} (a {cfg.in_channels}-channel "
+                         f"{cfg.sample_size}×{cfg.sample_size} model); the classifiers measure 1-channel "
+                         + ", ".join(f"{m.image_size}×{m.image_size} ({m.name})" for m in MODELS.values())
+                         + " class-conditional models: pass --dataset")
+    return fits[0]

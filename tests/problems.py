@@ -1,4 +1,6 @@
-"""Random safemax_loss problems shared by the tests."""
+"""Random safemax_loss problems and small models shared by the tests."""
+from types import SimpleNamespace
+
 import torch
 
 T = 1000
@@ -98,3 +100,19 @@ def short_fit(model, scheduler, method, steps=2, batch_size=6):
 def params(model):
     """A detached copy of a model's state."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+class HaltedModel(torch.nn.Module):
+    """The Bayes-optimal predictor for a class that *is* N(0, I) — SAFEMax's exact fixed point,
+    for every class of a 16×16 one-channel class-conditional model: ε* = √(1−ᾱ_t)·x_t, so the
+    reverse chain halts."""
+
+    def __init__(self, alphas_cumprod):
+        super().__init__()
+        self.register_buffer("abar", alphas_cumprod.clone().float())
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(in_channels=1, out_channels=1, sample_size=16, num_class_embeds=10)
+
+    def forward(self, x, t, class_labels=None):
+        s = (1 - self.abar[t]).sqrt().view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=s * x + 0 * self.weight)

@@ -1,9 +1,9 @@
 """The command line, the embedded default model, sampling and metrics (fast)."""
 import json
 import os
+import signal
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,24 +15,12 @@ from safemax.sampling import sample
 from safemax.zoo import (CLASSIFIER_FILE, NOT_A_DIGIT, UNET_DIR, default_scheduler,
                          load_default_classifier, load_default_unet)
 
+from problems import HaltedModel
+
 diffusers = pytest.importorskip("diffusers")
 
 
 # ---------------------------------------------------------------- the method's fixed point
-
-class HaltedModel(torch.nn.Module):
-    """The Bayes-optimal predictor for a class that *is* N(0, I): ε* = √(1−ᾱ_t)·x_t."""
-
-    def __init__(self, alphas_cumprod):
-        super().__init__()
-        self.register_buffer("abar", alphas_cumprod.clone())
-        self.weight = torch.nn.Parameter(torch.zeros(()))
-        self.config = SimpleNamespace(in_channels=1, sample_size=16)
-
-    def forward(self, x, t, class_labels=None):
-        s = (1 - self.abar[t]).sqrt().view(-1, 1, 1, 1)
-        return SimpleNamespace(sample=s * x)
-
 
 def test_max_entropy_target_halts_denoising():
     """DDIM with the max-entropy prediction returns the starting noise, scaled by ≈ 0.96."""
@@ -150,5 +138,37 @@ def test_unlearn_with_a_baseline_method(tmp_path):
 
 
 def test_unlearn_refuses_a_missing_model(tmp_path):
-    with pytest.raises(ValueError, match="neither 'default' nor a local folder"):
+    with pytest.raises(ValueError, match="neither an embedded model .* nor a local folder"):
         main(["unlearn", "--model", str(tmp_path / "nope"), "--forget", "1", "--out", str(tmp_path / "o")])
+
+
+def test_zoo_training_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """python -m safemax.zoo.train: Ctrl-C saves the training state, --resume continues it and
+    ends where an uninterrupted run ends (tiny: 4 steps at batch 4)."""
+    import safemax.zoo.train as train
+    from safetensors.torch import load_file
+
+    kw = dict(steps=4, batch_size=4, checkpoint_minutes=1e9)
+    train.train_unet("digits", work=str(tmp_path / "w1"), out=str(tmp_path / "a"), **kw)
+    clip, calls = train.torch.nn.utils.clip_grad_norm_, []
+
+    def interrupt_at_third(*args, **kwargs):   # Ctrl-C in the middle of the third step
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(train.torch.nn.utils, "clip_grad_norm_", interrupt_at_third)
+    with pytest.raises(SystemExit) as stop:
+        train.train_unet("digits", work=str(tmp_path / "w2"), out=str(tmp_path / "b"), **kw)
+    assert stop.value.code == 130 and not (tmp_path / "b").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+    monkeypatch.setattr(train.torch.nn.utils, "clip_grad_norm_", clip)
+    with pytest.raises(ValueError, match="was made with steps=4"):
+        train.train_unet("digits", work=str(tmp_path / "w2"), out=str(tmp_path / "b"), resume=True,
+                         steps=5, batch_size=4)
+    train.train_unet("digits", work=str(tmp_path / "w2"), out=str(tmp_path / "b"), resume=True, **kw)
+    a = load_file(str(tmp_path / "a" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["steps"] == 4
