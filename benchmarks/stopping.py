@@ -1,0 +1,88 @@
+"""How good is the label-free stopping rule? It is replayed on the training histories that
+``benchmarks/classes.py`` keeps for every run, and its stopping step is held against the
+classifier's verdict from the same runs (FA ≤ 1% with retain accuracy within 2 points of the
+original, measured every ``--curve-every`` steps):
+
+- *too early*: the rule stopped before the bar held (the classifier would say: not done yet);
+- *wasted*: steps the rule ran past the first measurement from which the bar held;
+- *missed*: the rule never fired within the run's steps.
+
+    python benchmarks/stopping.py benchmarks/results/classes-digits [more run folders] \\
+        --out benchmarks/results/stopping
+
+A grid of ratios and windows is replayed; the table shows each, and the rule's default is marked.
+"""
+import argparse
+import glob
+import json
+import os
+
+from classes import RETAIN_SLACK, held_step   # benchmarks/classes.py: the same bar
+from safemax.stopping import NatsRule
+
+RATIOS = (0.2, 0.1, 0.05, 0.02, 0.01)
+WINDOWS = (5, 10, 20)
+def stop_step(rule, history):
+    """The step at which ``rule`` would have stopped this fit (None: not within it)."""
+    for i in range(1, len(history) + 1):
+        if rule(history[:i]):
+            return history[i - 1]["step"]
+    return None
+
+
+def replay(runs, rule) -> dict:
+    """The rule against the classifier on every run."""
+    rows = []
+    for r in runs:
+        held = held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1]
+        stop = stop_step(rule, r["history"])
+        rows.append(dict(model=r["model"], forget=r["forget"], seed=r["seed"], held=held, stop=stop,
+                         too_early=stop is not None and (held is None or stop < held),
+                         wasted=stop - held if stop is not None and held is not None and stop >= held else None))
+    stopped = [x for x in rows if x["stop"] is not None]
+    wasted = [x["wasted"] for x in rows if x["wasted"] is not None]
+    return dict(rule=str(rule), runs=len(rows), stopped=len(stopped),
+                too_early=sum(x["too_early"] for x in rows), missed=len(rows) - len(stopped),
+                mean_stop=sum(x["stop"] for x in stopped) / len(stopped) if stopped else None,
+                mean_wasted=sum(wasted) / len(wasted) if wasted else None, rows=rows)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="+", help="output folders of benchmarks/classes.py")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    runs = [json.load(open(f)) for d in args.folders for f in sorted(glob.glob(os.path.join(d, "runs", "*.json")))]
+    if not runs:
+        raise SystemExit(f"no runs in {args.folders}: run benchmarks/classes.py first")
+    default = NatsRule()
+    results = [replay(runs, NatsRule(ratio, window)) for window in WINDOWS for ratio in RATIOS]
+    held = [held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1] for r in runs]
+    models = sorted({r["model"] for r in runs})
+    lines = [f"Replayed on {len(runs)} runs ({', '.join(models)}); the classifier's bar held within the "
+             f"run in {sum(h is not None for h in held)} of them, from step "
+             f"{sum(h for h in held if h is not None) / max(1, sum(h is not None for h in held)):.1f} on average "
+             "(measured every few steps: the first measurement from which it held).\n",
+             "| rule (ratio:window) | stopped | too early | missed | mean stop step | mean wasted steps |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for res in results:
+        mark = " (default)" if res["rule"] == str(default) else ""
+        ms = "—" if res["mean_stop"] is None else f"{res['mean_stop']:.1f}"
+        mw = "—" if res["mean_wasted"] is None else f"{res['mean_wasted']:.1f}"
+        lines.append(f"| {res['rule']}{mark} | {res['stopped']} | {res['too_early']} | {res['missed']} | {ms} | {mw} |")
+    dflt = next(r for r in results if r["rule"] == str(default))
+    lines += ["", f"Per run, the default rule ({default}):\n",
+              "| model | class | seed | bar held from step | rule stopped at |", "| --- | ---: | ---: | ---: | ---: |"]
+    for x in dflt["rows"]:
+        lines.append(f"| {x['model']} | {x['forget']} | {x['seed']} | {x['held'] if x['held'] is not None else '—'} | "
+                     f"{x['stop'] if x['stop'] is not None else '—'}{' (too early)' if x['too_early'] else ''} |")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "stopping.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(args.out, "stopping.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

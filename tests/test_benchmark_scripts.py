@@ -1,0 +1,46 @@
+"""The benchmark scripts behind this round's tables run end to end (tiny settings, seconds):
+benchmarks/classes.py → benchmarks/stopping.py on its runs, and benchmarks/probes.py."""
+import json
+import os
+import subprocess
+import sys
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+
+
+def run(script, *args):
+    done = subprocess.run([sys.executable, os.path.join(BENCH, script), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_classes_then_stopping(tmp_path):
+    out = tmp_path / "classes"
+    tiny = ["--steps", 4, "--ddim-steps", 4, "--n-forget", 6, "--n-per-class", 1, "--curve-every", 2, "--curve-forget", 4,
+            "--curve-per-class", 1]
+    run("classes.py", "--model", "digits", "--classes", 3, 5, "--seeded", 3, "--seeds", 1, *tiny, "--out", out)
+    runs = sorted(os.listdir(out / "runs"))
+    assert runs == ["class3-seed0.json", "class3-seed1.json", "class5-seed0.json"]
+    r = json.loads((out / "runs" / "class3-seed0.json").read_text())
+    assert [p["step"] for p in r["curve"]] == [0, 2, 4] and len(r["history"]) == 4
+    assert {"forget_nats", "retain_nats"} <= set(r["history"][0])
+    md = (out / "classes.md").read_text()
+    assert "Mean ± 95% t-interval over the 2 classes" in md and "three seeds of the classes 3" in md
+    # a second call reuses the finished runs (nothing is recomputed: the file is untouched)
+    stamp = os.path.getmtime(out / "runs" / "class5-seed0.json")
+    run("classes.py", "--model", "digits", "--classes", 3, 5, "--seeded", 3, "--seeds", 1, *tiny, "--out", out)
+    assert os.path.getmtime(out / "runs" / "class5-seed0.json") == stamp
+    text = run("stopping.py", out, "--out", tmp_path / "stop")
+    assert "Replayed on 3 runs (digits)" in text and "nats:0.05:10 (default)" in text
+    assert len(json.loads((tmp_path / "stop" / "stopping.json").read_text())) == 15
+
+
+def test_probes_script(tmp_path):
+    out = tmp_path / "probes"
+    run("probes.py", "--methods", "safemax", "--images", 3, "--n-guided", 2, "--n-seeds", 4,
+        "--steps-scale", 0.02, "--ddim-steps", 4, "--t", 300, "--out", out)
+    report = json.loads((out / "probes.json").read_text())
+    assert list(report["results"]) == ["original", "SAFEMax"]
+    assert report["fits"]["SAFEMax"]["steps"] == 2
+    assert (out / "guided.png").exists() and (out / "models" / "safemax" / "config.json").exists()
