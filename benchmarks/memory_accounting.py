@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 
-from safemax.lora import DEFAULT_TARGETS as LORA_TARGETS  # the modules the Unlearner's adapter wraps
 
 # ---------------------------------------------------------------------------------- models
 # Stable Diffusion 1.x's UNet (860 M) as benchmarks/memory.py has always built it.

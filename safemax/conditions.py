@@ -2,7 +2,6 @@
 embeddings) of a text-conditional one — their validation, the checks of the data a fit is
 given, and the data-free forget set the original model generates."""
 import torch
-from torch.utils.data import TensorDataset
 
 from . import rows
 from .data import Batches, ConditionedImages, balanced_labels

@@ -32,7 +32,7 @@ from diffusers import (AutoencoderDC, AutoencoderKL, DDPMScheduler, DPMSolverMul
                        PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel,
                        SanaPipeline, SanaTransformer2DModel, SD3Transformer2DModel,
                        StableDiffusion3Pipeline, StableDiffusionXLPipeline, UNet2DConditionModel)
-from tiny_sd import MAX_LENGTH, tiny_clip_tokenizer
+from tiny_sd import tiny_clip_tokenizer
 from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, Gemma2Config,
                           Gemma2Model, GemmaTokenizer, T5Config, T5EncoderModel, T5Tokenizer)
 
