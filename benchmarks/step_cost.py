@@ -215,7 +215,7 @@ def safemax_step(u, retain, forget, batch_size, mark=lambda phase: None, train=T
         loss.backward()
         mark("backward")
         norm = getattr(parallel, "clip_grad_norm", None) or torch.nn.utils.clip_grad_norm_
-        norm([p for _, p in u.trainable()], float("inf"))  # as the fit: SAFEMax does not clip
+        norm(u.optimizer.param_groups[0]["params"], float("inf"))  # as the fit: SAFEMax does not clip
         mark("gradient norm")
         u.optimizer.step()
         mark("Adam")
