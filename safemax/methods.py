@@ -498,6 +498,12 @@ class SafeMaxRobust(SafeMax):
         return dict(super().config(), attack_radius=self.attack_radius, attack_steps=self.attack_steps,
                     robust_weight=self.robust_weight)
 
+    def bind(self, u):
+        if u.local.world > 1:   # its extra passes go around DDP's wrapper: not proven there
+            raise ValueError("safemax-robust runs on one process for now (its simulated attack is "
+                             "not tested under DDP); launch without accelerate's multi-process")
+        super().bind(u)
+
     def loss(self, u, retain, forget, batch_size):
         loss, stats = super().loss(u, retain, forget, batch_size)
         x_t, eps, t, cond, _ = self.batch

@@ -22,6 +22,9 @@ def test_settings_and_refusals():
                          (dict(gaussian_fraction=1.0), "needs|real forget images")):
         with pytest.raises(ValueError, match=message):
             SafeMaxRobust(**bad)
+    from types import SimpleNamespace
+    with pytest.raises(ValueError, match="runs on one process for now"):
+        SafeMaxRobust().bind(SimpleNamespace(local=SimpleNamespace(world=2)))
 
 
 def test_shifted_call_moves_the_weights_functionally():
