@@ -473,7 +473,9 @@ class SafeMaxRobust(SafeMax):
             Adam moves a weight in ``radius / lr`` steps.
         attack_steps: K, the simulated attack's steps.
         robust_weight: weight of the attacked-weights term.
-        the rest: SAFEMax's (``gaussian_fraction < 1``: the attack needs real forget images).
+
+    The other settings are SAFEMax's (``gaussian_fraction < 1``: the attack needs real forget
+    images).
     """
 
     name = "safemax-robust"
