@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 
+from safemax.lora import DEFAULT_TARGETS as LORA_TARGETS  # noqa: F401  (the modules the Unlearner's adapter wraps; the tests read it here)
 
 # ---------------------------------------------------------------------------------- models
 # Stable Diffusion 1.x's UNet (860 M) as benchmarks/memory.py has always built it.

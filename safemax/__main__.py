@@ -78,8 +78,8 @@ def _add_unlearn(sub):
     p.add_argument("--lr", type=float, default=None,
                    help=f"Adam learning rate (default: {DEFAULT_LR} for SAFEMax, 1e-4 for the baselines)")
     p.add_argument("--method", default="safemax", choices=["safemax", "safemax-robust", "salun", "sa", "ga"],
-                   help="safemax (default), safemax-robust (holds against relearning; about 2x the "
-                        "step cost) or a baseline: salun, sa (Selective Amnesia), ga (gradient "
+                   help="safemax (default), safemax-robust (experimental: meant to hold against "
+                        "relearning, as first measured it breaks the kept classes) or a baseline: salun, sa (Selective Amnesia), ga (gradient "
                         "ascent); the SAFEMax options do not apply to baselines")
     p.add_argument("--max-snr", type=float, default=None,
                    help="window by noise level instead: train forgetting where SNR = ᾱ/(1−ᾱ) <= this")

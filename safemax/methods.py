@@ -468,6 +468,9 @@ class SafeMaxRobust(SafeMax):
     SAFEMax loss at θ − δ (δ held constant: its gradient reaches θ unchanged). Cost: K + 1 extra
     forward/backward passes over the forget rows — about 2× SAFEMax's step for K = 1.
 
+    Experimental: as first measured (digit 3 of the embedded model, radius 5e-3 and 1e-3) it
+    breaks the kept classes (retain accuracy 0.19–0.27): docs/results/robust.md.
+
     Args:
         attack_radius: how far (per weight) the simulated attack moves; about what the attacker's
             Adam moves a weight in ``radius / lr`` steps.
