@@ -32,15 +32,16 @@ import time
 import torch
 
 from safemax import Unlearner
+from safemax.compare import RETAIN_SLACK, bar_points
 from safemax.data import split_by_class
 from safemax.metrics import evaluate
+from safemax.probes import wilson
 from safemax.zoo import load_classifier, load_unet, model_info
 
 METRICS = ("fa", "retain_acc", "frechet", "entropy", "gaussian_mean", "gaussian_std", "gaussian_kurtosis")
 LABELS = dict(fa="FA", retain_acc="retain acc", frechet="Fréchet", entropy="entropy (nats)",
               gaussian_mean="forget mean", gaussian_std="forget std", gaussian_kurtosis="kurtosis")
 SEEDED = {"digits": (1, 5, 8), "fashion-mnist": (2, 6, 9)}   # pullover, shirt, ankle boot
-FA_BAR, RETAIN_SLACK = 0.01, 0.02
 
 
 def t_interval(values) -> tuple:
@@ -54,24 +55,10 @@ def t_interval(values) -> tuple:
     return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
-def wilson(k: float, n: int) -> tuple:
-    """95% Wilson interval of a share ``k`` of ``n``."""
-    z = 1.959964
-    centre = (k + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(k * (1 - k) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def held_step(curve, retain_floor: float):
     """(first, held) step at which the curve meets the bar; held = from there on every point does."""
-    ok = [p["fa"] <= FA_BAR and p["retain_acc"] >= retain_floor for p in curve]
-    first = next((p["step"] for p, o in zip(curve, ok) if o), None)
-    held = None
-    for i in range(len(curve) - 1, -1, -1):
-        if not ok[i]:
-            break
-        held = curve[i]["step"]
-    return first, held
+    first, held = bar_points(curve, retain_floor)
+    return tuple(None if i is None else curve[i]["step"] for i in (first, held))
 
 
 def run_one(name: str, forget: int, seed: int, args) -> dict:
@@ -137,7 +124,7 @@ def summarise(runs: list, name: str) -> str:
                 "| --- | --- | --- | --- | ---: | ---: | --- | ---: |"]
         for r in seed0:
             b, a = r["before"], r["after"]
-            lo, hi = wilson(a["fa"], r["n_forget"])
+            lo, hi = wilson(a["fa"] * r["n_forget"], r["n_forget"])
             first, held = held_step(r["curve"], b["retain_acc"] - RETAIN_SLACK)
             out.append(f"| {info.class_name(r['forget'])} | {b['fa']:.3f} → **{a['fa']:.3f}** "
                        f"[{lo:.3f}, {hi:.3f}] | {b['retain_acc']:.3f} → {a['retain_acc']:.3f} | "

@@ -131,6 +131,15 @@ def evaluation_steps(steps: int, eval_every: int) -> set:
     return set(range(eval_every, steps + 1, eval_every)) | set(range(dense, min(2 * eval_every, steps) + 1, dense)) | {steps}
 
 
+def bar_points(curve: list, retain_floor: float) -> tuple:
+    """(first, held): the index of the first curve point with FA ≤ 1% and retain accuracy ≥
+    ``retain_floor``, and of the first from which every later point meets that bar (None: never)."""
+    ok = [p["fa"] <= FA_BAR and p["retain_acc"] >= retain_floor for p in curve]
+    first = next((i for i, good in enumerate(ok) if good), None)
+    held = next((i for i in range(len(ok)) if all(ok[i:])), None)
+    return first, held
+
+
 def summarise(result: dict, retain_floor: float, safemax: dict = None) -> dict:
     """The time-to-forget keys of a method's result, from its curve (so that they can be
     recomputed for cached runs):
@@ -144,9 +153,7 @@ def summarise(result: dict, retain_floor: float, safemax: dict = None) -> dict:
       (``{">": x}``, a lower bound from the method's whole budget, where it never got there;
       null without a SAFEMax run that got there).
     """
-    ok = [p["fa"] <= FA_BAR and p["retain_acc"] >= retain_floor for p in result["curve"]]
-    first = next((i for i, good in enumerate(ok) if good), None)
-    held = next((i for i in range(len(ok)) if all(ok[i:])), None)
+    first, held = bar_points(result["curve"], retain_floor)
     curve = result["curve"]
     out = dict(steps_to_forget=curve[first]["step"] if first is not None else None,
                seconds_to_forget=curve[first]["seconds"] if first is not None else None,

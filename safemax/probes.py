@@ -43,14 +43,20 @@ def _check(unet, scheduler, classifier, forget: int):
                          f"makes {unet.config.sample_size}×{unet.config.sample_size}")
 
 
-def wilson_upper(k: int, n: int, z: float = 1.959964) -> float:
-    """The upper end of the 95% Wilson interval of ``k`` successes in ``n``."""
+def wilson(k: float, n: int, z: float = 1.959964) -> tuple:
+    """The 95% Wilson interval ``(low, high)`` of ``k`` successes in ``n`` (``k`` may be a share
+    times ``n``)."""
     if n == 0:
-        return 1.0
+        return 0.0, 1.0
     p = k / n
-    centre = p + z * z / (2 * n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + half) / (1 + z * z / n))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def wilson_upper(k: int, n: int) -> float:
+    """The upper end of the 95% Wilson interval of ``k`` successes in ``n``."""
+    return wilson(k, n)[1]
 
 
 @torch.no_grad()
