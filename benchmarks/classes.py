@@ -82,14 +82,16 @@ def run_one(name: str, forget: int, seed: int, args) -> dict:
             m = evaluate(**dict(measure, **light))
             curve.append(dict(step=record["step"], fa=m["fa"], retain_acc=m["retain_acc"]))
 
-    u = Unlearner(unet, scheduler, forget=[forget], lr=args.lr, early_fraction=1.0, seed=seed)
+    u = Unlearner(unet, scheduler, forget=[forget], lr=args.lr, early_fraction=1.0, seed=seed,
+                  warmup_steps=args.warmup_steps)
     start = time.perf_counter()
     history = u.fit(retain_data, forget_data, steps=args.steps, batch_size=args.batch_size,
                     progress=False, callback=track)
     wall = time.perf_counter() - start
     after = evaluate(**measure, **full)
     return dict(model=name, forget=forget, seed=seed, steps=args.steps, batch_size=args.batch_size,
-                lr=args.lr, n_forget=args.n_forget, n_per_class=args.n_per_class, ddim_steps=args.ddim_steps,
+                lr=args.lr, warmup_steps=args.warmup_steps, n_forget=args.n_forget, n_per_class=args.n_per_class,
+                ddim_steps=args.ddim_steps, curve_forget=args.curve_forget, curve_per_class=args.curve_per_class,
                 train_seconds=history[-1]["seconds"], wall_seconds=wall, threads=torch.get_num_threads(),
                 device=str(next(unet.parameters()).device),
                 before=before, after=after, curve=curve,
@@ -112,24 +114,30 @@ def summarise(runs: list, name: str) -> str:
     out = []
     if seed0:
         r0 = seed0[0]
+        warm = f", {r0['warmup_steps']} warm-up steps" if r0.get("warmup_steps") else ""
         out += [f"## Each class forgotten in turn ({name}, seed 0)\n",
                 f"{r0['steps']} SAFEMax steps at batch {r0['batch_size']} + {r0['batch_size']}, lr "
-                f"{r0['lr']:g}, early fraction 1.0 (the demo's settings). Measured with DDIM-{r0['ddim_steps']} on "
+                f"{r0['lr']:g}{warm}, early fraction 1.0. Measured with DDIM-{r0['ddim_steps']} on "
                 f"{r0['n_forget']} forget samples and {r0['n_per_class']} per kept class; "
                 "in brackets, the 95% Wilson interval of FA from its sample count. *held*: the first "
                 "light measurement from which FA ≤ 1% with retain accuracy within 2 points of the "
-                "original holds to the end.\n",
+                "original holds to the end (light measurements every "
+                f"{r0['curve'][1]['step'] - r0['curve'][0]['step'] if len(r0['curve']) > 1 else '—'} steps: "
+                f"{r0.get('curve_forget', 100)} forget samples, {r0.get('curve_per_class', 20)} per kept class). "
+                "*lowest retain*: the light measurement's lowest retain accuracy (the kept classes' dip).\n",
                 "| class | FA before → after | retain acc before → after | Fréchet before → after | "
-                "entropy after | forget std after | first / held step | train s |",
-                "| --- | --- | --- | --- | ---: | ---: | --- | ---: |"]
+                "entropy after | forget std after | first / held step | lowest retain (step) | train s |",
+                "| --- | --- | --- | --- | ---: | ---: | --- | --- | ---: |"]
         for r in seed0:
             b, a = r["before"], r["after"]
             lo, hi = wilson(a["fa"] * r["n_forget"], r["n_forget"])
             first, held = held_step(r["curve"], b["retain_acc"] - RETAIN_SLACK)
+            low = min(r["curve"], key=lambda c: c["retain_acc"])   # the kept classes' dip
             out.append(f"| {info.class_name(r['forget'])} | {b['fa']:.3f} → **{a['fa']:.3f}** "
                        f"[{lo:.3f}, {hi:.3f}] | {b['retain_acc']:.3f} → {a['retain_acc']:.3f} | "
                        f"{b['frechet']:.2f} → {a['frechet']:.2f} | {a['entropy']:.2f} | "
-                       f"{a['gaussian_std']:.2f} | {_step(first)} / {_step(held)} | {r['train_seconds']:.0f} |")
+                       f"{a['gaussian_std']:.2f} | {_step(first)} / {_step(held)} | {low['retain_acc']:.3f} "
+                       f"({low['step']}) | {r['train_seconds']:.0f} |")
         out += ["", f"Mean ± 95% t-interval over the {len(seed0)} classes:\n",
                 "| metric | before | after |", "| --- | ---: | ---: |"]
         for k in METRICS:
@@ -159,10 +167,11 @@ def main(argv=None):
     p.add_argument("--seeded", type=int, nargs="*", default=None,
                    help="classes also run with seeds 1 and 2 (default: three fixed per model; "
                         "--seeded alone: the first of --classes)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--seeds", type=int, nargs="*", default=[1, 2], help="the seeded runs' seeds (none: no seeded runs)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (Unlearner's)")
     p.add_argument("--n-forget", type=int, default=300)
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps of the measurement (the curve's: half)")

@@ -146,7 +146,8 @@ def _add_compare(sub):
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), metavar="METHOD",
                    help=f"methods to run, of {', '.join(ALL_METHODS)} (the default) and safemax-robust; options after "
                         "a colon, e.g. salun:retain_weight=1,mask_fraction=0.3 or "
-                        "safemax:early_fraction=0.8")
+                        "safemax:early_fraction=0.8; lr= sets that method's learning rate (tuned settings: "
+                        "salun:lr=5e-4,retain_weight=1)")
     p.add_argument("--steps", type=int, default=500, help="step budget of every method (default 500)")
     p.add_argument("--eval-every", type=int, default=25,
                    help="measure every N steps (5x denser over the first 2N; default 25)")

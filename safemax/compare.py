@@ -91,7 +91,9 @@ def _number(text: str):
 
 def parse_method(spec: str, quick: bool = False):
     """``"salun"`` or ``"salun:retain_weight=1,mask_fraction=0.3"`` → ``(name, options)``:
-    a method name and the options of its object (for ``safemax``: of the Unlearner)."""
+    a method name and the options of its object (for ``safemax``: of the Unlearner). An ``lr``
+    option (``"salun:lr=5e-4,retain_weight=1"``) is that method's learning rate: tuned
+    settings differ per method, and it overrides ``--lr``."""
     name, _, rest = spec.partition(":")
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r} in {spec!r}: choose from {list(METHODS)}, "
@@ -104,6 +106,8 @@ def parse_method(spec: str, quick: bool = False):
         options[key] = _number(value)
     if name == "sa" and quick:
         options = {**QUICK_SA, **options}
+    if "lr" in options and not (isinstance(options["lr"], (int, float)) and options["lr"] > 0):
+        raise ValueError(f"{spec!r}: lr must be a positive number")
     try:  # fail now, not after the other methods have run
         _build(name, options)
     except (TypeError, ValueError) as e:
@@ -112,7 +116,9 @@ def parse_method(spec: str, quick: bool = False):
 
 
 def _build(name: str, options: dict):
-    """The method object of a parsed spec (SAFEMax with the demo's early fraction by default)."""
+    """The method object of a parsed spec (SAFEMax with the demo's early fraction by default);
+    an ``lr`` option is the fit's, not the method's."""
+    options = {k: v for k, v in options.items() if k != "lr"}
     if name == "safemax":
         from .demo import DEFAULT_EARLY_FRACTION
         options = {"early_fraction": DEFAULT_EARLY_FRACTION, **options}
@@ -218,7 +224,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     results, samples = {}, {"original": original_samples}
     for spec in methods:
         name, options = parsed[spec]
-        method_lr = lr if lr is not None else (DEFAULT_LR if name == "safemax" else METHODS[name].default_lr)
+        method_lr = options.get("lr", lr if lr is not None else (DEFAULT_LR if name == "safemax" else METHODS[name].default_lr))
         cache = os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
         config = dict(settings, method=spec, lr=method_lr)
         if resume and os.path.exists(cache):

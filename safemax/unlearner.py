@@ -65,6 +65,10 @@ class Unlearner:
             ``max_snr``, ``forget_weight``, ``weighting``, ``retain_target``; see
             ``safemax.methods.SafeMax``); ``method="salun", mask_fraction=0.3`` likewise.
         lr: Adam learning rate (default: the method's, 1e-4 for all four).
+        warmup_steps: raise the learning rate linearly from lr/warmup_steps to lr over the first
+            ``warmup_steps`` steps (default 0: none). Adam's first steps move every weight by
+            about lr whatever its gradient, and the forget rows' large early gradient then
+            pushes the kept classes off too: see docs/results/retain-dip.md.
         seed: seeds every random draw of the fit (data, timesteps, noise).
         mixed_precision: ``"bf16"`` or ``"fp16"`` (GPU only): the forward passes run under
             Accelerate's autocast (fp16 with loss scaling); weights and optimizer stay float32.
@@ -83,7 +87,8 @@ class Unlearner:
     """
 
     def __init__(self, unet, scheduler, forget, *, method="safemax", lr: float = None, seed: int = 0,
-                 mixed_precision: str = None, gradient_checkpointing: bool = False, accelerator=None,
+                 warmup_steps: int = 0, mixed_precision: str = None, gradient_checkpointing: bool = False,
+                 accelerator=None,
                  lora_rank: int = None, lora=None, **settings):
         self.method = make_method(method, **settings)
         self.lora = lora_config = make_lora_config(lora_rank, lora)  # a peft.LoraConfig or None
@@ -95,6 +100,9 @@ class Unlearner:
         self.lr = self.method.default_lr if lr is None else lr
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if isinstance(warmup_steps, bool) or not (isinstance(warmup_steps, int) and warmup_steps >= 0):
+            raise ValueError(f"warmup_steps must be a whole number >= 0, got {warmup_steps!r}")
+        self.warmup_steps = warmup_steps
         self.owns_accelerator = accelerator is None
         self.accelerator = parallel.make_accelerator(accelerator, mixed_precision)
         self.local = parallel.Shard(self.accelerator)
@@ -144,10 +152,16 @@ class Unlearner:
         """``[(name, parameter)]`` of the weights being trained."""
         return [(n, p) for n, p in self.unet.named_parameters() if p.requires_grad]
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step + 1`` (0-based ``step``): linear warm-up, then ``lr``."""
+        return self.lr * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else self.lr
+
     def config(self, batch_size) -> dict:
         """What defines this fit: a checkpoint resumes only a fit with the same config."""
         out = dict(method=self.method.name, **self.method.config(), forget=self.forget,
                    lr=self.lr, seed=self.seed, batch_size=batch_size)
+        if self.warmup_steps:   # (absent without warm-up: those configs are as before)
+            out["warmup_steps"] = self.warmup_steps
         if self.lora is not None:  # (absent without LoRA: those configs are as before)
             out.update(adapters.settings(self.lora))
         return out
@@ -305,6 +319,8 @@ class Unlearner:
                 f"step {self.step + 1}: a gradient is {norm.item()}; stopped before "
                 f"updating, so the weights are those after step {self.step}")
         self.method.edit_grads(self)  # after clipping, as SalUn's published code does
+        for group in optimizer.param_groups:   # a function of the step alone: resumes exactly
+            group["lr"] = self.lr_at(self.step)
         optimizer.step()
         self.step += 1
         elapsed = (self.history[-1]["seconds"] if self.history else 0.0) + time.perf_counter() - start

@@ -1,5 +1,6 @@
 """The benchmark scripts behind this round's tables run end to end (tiny settings, seconds):
-benchmarks/classes.py → benchmarks/stopping.py on its runs, and benchmarks/probes.py."""
+benchmarks/classes.py → benchmarks/stopping.py on its runs, benchmarks/probes.py and
+benchmarks/tune_baselines.py."""
 import json
 import os
 import subprocess
@@ -44,3 +45,17 @@ def test_probes_script(tmp_path):
     assert list(report["results"]) == ["original", "SAFEMax"]
     assert report["fits"]["SAFEMax"]["steps"] == 2
     assert (out / "guided.png").exists() and (out / "models" / "safemax" / "config.json").exists()
+
+
+def test_tune_baselines_script(tmp_path):
+    """The sweep picks each method's setting by the one rule, then the head to head runs tuned and
+    published settings of every method in one `safemax compare` per class (compare's smoke mode)."""
+    out = tmp_path / "tuned"
+    text = run("tune_baselines.py", "--model", "digits", "--grid", "smoke", "--quick", "--methods", "ga", "sa",
+               "--classes", 1, "--out", out)
+    assert "## Sweep (class 2)" in text and "## Head to head" in text
+    report = json.loads((out / "tuned.json").read_text())
+    assert set(report["chosen"]) == {"ga", "sa"} and report["chosen"]["ga"]["spec"] == "ga:lr=1e-4"
+    assert set(report["head_to_head"]) == {"ga/tuned", "ga/published", "sa/tuned", "sa/published"}
+    assert (out / "head-to-head" / "class1" / "results.md").exists()
+    assert (out / "sweep" / "sa" / "curves.png").exists()

@@ -267,6 +267,11 @@ def test_compare_quick_writes_every_result(tmp_path, capsys):
     # an interrupted comparison resumes: finished methods are reused, not rerun
     assert main(["compare", "--quick", "--out", str(out), "--methods", "ga", "--resume"]) == 0
     assert "reusing the finished run" in capsys.readouterr().out
+    # a method's own lr (tuned settings differ per method) overrides --lr
+    assert main(["compare", "--quick", "--out", str(out / "lr"), "--no-attack", "--lr", "1e-4",
+                 "--methods", "ga:lr=3e-4", "ga"]) == 0
+    lrs = {k: r["lr"] for k, r in json.loads((out / "lr" / "results.json").read_text())["methods"].items()}
+    assert lrs == {"ga:lr=3e-4": 3e-4, "ga": 1e-4}
 
 
 def test_method_specs_with_options():
@@ -275,11 +280,12 @@ def test_method_specs_with_options():
     assert parse_method("salun:retain_weight=1,mask_fraction=0.3") == \
         ("salun", {"retain_weight": 1, "mask_fraction": 0.3})
     assert parse_method("safemax:early_fraction=0.8") == ("safemax", {"early_fraction": 0.8})
+    assert parse_method("salun:lr=5e-4,retain_weight=1") == ("salun", {"lr": 5e-4, "retain_weight": 1})
     assert parse_method("sa", quick=True)[1]["n_replay"] == 8
     assert label("salun:retain_weight=1") == "SalUn (retain_weight=1)"
     for spec, message in (("nope", "unknown method 'nope'"), ("salun:retain_weight", "write name=value"),
                           ("salun:bogus=1", "bogus is not a setting of method 'salun'"),
-                          ("safemax:lr=1", "lr is not a setting of method 'safemax'"),
+                          ("salun:lr=0", "lr must be a positive number"),
                           ("salun:mask_fraction=2", "mask_fraction must be in")):
         with pytest.raises(ValueError, match=message):
             parse_method(spec)

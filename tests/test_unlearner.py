@@ -81,6 +81,33 @@ def test_resume_equals_an_uninterrupted_fit(tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+def test_warmup_raises_the_learning_rate_linearly_and_resumes_exactly(tmp_path):
+    retain, forget = data()
+    base = tiny_unet()
+    u = Unlearner(copy.deepcopy(base), scheduler(), forget=[1], lr=1e-3, seed=3, warmup_steps=4)
+    assert [u.lr_at(s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    used = []
+    u.fit(retain, forget, steps=6, batch_size=8, progress=False,
+          callback=lambda un, rec: used.append(un.optimizer.param_groups[0]["lr"]))
+    assert used == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    plain = Unlearner(copy.deepcopy(base), scheduler(), forget=[1], lr=1e-3, seed=3)
+    plain.fit(retain, forget, steps=6, batch_size=8, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(u.unet.parameters(), plain.unet.parameters()))
+    assert "warmup_steps" not in plain.config(8) and u.config(8)["warmup_steps"] == 4
+
+    first = Unlearner(copy.deepcopy(base), scheduler(), forget=[1], lr=1e-3, seed=3, warmup_steps=4)
+    first.fit(retain, forget, steps=2, batch_size=8, checkpoint_dir=str(tmp_path), progress=False)
+    resumed = Unlearner(copy.deepcopy(base), scheduler(), forget=[1], lr=1e-3, seed=3, warmup_steps=4)
+    resumed.fit(retain, forget, steps=6, batch_size=8, checkpoint_dir=str(tmp_path), resume=True,
+                progress=False)
+    for a, b in zip(u.unet.parameters(), resumed.unet.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="other settings"):   # warm-up is part of the fit's config
+        Unlearner(copy.deepcopy(base), scheduler(), forget=[1], lr=1e-3, seed=3).fit(
+            retain, forget, steps=6, batch_size=8, checkpoint_dir=str(tmp_path), resume=True,
+            progress=False)
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     retain, forget = data()
     Unlearner(tiny_unet(), scheduler(), forget=[1]).fit(
@@ -214,8 +241,10 @@ class NoSchedule:
     (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], early_fraction=1.5), ValueError, "early_fraction"),
     (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], lr=0), ValueError, "lr must be positive"),
     (lambda: Unlearner(tiny_unet(num_classes=None), scheduler(), forget=[1]), ValueError, "not class-conditional"),
+    (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], warmup_steps=-1), ValueError, "warmup_steps"),
+    (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], warmup_steps=2.5), ValueError, "warmup_steps"),
 ], ids=["class too large", "negative class", "empty forget", "forget all", "no alphas_cumprod",
-        "early_fraction 0", "early_fraction > 1", "lr", "unconditional"])
+        "early_fraction 0", "early_fraction > 1", "lr", "unconditional", "warmup < 0", "warmup float"])
 def test_bad_arguments_raise_before_any_work(make, error, message):
     with pytest.raises(error, match=message):
         make()
