@@ -13,6 +13,9 @@
 #         the Fashion-MNIST benchmark (benchmarks/classes.py: 10 classes + 3×2 seeded runs) on the
 #         GPU; not in the default parts. The GPU machine has no Fashion-MNIST: copy the four files
 #         into data/fashion-mnist (git-ignored, ~30 MB) and carry that folder there.
+#     PARTS="build tune" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
+#         the tuned baselines on Fashion-MNIST (benchmarks/tune_baselines.py: the sweep, then the
+#         head to head on three classes); resumable, so a run cut by the budget continues next time.
 # Estimated on an H200 (the first runs were not timed part by part): build 1-2 min, memory ~1.5,
 # large-memory ~5-6 (7 runs of ~25-75 s: a fresh process, the model built on the GPU, the
 # Unlearner's SHA-256 of the original weights on the host — ~1 s per GiB, 22 GiB for Flux — a
@@ -68,6 +71,8 @@ TAIL=20 part benchmarks "$PY" -m pytest benchmarks --benchmark-only -q -p no:cac
 TAIL=5 part tests "$PY" -m pytest tests -q -p no:cacheprovider
 TAIL=40 part fashion-mnist "$PY" benchmarks/classes.py --model fashion-mnist --device cuda \
   --out "${FASHION_MNIST_OUT:-benchmarks/results/classes-fashion-mnist}"
+TAIL=40 part tune "$PY" benchmarks/tune_baselines.py --model fashion-mnist --device cuda \
+  --out "${TUNE_OUT:-benchmarks/results/tuned-fashion-mnist}"
 ((${#not_run[@]})) && echo "not run (out of time, BUDGET=$BUDGET s): ${not_run[*]}"
 echo "total $SECONDS s"
 [ ${#failed[@]} -eq 0 ] && [ ${#not_run[@]} -eq 0 ] && echo "GPU check passed" || {

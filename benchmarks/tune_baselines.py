@@ -50,7 +50,7 @@ def comparison(model: str, forget: int, specs: list, out: str, args, attack: boo
     """`safemax compare` of ``specs`` on one class (finished methods reused): their results."""
     report = compare(forget=forget, methods=specs, steps=args.steps, eval_every=args.eval_every, out=out,
                      attack=attack, quick=args.quick, resume=True, progress=False, model=model,
-                     n_forget=args.n_forget, n_per_class=args.n_per_class)
+                     n_forget=args.n_forget, n_per_class=args.n_per_class, device=args.device)
     return [dict(spec=spec, forget=forget, **report["methods"][spec]) for spec in dict.fromkeys(specs)]
 
 
@@ -122,6 +122,7 @@ def main(argv=None):
     p.add_argument("--n-per-class", type=int, default=20)
     p.add_argument("--only", choices=["sweep", "all"], default="all")
     p.add_argument("--quick", action="store_true", help="compare's smoke mode (seconds; not a result)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check runs it there)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     sweep_class = SWEEP_CLASS[args.model] if args.sweep_class is None else args.sweep_class

@@ -160,6 +160,7 @@ def _add_compare(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="safemax-compare", help="output folder (default safemax-compare)")
     p.add_argument("--resume", action="store_true", help="reuse methods already finished in --out")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--quick", action="store_true",
                    help="tiny measurements and preparation: a smoke run of the whole pipeline, not a result")
 
@@ -347,7 +348,7 @@ def main(argv=None) -> int:
         run(forget=args.forget, methods=args.methods, steps=args.steps, eval_every=args.eval_every,
             batch_size=args.batch_size, lr=args.lr, attack=not args.no_attack,
             attack_steps=args.attack_steps, attack_images=args.attack_images, seed=args.seed,
-            out=args.out, resume=args.resume, quick=args.quick, model=args.dataset)
+            out=args.out, resume=args.resume, quick=args.quick, model=args.dataset, device=args.device)
         return 0
     {"unlearn": _unlearn, "sample": _sample, "evaluate": _evaluate, "probe": _probe}[args.command](args)
     return 0

@@ -179,10 +179,10 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         attack: bool = True, attack_images: int = 10, attack_steps: int = 50,
         attack_lrs=(1e-4, 1e-3), n_forget: int = 100, n_per_class: int = 20,
         num_inference_steps: int = 25, quick: bool = False, resume: bool = False,
-        progress: bool = True, model: str = "digits") -> dict:
+        progress: bool = True, model: str = "digits", device: str = "cpu") -> dict:
     """Run the comparison on the embedded model ``model`` ("digits" or "fashion-mnist"); returns
     (and writes) the results. ``lr=None`` gives each method its own default (SAFEMax: the demo's
-    5e-4; the baselines: their published 1e-4)."""
+    5e-4; the baselines: their published 1e-4); ``device``: where the models run ("cuda": a GPU)."""
     from .demo import DEFAULT_LR
 
     methods = list(dict.fromkeys(methods))
@@ -202,7 +202,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
 
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
     retain_classes = [c for c in range(10) if c != forget]
-    (base, scheduler), classifier = load_unet(model), load_classifier(model)
+    (base, scheduler), classifier = load_unet(model, device), load_classifier(model, device)
     reference, reference_labels = info.reference_images()
     measure = dict(scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=retain_classes, real_retain=reference[reference_labels != forget], seed=seed,
