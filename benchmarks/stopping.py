@@ -36,7 +36,9 @@ def replay(runs, rule) -> dict:
     for r in runs:
         held = held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1]
         stop = stop_step(rule, r["history"])
+        seconds = {h["step"]: h["seconds"] for h in r["history"]}   # training time, measurements excluded
         rows.append(dict(model=r["model"], forget=r["forget"], seed=r["seed"], held=held, stop=stop,
+                         held_seconds=seconds.get(held), stop_seconds=seconds.get(stop),
                          too_early=stop is not None and (held is None or stop < held),
                          wasted=stop - held if stop is not None and held is not None and stop >= held else None))
     stopped = [x for x in rows if x["stop"] is not None]
@@ -44,7 +46,9 @@ def replay(runs, rule) -> dict:
     return dict(rule=str(rule), runs=len(rows), stopped=len(stopped),
                 too_early=sum(x["too_early"] for x in rows), missed=len(rows) - len(stopped),
                 mean_stop=sum(x["stop"] for x in stopped) / len(stopped) if stopped else None,
-                mean_wasted=sum(wasted) / len(wasted) if wasted else None, rows=rows)
+                mean_wasted=sum(wasted) / len(wasted) if wasted else None,
+                mean_stop_seconds=sum(x["stop_seconds"] for x in stopped) / len(stopped) if stopped else None,
+                rows=rows)
 
 
 def main(argv=None):
@@ -63,19 +67,25 @@ def main(argv=None):
              f"run in {sum(h is not None for h in held)} of them, from step "
              f"{sum(h for h in held if h is not None) / max(1, sum(h is not None for h in held)):.1f} on average "
              "(measured every few steps: the first measurement from which it held).\n",
-             "| rule (ratio:window) | stopped | too early | missed | mean stop step | mean wasted steps |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| rule (ratio:window) | stopped | too early | missed | mean stop step | mean wasted steps | "
+             "mean training s to the stop |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for res in results:
         mark = " (default)" if res["rule"] == str(default) else ""
         ms = "—" if res["mean_stop"] is None else f"{res['mean_stop']:.1f}"
         mw = "—" if res["mean_wasted"] is None else f"{res['mean_wasted']:.1f}"
-        lines.append(f"| {res['rule']}{mark} | {res['stopped']} | {res['too_early']} | {res['missed']} | {ms} | {mw} |")
+        mss = "—" if res["mean_stop_seconds"] is None else f"{res['mean_stop_seconds']:.1f}"
+        lines.append(f"| {res['rule']}{mark} | {res['stopped']} | {res['too_early']} | {res['missed']} | {ms} | {mw} "
+                     f"| {mss} |")
     dflt = next(r for r in results if r["rule"] == str(default))
     lines += ["", f"Per run, the default rule ({default}):\n",
-              "| model | class | seed | bar held from step | rule stopped at |", "| --- | ---: | ---: | ---: | ---: |"]
+              "| model | class | seed | bar held from step (training s) | rule stopped at (training s) |",
+              "| --- | ---: | ---: | ---: | ---: |"]
     for x in dflt["rows"]:
-        lines.append(f"| {x['model']} | {x['forget']} | {x['seed']} | {x['held'] if x['held'] is not None else '—'} | "
-                     f"{x['stop'] if x['stop'] is not None else '—'}{' (too early)' if x['too_early'] else ''} |")
+        held = "—" if x["held"] is None else f"{x['held']} ({x['held_seconds']:.1f})"
+        stop = "—" if x["stop"] is None else f"{x['stop']} ({x['stop_seconds']:.1f})"
+        lines.append(f"| {x['model']} | {x['forget']} | {x['seed']} | {held} | "
+                     f"{stop}{' (too early)' if x['too_early'] else ''} |")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "stopping.json"), "w") as f:
         json.dump(results, f, indent=2)
