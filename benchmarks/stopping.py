@@ -5,6 +5,9 @@ original, measured every ``--curve-every`` steps):
 
 - *too early*: the rule stopped before the bar held (the classifier would say: not done yet);
 - *wasted*: steps the rule ran past the first measurement from which the bar held;
+- *bar met at the stop*: the first measurement at or after the stop meets the bar — the model a
+  user who stopped there would keep is good, even where the bar had not yet *held* (a later
+  measurement dips again);
 - *missed*: the rule never fired within the run's steps.
 
     python benchmarks/stopping.py benchmarks/results/classes-digits [more run folders] \\
@@ -18,6 +21,7 @@ import json
 import os
 
 from classes import RETAIN_SLACK, held_step   # benchmarks/classes.py: the same bar
+from safemax.compare import FA_BAR
 from safemax.stopping import NatsRule
 
 RATIOS = (0.2, 0.1, 0.05, 0.02, 0.01)
@@ -37,14 +41,19 @@ def replay(runs, rule) -> dict:
         held = held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1]
         stop = stop_step(rule, r["history"])
         seconds = {h["step"]: h["seconds"] for h in r["history"]}   # training time, measurements excluded
+        floor = r["before"]["retain_acc"] - RETAIN_SLACK
+        after = next((c for c in r["curve"] if stop is not None and c["step"] >= stop), None)
         rows.append(dict(model=r["model"], forget=r["forget"], seed=r["seed"], held=held, stop=stop,
                          held_seconds=seconds.get(held), stop_seconds=seconds.get(stop),
+                         # the model a user keeps: the first measurement at or after the stop
+                         met_at_stop=after is not None and after["fa"] <= FA_BAR and after["retain_acc"] >= floor,
                          too_early=stop is not None and (held is None or stop < held),
                          wasted=stop - held if stop is not None and held is not None and stop >= held else None))
     stopped = [x for x in rows if x["stop"] is not None]
     wasted = [x["wasted"] for x in rows if x["wasted"] is not None]
     return dict(rule=str(rule), runs=len(rows), stopped=len(stopped),
                 too_early=sum(x["too_early"] for x in rows), missed=len(rows) - len(stopped),
+                met_at_stop=sum(x["met_at_stop"] for x in rows),
                 mean_stop=sum(x["stop"] for x in stopped) / len(stopped) if stopped else None,
                 mean_wasted=sum(wasted) / len(wasted) if wasted else None,
                 mean_stop_seconds=sum(x["stop_seconds"] for x in stopped) / len(stopped) if stopped else None,
@@ -67,15 +76,16 @@ def main(argv=None):
              f"run in {sum(h is not None for h in held)} of them, from step "
              f"{sum(h for h in held if h is not None) / max(1, sum(h is not None for h in held)):.1f} on average "
              "(measured every few steps: the first measurement from which it held).\n",
-             "| rule (ratio:window) | stopped | too early | missed | mean stop step | mean wasted steps | "
-             "mean training s to the stop |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| rule (ratio:window) | stopped | too early | bar met at the stop | missed | mean stop step | "
+             "mean wasted steps | mean training s to the stop |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for res in results:
         mark = " (default)" if res["rule"] == str(default) else ""
         ms = "—" if res["mean_stop"] is None else f"{res['mean_stop']:.1f}"
         mw = "—" if res["mean_wasted"] is None else f"{res['mean_wasted']:.1f}"
         mss = "—" if res["mean_stop_seconds"] is None else f"{res['mean_stop_seconds']:.1f}"
-        lines.append(f"| {res['rule']}{mark} | {res['stopped']} | {res['too_early']} | {res['missed']} | {ms} | {mw} "
+        lines.append(f"| {res['rule']}{mark} | {res['stopped']} | {res['too_early']} | {res['met_at_stop']} | "
+                     f"{res['missed']} | {ms} | {mw} "
                      f"| {mss} |")
     dflt = next(r for r in results if r["rule"] == str(default))
     lines += ["", f"Per run, the default rule ({default}):\n",

@@ -17,7 +17,9 @@ gone, and a rule that watched only the forget rows would stop inside the dip.
     u.fit(retain, forget, steps=500, stop_when=NatsRule(ratio=0.02, window=20))
     u.fit(..., stop_when=lambda history: history[-1]["step"] >= 40)   # any callable
 
-How it was chosen and validated against the classifier's verdict: docs/results/stopping.md.
+How it was chosen and validated against the classifier's verdict: docs/results/stopping.md (on the
+digits model the default stopped all 16 runs, at step 70 of 100 on average, and the model it
+stopped at met the bar in 15 of them).
 """
 from dataclasses import dataclass
 
@@ -26,8 +28,8 @@ from dataclasses import dataclass
 class NatsRule:
     """Stop when the mean ``forget_nats`` and ``retain_nats`` of the last ``window`` steps are both
     ≤ ``ratio`` × the first step's ``forget_nats`` (and at least ``window`` steps were taken)."""
-    ratio: float = 0.05
-    window: int = 10
+    ratio: float = 0.01   # chosen on 16 digits runs: docs/results/stopping.md
+    window: int = 5
 
     def __post_init__(self):
         if not 0 < self.ratio < 1:
@@ -73,4 +75,4 @@ def stop_rule(spec):
             else:
                 return NatsRule(ratio, window)
     raise ValueError(f"stop_when={spec!r}: give 'nats', 'nats:RATIO' or 'nats:RATIO:WINDOW' "
-                     "(e.g. 'nats:0.05:10'), a NatsRule, or a callable stop_when(history) -> bool")
+                     "(e.g. 'nats:0.01:5'), a NatsRule, or a callable stop_when(history) -> bool")

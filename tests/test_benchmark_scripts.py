@@ -1,6 +1,6 @@
 """The benchmark scripts behind this round's tables run end to end (tiny settings, seconds):
-benchmarks/classes.py → benchmarks/stopping.py on its runs, benchmarks/probes.py and
-benchmarks/tune_baselines.py."""
+benchmarks/classes.py → benchmarks/stopping.py on its runs, benchmarks/retain_dip.py,
+benchmarks/probes.py and benchmarks/tune_baselines.py."""
 import json
 import os
 import subprocess
@@ -33,7 +33,7 @@ def test_classes_then_stopping(tmp_path):
     run("classes.py", "--model", "digits", "--classes", 3, 5, "--seeded", 3, "--seeds", 1, *tiny, "--out", out)
     assert os.path.getmtime(out / "runs" / "class5-seed0.json") == stamp
     text = run("stopping.py", out, "--out", tmp_path / "stop")
-    assert "Replayed on 3 runs (digits)" in text and "nats:0.05:10 (default)" in text
+    assert "Replayed on 3 runs (digits)" in text and "nats:0.01:5 (default)" in text
     assert len(json.loads((tmp_path / "stop" / "stopping.json").read_text())) == 15
 
 
@@ -59,3 +59,11 @@ def test_tune_baselines_script(tmp_path):
     assert set(report["head_to_head"]) == {"ga/tuned", "ga/published", "sa/tuned", "sa/published"}
     assert (out / "head-to-head" / "class1" / "results.md").exists()
     assert (out / "sweep" / "sa" / "curves.png").exists()
+
+
+def test_retain_dip_script(tmp_path):
+    out = tmp_path / "dip"
+    text = run("retain_dip.py", "--smoke", "--classes", 3, "--variants", "warmup0", "gaussian0.5", "--out", out)
+    assert "| warmup0 | 3 |" in text and "| gaussian0.5 | 3 |" in text
+    r = json.loads((out / "gaussian0.5" / "runs" / "class3-seed0.json").read_text())
+    assert r["gaussian_fraction"] == 0.5 and r["steps"] == 2
