@@ -6,7 +6,10 @@ Each method forgets one class of an embedded model with `safemax compare`'s sett
 need to hold the bar; the baselines at lr 1e-4 for twice theirs), the result is saved under
 ``OUT/models/<method>`` (reused when the script runs again), and every model is probed alike:
 denoising from real images of the class noised to t = 250/500/750, classifier-guided sampling
-towards it at scales 0/1/3/10, and 1,000 seeds.
+towards it at scales 0/1/3/10, and 1,000 seeds. The control column, *exactly halted*, is the
+original model with the class replaced by SAFEMax's exact fixed point (forgetting done perfectly,
+``safemax.probes.ExactlyHalted``): a rate it shares is the probe's floor — for guidance, the
+guide fooling the classifier — not the class coming back.
 
     python benchmarks/probes.py --out benchmarks/results/probes-digits            # ~30 min, 2 cores
     python benchmarks/probes.py --methods safemax --n-seeds 20 --n-guided 4 --images 4 \\
@@ -22,7 +25,7 @@ import torch
 from safemax import Unlearner
 from safemax.compare import _build, label, parse_method
 from safemax.data import split_by_class
-from safemax.probes import guided, seeds, table, trajectory
+from safemax.probes import ExactlyHalted, guided, seeds, table, trajectory
 from safemax.report import save_grid
 from safemax.zoo import load_classifier, load_unet, model_info
 
@@ -34,7 +37,9 @@ METHODS = {
     "safemax-robust": ("safemax-robust", 100, 5e-4),
     "salun": ("salun:retain_weight=1", 200, 1e-4),
     "sa": ("sa", 150, 1e-4),
+    "halted": None,   # no fit: the original with the class replaced by the exact fixed point (the control)
 }
+HALTED = "exactly halted (control)"
 
 
 def unlearned(name: str, key: str, forget: int, out: str, steps_scale: float, seed: int):
@@ -85,9 +90,12 @@ def main(argv=None):
     models = [("original", None)] + [(k, k) for k in args.methods]
     pictures = []
     for column, key in models:
-        unet, fit = (base, None) if key is None else unlearned(args.model, key, args.forget, args.out,
-                                                               args.steps_scale, args.seed)
-        col = "original" if key is None else label(METHODS[key][0])
+        if key == "halted":
+            unet, fit, col = ExactlyHalted(base, scheduler, [args.forget]), None, HALTED
+        else:
+            unet, fit = (base, None) if key is None else unlearned(args.model, key, args.forget, args.out,
+                                                                   args.steps_scale, args.seed)
+            col = "original" if key is None else label(METHODS[key][0])
         if fit is not None:
             fits[col] = {k: fit.get(k) for k in ("steps", "lr", "fit_seconds", "method")}
         g_rows, g_images = guided(unet, scheduler, classifier, args.forget, args.n_guided,

@@ -186,6 +186,10 @@ def _add_probe(sub):
     p.add_argument("--n-seeds", type=int, default=1000, help="seeds of the class (default 1000)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--control", action="store_true",
+                   help="add the exactly halted model (the first --model with the class replaced by "
+                        "SAFEMax's exact fixed point: forgetting done perfectly) as the last column: a "
+                        "rate it shares is the probe's floor, not the class coming back")
     p.add_argument("--out", default="safemax-probe", help="output folder (default safemax-probe)")
 
 
@@ -195,11 +199,16 @@ def _probe(args):
     import torch
 
     from .loading import dataset_for, load_unet_and_scheduler
-    from .probes import guided, seeds, table, trajectory
+    from .probes import ExactlyHalted, guided, seeds, table, trajectory
     from .report import save_grid, write_json
     from .zoo import load_classifier, model_info
 
     models = [load_unet_and_scheduler(spec) for spec in args.model]
+    specs = list(args.model)
+    if args.control:
+        unet, scheduler = models[0]
+        models.append((ExactlyHalted(unet, scheduler, [args.forget]), scheduler))
+        specs.append("exactly halted (control)")
     name = args.dataset or dataset_for(args.model[0], models[0][0])
     info = model_info(name)
     if not 0 <= args.forget <= 9:
@@ -210,7 +219,7 @@ def _probe(args):
     images = data[labels == args.forget][pick[:args.images]]
     os.makedirs(args.out, exist_ok=True)
     results, pictures = {}, []
-    for spec, (unet, scheduler) in zip(args.model, models):
+    for spec, (unet, scheduler) in zip(specs, models):
         print(f"probing {spec} (class {info.class_name(args.forget)} of {name})")
         rows = trajectory(unet, scheduler, classifier, args.forget, images, args.t,
                           num_inference_steps=args.steps, seed=args.seed, progress=True)
@@ -221,7 +230,7 @@ def _probe(args):
         results[spec] = rows
         pictures += [g_images[s][:10] for s in args.scales]
     write_json(os.path.join(args.out, "probes.json"),
-               dict(dataset=name, forget=args.forget, models=args.model, results=results))
+               dict(dataset=name, forget=args.forget, models=specs, results=results))
     text = table(results)
     with open(os.path.join(args.out, "probes.md"), "w") as f:
         f.write(f"# Erasure probes: class {info.class_name(args.forget)} of {name}\n\n"

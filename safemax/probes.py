@@ -17,10 +17,13 @@ class comes back (the share of results the classifier labels as it):
 - ``seeds``: many seeds of the forgotten class (the tail a short evaluation misses), with the
   95% Wilson upper bound of the share.
 
-``probe(...)`` runs all three; ``safemax probe`` is its command line. Tables:
-docs/results/probes.md.
+``probe(...)`` runs all three; ``safemax probe`` is its command line. ``ExactlyHalted`` is the
+reference every rate should be read against: the model with the class replaced by SAFEMax's exact
+fixed point — forgetting done perfectly — so a rate it shares is the probe's (or the classifier's)
+floor, not the class coming back. Tables: docs/results/probes.md.
 """
 import math
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
@@ -41,6 +44,33 @@ def _check(unet, scheduler, classifier, forget: int):
     if getattr(classifier, "size", unet.config.sample_size) != unet.config.sample_size:
         raise ValueError(f"the classifier measures {classifier.size}×{classifier.size} images, the model "
                          f"makes {unet.config.sample_size}×{unet.config.sample_size}")
+
+
+class ExactlyHalted(torch.nn.Module):
+    """``unet`` with the ``forget`` classes replaced by SAFEMax's exact fixed point: for a row of
+    a forgotten class the prediction is ε* = √(1−ᾱ_t)·x_t (the class *is* N(0, I), the reverse
+    chain halts); every other row is ``unet``'s. The perfectly forgetting model, as a control for
+    the probes: e.g. classifier guidance that makes *its* samples look like the class to the
+    classifier measures the guide fooling the classifier, not a memory of the class.
+    ε-prediction DDPM-style class-conditional models only."""
+
+    def __init__(self, unet, scheduler, forget):
+        super().__init__()
+        prediction = getattr(scheduler.config, "prediction_type", "epsilon")
+        if prediction != "epsilon":
+            raise ValueError(f"ExactlyHalted is written for ε-prediction models, this one predicts {prediction!r}")
+        self.unet, self.config = unet, unet.config
+        self.register_buffer("abar", scheduler.alphas_cumprod.detach().clone().float(), persistent=False)
+        self.register_buffer("forget", torch.as_tensor(list(forget)), persistent=False)
+
+    def forward(self, x, t, class_labels=None, **kwargs):
+        out = self.unet(x, t, class_labels=class_labels, **kwargs).sample
+        t = torch.as_tensor(t, device=x.device).long().expand(x.shape[0])
+        s = (1 - self.abar.to(x.device)[t]).sqrt().view(-1, 1, 1, 1).to(out.dtype)
+        halt = torch.isin(class_labels, self.forget.to(class_labels.device)).view(-1, 1, 1, 1)
+        c = x.shape[1]
+        eps = torch.where(halt, s * x.to(out.dtype), out[:, :c])
+        return SimpleNamespace(sample=torch.cat([eps, out[:, c:]], 1))
 
 
 def wilson(k: float, n: int, z: float = 1.959964) -> tuple:

@@ -7,7 +7,7 @@ import torch
 
 from safemax.__main__ import main
 from safemax.data import digits_dataset
-from safemax.probes import guided, seeds, table, trajectory, wilson_upper
+from safemax.probes import ExactlyHalted, guided, seeds, table, trajectory, wilson_upper
 from safemax.sampling import sample
 from safemax.zoo import load_classifier, load_unet
 
@@ -46,6 +46,27 @@ def test_a_halted_model_gives_noise_and_guidance_at_zero_is_plain_sampling(digit
     assert not torch.allclose(pictures[5.0], plain)   # the guide's gradient moved the samples
 
 
+def test_exactly_halted_replaces_only_the_forgotten_class(digits):
+    """The control: rows of the forgotten class get ε* = √(1−ᾱ_t)·x_t exactly, the others the
+    original model's prediction; its forget samples are noise, the other classes still draw."""
+    unet, scheduler, clf, threes = digits
+    ideal = ExactlyHalted(unet, scheduler, [3])
+    x, t, y = torch.randn(4, 1, 16, 16), torch.tensor([10, 500, 500, 999]), torch.tensor([3, 3, 5, 1])
+    with torch.no_grad():
+        out, original = ideal(x, t, class_labels=y).sample, unet(x, t, class_labels=y).sample
+    s = (1 - scheduler.alphas_cumprod[t].float()).sqrt().view(-1, 1, 1, 1)
+    torch.testing.assert_close(out[:2], (s * x)[:2])
+    torch.testing.assert_close(out[2:], original[2:])
+    assert seeds(ideal, scheduler, clf, 3, n=16, num_inference_steps=10)[0]["rate"] == 0
+    rows = trajectory(ideal, scheduler, clf, 3, threes, t_starts=(500,), others=[5], num_inference_steps=10)
+    by = {r["condition"]: r for r in rows}
+    assert by["forgotten"]["rate"] <= 0.1
+    assert seeds(ideal, scheduler, clf, 5, n=8, num_inference_steps=10)[0]["rate"] >= 0.75   # kept
+    from diffusers import DDPMScheduler
+    with pytest.raises(ValueError, match="ε-prediction"):
+        ExactlyHalted(unet, DDPMScheduler(prediction_type="v_prediction"), [3])
+
+
 def test_probe_refusals(digits):
     unet, scheduler, clf, threes = digits
     with pytest.raises(ValueError, match="forget=10 is not a class of this model"):
@@ -73,3 +94,10 @@ def test_probe_command(tmp_path, capsys):
     assert "| probe | n | digits | default |" in md and "classifier-guided towards the class, scale 2" in md
     assert (out / "guided.png").stat().st_size > 0
     assert "many seeds of the class" in table(report["results"])
+    # --control adds the exactly halted model as the last column: it never draws the class
+    main(["probe", "--model", "digits", "--forget", "3", "--images", "4", "--t", "300", "--scales", "0",
+          "--n-guided", "3", "--n-seeds", "5", "--steps", "4", "--control", "--out", str(out / "c")])
+    report = json.loads((out / "c" / "probes.json").read_text())
+    assert report["models"] == ["digits", "exactly halted (control)"]
+    seeds_row = [r for r in report["results"]["exactly halted (control)"] if r["probe"] == "seeds"][0]
+    assert seeds_row["rate"] == 0
