@@ -104,7 +104,10 @@ def _step(step) -> str:
     return "—" if step is None else str(step)
 
 
-def _cell(values, spec=".3f") -> str:
+def _cell(values, spec=".3f", missing="—") -> str:
+    """``mean ± half-width`` of ``values`` (``missing`` when there are none)."""
+    if not values:
+        return missing
     mean, half = t_interval(values)
     return format(mean, spec) + ("" if half is None else " ± " + format(half, spec))
 
@@ -149,7 +152,7 @@ def summarise(runs: list, name: str) -> str:
                        f"{_cell([r['after'][k] for r in seed0])} |")
         helds = [held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1] for r in seed0]
         done = [h for h in helds if h is not None]
-        out.append(f"| held step to the bar | | {_cell(done, '.1f') if done else '—'} "
+        out.append(f"| held step to the bar | | {_cell(done, '.1f')} "
                    f"({len(done)} of {len(helds)} classes held it) |")
     seeded = sorted({r["forget"] for r in runs if r["seed"] != 0})
     if seeded:

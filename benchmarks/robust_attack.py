@@ -15,9 +15,8 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.compare import _number, forget_accuracy, relearning_attack
+from safemax.compare import _build, forget_accuracy, parse_method, relearning_attack
 from safemax.data import split_by_class
-from safemax.methods import SafeMaxRobust
 from safemax.metrics import evaluate
 from safemax.zoo import load_classifier, load_unet, model_info
 
@@ -54,10 +53,10 @@ def main(argv=None):
                    choices=["safemax", "safemax-robust"])
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    settings = {k: _number(v) for k, v in (item.split("=") for item in filter(None, args.settings.split(",")))}
+    robust = _build(*parse_method("safemax-robust:" + args.settings))   # compare's spec syntax and errors
     os.makedirs(args.out, exist_ok=True)
     rows = []
-    for method in [SafeMaxRobust(**settings) if m == "safemax-robust" else m for m in args.methods]:
+    for method in [robust if m == "safemax-robust" else m for m in args.methods]:
         start = time.perf_counter()
         rows.append(dict(run(args.model, args.forget, method, args.steps, args.seed),
                          wall_seconds=round(time.perf_counter() - start, 1)))

@@ -21,7 +21,7 @@ import json
 import os
 
 from classes import RETAIN_SLACK, held_step   # benchmarks/classes.py: the same bar
-from safemax.compare import FA_BAR
+from safemax.compare import meets_bar
 from safemax.stopping import NatsRule
 
 RATIOS = (0.2, 0.1, 0.05, 0.02, 0.01)
@@ -38,15 +38,15 @@ def replay(runs, rule) -> dict:
     """The rule against the classifier on every run."""
     rows = []
     for r in runs:
-        held = held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1]
+        floor = r["before"]["retain_acc"] - RETAIN_SLACK
+        held = held_step(r["curve"], floor)[1]
         stop = stop_step(rule, r["history"])
         seconds = {h["step"]: h["seconds"] for h in r["history"]}   # training time, measurements excluded
-        floor = r["before"]["retain_acc"] - RETAIN_SLACK
         after = next((c for c in r["curve"] if stop is not None and c["step"] >= stop), None)
         rows.append(dict(model=r["model"], forget=r["forget"], seed=r["seed"], held=held, stop=stop,
                          held_seconds=seconds.get(held), stop_seconds=seconds.get(stop),
                          # the model a user keeps: the first measurement at or after the stop
-                         met_at_stop=after is not None and after["fa"] <= FA_BAR and after["retain_acc"] >= floor,
+                         met_at_stop=after is not None and meets_bar(after, floor),
                          too_early=stop is not None and (held is None or stop < held),
                          wasted=stop - held if stop is not None and held is not None and stop >= held else None))
     stopped = [x for x in rows if x["stop"] is not None]

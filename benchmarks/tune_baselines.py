@@ -26,7 +26,7 @@ import argparse
 import json
 import os
 
-from classes import t_interval   # benchmarks/classes.py: the same intervals
+from classes import _cell   # benchmarks/classes.py: the same intervals
 from safemax.compare import RETAIN_SLACK, run as compare
 from safemax.zoo import model_info
 
@@ -67,13 +67,6 @@ def pick(results: list, published: str) -> tuple:
     return published, "no setting met the bar: the published one"
 
 
-def _cell(values, spec=".1f", missing="—") -> str:
-    if not values:
-        return missing
-    mean, half = t_interval(values)
-    return format(mean, spec) + ("" if half is None else " ± " + format(half, spec))
-
-
 def sweep_table(model: str, sweep: dict, chosen: dict) -> list:
     info = model_info(model)
     out = [f"## Sweep (class {info.class_name(SWEEP_CLASS[model])})\n",
@@ -102,8 +95,8 @@ def head_to_head_table(rows: dict, attack_lrs) -> list:
         steps = [r["steps_to_forget_held"] for r in rs if r["steps_to_forget_held"] is not None]
         attacks = [_cell([a["fa_after"] for r in rs for a in r.get("attack") or [] if a["lr"] == lr], ".2f")
                    for lr in attack_lrs]
-        out.append(f"| {m} | {which}: `{rs[0]['spec']}` | {_cell(held)} ({len(held)}/{len(rs)}) | "
-                   f"{_cell(steps, '.0f')} | {_cell([r['prep_seconds'] for r in rs])} | "
+        out.append(f"| {m} | {which}: `{rs[0]['spec']}` | {_cell(held, '.1f')} ({len(held)}/{len(rs)}) | "
+                   f"{_cell(steps, '.0f')} | {_cell([r['prep_seconds'] for r in rs], '.1f')} | "
                    f"{_cell([r['fa_final'] for r in rs], '.2f')} | {_cell([r['retain_acc_final'] for r in rs], '.3f')} | "
                    f"{_cell([r['frechet_final'] for r in rs], '.2f')} | " + " | ".join(attacks) + " |")
     return out

@@ -137,10 +137,15 @@ def evaluation_steps(steps: int, eval_every: int) -> set:
     return set(range(eval_every, steps + 1, eval_every)) | set(range(dense, min(2 * eval_every, steps) + 1, dense)) | {steps}
 
 
+def meets_bar(point: dict, retain_floor: float) -> bool:
+    """Whether a measurement has forgotten: FA ≤ 1% with retain accuracy ≥ ``retain_floor``."""
+    return point["fa"] <= FA_BAR and point["retain_acc"] >= retain_floor
+
+
 def bar_points(curve: list, retain_floor: float) -> tuple:
-    """(first, held): the index of the first curve point with FA ≤ 1% and retain accuracy ≥
-    ``retain_floor``, and of the first from which every later point meets that bar (None: never)."""
-    ok = [p["fa"] <= FA_BAR and p["retain_acc"] >= retain_floor for p in curve]
+    """(first, held): the index of the first curve point that meets the bar (``meets_bar``), and
+    of the first from which every later point meets it (None: never)."""
+    ok = [meets_bar(p, retain_floor) for p in curve]
     first = next((i for i, good in enumerate(ok) if good), None)
     held = next((i for i in range(len(ok)) if all(ok[i:])), None)
     return first, held
