@@ -1,6 +1,6 @@
 """The benchmark scripts behind this round's tables run end to end (tiny settings, seconds):
 benchmarks/classes.py → benchmarks/stopping.py on its runs, benchmarks/retain_dip.py,
-benchmarks/probes.py and benchmarks/tune_baselines.py."""
+benchmarks/probes.py, benchmarks/tune_baselines.py and benchmarks/first_steps.py."""
 import json
 import os
 import subprocess
@@ -67,3 +67,16 @@ def test_retain_dip_script(tmp_path):
     assert "| warmup0 | 3 |" in text and "| gaussian0.5 | 3 |" in text
     r = json.loads((out / "gaussian0.5" / "runs" / "class3-seed0.json").read_text())
     assert r["gaussian_fraction"] == 0.5 and r["steps"] == 2
+
+
+def test_first_steps_script(tmp_path):
+    out = tmp_path / "first"
+    text = run("first_steps.py", "--smoke", "--classes", 3, "--ablation-classes", 3,
+               "--variants", "default", "fisher1e4", "lookahead", "--out", out)
+    assert "| conv/linear | 941,632 |" in text and "| all, random signs |" in text
+    for v in ("default", "fisher1e4", "lookahead"):
+        r = json.loads((out / "runs" / f"{v}-class3.json").read_text())
+        assert [p["step"] for p in r["points"]] == [0, 1, 2]
+    kept = (out / "runs" / "default-class3.json").stat().st_mtime_ns
+    run("first_steps.py", "--smoke", "--classes", 3, "--ablation-classes", 3, "--variants", "default", "--out", out)
+    assert (out / "runs" / "default-class3.json").stat().st_mtime_ns == kept   # reused, not rerun

@@ -1,4 +1,5 @@
 """Robust SAFEMax (method="safemax-robust"): the simulated attack and its term (fast, tiny models)."""
+import copy
 import json
 
 import pytest
@@ -39,6 +40,11 @@ def test_shifted_call_moves_the_weights_functionally():
     out = _Shifted(unet, named, shift)(x, t, class_labels=y).sample
     assert not torch.allclose(out, unet(x, t, class_labels=y).sample)
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())   # untouched
+    moved = copy.deepcopy(unet)   # the functional call is the model with its weights moved
+    with torch.no_grad():
+        for n, p in moved.named_parameters():
+            p -= shift[n]
+    torch.testing.assert_close(out, moved(x, t, class_labels=y).sample)
     out.sum().backward()
     assert all(p.grad is not None for p in named.values() if p.requires_grad)
 

@@ -1,0 +1,216 @@
+"""The first steps of a SAFEMax fit, step by step: where the kept classes' dip comes from.
+
+The curves of benchmarks/classes.py and retain_dip.py are measured every 5-10 steps; this script
+looks at steps 1, 2, 3, 5, ... (digits, batch 64 + 64, seed 0; each point 50 forget samples and 20
+per kept class, DDIM-10 — coarse, but a collapse to 0 is not subtle) and asks two questions:
+
+1. ``ablation``: which weights carry the collapse? One sign step of size lr (what Adam's first
+   step is) along the first batch's SAFEMax gradient, applied to one group of weights at a time
+   (convolutions and linear layers, attention, time embedding, class embedding, norms, biases),
+   to all of them, and — as a control — a step of the same size with random signs.
+2. ``curves``: does any optimiser setting avoid it? The default (Adam, lr 5e-4) against smaller
+   learning rates, a large Adam eps, RAdam, a linearly decaying lr, Adam's second moment warmed
+   with the kept classes' Fisher information (``fisher1e4``: weights that matter to the kept
+   classes take smaller first steps), and a look-ahead retain term (``lookahead``: the retain rows
+   also at the weights one sign step ahead, so that they pull back before the drift).
+
+    python benchmarks/first_steps.py --out benchmarks/results/first-steps      # ~40 min, 1 core
+    python benchmarks/first_steps.py --smoke --out /tmp/f                      # seconds: plumbing only
+
+Finished pieces are kept in ``OUT/runs`` and skipped when run again.
+"""
+import argparse
+import json
+import os
+
+import torch
+
+from safemax import Unlearner, rows
+from safemax.data import split_by_class
+from safemax.methods import SafeMax, _mse, _Shifted, denoising_batch, safemax_loss
+from safemax.metrics import evaluate
+from safemax.zoo import load_classifier, load_unet, model_info
+
+LR = 5e-4
+GROUPS = ("conv/linear", "attention", "time embedding", "class embedding", "norms", "biases")
+VARIANTS = ("default", "lr2e-4", "lr1e-4", "eps1e-4", "radam", "decay60", "fisher1e4", "lookahead")
+
+
+def group_of(name: str) -> str:
+    if "class_embedding" in name:
+        return "class embedding"
+    if "time_emb" in name:
+        return "time embedding"
+    if "norm" in name:
+        return "norms"
+    if name.endswith("bias"):
+        return "biases"
+    if "attention" in name or "attn" in name:
+        return "attention"
+    return "conv/linear"
+
+
+class LookaheadSafeMax(SafeMax):
+    """SAFEMax plus the retain rows' distillation loss at the weights one sign step (lr) down the
+    step's own gradient — a retain term that is not zero at the start. Experimental: here only."""
+
+    def loss(self, u, retain, forget, batch_size):
+        x_t, eps, t, cond, is_forget = batch = denoising_batch(u, forget, retain, batch_size, forget_t_min=self.t_min)
+        r = batch.retain_rows
+        with torch.no_grad():
+            eps = eps.clone()
+            eps[r] = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=self.teacher)
+        loss, nats = safemax_loss(u.denoiser.predict(x_t, t, cond), eps, x_t, t, u.denoiser.table, is_forget,
+                                  self.t_min, self.forget_weight, self.weighting, u.denoiser.parametrization)
+        params = dict(u.trainable())
+        grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True)
+        shift = {n: u.lr_at(u.step) * (g.sign() if g is not None else torch.zeros_like(p))
+                 for (n, p), g in zip(params.items(), grads)}
+        ahead = _mse(u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=_Shifted(u.unet, params, shift)),
+                     eps[r])
+        return loss + ahead, dict(forget_nats=nats[is_forget].mean().item(),
+                                  retain_nats=nats[~is_forget].mean().item(), ahead=ahead.item())
+
+
+class Setup:
+    def __init__(self, forget: int, args):
+        self.info = model_info("digits")
+        self.classifier = load_classifier("digits")
+        self.forget_data, self.retain_data = split_by_class(self.info.dataset("train"), [forget])
+        reference, labels = self.info.reference_images()
+        self.real_retain, self.forget, self.args = reference[labels != forget], forget, args
+
+    def measure(self, unet, scheduler) -> dict:
+        a = self.args
+        e = evaluate(unet, scheduler, self.classifier, [self.forget], [c for c in range(10) if c != self.forget],
+                     self.real_retain, n_forget=a.n_forget, n_per_class=a.n_per_class,
+                     num_inference_steps=a.ddim_steps, seed=0)
+        return dict(fa=e["fa"], retain_acc=e["retain_acc"])
+
+    def unlearner(self, variant: str):
+        unet, scheduler = load_unet("digits")
+        method = LookaheadSafeMax() if variant == "lookahead" else "safemax"
+        lr = {"lr2e-4": 2e-4, "lr1e-4": 1e-4}.get(variant, LR)
+        u = Unlearner(unet, scheduler, forget=[self.forget], lr=lr, seed=0, method=method)
+        params = [p for p in unet.parameters() if p.requires_grad]
+        if variant == "eps1e-4":
+            u.optimizer = torch.optim.Adam(params, lr=lr, eps=1e-4)
+        elif variant == "radam":
+            u.optimizer = torch.optim.RAdam(params, lr=lr)
+        elif variant == "decay60":
+            u.lr_at = lambda step: lr * max(1 - step / 60, 0.02)
+        elif variant == "fisher1e4":
+            self.warm_with_fisher(u, params, 1e4)
+        return u, unet, scheduler
+
+    def warm_with_fisher(self, u, params, scale: float, batches: int = 8):
+        """Adam's second moment starts at scale × the kept classes' (batch) Fisher information, so
+        that v̂ of the first step is scale·F + g² and weights that matter to them move less."""
+        x0, y0 = self.retain_data.tensors
+        g = torch.Generator().manual_seed(123)
+        fisher = [torch.zeros_like(p) for p in params]
+        for _ in range(batches):
+            i = torch.randint(0, len(x0), (64,), generator=g)
+            eps, t = torch.randn(x0[i].shape, generator=g), torch.randint(0, 1000, (64,), generator=g)
+            loss = _mse(u.unet(u.scheduler.add_noise(x0[i], eps, t), t, class_labels=y0[i]).sample, eps)
+            for f, gr in zip(fisher, torch.autograd.grad(loss, params)):
+                f += gr.square() / batches
+        beta2 = u.optimizer.defaults["betas"][1]
+        for p, f in zip(params, fisher):   # v̂_1 = (β2·v0 + (1-β2)·g²) / (1-β2) = scale·F + g²
+            u.optimizer.state[p] = dict(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p),
+                                        exp_avg_sq=scale * f * (1 - beta2) / beta2)
+
+
+def ablation(s: Setup, args) -> dict:
+    u, unet, scheduler = s.unlearner("default")
+    retain, forget = u._data(s.retain_data, s.forget_data, args.batch_size)
+    loss, _ = u.method.loss(u, retain, forget, args.batch_size)   # the fit's first batch
+    named = list(u.trainable())
+    grads = dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named])))
+    original = {n: p.detach().clone() for n, p in named}
+    out = dict(none=s.measure(unet, scheduler))
+    gen = torch.Generator().manual_seed(0)
+    for which in (*GROUPS, "all", "all, random signs"):
+        with torch.no_grad():
+            for n, p in named:
+                if which == "all, random signs":
+                    p -= LR * (torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.dtype)
+                elif which in ("all", group_of(n)):
+                    p -= LR * grads[n].sign()
+        out[which] = dict(s.measure(unet, scheduler), weights=sum(p.numel() for n, p in named
+                                                                  if which.startswith("all") or group_of(n) == which))
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(original[n])
+    return out
+
+
+def curve(s: Setup, variant: str, args) -> dict:
+    u, unet, scheduler = s.unlearner(variant)
+    points = [dict(step=0, **s.measure(unet, scheduler))]
+    for step in args.at:
+        u.fit(s.retain_data, s.forget_data, steps=step, batch_size=args.batch_size, progress=False)
+        points.append(dict(step=step, **s.measure(unet, scheduler)))
+    return dict(points=points, train_seconds=u.history[-1]["seconds"])
+
+
+def cached(path, make):
+    if os.path.exists(path):
+        return json.load(open(path))
+    result = make()
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)
+    return result
+
+
+def cell(p) -> str:
+    return f"{p['fa']:.2f} / {p['retain_acc']:.2f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--classes", type=int, nargs="+", default=[5, 0])
+    p.add_argument("--ablation-classes", type=int, nargs="+", default=[5, 0, 3])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--at", type=int, nargs="+", default=[1, 2, 3, 5, 10, 15, 20, 30, 40])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n-forget", type=int, default=50)
+    p.add_argument("--n-per-class", type=int, default=20)
+    p.add_argument("--ddim-steps", type=int, default=10)
+    p.add_argument("--smoke", action="store_true", help="tiny settings: tests the plumbing, not a result")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.at, args.batch_size, args.n_forget, args.n_per_class, args.ddim_steps = [1, 2], 4, 2, 1, 2
+    os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
+    runs = os.path.join(args.out, "runs")
+    lines = ["# The first steps of a SAFEMax fit (digits)\n",
+             f"Each cell: FA / retain accuracy ({args.n_forget} forget samples, {args.n_per_class} per kept "
+             f"class, DDIM-{args.ddim_steps}, seed 0).\n",
+             "## One sign step of size lr along the first batch's SAFEMax gradient, by group of weights\n",
+             "| weights moved | count | " + " | ".join(f"class {c}" for c in args.ablation_classes) + " |",
+             "| --- | ---: | " + " | ".join("---" for _ in args.ablation_classes) + " |"]
+    abl = {c: cached(os.path.join(runs, f"ablation-class{c}.json"), lambda c=c: ablation(Setup(c, args), args))
+           for c in args.ablation_classes}
+    first = abl[args.ablation_classes[0]]
+    for which in ("none", *GROUPS, "all", "all, random signs"):
+        lines.append(f"| {which} | {first[which].get('weights', 0):,} | "
+                     + " | ".join(cell(abl[c][which]) for c in args.ablation_classes) + " |")
+    lines += ["", "## Step by step, by optimiser setting\n",
+              "| variant | class | " + " | ".join(f"step {a}" for a in [0, *args.at]) + " | train s |",
+              "| --- | ---: | " + " | ".join("---" for _ in range(len(args.at) + 1)) + " | ---: |"]
+    for c in args.classes:
+        for v in args.variants:
+            r = cached(os.path.join(runs, f"{v}-class{c}.json"), lambda c=c, v=v: curve(Setup(c, args), v, args))
+            lines.append(f"| {v} | {c} | " + " | ".join(cell(pt) for pt in r["points"])
+                         + f" | {r['train_seconds']:.0f} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "first-steps.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
