@@ -7,14 +7,15 @@ per kept class, DDIM-10 — coarse, but a collapse to 0 is not subtle) and asks 
 1. ``ablation``: which weights carry the collapse? One sign step of size lr (what Adam's first
    step is) along the first batch's SAFEMax gradient, applied to one group of weights at a time
    (convolutions and linear layers, attention, time embedding, class embedding, norms, biases),
-   to all of them, and — as a control — a step of the same size with random signs.
+   to all of them, to all with a fraction of lr, and — as a control — a step of size lr with
+   random signs.
 2. ``curves``: does any optimiser setting avoid it? The default (Adam, lr 5e-4) against smaller
    learning rates, a large Adam eps, RAdam, a linearly decaying lr, Adam's second moment warmed
    with the kept classes' Fisher information (``fisher1e4``: weights that matter to the kept
    classes take smaller first steps), and a look-ahead retain term (``lookahead``: the retain rows
    also at the weights one sign step ahead, so that they pull back before the drift).
 
-    python benchmarks/first_steps.py --out benchmarks/results/first-steps      # ~40 min, 1 core
+    python benchmarks/first_steps.py --out benchmarks/results/first-steps      # ~35 min, 1 core
     python benchmarks/first_steps.py --smoke --out /tmp/f                      # seconds: plumbing only
 
 Finished pieces are kept in ``OUT/runs`` and skipped when run again.
@@ -33,6 +34,7 @@ from safemax.zoo import load_classifier, load_unet, model_info
 
 LR = 5e-4
 GROUPS = ("conv/linear", "attention", "time embedding", "class embedding", "norms", "biases")
+SCALED = {"all, 0.1 lr": 0.1, "all, 0.2 lr": 0.2, "all, 0.5 lr": 0.5}   # how small a step still collapses
 VARIANTS = ("default", "lr2e-4", "lr1e-4", "eps1e-4", "radam", "decay60", "fisher1e4", "lookahead")
 
 
@@ -130,13 +132,14 @@ def ablation(s: Setup, args) -> dict:
     original = {n: p.detach().clone() for n, p in named}
     out = dict(none=s.measure(unet, scheduler))
     gen = torch.Generator().manual_seed(0)
-    for which in (*GROUPS, "all", "all, random signs"):
+    for which in (*GROUPS, "all", *SCALED, "all, random signs"):
+        size = LR * SCALED.get(which, 1.0)
         with torch.no_grad():
             for n, p in named:
                 if which == "all, random signs":
-                    p -= LR * (torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.dtype)
-                elif which in ("all", group_of(n)):
-                    p -= LR * grads[n].sign()
+                    p -= size * (torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.dtype)
+                elif which in ("all", group_of(n)) or which in SCALED:
+                    p -= size * grads[n].sign()
         out[which] = dict(s.measure(unet, scheduler), weights=sum(p.numel() for n, p in named
                                                                   if which.startswith("all") or group_of(n) == which))
         with torch.no_grad():
@@ -164,13 +167,34 @@ def cached(path, make):
     return result
 
 
+def plot(curves, args, path):
+    """Retain accuracy (solid) and FA (dotted) against the step, one panel per class."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(args.classes), figsize=(6 * len(args.classes), 4), squeeze=False)
+    for ax, c in zip(axes[0], args.classes):
+        for i, v in enumerate(args.variants):
+            pts = curves[c, v]["points"]
+            steps = [p["step"] for p in pts]
+            line, = ax.plot(steps, [p["retain_acc"] for p in pts], marker="o", ms=3, label=v, color=f"C{i}")
+            ax.plot(steps, [p["fa"] for p in pts], ls=":", color=line.get_color())
+        ax.set(title=f"digits, class {c} forgotten", xlabel="step", ylabel="retain acc (solid), FA (dotted)",
+               ylim=(-0.02, 1.02), xscale="symlog", xlim=(0, max(args.at)))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def cell(p) -> str:
     return f"{p['fa']:.2f} / {p['retain_acc']:.2f}"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--classes", type=int, nargs="+", default=[5, 0])
+    p.add_argument("--classes", type=int, nargs="+", default=[5])
     p.add_argument("--ablation-classes", type=int, nargs="+", default=[5, 0, 3])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--at", type=int, nargs="+", default=[1, 2, 3, 5, 10, 15, 20, 30, 40])
@@ -194,18 +218,21 @@ def main(argv=None):
     abl = {c: cached(os.path.join(runs, f"ablation-class{c}.json"), lambda c=c: ablation(Setup(c, args), args))
            for c in args.ablation_classes}
     first = abl[args.ablation_classes[0]]
-    for which in ("none", *GROUPS, "all", "all, random signs"):
+    for which in ("none", *GROUPS, "all", *SCALED, "all, random signs"):
         lines.append(f"| {which} | {first[which].get('weights', 0):,} | "
                      + " | ".join(cell(abl[c][which]) for c in args.ablation_classes) + " |")
     lines += ["", "## Step by step, by optimiser setting\n",
               "| variant | class | " + " | ".join(f"step {a}" for a in [0, *args.at]) + " | train s |",
               "| --- | ---: | " + " | ".join("---" for _ in range(len(args.at) + 1)) + " | ---: |"]
+    curves = {}
     for c in args.classes:
         for v in args.variants:
-            r = cached(os.path.join(runs, f"{v}-class{c}.json"), lambda c=c, v=v: curve(Setup(c, args), v, args))
+            r = curves[c, v] = cached(os.path.join(runs, f"{v}-class{c}.json"), lambda c=c, v=v: curve(Setup(c, args), v, args))
             lines.append(f"| {v} | {c} | " + " | ".join(cell(pt) for pt in r["points"])
                          + f" | {r['train_seconds']:.0f} |")
             print(lines[-1], flush=True)
+    plot(curves, args, os.path.join(args.out, "first-steps.png"))
+    lines += ["", "![retain accuracy and FA against the step](first-steps.png)"]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "first-steps.md"), "w") as f:
         f.write(text)

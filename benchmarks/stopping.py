@@ -72,10 +72,11 @@ def main(argv=None):
     results = [replay(runs, NatsRule(ratio, window)) for window in WINDOWS for ratio in RATIOS]
     held = [held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1] for r in runs]
     models = sorted({r["model"] for r in runs})
+    steps = [h for h in held if h is not None]
+    when = (f", from step {sum(steps) / len(steps):.1f} on average (measured every few steps: the first "
+            "measurement from which it held)") if steps else ""
     lines = [f"Replayed on {len(runs)} runs ({', '.join(models)}); the classifier's bar held within the "
-             f"run in {sum(h is not None for h in held)} of them, from step "
-             f"{sum(h for h in held if h is not None) / max(1, sum(h is not None for h in held)):.1f} on average "
-             "(measured every few steps: the first measurement from which it held).\n",
+             f"run in {len(steps)} of them{when}.\n",
              "| rule (ratio:window) | stopped | too early | bar met at the stop | missed | mean stop step | "
              "mean wasted steps | mean training s to the stop |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
