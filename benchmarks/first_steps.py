@@ -13,9 +13,11 @@ per kept class, DDIM-10 — coarse, but a collapse to 0 is not subtle) and asks 
    learning rates, a large Adam eps, RAdam, a linearly decaying lr, Adam's second moment warmed
    with the kept classes' Fisher information (``fisher1e4``: weights that matter to the kept
    classes take smaller first steps), and a look-ahead retain term (``lookahead``: the retain rows
-   also at the weights one sign step ahead, so that they pull back before the drift).
+   also at the weights one sign step ahead, so that they pull back before the drift), and the
+   forget gradient without its shared part (``contrast``: minus the halting loss of the same x_t
+   under the kept classes' labels; ``hinge0.1``: that term capped at 1.1 × the original's).
 
-    python benchmarks/first_steps.py --out benchmarks/results/first-steps      # ~35 min, 1 core
+    python benchmarks/first_steps.py --out benchmarks/results/first-steps      # ~45 min, 1 core
     python benchmarks/first_steps.py --smoke --out /tmp/f                      # seconds: plumbing only
 
 Finished pieces are kept in ``OUT/runs`` and skipped when run again.
@@ -35,7 +37,8 @@ from safemax.zoo import load_classifier, load_unet, model_info
 LR = 5e-4
 GROUPS = ("conv/linear", "attention", "time embedding", "class embedding", "norms", "biases")
 SCALED = {"all, 0.1 lr": 0.1, "all, 0.2 lr": 0.2, "all, 0.5 lr": 0.5}   # how small a step still collapses
-VARIANTS = ("default", "lr2e-4", "lr1e-4", "eps1e-4", "radam", "decay60", "fisher1e4", "lookahead")
+VARIANTS = ("default", "lr2e-4", "lr1e-4", "eps1e-4", "radam", "decay60", "fisher1e4", "lookahead", "contrast",
+            "hinge0.1")
 
 
 def group_of(name: str) -> str:
@@ -74,6 +77,37 @@ class LookaheadSafeMax(SafeMax):
                                   retain_nats=nats[~is_forget].mean().item(), ahead=ahead.item())
 
 
+class ContrastSafeMax(SafeMax):
+    """SAFEMax minus the halting loss of the same forget x_t under the kept classes' labels: the
+    forget gradient without its shared 'halt every class' part. With ``margin`` the subtracted term
+    is capped per row at (1 + margin) × the original model's value (a hinge: the kept labels are
+    pushed off the halting target only that far); without, it is unbounded. Experimental: here only."""
+
+    def __init__(self, margin: float = None):
+        super().__init__()
+        self.margin = margin
+
+    def loss(self, u, retain, forget, batch_size):
+        loss, stats = super().loss(u, retain, forget, batch_size)
+        x_t, _, t, cond, _ = self.batch
+        f, r = self.batch.forget_rows, self.batch.retain_rows
+        xf, tf = x_t[f], t[f]
+        kept = rows.take(rows.take(cond, r), torch.arange(len(tf)))   # kept-class labels on forget x_t
+        abar = u.denoiser.table[tf].view(-1, *([1] * (xf.dim() - 1)))
+        target = (1 - abar).sqrt() * xf   # the halting target ε* = √(1−ᾱ_t)·x_t
+
+        def residual(model=None):
+            return (u.denoiser.predict(xf, tf, kept, model=model) - target).square().flatten(1).mean(1)
+
+        res = residual()
+        if self.margin is not None:
+            with torch.no_grad():
+                cap = (1 + self.margin) * residual(self.teacher)
+            res = torch.minimum(res, cap)
+        # x 0.5: the forget rows are half of the batch whose mean SAFEMax's loss is
+        return loss - 0.5 * res.mean(), stats
+
+
 class Setup:
     def __init__(self, forget: int, args):
         self.info = model_info("digits")
@@ -91,7 +125,8 @@ class Setup:
 
     def unlearner(self, variant: str):
         unet, scheduler = load_unet("digits")
-        method = LookaheadSafeMax() if variant == "lookahead" else "safemax"
+        method = {"lookahead": LookaheadSafeMax(), "contrast": ContrastSafeMax(),
+                  "hinge0.1": ContrastSafeMax(margin=0.1)}.get(variant, "safemax")
         lr = {"lr2e-4": 2e-4, "lr1e-4": 1e-4}.get(variant, LR)
         u = Unlearner(unet, scheduler, forget=[self.forget], lr=lr, seed=0, method=method)
         params = [p for p in unet.parameters() if p.requires_grad]
