@@ -15,7 +15,8 @@ per kept class, DDIM-10 — coarse, but a collapse to 0 is not subtle) and asks 
    classes take smaller first steps), and a look-ahead retain term (``lookahead``: the retain rows
    also at the weights one sign step ahead, so that they pull back before the drift), and the
    forget gradient without its shared part (``contrast``: minus the halting loss of the same x_t
-   under the kept classes' labels; ``hinge0.1``: that term capped at 1.1 × the original's).
+   under the kept classes' labels; ``hinge0.1``: that term capped at 1.1 × the original's;
+   ``contrast10``: the term for the first 10 steps only).
 
     python benchmarks/first_steps.py --out benchmarks/results/first-steps      # ~45 min, 1 core
     python benchmarks/first_steps.py --smoke --out /tmp/f                      # seconds: plumbing only
@@ -38,7 +39,7 @@ LR = 5e-4
 GROUPS = ("conv/linear", "attention", "time embedding", "class embedding", "norms", "biases")
 SCALED = {"all, 0.1 lr": 0.1, "all, 0.2 lr": 0.2, "all, 0.5 lr": 0.5}   # how small a step still collapses
 VARIANTS = ("default", "lr2e-4", "lr1e-4", "eps1e-4", "radam", "decay60", "fisher1e4", "lookahead", "contrast",
-            "hinge0.1")
+            "hinge0.1", "contrast10")
 
 
 def group_of(name: str) -> str:
@@ -81,14 +82,17 @@ class ContrastSafeMax(SafeMax):
     """SAFEMax minus the halting loss of the same forget x_t under the kept classes' labels: the
     forget gradient without its shared 'halt every class' part. With ``margin`` the subtracted term
     is capped per row at (1 + margin) × the original model's value (a hinge: the kept labels are
-    pushed off the halting target only that far); without, it is unbounded. Experimental: here only."""
+    pushed off the halting target only that far); with ``until``, it is dropped from that step on;
+    without either, it is unbounded. Experimental: here only."""
 
-    def __init__(self, margin: float = None):
+    def __init__(self, margin: float = None, until: int = None):
         super().__init__()
-        self.margin = margin
+        self.margin, self.until = margin, until
 
     def loss(self, u, retain, forget, batch_size):
         loss, stats = super().loss(u, retain, forget, batch_size)
+        if self.until is not None and u.step >= self.until:   # switched off: plain SAFEMax
+            return loss, stats
         x_t, _, t, cond, _ = self.batch
         f, r = self.batch.forget_rows, self.batch.retain_rows
         xf, tf = x_t[f], t[f]
@@ -126,7 +130,7 @@ class Setup:
     def unlearner(self, variant: str):
         unet, scheduler = load_unet("digits")
         method = {"lookahead": LookaheadSafeMax(), "contrast": ContrastSafeMax(),
-                  "hinge0.1": ContrastSafeMax(margin=0.1)}.get(variant, "safemax")
+                  "hinge0.1": ContrastSafeMax(margin=0.1), "contrast10": ContrastSafeMax(until=10)}.get(variant, "safemax")
         lr = {"lr2e-4": 2e-4, "lr1e-4": 1e-4}.get(variant, LR)
         u = Unlearner(unet, scheduler, forget=[self.forget], lr=lr, seed=0, method=method)
         params = [p for p in unet.parameters() if p.requires_grad]
