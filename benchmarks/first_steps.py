@@ -31,7 +31,7 @@ import torch
 
 from safemax import Unlearner, rows
 from safemax.data import split_by_class
-from safemax.methods import SafeMax, _mse, _Shifted, denoising_batch, safemax_loss
+from safemax.methods import SafeMax, _mse, _Shifted
 from safemax.metrics import evaluate
 from safemax.zoo import load_classifier, load_unet, model_info
 
@@ -61,21 +61,16 @@ class LookaheadSafeMax(SafeMax):
     step's own gradient — a retain term that is not zero at the start. Experimental: here only."""
 
     def loss(self, u, retain, forget, batch_size):
-        x_t, eps, t, cond, is_forget = batch = denoising_batch(u, forget, retain, batch_size, forget_t_min=self.t_min)
-        r = batch.retain_rows
-        with torch.no_grad():
-            eps = eps.clone()
-            eps[r] = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=self.teacher)
-        loss, nats = safemax_loss(u.denoiser.predict(x_t, t, cond), eps, x_t, t, u.denoiser.table, is_forget,
-                                  self.t_min, self.forget_weight, self.weighting, u.denoiser.parametrization)
+        loss, stats = super().loss(u, retain, forget, batch_size)
+        x_t, eps, t, cond, _ = self.batch   # eps: the retain rows' targets are the teacher's
+        r = self.batch.retain_rows
         params = dict(u.trainable())
         grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True)
         shift = {n: u.lr_at(u.step) * (g.sign() if g is not None else torch.zeros_like(p))
                  for (n, p), g in zip(params.items(), grads)}
         ahead = _mse(u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=_Shifted(u.unet, params, shift)),
                      eps[r])
-        return loss + ahead, dict(forget_nats=nats[is_forget].mean().item(),
-                                  retain_nats=nats[~is_forget].mean().item(), ahead=ahead.item())
+        return loss + ahead, dict(stats, ahead=ahead.item())
 
 
 class ContrastSafeMax(SafeMax):

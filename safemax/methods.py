@@ -211,7 +211,9 @@ class SafeMax(Method):
                 r = batch.retain_rows
                 eps = eps.clone()
                 eps[r] = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=self.teacher)
-        self.batch = batch   # (what safemax-robust simulates its attack on)
+        # the rows and the targets the loss uses (retain rows: the teacher's), for subclasses:
+        # safemax-robust simulates its attack on the forget rows
+        self.batch = batch._replace(eps=eps)
         pred = u.denoiser.predict(x_t, t, cond)
         loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.table, is_forget, self.t_min,
                                   self.forget_weight, self.weighting, u.denoiser.parametrization)
