@@ -67,8 +67,8 @@ class Unlearner:
         lr: Adam learning rate (default: the method's, 1e-4 for all four).
         warmup_steps: raise the learning rate linearly from lr/warmup_steps to lr over the first
             ``warmup_steps`` steps (default 0: none). Measured on SAFEMax's early dip in the
-            kept classes' accuracy, it does not help: 20 warm-up steps made the dip deeper and
-            later (docs/results/retain-dip.md). Offered for fine-tuning practice, not as a fix.
+            kept classes' accuracy, it does not help: 20 warm-up steps move the same collapse
+            later (docs/results/first-steps.md). Offered for fine-tuning practice, not as a fix.
         seed: seeds every random draw of the fit (data, timesteps, noise).
         mixed_precision: ``"bf16"`` or ``"fp16"`` (GPU only): the forward passes run under
             Accelerate's autocast (fp16 with loss scaling); weights and optimizer stay float32.
