@@ -15,8 +15,10 @@ per kept class, DDIM-10 — coarse, but a collapse to 0 is not subtle) and asks 
    classes take smaller first steps), and a look-ahead retain term (``lookahead``: the retain rows
    also at the weights one sign step ahead, so that they pull back before the drift), and the
    forget gradient without its shared part (``contrast``: minus the halting loss of the same x_t
-   under the kept classes' labels; ``hinge0.1``: that term capped at 1.1 × the original's;
-   ``contrast10``: the term for the first 10 steps only).
+   under the kept classes' labels; ``hinge0.1``, ``hinge0.5``: that term capped at 1.1 or 1.5 × the
+   original's; ``contrast10``: the term for the first 10 steps only; ``project``: the gradient's
+   component along the kept labels' halting gradient removed; ``project-retain``: the same, their
+   halting measured on the retain rows' own x_t).
 
     python benchmarks/first_steps.py --out benchmarks/results/first-steps      # ~45 min, 1 core
     python benchmarks/first_steps.py --smoke --out /tmp/f                      # seconds: plumbing only
@@ -39,7 +41,7 @@ LR = 5e-4
 GROUPS = ("conv/linear", "attention", "time embedding", "class embedding", "norms", "biases")
 SCALED = {"all, 0.1 lr": 0.1, "all, 0.2 lr": 0.2, "all, 0.5 lr": 0.5}   # how small a step still collapses
 VARIANTS = ("default", "lr2e-4", "lr1e-4", "eps1e-4", "radam", "decay60", "fisher1e4", "lookahead", "contrast",
-            "hinge0.1", "contrast10")
+            "hinge0.1", "hinge0.5", "contrast10", "project", "project-retain")
 
 
 def group_of(name: str) -> str:
@@ -84,27 +86,55 @@ class ContrastSafeMax(SafeMax):
         super().__init__()
         self.margin, self.until = margin, until
 
+    def kept_residual(self, u, model=None, on: str = "forget"):
+        """Per row, the halting loss under a kept class's label (from the batch's retain rows) — how
+        far the kept labels are from halting: on the forget rows' x_t (``on="forget"``) or on the
+        retain rows' own x_t (``on="retain"``)."""
+        x_t, _, t, cond, _ = self.batch
+        f, r = self.batch.forget_rows, self.batch.retain_rows
+        if on == "retain":
+            xf, tf, kept = x_t[r], t[r], rows.take(cond, r)
+        else:
+            xf, tf = x_t[f], t[f]
+            kept = rows.take(rows.take(cond, r), torch.arange(len(tf)))   # kept-class labels on forget x_t
+        abar = u.denoiser.table[tf].view(-1, *([1] * (xf.dim() - 1)))
+        target = (1 - abar).sqrt() * xf   # the halting target ε* = √(1−ᾱ_t)·x_t
+        return (u.denoiser.predict(xf, tf, kept, model=model) - target).square().flatten(1).mean(1)
+
     def loss(self, u, retain, forget, batch_size):
         loss, stats = super().loss(u, retain, forget, batch_size)
         if self.until is not None and u.step >= self.until:   # switched off: plain SAFEMax
             return loss, stats
-        x_t, _, t, cond, _ = self.batch
-        f, r = self.batch.forget_rows, self.batch.retain_rows
-        xf, tf = x_t[f], t[f]
-        kept = rows.take(rows.take(cond, r), torch.arange(len(tf)))   # kept-class labels on forget x_t
-        abar = u.denoiser.table[tf].view(-1, *([1] * (xf.dim() - 1)))
-        target = (1 - abar).sqrt() * xf   # the halting target ε* = √(1−ᾱ_t)·x_t
-
-        def residual(model=None):
-            return (u.denoiser.predict(xf, tf, kept, model=model) - target).square().flatten(1).mean(1)
-
-        res = residual()
+        res = self.kept_residual(u)
         if self.margin is not None:
             with torch.no_grad():
-                cap = (1 + self.margin) * residual(self.teacher)
+                cap = (1 + self.margin) * self.kept_residual(u, self.teacher)
             res = torch.minimum(res, cap)
         # x 0.5: the forget rows are half of the batch whose mean SAFEMax's loss is
         return loss - 0.5 * res.mean(), stats
+
+
+class ProjectSafeMax(ContrastSafeMax):
+    """SAFEMax's gradient with its component along the kept labels' halting gradient removed
+    (only when it points that way: a projection, PCGrad-like). Unlike ``contrast`` it never pushes
+    the kept labels *away* from halting, it only stops the step from pulling them towards it
+    (to first order). ``on``: which x_t the kept labels' halting is measured on (see
+    ``kept_residual``). Experimental: here only."""
+
+    def __init__(self, on: str = "forget"):
+        super().__init__()
+        self.on = on
+
+    def loss(self, u, retain, forget, batch_size):
+        loss, stats = SafeMax.loss(self, u, retain, forget, batch_size)
+        shared = self.kept_residual(u, on=self.on).mean()
+        params = [p for _, p in u.trainable()]
+        g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        gs = torch.autograd.grad(shared, params, retain_graph=True, allow_unused=True)
+        dot = sum((a * b).sum() for a, b in zip(g, gs) if a is not None and b is not None)
+        norm = sum(b.square().sum() for b in gs if b is not None)
+        w = (dot / norm).clamp(min=0).detach()
+        return loss - w * shared, dict(stats, projected=w.item())
 
 
 class Setup:
@@ -125,7 +155,9 @@ class Setup:
     def unlearner(self, variant: str):
         unet, scheduler = load_unet("digits")
         method = {"lookahead": LookaheadSafeMax(), "contrast": ContrastSafeMax(),
-                  "hinge0.1": ContrastSafeMax(margin=0.1), "contrast10": ContrastSafeMax(until=10)}.get(variant, "safemax")
+                  "hinge0.1": ContrastSafeMax(margin=0.1), "contrast10": ContrastSafeMax(until=10),
+                  "hinge0.5": ContrastSafeMax(margin=0.5), "project": ProjectSafeMax(),
+                  "project-retain": ProjectSafeMax(on="retain")}.get(variant, "safemax")
         lr = {"lr2e-4": 2e-4, "lr1e-4": 1e-4}.get(variant, LR)
         u = Unlearner(unet, scheduler, forget=[self.forget], lr=lr, seed=0, method=method)
         params = [p for p in unet.parameters() if p.requires_grad]
