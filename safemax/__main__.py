@@ -10,6 +10,7 @@ EXAMPLES = """examples:
   safemax unlearn --forget 3 --out unet-no3     unlearn the embedded model, save diffusers format
   safemax unlearn --model ./my-ddpm --data ./images --forget 2 --out ./my-ddpm-no2
   safemax unlearn --forget 3 --lora-rank 4 --out unet-no3-lora   train a LoRA adapter only
+  safemax unlearn --forget 3 --train class-embedding --steps 40 --out unet-no3-rows   digit 3's row only
   accelerate launch -m safemax unlearn --forget 3 --out unet-no3   data-parallel (DDP)
   safemax sample --model unet-no3 --label 3 --out threes.png
   safemax evaluate --model unet-no3 --forget 3
@@ -98,6 +99,10 @@ def _add_unlearn(sub):
                    help="train a LoRA adapter of rank R on the attention projections instead of "
                         "the whole model (needs peft); --out then holds the merged model plus "
                         "the adapter alone (adapter_model.safetensors)")
+    p.add_argument("--train", choices=["all", "class-embedding"], default="all",
+                   help="class-embedding: train only the forgotten classes' class-embedding rows "
+                        "(default lr 0.3): the kept classes stay bit-for-bit the original, but the "
+                        "forgetting is shallower (docs: results/class-embedding)")
 
 
 def _add_sample(sub):
@@ -265,14 +270,14 @@ def _unlearn(args):
         data = ImageFolder(args.data, unet.config.sample_size, unet.config.in_channels)
     forget_data, retain_data = split_by_class(data, args.forget)
     from .demo import DEFAULT_LR
-    lr = DEFAULT_LR if args.lr is None and args.method.startswith("safemax") else args.lr
+    lr = DEFAULT_LR if args.lr is None and args.method.startswith("safemax") and args.train == "all" else args.lr
     # SAFEMax's settings, where given: a baseline refuses them (they are not its settings)
     settings = {k: v for k, v in (("early_fraction", args.early_fraction), ("max_snr", args.max_snr),
                                   ("forget_weight", args.forget_weight)) if v is not None}
     u = Unlearner(unet, scheduler, forget=args.forget, lr=lr, seed=args.seed, method=args.method,
                   mixed_precision=args.mixed_precision,
                   gradient_checkpointing=args.gradient_checkpointing, lora_rank=args.lora_rank,
-                  **settings)
+                  train=args.train, **settings)
     ckpt = args.checkpoint_dir or os.path.join(args.out, "checkpoint")
     u.fit(retain_data, None if args.data_free else forget_data, steps=args.steps,
           batch_size=args.batch_size, checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,

@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from . import __version__
+from . import __version__, class_rows
 from .data import split_by_class
 from .methods import METHODS, make_method
 from .metrics import classify, evaluate
@@ -36,12 +36,20 @@ LABELS = {"safemax": "SAFEMax", "salun": "SalUn", "sa": "Selective Amnesia", "ga
 
 
 def relearning_attack(unet, scheduler, images: torch.Tensor, labels: torch.Tensor, steps: int = 50,
-                      lr: float = 1e-4, seed: int = 0):
+                      lr: float = 1e-4, seed: int = 0, train: str = "all"):
     """Fine-tune a copy of ``unet`` with the plain denoising loss on ``images`` (all of them every
-    step, fresh t and noise) for ``steps`` Adam steps; returns the attacked copy."""
+    step, fresh t and noise) for ``steps`` Adam steps; returns the attacked copy.
+
+    ``train="class-embedding"``: the *inversion* attack — only the attacked classes' rows of the
+    class embedding learn (``safemax.class_rows``), every shared weight is frozen: it asks whether
+    the shared weights still know the class, so that a new row finds it again."""
     model = copy.deepcopy(unet).train()
     device = next(model.parameters()).device
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if train == "class-embedding":
+        class_rows.train_rows_only(model, sorted(set(labels.tolist())))
+    elif train != "all":
+        raise ValueError(f"train must be one of {class_rows.TRAIN_CHOICES}, got {train!r}")
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     abar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     x0, y = images.to(device), labels.to(device)

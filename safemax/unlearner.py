@@ -25,7 +25,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoint, parallel, stopping
+from . import __version__, checkpoint, class_rows, parallel, stopping
 from . import lora as adapters
 from .conditions import ForgetTargets
 from .data import Batches
@@ -84,20 +84,35 @@ class Unlearner:
             checkpoints hold the adapter and its Adam state; ``save_pretrained`` writes the
             adapter (see ``safemax.lora``).
         lora: alternatively, a ``peft.LoraConfig`` of your own (not both).
+        train: which weights the fit trains: ``"all"`` (default) or ``"class-embedding"`` — a
+            class-conditional model's class-embedding rows of the forgotten classes only (the
+            tables ``safemax.class_rows.class_tables`` finds), every other weight and row frozen:
+            the kept classes' outputs stay bit-for-bit the original (no dip, no retain cost) and
+            forgetting takes ~10 steps, but the shared weights still know the class — it is
+            shallower than ``"all"`` (docs/results/class-embedding.md). Its lr defaults to
+            ``safemax.class_rows.DEFAULT_LR`` (0.3): a row must travel far. Not with LoRA.
     """
 
     def __init__(self, unet, scheduler, forget, *, method="safemax", lr: float = None, seed: int = 0,
                  warmup_steps: int = 0, mixed_precision: str = None, gradient_checkpointing: bool = False,
                  accelerator=None,
-                 lora_rank: int = None, lora=None, **settings):
+                 lora_rank: int = None, lora=None, train: str = "all", **settings):
         self.method = make_method(method, **settings)
         self.lora = lora_config = make_lora_config(lora_rank, lora)  # a peft.LoraConfig or None
+        if train not in class_rows.TRAIN_CHOICES:
+            raise ValueError(f"train must be one of {class_rows.TRAIN_CHOICES}, got {train!r}")
+        if train != "all" and lora_config is not None:
+            raise ValueError(f"train={train!r} trains the class-embedding rows themselves; it cannot be "
+                             "combined with a LoRA adapter (lora_rank / lora): use one or the other")
+        self.train_weights = train
         self.denoiser = make_denoiser(unet, scheduler)
         self.targets = ForgetTargets(forget, unet)
         self.method.check(self.denoiser, self.targets)
         if lora_config is not None:
             adapters.check_targets(unet, lora_config)
-        self.lr = self.method.default_lr if lr is None else lr
+        if lr is None:
+            lr = class_rows.DEFAULT_LR if train == "class-embedding" else self.method.default_lr
+        self.lr = lr
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr}")
         if isinstance(warmup_steps, bool) or not (isinstance(warmup_steps, int) and warmup_steps >= 0):
@@ -121,6 +136,8 @@ class Unlearner:
         self.original_digest = checkpoint.weights_digest(unet)
         if lora_config is not None:
             adapters.add_adapter(unet, lora_config, seed)
+        if train == "class-embedding":
+            class_rows.train_rows_only(unet, self.targets.ids)
         self.optimizer = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=self.lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.forget_set = None  # the data-free forget set, once generated
@@ -164,6 +181,8 @@ class Unlearner:
             out["warmup_steps"] = self.warmup_steps
         if self.lora is not None:  # (absent without LoRA: those configs are as before)
             out.update(adapters.settings(self.lora))
+        if self.train_weights != "all":   # (absent when all weights train: those configs are as before)
+            out["train"] = self.train_weights
         return out
 
     def scaler_state(self):

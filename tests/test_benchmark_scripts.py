@@ -80,3 +80,14 @@ def test_first_steps_script(tmp_path):
     kept = (out / "runs" / "default-class3.json").stat().st_mtime_ns
     run("first_steps.py", "--smoke", "--classes", 3, "--ablation-classes", 3, "--variants", "default", "--out", out)
     assert (out / "runs" / "default-class3.json").stat().st_mtime_ns == kept   # reused, not rerun
+
+
+def test_class_embedding_script(tmp_path):
+    out = tmp_path / "ce"
+    text = run("class_embedding.py", "--smoke", "--classes", 3, "--sweep-class", 3, "--out", out)
+    assert "| 3 | rows |" in text and "| 3 | full |" in text and (out / "forget-samples.png").exists()
+    rows = json.loads((out / "runs" / "rows-class3.json").read_text())
+    original = json.loads((out / "runs" / "original-class3.json").read_text())
+    # the row-only fit cannot touch the kept classes: their samples, hence these numbers, are the original's
+    assert rows["after"]["retain_acc"] == original["retain_acc"] and rows["after"]["frechet"] == original["frechet"]
+    assert set(rows["attacks"]) == {"weak", "strong", "inversion"}

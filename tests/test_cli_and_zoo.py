@@ -137,6 +137,24 @@ def test_unlearn_with_a_baseline_method(tmp_path):
               "--steps", "1", "--out", str(tmp_path / "x")])
 
 
+def test_unlearn_the_class_embedding_rows_only(tmp_path):
+    from safetensors.torch import load_file
+
+    from safemax.zoo import load_unet
+
+    out = tmp_path / "rows"
+    main(["unlearn", "--train", "class-embedding", "--forget", "3", "--steps", "2", "--batch-size", "4",
+          "--out", str(out)])
+    info = json.loads((out / "safemax.json").read_text())
+    assert info["train"] == "class-embedding" and info["lr"] == 0.3
+    saved, (original, _) = load_file(str(out / "diffusion_pytorch_model.safetensors")), load_unet("digits")
+    for name, value in original.state_dict().items():   # only digit 3's row of the class embedding moved
+        if name == "class_embedding.weight":
+            assert (saved[name] != value).any(1).tolist() == [i == 3 for i in range(10)]
+        else:
+            assert torch.equal(saved[name], value), name
+
+
 def test_unlearn_refuses_a_missing_model(tmp_path):
     with pytest.raises(ValueError, match="neither an embedded model .* nor a local folder"):
         main(["unlearn", "--model", str(tmp_path / "nope"), "--forget", "1", "--out", str(tmp_path / "o")])

@@ -1,0 +1,127 @@
+"""train="class-embedding": only the forgotten classes' embedding rows train (tiny random models)."""
+import copy
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from safemax import Unlearner, safemax_loss
+from safemax.class_rows import DEFAULT_LR, class_tables
+
+from problems import T_TINY as T, tiny_data, tiny_scheduler, tiny_unet
+from test_data_forms import text_unet
+from test_model_families import tiny_dit
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def _outputs(model, labels, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(labels), 1, 8, 8, generator=g)
+    t = torch.randint(0, T, (len(labels),), generator=g)
+    with torch.no_grad():   # eval(): DiT drops labels at random in train mode
+        return model.eval()(x, t, class_labels=torch.as_tensor(labels)).sample
+
+
+@pytest.mark.parametrize("make", [tiny_unet, tiny_dit], ids=["unet", "dit"])
+def test_only_the_forgotten_rows_move_and_the_kept_classes_are_bit_identical(make):
+    model = make()
+    original = copy.deepcopy(model)
+    retain, forget = tiny_data()
+    u = Unlearner(model, tiny_scheduler(), forget=[1], seed=0, train="class-embedding")
+    assert u.lr == DEFAULT_LR and u.config(8)["train"] == "class-embedding"
+    tables = dict(class_tables(model))
+    assert tables and all(p.requires_grad for p in tables.values())
+    assert [n for n, _ in u.trainable()] == list(tables)
+    u.fit(retain, forget, steps=5, batch_size=8, progress=False)
+
+    before = original.state_dict()
+    for name, value in model.state_dict().items():
+        if name in tables:
+            moved = (value != before[name]).any(1)
+            assert moved.tolist() == [i == 1 for i in range(len(moved))], name   # row 1 only
+        else:
+            assert torch.equal(value, before[name]), name
+    kept = [0, 2, 3, 0, 2, 3]
+    assert torch.equal(_outputs(model, kept), _outputs(original, kept))
+    assert not torch.equal(_outputs(model, [1, 1]), _outputs(original, [1, 1]))
+
+
+def test_row_only_forgetting_lowers_the_forget_loss_and_leaves_adam_moments_of_kept_rows_zero():
+    model = tiny_unet()
+    (x, y), (xf, yf) = (d.tensors for d in tiny_data())
+    two = (y == 2)   # forget classes 1 and 2
+    retain, forget = TensorDataset(x[~two], y[~two]), TensorDataset(torch.cat([xf, x[two]]), torch.cat([yf, y[two]]))
+    u = Unlearner(model, tiny_scheduler(), forget=[1, 2], seed=0, train="class-embedding")
+    g = torch.Generator().manual_seed(7)   # a fixed forget batch, measured before and after
+    x0, labels = forget.tensors[0][:12], forget.tensors[1][:12]
+    t, eps = torch.randint(0, T, (12,), generator=g), torch.randn(x0.shape, generator=g)
+    abar = u.scheduler.alphas_cumprod.double()
+    x_t = (abar[t].view(-1, 1, 1, 1).sqrt() * x0 + (1 - abar[t]).view(-1, 1, 1, 1).sqrt() * eps).float()
+
+    def forget_loss():
+        with torch.no_grad():
+            pred = model(x_t, t, class_labels=labels).sample
+            return safemax_loss(pred, eps, x_t, t, abar, torch.ones(12, dtype=torch.bool), 0)[0].item()
+
+    before = forget_loss()
+    u.fit(retain, forget, steps=20, batch_size=8, progress=False)
+    assert forget_loss() < before
+    state = u.optimizer.state[model.class_embedding.weight]
+    assert (state["exp_avg_sq"][[0, 3]] == 0).all() and (state["exp_avg_sq"][[1, 2]] > 0).all()
+
+
+def test_row_only_resumes_exactly_and_is_part_of_the_config(tmp_path):
+    retain, forget = tiny_data()
+    base = tiny_unet()
+    straight = copy.deepcopy(base)
+    Unlearner(straight, tiny_scheduler(), forget=[1], seed=3, train="class-embedding").fit(
+        retain, forget, steps=6, batch_size=8, progress=False)
+    Unlearner(copy.deepcopy(base), tiny_scheduler(), forget=[1], seed=3, train="class-embedding").fit(
+        retain, forget, steps=3, batch_size=8, checkpoint_dir=str(tmp_path), progress=False)
+    resumed = copy.deepcopy(base)
+    Unlearner(resumed, tiny_scheduler(), forget=[1], seed=3, train="class-embedding").fit(
+        retain, forget, steps=6, batch_size=8, checkpoint_dir=str(tmp_path), resume=True, progress=False)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    with pytest.raises(ValueError, match="other settings"):   # all weights vs rows: another fit
+        Unlearner(copy.deepcopy(base), tiny_scheduler(), forget=[1], seed=3, lr=DEFAULT_LR).fit(
+            retain, forget, steps=6, batch_size=8, checkpoint_dir=str(tmp_path), resume=True, progress=False)
+
+
+def test_save_pretrained_records_the_mode(tmp_path):
+    retain, forget = tiny_data()
+    u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], train="class-embedding")
+    u.fit(retain, forget, steps=1, batch_size=8, progress=False)
+    u.save_pretrained(str(tmp_path))
+    assert json.load(open(tmp_path / "safemax.json"))["train"] == "class-embedding"
+    assert "train" not in Unlearner(tiny_unet(), tiny_scheduler(), forget=[1]).config(8)
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="train must be one of"):
+        Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], train="rows")
+    with pytest.raises(ValueError, match="LoRA"):
+        Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], train="class-embedding", lora_rank=2)
+    with pytest.raises(ValueError, match="conditioned on text"):
+        class_tables(text_unet())
+    with pytest.raises(ValueError, match="no class-embedding table"):
+        class_tables(tiny_unet(num_classes=None))
+
+
+def test_the_inversion_attack_moves_only_the_attacked_rows():
+    from safemax.compare import relearning_attack
+
+    model = tiny_unet()
+    _, forget = tiny_data()
+    attacked = relearning_attack(model, tiny_scheduler(), forget.tensors[0][:4], forget.tensors[1][:4], steps=3,
+                                 lr=0.1, train="class-embedding")
+    before, after = model.state_dict(), attacked.state_dict()
+    for name, value in after.items():
+        if name == "class_embedding.weight":
+            assert (value != before[name]).any(1).tolist() == [False, True, False, False]
+        else:
+            assert torch.equal(value, before[name]), name
+    with pytest.raises(ValueError, match="train must be one of"):
+        relearning_attack(model, tiny_scheduler(), forget.tensors[0][:4], forget.tensors[1][:4], train="lora")
