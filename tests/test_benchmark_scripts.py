@@ -72,9 +72,9 @@ def test_retain_dip_script(tmp_path):
 def test_first_steps_script(tmp_path):
     out = tmp_path / "first"
     text = run("first_steps.py", "--smoke", "--classes", 3, "--ablation-classes", 3,
-               "--variants", "default", "fisher1e4", "lookahead", "hinge0.1", "project-retain", "--out", out)
+               "--variants", "default", "fisher1e4", "lookahead", "hinge0.1", "project-retain", "rows-first", "--out", out)
     assert "| conv/linear | 941,632 |" in text and "| all, random signs |" in text
-    for v in ("default", "fisher1e4", "lookahead", "hinge0.1", "project-retain"):
+    for v in ("default", "fisher1e4", "lookahead", "hinge0.1", "project-retain", "rows-first"):
         r = json.loads((out / "runs" / f"{v}-class3.json").read_text())
         assert [p["step"] for p in r["points"]] == [0, 1, 2]
     kept = (out / "runs" / "default-class3.json").stat().st_mtime_ns
