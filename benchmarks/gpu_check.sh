@@ -13,6 +13,8 @@
 #         the Fashion-MNIST benchmark (benchmarks/classes.py: 10 classes + 3×2 seeded runs) on the
 #         GPU; not in the default parts. The GPU machine has no Fashion-MNIST: copy the four files
 #         into data/fashion-mnist (git-ignored, ~30 MB) and carry that folder there.
+#     PARTS="build fashion-mnist-lr1e-4" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
+#         the same at lr 1e-4 for 200 steps (the setting that holds the bar on Fashion-MNIST), 10 classes
 #     PARTS="build tune" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
 #         the tuned baselines on Fashion-MNIST (benchmarks/tune_baselines.py: the sweep, then the
 #         head to head on three classes); resumable, so a run cut by the budget continues next time.
@@ -71,6 +73,8 @@ TAIL=20 part benchmarks "$PY" -m pytest benchmarks --benchmark-only -q -p no:cac
 TAIL=5 part tests "$PY" -m pytest tests -q -p no:cacheprovider
 TAIL=40 part fashion-mnist "$PY" benchmarks/classes.py --model fashion-mnist --device cuda \
   --out "${FASHION_MNIST_OUT:-benchmarks/results/classes-fashion-mnist}"
+TAIL=40 part fashion-mnist-lr1e-4 "$PY" benchmarks/classes.py --model fashion-mnist --device cuda --seeds \
+  --steps 200 --lr 1e-4 --curve-every 20 --out "${FASHION_MNIST_LR_OUT:-benchmarks/results/classes-fashion-mnist-lr1e-4}"
 TAIL=40 part tune "$PY" benchmarks/tune_baselines.py --model fashion-mnist --device cuda \
   --out "${TUNE_OUT:-benchmarks/results/tuned-fashion-mnist}"
 ((${#not_run[@]})) && echo "not run (out of time, BUDGET=$BUDGET s): ${not_run[*]}"

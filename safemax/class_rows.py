@@ -6,7 +6,7 @@ block). Training only the forgotten classes' rows of those tables leaves every o
 every other class's row — bit-for-bit the original, so nothing the model does for a kept class
 can change: no dip, no collapse, no retain cost, by construction. What it cannot do is remove
 what the shared weights know about the class; docs/results/class-embedding.md measures how
-shallow that is (the relearning attacks, an attack that re-learns the row).
+shallow that is: relearning the row alone from 10 images brings the class back.
 
 The other rows are held by a gradient hook that zeroes their gradient, so Adam's update of them is
 exactly zero (its moments stay zero); every weight outside the tables is frozen.
@@ -18,8 +18,8 @@ from .families import DiT, family_of
 TRAIN_CHOICES = ("all", "class-embedding")
 
 # the row-only fit's learning rate when none is given: a row moves by about lr per coordinate and
-# step under Adam, and must travel several units (digits: ~6 per coordinate), not a fine-tuning
-# step's 5e-4 (docs/results/class-embedding.md, the learning-rate sweep)
+# step under Adam and must travel several units, not a fine-tuning step's 5e-4; 0.3 forgets the
+# digits in 5 steps, 1 overshoots (docs/results/class-embedding.md, the learning-rate sweep)
 DEFAULT_LR = 0.3
 
 
