@@ -22,7 +22,6 @@ script measures what that costs in depth, on an embedded model:
 Finished pieces are kept in ``OUT/runs`` and skipped when run again.
 """
 import argparse
-import json
 import os
 import time
 
@@ -36,6 +35,8 @@ from safemax.metrics import classify, evaluate, gaussianity
 from safemax.report import save_grid
 from safemax.sampling import sample
 from safemax.zoo import load_classifier, load_unet, model_info
+
+from first_steps import cached   # benchmarks/first_steps.py: a piece kept as JSON, reused when run again
 
 FITS = {"full": dict(train="all", steps=100, lr=5e-4), "rows": dict(train="class-embedding", steps=40, lr=DEFAULT_LR)}
 ATTACKS = {"weak": dict(train="all", lr=1e-4, steps=50), "strong": dict(train="all", lr=1e-3, steps=50),
@@ -100,16 +101,6 @@ def table_row(s: Setup, fit: str, args) -> dict:
             pictures.append(sample(attacked, scheduler, labels, args.ddim_steps, seed=0))
     row["pictures"] = torch.cat(pictures).tolist()
     return row
-
-
-def cached(path, make):
-    if os.path.exists(path):
-        return json.load(open(path))
-    result = make()
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".tmp", path)
-    return result
 
 
 def main(argv=None):
