@@ -152,17 +152,17 @@ def main(argv=None):
               "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     grid = []
     for c in args.classes:
-        s = None
-        orig = cached(os.path.join(runs, f"original-class{c}.json"),
-                      lambda: (lambda st: st.measure(*load_unet(args.model)))(Setup(args.model, c, args)))
+        made = []   # the class's Setup (data, classifier), made once and only if a piece must run
+
+        def setup(c=c):
+            made[:] = made or [Setup(args.model, c, args)]
+            return made[0]
+
+        orig = cached(os.path.join(runs, f"original-class{c}.json"), lambda: setup().measure(*load_unet(args.model)))
         lines.append(f"| {c} | original | | {orig['fa']:.3f} | {orig['fa_digits']:.3f} | {orig['retain_acc']:.3f} | "
                      f"{orig['frechet']:.2f} | {orig['gaussian_std']:.3f} | {orig['gaussian_kurtosis']:.2f} | | | |")
         for fit in FITS:
-            def make(c=c, fit=fit):
-                nonlocal s
-                s = s or Setup(args.model, c, args)
-                return table_row(s, fit, args)
-            r = cached(os.path.join(runs, f"{fit}-class{c}.json"), make)
+            r = cached(os.path.join(runs, f"{fit}-class{c}.json"), lambda fit=fit: table_row(setup(), fit, args))
             a, at = r["after"], r["attacks"]
             lines.append(f"| {c} | {fit} | {r['train_seconds']:.0f} | {a['fa']:.3f} | {a['fa_digits']:.3f} | "
                          f"{a['retain_acc']:.3f} | {a['frechet']:.2f} | {a['gaussian_std']:.3f} | "

@@ -76,6 +76,22 @@ class LookaheadSafeMax(SafeMax):
         return loss + ahead, dict(stats, ahead=ahead.item())
 
 
+def kept_residual(u, batch, model=None, on: str = "forget"):
+    """Per row, the halting loss under a kept class's label (from the batch's retain rows) — how far
+    the kept labels are from halting: on the forget rows' x_t (``on="forget"``) or on the retain
+    rows' own x_t (``on="retain"``). ``batch``: the rows SAFEMax's loss used (``SafeMax.batch``)."""
+    x_t, _, t, cond, _ = batch
+    f, r = batch.forget_rows, batch.retain_rows
+    if on == "retain":
+        xf, tf, kept = x_t[r], t[r], rows.take(cond, r)
+    else:
+        xf, tf = x_t[f], t[f]
+        kept = rows.take(rows.take(cond, r), torch.arange(len(tf)))   # kept-class labels on forget x_t
+    abar = u.denoiser.table[tf].view(-1, *([1] * (xf.dim() - 1)))
+    target = (1 - abar).sqrt() * xf   # the halting target ε* = √(1−ᾱ_t)·x_t
+    return (u.denoiser.predict(xf, tf, kept, model=model) - target).square().flatten(1).mean(1)
+
+
 class ContrastSafeMax(SafeMax):
     """SAFEMax minus the halting loss of the same forget x_t under the kept classes' labels: the
     forget gradient without its shared 'halt every class' part. With ``margin`` the subtracted term
@@ -87,35 +103,20 @@ class ContrastSafeMax(SafeMax):
         super().__init__()
         self.margin, self.until = margin, until
 
-    def kept_residual(self, u, model=None, on: str = "forget"):
-        """Per row, the halting loss under a kept class's label (from the batch's retain rows) — how
-        far the kept labels are from halting: on the forget rows' x_t (``on="forget"``) or on the
-        retain rows' own x_t (``on="retain"``)."""
-        x_t, _, t, cond, _ = self.batch
-        f, r = self.batch.forget_rows, self.batch.retain_rows
-        if on == "retain":
-            xf, tf, kept = x_t[r], t[r], rows.take(cond, r)
-        else:
-            xf, tf = x_t[f], t[f]
-            kept = rows.take(rows.take(cond, r), torch.arange(len(tf)))   # kept-class labels on forget x_t
-        abar = u.denoiser.table[tf].view(-1, *([1] * (xf.dim() - 1)))
-        target = (1 - abar).sqrt() * xf   # the halting target ε* = √(1−ᾱ_t)·x_t
-        return (u.denoiser.predict(xf, tf, kept, model=model) - target).square().flatten(1).mean(1)
-
     def loss(self, u, retain, forget, batch_size):
         loss, stats = super().loss(u, retain, forget, batch_size)
         if self.until is not None and u.step >= self.until:   # switched off: plain SAFEMax
             return loss, stats
-        res = self.kept_residual(u)
+        res = kept_residual(u, self.batch)
         if self.margin is not None:
             with torch.no_grad():
-                cap = (1 + self.margin) * self.kept_residual(u, self.teacher)
+                cap = (1 + self.margin) * kept_residual(u, self.batch, self.teacher)
             res = torch.minimum(res, cap)
         # x 0.5: the forget rows are half of the batch whose mean SAFEMax's loss is
         return loss - 0.5 * res.mean(), stats
 
 
-class ProjectSafeMax(ContrastSafeMax):
+class ProjectSafeMax(SafeMax):
     """SAFEMax's gradient with its component along the kept labels' halting gradient removed
     (only when it points that way: a projection, PCGrad-like). Unlike ``contrast`` it never pushes
     the kept labels *away* from halting, it only stops the step from pulling them towards it
@@ -127,8 +128,8 @@ class ProjectSafeMax(ContrastSafeMax):
         self.on = on
 
     def loss(self, u, retain, forget, batch_size):
-        loss, stats = SafeMax.loss(self, u, retain, forget, batch_size)
-        shared = self.kept_residual(u, on=self.on).mean()
+        loss, stats = super().loss(u, retain, forget, batch_size)
+        shared = kept_residual(u, self.batch, on=self.on).mean()
         params = [p for _, p in u.trainable()]
         g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         gs = torch.autograd.grad(shared, params, retain_graph=True, allow_unused=True)
@@ -156,8 +157,10 @@ class Setup:
     def unlearner(self, variant: str):
         unet, scheduler = load_unet("digits")
         if variant == "rows-first":   # the class's embedding row alone first (40 steps), then everything
-            Unlearner(unet, scheduler, forget=[self.forget], seed=0, train="class-embedding").fit(
-                self.retain_data, self.forget_data, steps=40, batch_size=self.args.batch_size, progress=False)
+            rows_only = Unlearner(unet, scheduler, forget=[self.forget], seed=0, train="class-embedding")
+            rows_only.fit(self.retain_data, self.forget_data, steps=40, batch_size=self.args.batch_size, progress=False)
+            for hook in rows_only.row_hooks:   # the kept rows' mask too: from here on, the default
+                hook.remove()
             unet.requires_grad_(True)
         method = {"lookahead": LookaheadSafeMax(), "contrast": ContrastSafeMax(),
                   "hinge0.1": ContrastSafeMax(margin=0.1), "contrast10": ContrastSafeMax(until=10),

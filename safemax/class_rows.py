@@ -23,6 +23,12 @@ TRAIN_CHOICES = ("all", "class-embedding")
 DEFAULT_LR = 0.3
 
 
+def check_train(train: str):
+    """``train`` is one of ``TRAIN_CHOICES`` (the Unlearner's and the relearning attack's)."""
+    if train not in TRAIN_CHOICES:
+        raise ValueError(f"train must be one of {TRAIN_CHOICES}, got {train!r}")
+
+
 def class_tables(model) -> list:
     """``[(name, weight)]`` of the embedding tables ``model`` looks class ids up in; a clear
     error for a model that has none (a text-conditioned one, a UNet without class embeddings)."""

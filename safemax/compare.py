@@ -43,12 +43,11 @@ def relearning_attack(unet, scheduler, images: torch.Tensor, labels: torch.Tenso
     ``train="class-embedding"``: the *inversion* attack — only the attacked classes' rows of the
     class embedding learn (``safemax.class_rows``), every shared weight is frozen: it asks whether
     the shared weights still know the class, so that a new row finds it again."""
+    class_rows.check_train(train)
     model = copy.deepcopy(unet).train()
     device = next(model.parameters()).device
     if train == "class-embedding":
         class_rows.train_rows_only(model, sorted(set(labels.tolist())))
-    elif train != "all":
-        raise ValueError(f"train must be one of {class_rows.TRAIN_CHOICES}, got {train!r}")
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     abar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)

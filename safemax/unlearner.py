@@ -99,8 +99,7 @@ class Unlearner:
                  lora_rank: int = None, lora=None, train: str = "all", **settings):
         self.method = make_method(method, **settings)
         self.lora = lora_config = make_lora_config(lora_rank, lora)  # a peft.LoraConfig or None
-        if train not in class_rows.TRAIN_CHOICES:
-            raise ValueError(f"train must be one of {class_rows.TRAIN_CHOICES}, got {train!r}")
+        class_rows.check_train(train)
         if train != "all" and lora_config is not None:
             raise ValueError(f"train={train!r} trains the class-embedding rows themselves; it cannot be "
                              "combined with a LoRA adapter (lora_rank / lora): use one or the other")
@@ -136,8 +135,8 @@ class Unlearner:
         self.original_digest = checkpoint.weights_digest(unet)
         if lora_config is not None:
             adapters.add_adapter(unet, lora_config, seed)
-        if train == "class-embedding":
-            class_rows.train_rows_only(unet, self.targets.ids)
+        # the row mask's gradient hooks (train="class-embedding"): remove them to train the model on
+        self.row_hooks = class_rows.train_rows_only(unet, self.targets.ids) if train == "class-embedding" else []
         self.optimizer = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=self.lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.forget_set = None  # the data-free forget set, once generated
