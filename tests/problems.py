@@ -97,6 +97,26 @@ def short_fit(model, scheduler, method, steps=2, batch_size=6):
     return u.fit(retain, forget, steps=steps, batch_size=batch_size, progress=False), before
 
 
+def forget_loss_probe(model, scheduler, x0, labels, seed=7):
+    """A fixed batch of the images ``x0`` noised at random t (seeded) → a function that gives
+    ``model``'s SAFEMax forget loss on it, every t in the window: measured before and after a fit."""
+    from safemax import safemax_loss
+
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, T_TINY, (len(x0),), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    abar = scheduler.alphas_cumprod.double()
+    x_t = (abar[t].view(-1, 1, 1, 1).sqrt() * x0 + (1 - abar[t]).view(-1, 1, 1, 1).sqrt() * eps).float()
+    forget = torch.ones(len(x0), dtype=torch.bool)
+
+    def loss():
+        with torch.no_grad():
+            pred = model(x_t, t, class_labels=labels).sample
+            return safemax_loss(pred, eps, x_t, t, abar, forget, 0)[0].item()
+
+    return loss
+
+
 def params(model):
     """A detached copy of a model's state."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -11,7 +11,7 @@ import safemax.methods as methods_module
 from safemax import Unlearner, safemax_loss
 from safemax.checkpoint import FILENAME
 
-from problems import T_TINY as T, params, tiny_data as data, tiny_scheduler as scheduler, tiny_unet
+from problems import T_TINY as T, forget_loss_probe, params, tiny_data as data, tiny_scheduler as scheduler, tiny_unet
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -20,19 +20,7 @@ def test_fit_changes_weights_and_lowers_the_forget_loss():
     unet = tiny_unet()
     retain, forget = data()
     u = Unlearner(unet, scheduler(), forget=[1], early_fraction=1.0, lr=3e-3)
-    # a fixed forget batch, measured before and after
-    g = torch.Generator().manual_seed(7)
-    x0 = forget.tensors[0][:8]
-    t = torch.randint(0, T, (8,), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    abar = u.scheduler.alphas_cumprod.double()
-    x_t = (abar[t].view(-1, 1, 1, 1).sqrt() * x0 + (1 - abar[t]).view(-1, 1, 1, 1).sqrt() * eps).float()
-
-    def forget_loss():
-        with torch.no_grad():
-            pred = unet(x_t, t, class_labels=torch.full((8,), 1)).sample
-            return safemax_loss(pred, eps, x_t, t, abar, torch.ones(8, dtype=torch.bool), 0)[0].item()
-
+    forget_loss = forget_loss_probe(unet, u.scheduler, forget.tensors[0][:8], torch.full((8,), 1))
     before_loss, before = forget_loss(), params(unet)
     history = u.fit(retain, forget, steps=25, batch_size=8, progress=False)
     assert len(history) == 25 and history[-1]["step"] == 25
