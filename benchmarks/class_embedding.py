@@ -28,6 +28,7 @@ import time
 import torch
 
 from safemax import Unlearner
+from safemax.attacks import PRESETS
 from safemax.class_rows import DEFAULT_LR
 from safemax.compare import forget_accuracy, relearning_attack
 from safemax.data import split_by_class
@@ -39,8 +40,7 @@ from safemax.zoo import load_classifier, load_unet, model_info
 from first_steps import cached   # benchmarks/first_steps.py: a piece kept as JSON, reused when run again
 
 FITS = {"full": dict(train="all", steps=100, lr=5e-4), "rows": dict(train="class-embedding", steps=40, lr=DEFAULT_LR)}
-ATTACKS = {"weak": dict(train="all", lr=1e-4, steps=50), "strong": dict(train="all", lr=1e-3, steps=50),
-           "inversion": dict(train="class-embedding", lr=0.1, steps=100)}
+ATTACKS = {name: PRESETS[name].resolved(steps=50, images=None) for name in ("weak", "strong", "inversion")}
 MEASURED = ("fa", "fa_digits", "retain_acc", "frechet", "gaussian_std", "gaussian_kurtosis")
 
 
@@ -93,8 +93,8 @@ def table_row(s: Setup, fit: str, args) -> dict:
     labels = torch.full((args.picture,), s.forget)
     pictures = [sample(unet, scheduler, labels, args.ddim_steps, seed=0)]
     for name, attack in ATTACKS.items():
-        steps = max(1, round(attack["steps"] * args.attack_scale))
-        attacked = relearning_attack(unet, scheduler, x, y, steps=steps, lr=attack["lr"], seed=0, train=attack["train"])
+        steps = max(1, round(attack.steps * args.attack_scale))
+        attacked = relearning_attack(unet, scheduler, x, y, steps=steps, lr=attack.lr, seed=0, train=attack.train)
         row["attacks"][name] = forget_accuracy(attacked, scheduler, s.classifier, s.forget, args.n_attack,
                                                args.ddim_steps, seed=0)
         if name == "inversion":

@@ -27,6 +27,7 @@ import json
 import os
 
 from classes import _cell   # benchmarks/classes.py: the same intervals
+from safemax.attacks import DEFAULT_ATTACKS, PRESETS
 from safemax.compare import RETAIN_SLACK, run as compare
 from safemax.zoo import model_info
 
@@ -49,7 +50,7 @@ CLASSES = {"digits": (1, 5, 8), "fashion-mnist": (2, 6, 9)}   # the seeded class
 def comparison(model: str, forget: int, specs: list, out: str, args, attack: bool) -> list:
     """`safemax compare` of ``specs`` on one class (finished methods reused): their results."""
     report = compare(forget=forget, methods=specs, steps=args.steps, eval_every=args.eval_every, out=out,
-                     attack=attack, quick=args.quick, resume=True, progress=False, model=model,
+                     attack=attack, attacks=args.attacks, quick=args.quick, resume=True, progress=False, model=model,
                      n_forget=args.n_forget, n_per_class=args.n_per_class, device=args.device)
     return [dict(spec=spec, forget=forget, **report["methods"][spec]) for spec in dict.fromkeys(specs)]
 
@@ -83,18 +84,18 @@ def sweep_table(model: str, sweep: dict, chosen: dict) -> list:
     return out
 
 
-def head_to_head_table(rows: dict, attack_lrs) -> list:
+def head_to_head_table(rows: dict, attack_names) -> list:
     out = ["## Head to head\n",
            "Mean ± 95% t-interval over the classes. *held*: over the classes where the bar held "
            "(how many, in brackets).\n",
            "| method | setting | held s | held steps | prep s | final FA | retain acc | Fréchet | "
-           + " | ".join(f"FA after attack lr {a:g}" for a in attack_lrs) + " |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in attack_lrs) + " |"]
+           + " | ".join(f"FA after the {a} attack" for a in attack_names) + " |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in attack_names) + " |"]
     for (m, which), rs in rows.items():
         held = [r["seconds_to_forget_held"] for r in rs if r["seconds_to_forget_held"] is not None]
         steps = [r["steps_to_forget_held"] for r in rs if r["steps_to_forget_held"] is not None]
-        attacks = [_cell([a["fa_after"] for r in rs for a in r.get("attack") or [] if a["lr"] == lr], ".2f")
-                   for lr in attack_lrs]
+        attacks = [_cell([a["fa_after"] for r in rs for a in r.get("attack") or [] if a["name"] == name], ".2f")
+                   for name in attack_names]
         out.append(f"| {m} | {which}: `{rs[0]['spec']}` | {_cell(held, '.1f')} ({len(held)}/{len(rs)}) | "
                    f"{_cell(steps, '.0f')} | {_cell([r['prep_seconds'] for r in rs], '.1f')} | "
                    f"{_cell([r['fa_final'] for r in rs], '.2f')} | {_cell([r['retain_acc_final'] for r in rs], '.3f')} | "
@@ -114,6 +115,9 @@ def main(argv=None):
     p.add_argument("--n-forget", type=int, default=100)
     p.add_argument("--n-per-class", type=int, default=20)
     p.add_argument("--only", choices=["sweep", "all"], default="all")
+    p.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
+                   help="the head to head's relearning attacks, as `safemax compare --attacks` "
+                        f"(default: {' '.join(DEFAULT_ATTACKS)}; also {', '.join(n for n in PRESETS if n not in DEFAULT_ATTACKS)})")
     p.add_argument("--quick", action="store_true", help="compare's smoke mode (seconds; not a result)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check runs it there)")
     p.add_argument("--out", required=True)
@@ -133,7 +137,7 @@ def main(argv=None):
              f"{args.steps}-step budget at batch 64 + 64, measured every {args.eval_every} steps "
              f"({args.n_forget} forget samples, {args.n_per_class} per kept class, DDIM-25); the bar: FA ≤ 1% "
              f"with retain accuracy ≥ the original's − {RETAIN_SLACK}.\n"] + sweep_table(args.model, sweep, chosen)
-    rows, attack_lrs = {}, []
+    rows, attack_names = {}, []
     if args.only == "all":   # one comparison per class: every method, tuned and published
         plan = [(m, which, spec) for m in args.methods
                 for which, spec in (("tuned", chosen[m][0]), ("published", PUBLISHED[m]))]
@@ -143,8 +147,8 @@ def main(argv=None):
                                                         attack=True)}
             for m, which, spec in plan:
                 rows.setdefault((m, which), []).append(results[spec])
-                attack_lrs = [a["lr"] for a in results[spec].get("attack") or []] or attack_lrs
-        lines += [""] + head_to_head_table(rows, attack_lrs)
+                attack_names = [a["name"] for a in results[spec].get("attack") or []] or attack_names
+        lines += [""] + head_to_head_table(rows, attack_names)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "tuned.json"), "w") as f:
         json.dump(dict(model=args.model, sweep_class=sweep_class, classes=classes,

@@ -137,6 +137,7 @@ def _add_evaluate(sub):
 
 
 def _add_compare(sub):
+    from .attacks import DEFAULT_ATTACKS, PRESETS
     from .compare import ALL_METHODS
     p = sub.add_parser(
         "compare", help="SAFEMax vs SalUn, Selective Amnesia and gradient ascent, timed",
@@ -159,9 +160,15 @@ def _add_compare(sub):
     p.add_argument("--batch-size", type=int, default=64, help="forget and retain rows per step (each)")
     p.add_argument("--lr", type=float, default=None,
                    help="one Adam learning rate for all (default: SAFEMax 5e-4, baselines 1e-4)")
-    p.add_argument("--attack-steps", type=int, default=50, help="relearning attack steps (default 50)")
-    p.add_argument("--attack-images", type=int, default=10, help="forget images the attack uses (default 10)")
-    p.add_argument("--no-attack", action="store_true", help="skip the relearning attack")
+    p.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS), metavar="ATTACK",
+                   help=f"relearning attacks run on every result, of the presets {', '.join(PRESETS)} "
+                        f"(default: {' '.join(DEFAULT_ATTACKS)}); options after a colon, e.g. strong:steps=100 "
+                        "or lora:rank=4, or a new one: mine:lr=1e-3,steps=300,images=40,train=all|lora|class-embedding")
+    p.add_argument("--attack-steps", type=int, default=50,
+                   help="steps of the attacks that fix none (default 50; long: 200, inversion: 100)")
+    p.add_argument("--attack-images", type=int, default=10,
+                   help="forget images of the attacks that fix none (default 10; long: 50)")
+    p.add_argument("--no-attack", action="store_true", help="skip the relearning attacks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="safemax-compare", help="output folder (default safemax-compare)")
     p.add_argument("--resume", action="store_true", help="reuse methods already finished in --out")
@@ -361,7 +368,7 @@ def main(argv=None) -> int:
         from .compare import run
         run(forget=args.forget, methods=args.methods, steps=args.steps, eval_every=args.eval_every,
             batch_size=args.batch_size, lr=args.lr, attack=not args.no_attack,
-            attack_steps=args.attack_steps, attack_images=args.attack_images, seed=args.seed,
+            attacks=args.attacks, attack_steps=args.attack_steps, attack_images=args.attack_images, seed=args.seed,
             out=args.out, resume=args.resume, quick=args.quick, model=args.dataset, device=args.device)
         return 0
     {"unlearn": _unlearn, "sample": _sample, "evaluate": _evaluate, "probe": _probe}[args.command](args)

@@ -12,19 +12,22 @@ time) and ``samples.png`` (forget-class samples of every result) to ``out``; eac
 is also kept in ``out/methods/<name>.json`` so ``resume=True`` skips it after an interruption.
 """
 import copy
+import dataclasses
 import json
 import os
 import platform
 import re
+import time
 
 import torch
 
-from . import __version__, class_rows
+from . import __version__
+from .attacks import BREAK_FA, DEFAULT_ATTACKS, describe, parse_attack, relearning_attack, run_attack  # noqa: F401 (relearning_attack: compare's API)
 from .data import split_by_class
 from .methods import METHODS, make_method
 from .metrics import classify, evaluate
 from .report import save_comparison_curves, save_grid, write_json
-from .sampling import epsilon_part, sample
+from .sampling import sample
 from .unlearner import Unlearner
 from .zoo import load_classifier, load_unet, model_info
 
@@ -33,36 +36,6 @@ RETAIN_SLACK = 0.02  # ... while retain accuracy is within 2 points of the origi
 ALL_METHODS = ("safemax", "salun", "sa", "ga")
 LABELS = {"safemax": "SAFEMax", "salun": "SalUn", "sa": "Selective Amnesia", "ga": "gradient ascent",
           "safemax-robust": "robust SAFEMax"}
-
-
-def relearning_attack(unet, scheduler, images: torch.Tensor, labels: torch.Tensor, steps: int = 50,
-                      lr: float = 1e-4, seed: int = 0, train: str = "all"):
-    """Fine-tune a copy of ``unet`` with the plain denoising loss on ``images`` (all of them every
-    step, fresh t and noise) for ``steps`` Adam steps; returns the attacked copy.
-
-    ``train="class-embedding"``: the *inversion* attack — only the attacked classes' rows of the
-    class embedding learn (``safemax.class_rows``), every shared weight is frozen: it asks whether
-    the shared weights still know the class, so that a new row finds it again."""
-    class_rows.check_train(train)
-    model = copy.deepcopy(unet).train()
-    device = next(model.parameters()).device
-    if train == "class-embedding":
-        class_rows.train_rows_only(model, sorted(set(labels.tolist())))
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    abar = scheduler.alphas_cumprod.to(device=device, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    x0, y = images.to(device), labels.to(device)
-    for _ in range(steps):
-        t = torch.randint(0, abar.shape[0], (len(y),), generator=g).to(device)
-        eps = torch.randn(x0.shape, generator=g).to(device)
-        s = abar[t].view(-1, 1, 1, 1)
-        x_t = (s.sqrt() * x0 + (1 - s).sqrt() * eps).float()
-        pred = epsilon_part(model(x_t, t, class_labels=y).sample, x0.shape[1])
-        loss = (pred - eps.float()).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
 
 
 @torch.no_grad()
@@ -189,12 +162,15 @@ def summarise(result: dict, retain_floor: float, safemax: dict = None) -> dict:
 def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int = 25,
         batch_size: int = 64, lr: float = None, out: str = "safemax-compare", seed: int = 0,
         attack: bool = True, attack_images: int = 10, attack_steps: int = 50,
-        attack_lrs=(1e-4, 1e-3), n_forget: int = 100, n_per_class: int = 20,
+        attacks=DEFAULT_ATTACKS, n_forget: int = 100, n_per_class: int = 20,
         num_inference_steps: int = 25, quick: bool = False, resume: bool = False,
         progress: bool = True, model: str = "digits", device: str = "cpu") -> dict:
     """Run the comparison on the embedded model ``model`` ("digits" or "fashion-mnist"); returns
     (and writes) the results. ``lr=None`` gives each method its own default (SAFEMax: the demo's
-    5e-4; the baselines: their published 1e-4); ``device``: where the models run ("cuda": a GPU)."""
+    5e-4; the baselines: their published 1e-4); ``device``: where the models run ("cuda": a GPU).
+    ``attacks``: the relearning attacks run on every result, preset names or specs of
+    ``safemax.attacks`` (``"weak"``, ``"lora:rank=4"``, ...); those that fix no steps or image count
+    take ``attack_steps`` and ``attack_images``."""
     from .demo import DEFAULT_LR
 
     methods = list(dict.fromkeys(methods))
@@ -206,10 +182,16 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         raise ValueError(f"--forget must be a class id 0..9 of {model}, got {forget}")
     if steps < 1 or eval_every < 1 or batch_size < 1:
         raise ValueError("steps, eval_every and batch_size must be >= 1")
+    if attack_steps < 1 or attack_images < 1:
+        raise ValueError("attack_steps and attack_images must be >= 1")
+    attacks = [a.resolved(attack_steps, attack_images) for a in map(parse_attack, attacks)] if attack else []
+    if len({a.name for a in attacks}) < len(attacks):
+        raise ValueError(f"two attacks share a name in {[a.name for a in attacks]}: name each once")
+    wanted = max([a.images for a in attacks], default=0)   # checked on the data, --quick or not
     if quick:  # every stage runs, on a few samples: minutes become seconds
         steps, eval_every, batch_size = min(steps, 2), 1, min(batch_size, 8)
         n_forget, n_per_class, num_inference_steps = 4, 1, 2
-        attack_steps, attack_images = min(attack_steps, 2), min(attack_images, 4)
+        attacks = [dataclasses.replace(a, steps=min(a.steps, 2), images=min(a.images, 4)) for a in attacks]
     os.makedirs(os.path.join(out, "methods"), exist_ok=True)
 
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
@@ -219,13 +201,16 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     measure = dict(scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=retain_classes, real_retain=reference[reference_labels != forget], seed=seed,
                    n_forget=n_forget, n_per_class=n_per_class, num_inference_steps=num_inference_steps)
-    pick = torch.randperm(len(forget_data), generator=torch.Generator().manual_seed(seed))[:attack_images]
+    # every attack uses a prefix of one seeded draw of forget images: the 10-image attacks the same 10
+    if wanted > len(forget_data):
+        raise ValueError(f"an attack wants {wanted} images of class {forget}; the training set has {len(forget_data)}")
+    most = max([a.images for a in attacks], default=0)
+    pick = torch.randperm(len(forget_data), generator=torch.Generator().manual_seed(seed))[:most]
     attack_x, attack_y = forget_data.tensors[0][pick], forget_data.tensors[1][pick]
     settings = dict(model=model, forget=forget, steps=steps, eval_every=eval_every, batch_size=batch_size,
                     seed=seed, n_forget=n_forget, n_per_class=n_per_class,
-                    num_inference_steps=num_inference_steps, attack=attack,
-                    attack_images=attack_images, attack_steps=attack_steps,
-                    attack_lrs=list(attack_lrs), quick=quick)
+                    num_inference_steps=num_inference_steps, attack=bool(attacks),
+                    attacks=[a.record() for a in attacks], quick=quick)
 
     original = evaluate(base, **measure, return_samples=True)
     original_samples = original.pop("samples")["forget"]
@@ -249,8 +234,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                 continue
         results[spec], samples[spec] = _run_method(
             spec, *parsed[spec], method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
-            eval_every, seed, retain_floor, attack, attack_x, attack_y, attack_steps, attack_lrs,
-            progress)
+            eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress)
         write_json(cache, dict(config=config, result=results[spec],
                                forget_samples=samples[spec].tolist()))
 
@@ -277,8 +261,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
 
 
 def _run_method(spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
-                eval_every, seed, retain_floor, attack, attack_x, attack_y, attack_steps,
-                attack_lrs, progress):
+                eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress):
     method = _build(name, options)
     u = Unlearner(copy.deepcopy(base), measure["scheduler"], forget=measure["forget"], lr=method_lr,
                   seed=seed, method=method)
@@ -312,18 +295,18 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
         retain_acc_final=final["retain_acc"], frechet_final=final["frechet"],
         gaussian_std_final=final["gaussian_std"], gaussian_mean_final=final["gaussian_mean"],
         entropy_final=final["entropy"], method_config=u.method.config(), curve=curve)
-    if attack:
+    if attacks:
         result["attack"] = []
-        for a_lr in attack_lrs:
-            attacked = relearning_attack(u.unet, measure["scheduler"], attack_x, attack_y,
-                                         steps=attack_steps, lr=a_lr, seed=seed)
+        for a in attacks:
+            start = time.perf_counter()
+            attacked = run_attack(a, u.unet, measure["scheduler"], attack_x, attack_y, seed=seed)
+            seconds = time.perf_counter() - start
             fa = forget_accuracy(attacked, measure["scheduler"], measure["classifier"],
                                  measure["forget"][0], measure["n_forget"],
                                  measure["num_inference_steps"], measure["seed"])
-            result["attack"].append(dict(lr=a_lr, steps=attack_steps, images=len(attack_y),
-                                         fa_before=final["fa"], fa_after=fa["fa"],
-                                         fa_digits_after=fa["fa_digits"]))
-            print(f"  relearning attack lr {a_lr:g}: FA {final['fa']:.2f} -> {fa['fa']:.2f}")
+            result["attack"].append(dict(a.record(), seconds=seconds, fa_before=final["fa"],
+                                         fa_after=fa["fa"], fa_digits_after=fa["fa_digits"]))
+            print(f"  {a.name} attack ({a.describe()}): FA {final['fa']:.2f} -> {fa['fa']:.2f}")
     return result, forget_samples
 
 
@@ -385,17 +368,21 @@ def markdown(report: dict, sample_rows: list) -> str:
                    f"{r['fa_final']:.2f} | {r['retain_acc_final']:.3f} | {r['frechet_final']:.2f} | "
                    f"{r['gaussian_std_final']:.2f} |")
     if s["attack"]:
-        lrs = s["attack_lrs"]
-        out += ["", f"Relearning attack: {s['attack_steps']} Adam steps of the plain denoising loss on "
-                f"{s['attack_images']} images of {what}; forget accuracy before → after "
-                "(in brackets: over the 10 classes only — a damaged sample the 11-class classifier "
-                f"calls \"{info.not_a_class}\" may still look most like the class).\n",
-                "| method | FA before | " + " | ".join(f"FA after, lr {a:g}" for a in lrs) + " |",
-                "| --- | ---: | " + " | ".join("---:" for _ in lrs) + " |"]
+        attacks = s["attacks"]
+        out += ["", f"Relearning attacks: Adam on the plain denoising loss on real images of {what} "
+                "(each attack on the first of one seeded draw), then forget accuracy again; in brackets: "
+                "over the 10 classes only — a damaged sample the 11-class classifier calls "
+                f"\"{info.not_a_class}\" may still look most like the class. *Breaks under*: the attacks "
+                f"after which FA > {BREAK_FA}.\n"]
+        out += [f"- **{a['name']}**: {describe(a)}" for a in attacks] + [""]
+        out += ["| method | FA before | " + " | ".join(a["name"] for a in attacks) + " | breaks under |",
+                "| --- | ---: | " + " | ".join("---:" for _ in attacks) + " | --- |"]
         for name, r in report["methods"].items():
             a = r.get("attack") or []
+            broken = [x["name"] for x in a if x["fa_after"] > BREAK_FA]
             out.append(f"| {label(name)} | {r['fa_final']:.2f} | " +
-                       " | ".join(f"{x['fa_after']:.2f} ({x['fa_digits_after']:.2f})" for x in a) + " |")
+                       " | ".join(f"{x['fa_after']:.2f} ({x['fa_digits_after']:.2f})" for x in a) +
+                       f" | {', '.join(broken) or 'none'} |")
     out += ["", "![forget and retain accuracy against wall time](curves.png)", "",
             "Forget-class samples, one row each: " + ", ".join(label(k) for k in sample_rows) +
             ".\n", "![samples](samples.png)", ""]

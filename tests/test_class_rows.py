@@ -115,4 +115,4 @@ def test_the_inversion_attack_moves_only_the_attacked_rows():
         else:
             assert torch.equal(value, before[name]), name
     with pytest.raises(ValueError, match="train must be one of"):
-        relearning_attack(model, tiny_scheduler(), forget.tensors[0][:4], forget.tensors[1][:4], train="lora")
+        relearning_attack(model, tiny_scheduler(), forget.tensors[0][:4], forget.tensors[1][:4], train="text")
