@@ -15,13 +15,14 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.compare import _build, forget_accuracy, parse_method, relearning_attack
+from safemax.attacks import parse_attack, run_attack
+from safemax.compare import _build, forget_accuracy, parse_method
 from safemax.data import split_by_class
 from safemax.metrics import evaluate
 from safemax.zoo import load_classifier, load_unet, model_info
 
 
-def run(name, forget, method, steps, seed, attack_lrs=(1e-4, 1e-3)) -> dict:
+def run(name, forget, method, steps, seed, attacks=("weak", "strong")) -> dict:
     info = model_info(name)
     (unet, scheduler), classifier = load_unet(name), load_classifier(name)
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
@@ -30,16 +31,18 @@ def run(name, forget, method, steps, seed, attack_lrs=(1e-4, 1e-3)) -> dict:
     u.fit(retain_data, forget_data, steps=steps, batch_size=64, progress=False)
     after = evaluate(unet, scheduler, classifier, [forget], [c for c in range(10) if c != forget],
                      reference[ref_labels != forget], n_forget=100, n_per_class=30, seed=seed)
-    pick = torch.randperm(len(forget_data), generator=torch.Generator().manual_seed(seed))[:10]
+    attacks = [parse_attack(a).resolved(50, 10) for a in attacks]   # compare's defaults
+    # compare's draw: a prefix of one seeded permutation of the class's images
+    pick = torch.randperm(len(forget_data), generator=torch.Generator().manual_seed(seed))[:max(a.images for a in attacks)]
     x, y = forget_data.tensors[0][pick], forget_data.tensors[1][pick]
-    attacks = []
-    for lr in attack_lrs:
-        attacked = relearning_attack(unet, scheduler, x, y, steps=50, lr=lr, seed=seed)
+    done = []
+    for a in attacks:
+        attacked = run_attack(a, unet, scheduler, x, y, seed=seed)
         fa = forget_accuracy(attacked, scheduler, classifier, forget, 100, 25, seed)
-        attacks.append(dict(lr=lr, fa_after=fa["fa"], fa_classes_only_after=fa["fa_digits"]))
+        done.append(dict(a.record(), fa_after=fa["fa"], fa_classes_only_after=fa["fa_digits"]))
     return dict(method=u.method.name, config=u.method.config(), train_seconds=u.history[-1]["seconds"],
                 fa=after["fa"], retain_acc=after["retain_acc"], frechet=after["frechet"],
-                gaussian_std=after["gaussian_std"], attacks=attacks)
+                gaussian_std=after["gaussian_std"], attacks=done)
 
 
 def main(argv=None):
@@ -51,6 +54,8 @@ def main(argv=None):
     p.add_argument("--settings", default="", help="robust SAFEMax's settings, e.g. attack_radius=0.02,attack_steps=2")
     p.add_argument("--methods", nargs="+", default=["safemax", "safemax-robust"],
                    choices=["safemax", "safemax-robust"])
+    p.add_argument("--attacks", nargs="+", default=["weak", "strong"],
+                   help="relearning attacks, as `safemax compare --attacks` (also long, lora, inversion)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     robust = _build(*parse_method("safemax-robust:" + args.settings))   # compare's spec syntax and errors
@@ -58,12 +63,12 @@ def main(argv=None):
     rows = []
     for method in [robust if m == "safemax-robust" else m for m in args.methods]:
         start = time.perf_counter()
-        rows.append(dict(run(args.model, args.forget, method, args.steps, args.seed),
+        rows.append(dict(run(args.model, args.forget, method, args.steps, args.seed, args.attacks),
                          wall_seconds=round(time.perf_counter() - start, 1)))
         r = rows[-1]
         print(f"{r['method']}: FA {r['fa']:.2f}, retain {r['retain_acc']:.3f}, Fréchet {r['frechet']:.2f}, "
               f"std {r['gaussian_std']:.2f}, train {r['train_seconds']:.0f} s; after the attacks: "
-              + ", ".join(f"lr {a['lr']:g} -> FA {a['fa_after']:.2f} ({a['fa_classes_only_after']:.2f})"
+              + ", ".join(f"{a['name']} -> FA {a['fa_after']:.2f} ({a['fa_classes_only_after']:.2f})"
                           for a in r["attacks"]), flush=True)
     with open(os.path.join(args.out, f"robust{args.settings and '-' + args.settings}.json"), "w") as f:
         json.dump(dict(model=args.model, forget=args.forget, steps=args.steps, seed=args.seed, rows=rows), f, indent=2)

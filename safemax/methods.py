@@ -478,6 +478,11 @@ class SafeMaxRobust(SafeMax):
             Adam moves a weight in ``radius / lr`` steps.
         attack_steps: K, the simulated attack's steps.
         robust_weight: weight of the attacked-weights term.
+        attacked_retain_weight: weight of a second attacked-weights term: the retain rows'
+            loss (their distillation towards the original) at θ − δ, so that the attacked
+            weights keep the other classes too and the cheapest way to halt the forget rows
+            there — halting every class — is ruled out. Costs one more forward/backward pass
+            over the retain rows. 0 (default): the term is off.
 
     The other settings are SAFEMax's (``gaussian_fraction < 1``: the attack needs real forget
     images).
@@ -488,7 +493,8 @@ class SafeMaxRobust(SafeMax):
 
     def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
                  weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0,
-                 attack_radius: float = 5e-3, attack_steps: int = 1, robust_weight: float = 1.0):
+                 attack_radius: float = 5e-3, attack_steps: int = 1, robust_weight: float = 1.0,
+                 attacked_retain_weight: float = 0.0):
         super().__init__(early_fraction, max_snr, forget_weight, weighting, retain_target, gaussian_fraction)
         if not gaussian_fraction < 1:
             raise ValueError("safemax-robust simulates fine-tuning on real forget images: "
@@ -499,11 +505,17 @@ class SafeMaxRobust(SafeMax):
             raise ValueError(f"attack_steps must be a whole number >= 1, got {attack_steps}")
         if not robust_weight >= 0:
             raise ValueError(f"robust_weight must be >= 0, got {robust_weight}")
+        if not attacked_retain_weight >= 0:
+            raise ValueError(f"attacked_retain_weight must be >= 0, got {attacked_retain_weight}")
         self.attack_radius, self.attack_steps, self.robust_weight = attack_radius, int(attack_steps), robust_weight
+        self.attacked_retain_weight = attacked_retain_weight
 
     def config(self):
-        return dict(super().config(), attack_radius=self.attack_radius, attack_steps=self.attack_steps,
-                    robust_weight=self.robust_weight)
+        out = dict(super().config(), attack_radius=self.attack_radius, attack_steps=self.attack_steps,
+                   robust_weight=self.robust_weight)
+        if self.attacked_retain_weight:   # (absent when off: those configs are as before)
+            out["attacked_retain_weight"] = self.attacked_retain_weight
+        return out
 
     def bind(self, u):
         if u.local.world > 1:   # its extra passes go around DDP's wrapper: not proven there
@@ -529,11 +541,21 @@ class SafeMaxRobust(SafeMax):
             for (n, _), g in zip(params.items(), grads):
                 if g is not None:
                     shift[n] = shift[n] + (self.attack_radius / self.attack_steps) * g.sign()
-        pred = u.denoiser.predict(xf, tf, cf, model=_Shifted(u.unet, params, shift))
+        attacked = _Shifted(u.unet, params, shift)
+        pred = u.denoiser.predict(xf, tf, cf, model=attacked)
         held, nats = safemax_loss(pred, ef, xf, tf, u.denoiser.table, torch.ones_like(tf, dtype=torch.bool),
                                   self.t_min, self.forget_weight, self.weighting, u.denoiser.parametrization)
         stats["attacked_forget_nats"] = nats.mean().item()
-        return loss + self.robust_weight * held, stats
+        loss = loss + self.robust_weight * held
+        if self.attacked_retain_weight:   # the kept classes at the attacked weights (targets: the teacher's)
+            r = self.batch.retain_rows
+            pred = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=attacked)
+            kept, nats = safemax_loss(pred, eps[r], x_t[r], t[r], u.denoiser.table,
+                                      torch.zeros_like(t[r], dtype=torch.bool), self.t_min, self.forget_weight,
+                                      self.weighting, u.denoiser.parametrization)
+            stats["attacked_retain_nats"] = nats.mean().item()
+            loss = loss + self.attacked_retain_weight * kept
+        return loss, stats
 
 
 METHODS = {cls.name: cls for cls in (SafeMax, SalUn, SelectiveAmnesia, GradientAscent, SafeMaxRobust)}

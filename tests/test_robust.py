@@ -20,6 +20,7 @@ def test_settings_and_refusals():
     for bad, message in ((dict(attack_radius=0), "attack_radius must be > 0"),
                          (dict(attack_steps=0), "attack_steps must be a whole number"),
                          (dict(robust_weight=-1), "robust_weight must be >= 0"),
+                         (dict(attacked_retain_weight=-1), "attacked_retain_weight must be >= 0"),
                          (dict(gaussian_fraction=1.0), "needs|real forget images")):
         with pytest.raises(ValueError, match=message):
             SafeMaxRobust(**bad)
@@ -67,6 +68,14 @@ def test_without_its_term_it_is_safemax_and_with_it_another_fit():
     assert any(not torch.allclose(robust[k], plain[k]) for k in plain)
     # at the attacked weights the forget rows are farther from their target than at θ, at first
     assert hist[0]["attacked_forget_nats"] > hist[0]["forget_nats"]
+    # the kept classes at the attacked weights: a term of its own, zero at θ on the first step
+    # (student = teacher) but not at θ − δ
+    both, hist = fit(SafeMaxRobust(attack_radius=1e-2, attacked_retain_weight=1.0))
+    assert hist[0]["retain_nats"] == 0 and hist[0]["attacked_retain_nats"] > 0
+    assert any(not torch.allclose(both[k], robust[k]) for k in plain)
+    configs = [Unlearner(tiny_unet(), scheduler(), forget=[1], method=SafeMaxRobust(**kw)).method.config()
+               for kw in ({}, dict(attacked_retain_weight=0.5))]
+    assert "attacked_retain_weight" not in configs[0] and configs[1]["attacked_retain_weight"] == 0.5
 
 
 def test_command_line_and_compare(tmp_path):
