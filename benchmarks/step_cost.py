@@ -14,6 +14,10 @@ retain rows per step (64 + 64 by default), lr 5e-4, three trainers side by side 
   settings (the retain rows distilled to a frozen copy of the original model: one more forward,
   no_grad, on the B retain rows).
 - ``safemax-noise``: the same with ``retain_target="noise"`` (no teacher).
+- ``rows``: ``train="class-embedding"`` — digit 3's embedding row alone trains (lr 0.3); the
+  retain rows, whose loss has no gradient there, are not computed.
+- ``rows-full-batch``: the same fit computing the retain rows and the teacher anyway (what it did
+  before; the same weights to float tolerance, ``tests/test_class_rows.py``).
 
 The three run interleaved, one step at a time: ``--reps`` rounds, each one step of each trainer
 (the order rotates from round to round), so that the machine's slow and fast spells (on a shared
@@ -38,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 QUICK = os.environ.get("SAFEMAX_BENCH_QUICK") == "1"
-TRAINERS = ("plain", "safemax", "safemax-noise")
+TRAINERS = ("plain", "safemax", "safemax-noise", "rows", "rows-full-batch")
 
 
 def _cpu_name() -> str:
@@ -113,6 +117,16 @@ class Unlearning:
         return h[-1]["seconds"] - (h[-2]["seconds"] if len(h) > 1 else 0.0), wall
 
 
+def FullBatch():
+    """SAFEMax computing the retain rows (and keeping the teacher) in a row-only fit too."""
+    from safemax.methods import SafeMax
+
+    class FullBatch(SafeMax):
+        skips_retain_rows_when_rows_alone = False
+
+    return FullBatch()
+
+
 def build(batch_size, lr=5e-4, seed=0):
     from safemax import Unlearner
     from safemax.data import digits_dataset, split_by_class
@@ -124,8 +138,12 @@ def build(batch_size, lr=5e-4, seed=0):
                       retain_target="noise")
     plain = Plain(load_default_unet(), default_scheduler(), retain, forget, lr, seed,
                   safemax.method.max_grad_norm)  # None: SAFEMax does not clip
+    rows = Unlearner(load_default_unet(), default_scheduler(), forget=[3], seed=seed, train="class-embedding")
+    full = Unlearner(load_default_unet(), default_scheduler(), forget=[3], seed=seed, train="class-embedding",
+                     method=FullBatch())
     return {"plain": plain, "safemax": Unlearning(safemax, retain, forget),
-            "safemax-noise": Unlearning(noise, retain, forget)}
+            "safemax-noise": Unlearning(noise, retain, forget), "rows": Unlearning(rows, retain, forget),
+            "rows-full-batch": Unlearning(full, retain, forget)}
 
 
 def measure(reps, batch_size, log=print):

@@ -9,7 +9,9 @@ what the shared weights know about the class; docs/results/class-embedding.md me
 shallow that is: relearning the row alone from 10 images brings the class back.
 
 The other rows are held by a gradient hook that zeroes their gradient, so Adam's update of them is
-exactly zero (its moments stay zero); every weight outside the tables is frozen.
+exactly zero (its moments stay zero); every weight outside the tables is frozen. SAFEMax then
+skips the retain rows altogether (their distillation loss is zero and has no gradient here) and
+keeps no teacher: a step is one forward over the forget rows (``SafeMax.skips_retain_rows_when_rows_alone``).
 """
 import torch
 

@@ -155,6 +155,11 @@ class SafeMax(Method):
     """
 
     name = "safemax"
+    # A row-only fit (train="class-embedding") trains the forgotten classes' embedding rows alone:
+    # the retain rows look up kept rows, which cannot move, so their distillation loss is zero and
+    # has no gradient — it is not computed, nor is the teacher kept (half the step's passes).
+    # A subclass that reads the retain rows' targets in ``self.batch`` sets this False.
+    skips_retain_rows_when_rows_alone = True
 
     def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
                  weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0):
@@ -192,9 +197,15 @@ class SafeMax(Method):
             raise ValueError('weighting="vlb" is defined for DDPM-style (epsilon) models only; a '
                              'rectified-flow model trains with weighting="simple"')
 
+    def _rows_alone(self, u) -> bool:
+        return (self.skips_retain_rows_when_rows_alone and self.retain_target == "distill"
+                and u.train_weights == "class-embedding")
+
     def bind(self, u):
         self.window = schedule.early_window(u.denoiser.snr(), self.early_fraction, self.max_snr)
         self.teacher = None
+        if self._rows_alone(u):
+            return
         if self.retain_target == "distill" and u.lora is not None:
             # with a LoRA adapter the original is the model with the adapter off: no copy
             from .lora import AdaptersOff
@@ -206,6 +217,14 @@ class SafeMax(Method):
         x_t, eps, t, cond, is_forget = batch = denoising_batch(
             u, forget, retain, batch_size, forget_t_min=self.t_min,
             gaussian_forget=round(self.gaussian_fraction * batch_size))
+        if self._rows_alone(u):   # the forget rows only, with the whole batch's normalisation
+            f = batch.forget_rows
+            self.batch = batch
+            pred = u.denoiser.predict(x_t[f], t[f], rows.take(cond, f))
+            loss, nats = safemax_loss(pred, eps[f], x_t[f], t[f], u.denoiser.table, is_forget[f], self.t_min,
+                                      self.forget_weight, self.weighting, u.denoiser.parametrization)
+            # (the op divides by its row count: scaled back, the gradient is the full batch's)
+            return loss * (len(nats) / len(is_forget)), dict(forget_nats=nats.mean().item(), retain_nats=0.0)
         if self.teacher is not None:  # retain rows: the original model's prediction
             with torch.no_grad():
                 r = batch.retain_rows
@@ -490,6 +509,7 @@ class SafeMaxRobust(SafeMax):
 
     name = "safemax-robust"
     default_lr = 5e-4  # SAFEMax's (the demo's)
+    skips_retain_rows_when_rows_alone = False   # its attacked retain term reads their targets
 
     def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
                  weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0,

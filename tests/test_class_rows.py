@@ -63,6 +63,35 @@ def test_row_only_forgetting_lowers_the_forget_loss_and_leaves_adam_moments_of_k
     assert (state["exp_avg_sq"][[0, 3]] == 0).all() and (state["exp_avg_sq"][[1, 2]] > 0).all()
 
 
+def test_row_only_skips_the_retain_rows_and_trains_as_if_it_had_not():
+    """The retain rows' distillation has no gradient in a row-only fit, so it is not computed (and
+    no teacher is kept): the same fit as with it, to float tolerance."""
+    from safemax.methods import SafeMax
+
+    class FullBatch(SafeMax):
+        skips_retain_rows_when_rows_alone = False
+
+    retain, forget = tiny_data()
+    fits = {}
+    for name, method in (("skip", SafeMax()), ("full", FullBatch())):
+        model = tiny_unet()
+        u = Unlearner(model, tiny_scheduler(), forget=[1], seed=0, train="class-embedding", method=method)
+        assert (method.teacher is None) == (name == "skip")
+        u.fit(retain, forget, steps=6, batch_size=8, progress=False)
+        fits[name] = model.class_embedding.weight.detach().clone(), u.history
+    (skip, h_skip), (full, h_full) = fits["skip"], fits["full"]
+    torch.testing.assert_close(skip, full, rtol=1e-4, atol=1e-5)   # Adam at lr 0.3: float noise grows a little
+    assert not torch.equal(skip[1], tiny_unet().class_embedding.weight[1])   # it did train
+    for a, b in zip(h_skip, h_full):
+        assert a["forget_nats"] == pytest.approx(b["forget_nats"], rel=1e-4)
+        assert a["retain_nats"] == 0.0 and b["retain_nats"] < 1e-12   # the kept classes cannot drift (float noise)
+    # all weights, or the noise target: the retain rows count, and are computed
+    assert Unlearner(tiny_unet(), tiny_scheduler(), forget=[1]).method.teacher is not None
+    noise = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], train="class-embedding", retain_target="noise")
+    noise.fit(retain, forget, steps=1, batch_size=8, progress=False)
+    assert noise.history[0]["retain_nats"] > 0
+
+
 def test_row_only_resumes_exactly_and_is_part_of_the_config(tmp_path):
     retain, forget = tiny_data()
     base = tiny_unet()
