@@ -10,7 +10,11 @@ timestep on x_t built from real forget images and on x_t ~ N(0, I) (the halted c
 before and after.
 
     python benchmarks/halting.py --out benchmarks/results/halting   # ~4 min a setting and digit (1 core)
-    python benchmarks/halting.py --digits 3 --settings 0 0.5 --out /tmp/h    # a quick look
+    python benchmarks/halting.py --digits 3 --settings real gaussian:0.5 --out /tmp/h    # a quick look
+    python benchmarks/halting.py --model fashion-mnist --digits 0 --lr 1e-4 --steps 200 \
+        --out benchmarks/results/halting-fashion-mnist      # the 28x28 model: ~30 min a setting (1 core)
+
+``--digits`` are class ids of ``--model`` (digits or fashion-mnist).
 """
 import argparse
 import json
@@ -20,10 +24,10 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.data import digits_dataset, split_by_class
+from safemax.data import split_by_class
 from safemax.metrics import evaluate
 from safemax.sampling import sample
-from safemax.zoo import default_scheduler, load_default_classifier, load_default_unet
+from safemax.zoo import load_classifier, load_unet, model_info
 
 TIMESTEPS = (0, 5, 10, 20, 50, 100, 200, 500, 999)
 
@@ -48,16 +52,18 @@ def residuals(unet, scheduler, forget_images, digit, n=128, seed=11) -> dict:
     return out
 
 
-def run_one(setting: str, digit: int, steps: int, seed: int) -> dict:
-    unet, scheduler, classifier = load_default_unet(), default_scheduler(), load_default_classifier()
-    forget_data, retain_data = split_by_class(digits_dataset(), [digit])
+def run_one(setting: str, digit: int, steps: int, seed: int, model: str = "digits", lr: float = 5e-4) -> dict:
+    info = model_info(model)
+    (unet, scheduler), classifier = load_unet(model), load_classifier(model)
+    forget_data, retain_data = split_by_class(info.dataset("train"), [digit])
+    reference, ref_labels = info.reference_images()
     measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[digit],
                    retain_classes=[c for c in range(10) if c != digit],
-                   real_retain=retain_data.tensors[0], seed=seed)
+                   real_retain=reference[ref_labels != digit], seed=seed)
     before_res = residuals(unet, scheduler, forget_data.tensors[0], digit)
     data_free = setting.startswith("data-free")
     fraction = float(setting.split(":")[1]) if ":" in setting else 0.0
-    u = Unlearner(unet, scheduler, forget=[digit], lr=5e-4, early_fraction=1.0, seed=seed,
+    u = Unlearner(unet, scheduler, forget=[digit], lr=lr, early_fraction=1.0, seed=seed,
                   gaussian_fraction=fraction)
     start = time.perf_counter()
     history = u.fit(retain_data, None if data_free else forget_data, steps=steps, batch_size=64,
@@ -65,7 +71,7 @@ def run_one(setting: str, digit: int, steps: int, seed: int) -> dict:
     wall = time.perf_counter() - start
     after = evaluate(**measure, n_forget=100, n_per_class=30, num_inference_steps=50)
     ddpm = sample(unet, scheduler, torch.full((32,), digit), method="ddpm", seed=seed)  # 8,192 pixels
-    return dict(setting=setting, digit=digit, steps=steps, seed=seed,
+    return dict(setting=setting, model=model, lr=lr, digit=digit, steps=steps, seed=seed,
                 train_seconds=history[-1]["seconds"], prep_seconds=u.prep_seconds, wall_seconds=wall,
                 fa=after["fa"], retain_acc=after["retain_acc"], frechet=after["frechet"],
                 ddim_std=after["gaussian_std"], ddpm_std=float(ddpm.std()),
@@ -73,7 +79,7 @@ def run_one(setting: str, digit: int, steps: int, seed: int) -> dict:
 
 
 def table(rows) -> str:
-    lines = ["| setting | digit | FA | retain acc | Fréchet | std DDIM-50 | std DDPM | train s | prep s |",
+    lines = ["| setting | class | FA | retain acc | Fréchet | std DDIM-50 | std DDPM | train s | prep s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['digit']} | {r['fa']:.2f} | {r['retain_acc']:.3f} | "
@@ -105,7 +111,9 @@ def plot(rows, path: str):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--digits", type=int, nargs="+", default=[3, 7])
+    p.add_argument("--model", choices=["digits", "fashion-mnist"], default="digits")
+    p.add_argument("--digits", "--classes", type=int, nargs="+", default=[3, 7], help="class ids to forget")
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--settings", nargs="+", default=["real", "gaussian:0.25", "gaussian:0.5",
                                                       "data-free", "data-free:1.0"],
                    help="real (today's default), gaussian:F (share F of forget rows with Gaussian "
@@ -118,7 +126,7 @@ def main():
     rows = []
     for digit in args.digits:
         for setting in args.settings:
-            rows.append(run_one(setting, digit, args.steps, args.seed))
+            rows.append(run_one(setting, digit, args.steps, args.seed, args.model, args.lr))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
             with open(os.path.join(args.out, "halting.json"), "w") as f:
                 json.dump(rows, f, indent=2)
