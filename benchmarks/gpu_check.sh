@@ -17,7 +17,8 @@
 #         the same at lr 1e-4 for 200 steps (the setting that holds the bar on Fashion-MNIST), 10 classes
 #     PARTS="build tune" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
 #         the tuned baselines on Fashion-MNIST (benchmarks/tune_baselines.py: the sweep, then the
-#         head to head on three classes); resumable, so a run cut by the budget continues next time.
+#         head to head on three classes, every relearning attack: the methods x attacks table with
+#         intervals); resumable, so a run cut by the budget continues next time.
 # Estimated on an H200 (the first runs were not timed part by part): build 1-2 min, memory ~1.5,
 # large-memory ~5-6 (7 runs of ~25-75 s: a fresh process, the model built on the GPU, the
 # Unlearner's SHA-256 of the original weights on the host — ~1 s per GiB, 22 GiB for Flux — a
@@ -76,7 +77,7 @@ TAIL=40 part fashion-mnist "$PY" benchmarks/classes.py --model fashion-mnist --d
 TAIL=40 part fashion-mnist-lr1e-4 "$PY" benchmarks/classes.py --model fashion-mnist --device cuda --seeds \
   --steps 200 --lr 1e-4 --curve-every 20 --out "${FASHION_MNIST_LR_OUT:-benchmarks/results/classes-fashion-mnist-lr1e-4}"
 TAIL=40 part tune "$PY" benchmarks/tune_baselines.py --model fashion-mnist --device cuda \
-  --out "${TUNE_OUT:-benchmarks/results/tuned-fashion-mnist}"
+  --attacks weak strong long lora inversion --out "${TUNE_OUT:-benchmarks/results/tuned-fashion-mnist}"
 ((${#not_run[@]})) && echo "not run (out of time, BUDGET=$BUDGET s): ${not_run[*]}"
 echo "total $SECONDS s"
 [ ${#failed[@]} -eq 0 ] && [ ${#not_run[@]} -eq 0 ] && echo "GPU check passed" || {
