@@ -188,6 +188,9 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     if len({a.name for a in attacks}) < len(attacks):
         raise ValueError(f"two attacks share a name in {[a.name for a in attacks]}: name each once")
     wanted = max([a.images for a in attacks], default=0)   # checked on the data, --quick or not
+    if any(a.train == "lora" for a in attacks):
+        from .lora import _peft
+        _peft()   # no peft: say so now, not after every method's fit
     if quick:  # every stage runs, on a few samples: minutes become seconds
         steps, eval_every, batch_size = min(steps, 2), 1, min(batch_size, 8)
         n_forget, n_per_class, num_inference_steps = 4, 1, 2
