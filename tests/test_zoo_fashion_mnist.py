@@ -74,9 +74,11 @@ def test_demo_on_fashion_mnist(tmp_path):
                  "--batch-size", "4", "--quick", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == "fashion-mnist" and report["forget"] == 0
+    assert report["lr"] == 1e-4   # the model's own default (digits: 5e-4)
     digits = tmp_path / "digits"
     main(["demo", "--steps", "1", "--batch-size", "2", "--quick", "--out", str(digits)])
-    assert set(report) == set(json.loads((digits / "report.json").read_text()))   # one schema
+    digits_report = json.loads((digits / "report.json").read_text())
+    assert set(report) == set(digits_report) and digits_report["lr"] == 5e-4   # one schema
     for side in ("before", "after"):
         assert isinstance(report[side]["fa"], float) and isinstance(report[side]["frechet"], float)
     assert "T-shirt/top" in (out / "report.md").read_text()
@@ -91,7 +93,8 @@ def test_every_command_takes_the_fashion_mnist_model(tmp_path, capsys):
     out = tmp_path / "no-tshirt"
     main(["unlearn", "--model", "fashion-mnist", "--forget", "0", "--steps", "1", "--batch-size", "2",
           "--out", str(out)])
-    assert json.loads((out / "safemax.json").read_text())["forget"] == [0]
+    info = json.loads((out / "safemax.json").read_text())
+    assert info["forget"] == [0] and info["lr"] == 1e-4   # the embedded model's default
     main(["sample", "--model", "fashion-mnist", "--label", "0", "9", "--n", "1", "--steps", "2",
           "--out", str(tmp_path / "s.png")])
     assert (tmp_path / "s.png").stat().st_size > 0
@@ -108,7 +111,7 @@ def test_every_command_takes_the_fashion_mnist_model(tmp_path, capsys):
     assert main(["compare", "--model", "fashion-mnist", "--quick", "--methods", "safemax",
                  "--out", str(cmp)]) == 0
     results = json.loads((cmp / "results.json").read_text())
-    assert results["settings"]["model"] == "fashion-mnist"
+    assert results["settings"]["model"] == "fashion-mnist" and results["methods"]["safemax"]["lr"] == 1e-4
     assert "Embedded fashion-mnist model" in (cmp / "results.md").read_text()
 
 
