@@ -28,7 +28,7 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.attacks import PRESETS
+from safemax.attacks import PRESETS, draw_images
 from safemax.class_rows import DEFAULT_LR
 from safemax.compare import forget_accuracy, relearning_attack
 from safemax.data import split_by_class
@@ -88,8 +88,7 @@ def sweep(s: Setup, args) -> dict:
 def table_row(s: Setup, fit: str, args) -> dict:
     unet, scheduler, seconds = s.fit(**FITS[fit])
     row = dict(fit=fit, train_seconds=seconds, after=s.measure(unet, scheduler), attacks={})
-    pick = torch.randperm(len(s.forget_data), generator=torch.Generator().manual_seed(0))[:args.attack_images]
-    x, y = s.forget_data.tensors[0][pick], s.forget_data.tensors[1][pick]
+    x, y = draw_images(s.forget_data, args.attack_images, seed=0)
     labels = torch.full((args.picture,), s.forget)
     pictures = [sample(unet, scheduler, labels, args.ddim_steps, seed=0)]
     for name, attack in ATTACKS.items():

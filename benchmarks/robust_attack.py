@@ -12,10 +12,8 @@ import json
 import os
 import time
 
-import torch
-
 from safemax import Unlearner
-from safemax.attacks import parse_attack, run_attack
+from safemax.attacks import draw_images, parse_attack, run_attack
 from safemax.compare import _build, forget_accuracy, parse_method
 from safemax.data import split_by_class
 from safemax.metrics import evaluate
@@ -32,9 +30,7 @@ def run(name, forget, method, steps, seed, attacks=("weak", "strong")) -> dict:
     after = evaluate(unet, scheduler, classifier, [forget], [c for c in range(10) if c != forget],
                      reference[ref_labels != forget], n_forget=100, n_per_class=30, seed=seed)
     attacks = [parse_attack(a).resolved(50, 10) for a in attacks]   # compare's defaults
-    # compare's draw: a prefix of one seeded permutation of the class's images
-    pick = torch.randperm(len(forget_data), generator=torch.Generator().manual_seed(seed))[:max(a.images for a in attacks)]
-    x, y = forget_data.tensors[0][pick], forget_data.tensors[1][pick]
+    x, y = draw_images(forget_data, max(a.images for a in attacks), seed)   # compare's draw
     done = []
     for a in attacks:
         attacked = run_attack(a, unet, scheduler, x, y, seed=seed)

@@ -154,6 +154,16 @@ def relearning_attack(unet, scheduler, images: torch.Tensor, labels: torch.Tenso
     return model.eval()
 
 
+def draw_images(data, n: int, seed: int = 0):
+    """The attacks' images: the first ``n`` of one seeded permutation of ``data`` (the class's
+    ``TensorDataset``), so an attack on fewer images uses a prefix of a larger one's."""
+    if n > len(data):
+        what = f"class {int(data.tensors[1][0])}" if len(data) else "the class"
+        raise ValueError(f"an attack wants {n} images of {what}; the training set has {len(data)}")
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    return data.tensors[0][pick], data.tensors[1][pick]
+
+
 def run_attack(attack: Attack, unet, scheduler, images: torch.Tensor, labels: torch.Tensor, seed: int = 0):
     """``relearning_attack`` with ``attack``'s settings on its first ``attack.images`` images."""
     return relearning_attack(unet, scheduler, images[:attack.images], labels[:attack.images],

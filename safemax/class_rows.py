@@ -26,7 +26,8 @@ DEFAULT_LR = 0.3
 
 
 def check_train(train: str):
-    """``train`` is one of ``TRAIN_CHOICES`` (the Unlearner's and the relearning attack's)."""
+    """``train`` is one of ``TRAIN_CHOICES`` (the Unlearner's; the relearning attacks also take
+    ``"lora"``: ``safemax.attacks.TRAINS``)."""
     if train not in TRAIN_CHOICES:
         raise ValueError(f"train must be one of {TRAIN_CHOICES}, got {train!r}")
 

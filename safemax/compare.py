@@ -22,7 +22,7 @@ import time
 import torch
 
 from . import __version__
-from .attacks import BREAK_FA, DEFAULT_ATTACKS, describe, parse_attack, relearning_attack, run_attack  # noqa: F401 (relearning_attack: compare's API)
+from .attacks import BREAK_FA, DEFAULT_ATTACKS, describe, draw_images, parse_attack, relearning_attack, run_attack  # noqa: F401 (relearning_attack: compare's API)
 from .data import split_by_class
 from .methods import METHODS, make_method
 from .metrics import classify, evaluate
@@ -187,7 +187,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     attacks = [a.resolved(attack_steps, attack_images) for a in map(parse_attack, attacks)] if attack else []
     if len({a.name for a in attacks}) < len(attacks):
         raise ValueError(f"two attacks share a name in {[a.name for a in attacks]}: name each once")
-    wanted = max([a.images for a in attacks], default=0)   # checked on the data, --quick or not
+    wanted = max([a.images for a in attacks], default=0)   # drawn before --quick shrinks the attacks
     if any(a.train == "lora" for a in attacks):
         from .lora import _peft
         _peft()   # no peft: say so now, not after every method's fit
@@ -204,12 +204,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     measure = dict(scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=retain_classes, real_retain=reference[reference_labels != forget], seed=seed,
                    n_forget=n_forget, n_per_class=n_per_class, num_inference_steps=num_inference_steps)
-    # every attack uses a prefix of one seeded draw of forget images: the 10-image attacks the same 10
-    if wanted > len(forget_data):
-        raise ValueError(f"an attack wants {wanted} images of class {forget}; the training set has {len(forget_data)}")
-    most = max([a.images for a in attacks], default=0)
-    pick = torch.randperm(len(forget_data), generator=torch.Generator().manual_seed(seed))[:most]
-    attack_x, attack_y = forget_data.tensors[0][pick], forget_data.tensors[1][pick]
+    attack_x, attack_y = draw_images(forget_data, wanted, seed)   # each attack takes its first a.images
     settings = dict(model=model, forget=forget, steps=steps, eval_every=eval_every, batch_size=batch_size,
                     seed=seed, n_forget=n_forget, n_per_class=n_per_class,
                     num_inference_steps=num_inference_steps, attack=bool(attacks),

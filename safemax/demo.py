@@ -42,8 +42,9 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
     """Forget class ``forget`` of the embedded model ``dataset`` ("digits" or "fashion-mnist");
     ``steps`` and ``lr`` left None take the model's defaults (``DEFAULTS``)."""
     info = model_info(dataset)
-    steps = defaults(dataset)["steps"] if steps is None else steps
-    lr = defaults(dataset)["lr"] if lr is None else lr
+    own = defaults(dataset)
+    steps = own["steps"] if steps is None else steps
+    lr = own["lr"] if lr is None else lr
     if not 0 <= forget <= 9:
         raise ValueError(f"--forget must be a class id 0..9 of {dataset}, got {forget}")
     os.makedirs(out, exist_ok=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from problems import T_TINY, tiny_data, tiny_scheduler, tiny_unet
-from safemax.attacks import DEFAULT_ATTACKS, PRESETS, Attack, parse_attack, relearning_attack, run_attack
+from safemax.attacks import DEFAULT_ATTACKS, PRESETS, Attack, draw_images, parse_attack, relearning_attack, run_attack
 
 
 def test_presets_and_overrides():
@@ -105,6 +105,11 @@ def test_run_attack_uses_the_first_images():
     one = run_attack(a, tiny_unet(), tiny_scheduler(), x, y, seed=1)
     two = relearning_attack(tiny_unet(), tiny_scheduler(), x[:3], y[:3], steps=2, lr=1e-3, seed=1)
     assert all(torch.equal(v, two.state_dict()[k]) for k, v in one.state_dict().items())
+    # the images are a seeded draw whose shorter draws are its prefixes (compare's 10 inside long's 50)
+    few, many = draw_images(forget, 3, seed=2), draw_images(forget, 6, seed=2)
+    assert torch.equal(few[0], many[0][:3]) and torch.equal(few[1], many[1][:3])
+    with pytest.raises(ValueError, match="wants 13 images of class 1; the training set has 12"):
+        draw_images(forget, 13)
 
 
 def test_compare_runs_every_attack_and_says_where_each_method_breaks(tmp_path):
