@@ -55,13 +55,15 @@ class Batch(NamedTuple):
 
 
 def denoising_batch(u, forget, retain, batch_size: int, forget_t_min: int = 0,
-                    retain_first: bool = False, gaussian_forget: int = 0) -> Batch:
+                    retain_first: bool = False, gaussian_forget: int = 0,
+                    gaussian_t_max: int = None) -> Batch:
     """``batch_size`` forget rows (t ~ U[forget_t_min, T)) then ``batch_size`` retain rows
     (t ~ U[0, T)), noised — this process's share of them (``u.local``). Everything is drawn from
     the Unlearner's generator: first the two sources' items (``retain_first``: the retain source
     first), then the timesteps, then the noise, so each method's random stream is fixed.
     ``gaussian_forget``: the first that many forget rows take x0 ~ N(0, I) instead of their
-    image (drawn last, so that without them the stream is unchanged)."""
+    image (drawn last, so that without them the stream is unchanged); ``gaussian_t_max``: those
+    rows take t ~ U[forget_t_min, gaussian_t_max) instead (drawn after them; None: T)."""
     g, B, T = u.generator, batch_size, u.denoiser.num_train_timesteps
     if retain_first:
         xr, yr = retain.draw(B, g, u.local)
@@ -78,6 +80,10 @@ def denoising_batch(u, forget, retain, batch_size: int, forget_t_min: int = 0,
         z = u.local(torch.randn((B, *x0.shape[1:]), generator=g))
         use = u.local(torch.arange(B) < gaussian_forget).view(-1, *[1] * (x0.dim() - 1))
         x0 = torch.cat([torch.where(use, z, xf), xr])
+        if gaussian_t_max is not None and gaussian_t_max < T:
+            tg = torch.randint(forget_t_min, gaussian_t_max, (B,), generator=g)
+            tf = torch.where(torch.arange(B) < gaussian_forget, tg, tf)
+            t = u.local(torch.cat([tf, tr]), parts=2)
     b = len(xf)
     is_forget = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
     x0, eps, t, cond, is_forget = u.denoiser.to_device(x0, eps, t, rows.cat([yf, yr]), is_forget)
@@ -150,6 +156,12 @@ class SafeMax(Method):
             states the halted reverse chain visits (x_t ~ N(0, I) at every t), on which the model
             is otherwise never trained, so without them it keeps "denoising" the noise in the
             last steps. 1.0 needs no forget images at all (data-free without sampling).
+        gaussian_window: the Gaussian rows' timesteps are the lowest share of the forget
+            window, t ~ U[t_min, t_min + ⌈gaussian_window·(T − t_min)⌉) (1.0: the whole window,
+            like the real rows). On x_t ~ N(0, I) the original model's residual is large only at
+            the last, low-noise steps — high t is pure noise for every class, and the real rows
+            already train it — so a low window spends the Gaussian rows where the chain still
+            "denoises" the noise.
 
     ``Unlearner(..., early_fraction=0.5)`` is shorthand for ``method=SafeMax(early_fraction=0.5)``.
     """
@@ -162,7 +174,8 @@ class SafeMax(Method):
     skips_retain_rows_when_rows_alone = True
 
     def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
-                 weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0):
+                 weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0,
+                 gaussian_window: float = 1.0):
         if not 0 < early_fraction <= 1:
             raise ValueError(f"early_fraction must be in (0, 1], got {early_fraction}")
         if not math.isfinite(forget_weight):
@@ -173,6 +186,9 @@ class SafeMax(Method):
             raise ValueError(f'retain_target must be "distill" or "noise", got {retain_target!r}')
         if not 0 <= gaussian_fraction <= 1:
             raise ValueError(f"gaussian_fraction must be in [0, 1], got {gaussian_fraction}")
+        if not 0 < gaussian_window <= 1:
+            raise ValueError(f"gaussian_window must be in (0, 1], got {gaussian_window}")
+        self.gaussian_window, self.gaussian_t_max = gaussian_window, None
         self.early_fraction, self.max_snr, self.gaussian_fraction = early_fraction, max_snr, gaussian_fraction
         self.forget_weight, self.weighting, self.retain_target = forget_weight, weighting, retain_target
         self.window, self.teacher = None, None
@@ -186,7 +202,9 @@ class SafeMax(Method):
         return dict(t_min=self.window.t_min, early_fraction=self.window.early_fraction,
                     snr_at_t_min=self.window.snr_at_t_min, forget_weight=self.forget_weight,
                     weighting=self.weighting, retain_target=self.retain_target,
-                    gaussian_fraction=self.gaussian_fraction)
+                    gaussian_fraction=self.gaussian_fraction,
+                    # (absent at its default, so that the configs written before it are unchanged)
+                    **({} if self.gaussian_window == 1 else dict(gaussian_window=self.gaussian_window)))
 
     @property
     def needs_forget_images(self) -> bool:
@@ -203,6 +221,8 @@ class SafeMax(Method):
 
     def bind(self, u):
         self.window = schedule.early_window(u.denoiser.snr(), self.early_fraction, self.max_snr)
+        T = u.denoiser.num_train_timesteps
+        self.gaussian_t_max = self.t_min + max(1, math.ceil(self.gaussian_window * (T - self.t_min)))
         self.teacher = None
         if self._rows_alone(u):
             return
@@ -216,7 +236,7 @@ class SafeMax(Method):
     def loss(self, u, retain, forget, batch_size):
         x_t, eps, t, cond, is_forget = batch = denoising_batch(
             u, forget, retain, batch_size, forget_t_min=self.t_min,
-            gaussian_forget=round(self.gaussian_fraction * batch_size))
+            gaussian_forget=round(self.gaussian_fraction * batch_size), gaussian_t_max=self.gaussian_t_max)
         if self._rows_alone(u):   # the forget rows only, with the whole batch's normalisation
             f = batch.forget_rows
             self.batch = batch
@@ -514,8 +534,9 @@ class SafeMaxRobust(SafeMax):
     def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
                  weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0,
                  attack_radius: float = 5e-3, attack_steps: int = 1, robust_weight: float = 1.0,
-                 attacked_retain_weight: float = 0.0):
-        super().__init__(early_fraction, max_snr, forget_weight, weighting, retain_target, gaussian_fraction)
+                 attacked_retain_weight: float = 0.0, gaussian_window: float = 1.0):
+        super().__init__(early_fraction, max_snr, forget_weight, weighting, retain_target, gaussian_fraction,
+                         gaussian_window)
         if not gaussian_fraction < 1:
             raise ValueError("safemax-robust simulates fine-tuning on real forget images: "
                              "gaussian_fraction must be < 1")

@@ -91,3 +91,17 @@ def test_class_embedding_script(tmp_path):
     # the row-only fit cannot touch the kept classes: their samples, hence these numbers, are the original's
     assert rows["after"]["retain_acc"] == original["retain_acc"] and rows["after"]["frechet"] == original["frechet"]
     assert set(rows["attacks"]) == {"weak", "strong", "inversion"}
+
+
+def test_halting_settings_are_parsed_before_any_fit():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("halting", os.path.join(BENCH, "halting.py"))
+    halting = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(halting)
+    assert halting.parse_setting("real") == (0.0, 1.0)
+    assert halting.parse_setting("gaussian:0.25@0.1") == (0.25, 0.1)
+    assert halting.parse_setting("data-free:1.0") == (1.0, 1.0)
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "halting.py"), "--settings", "real", "gauss:0.5",
+                           "--out", "/nonexistent/never"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "unknown setting 'gauss:0.5'" in done.stderr

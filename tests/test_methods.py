@@ -323,6 +323,32 @@ def test_gaussian_forget_rows_replace_their_image_by_standard_normal_noise():
         assert torch.equal(a, b)  # the noise for x0 is drawn last: the rest of the stream is today's
 
 
+def test_gaussian_window_puts_only_the_gaussian_rows_at_the_window_s_lowest_steps():
+    """SafeMax(gaussian_window=w): the Gaussian forget rows take t from the lowest share w of the
+    forget window (also under an early window); every other draw — the real forget rows' t, the
+    retain rows' t, the noise, the Gaussian x0 — is the batch that w = 1 draws."""
+    retain, forget = tiny_data()
+
+    def batch(**kw):
+        u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], seed=3, method=SafeMax(**kw))
+        u.fit(retain, forget, steps=1, batch_size=32, progress=False)
+        return u.method, u.method.batch
+
+    for early in (1.0, 0.5):
+        m, wide = batch(early_fraction=early, gaussian_fraction=0.5)
+        m_low, low = batch(early_fraction=early, gaussian_fraction=0.5, gaussian_window=0.2)
+        t_min = m.t_min
+        assert m_low.gaussian_t_max == t_min + -(-(T - t_min) // 5) and m.gaussian_t_max == T
+        g = slice(0, 16)   # the first half of the 32 forget rows are Gaussian
+        assert ((low.t[g] >= t_min) & (low.t[g] < m_low.gaussian_t_max)).all()
+        assert wide.t[g].max() >= m_low.gaussian_t_max   # (w = 1 spreads them over the window)
+        assert torch.equal(low.t[16:], wide.t[16:])
+        torch.testing.assert_close(low.eps[16:32], wide.eps[16:32])   # (retain rows: the teacher's)
+    assert "gaussian_window" not in m.config() and m_low.config()["gaussian_window"] == 0.2
+    with pytest.raises(ValueError, match="gaussian_window must be in \\(0, 1\\]"):
+        SafeMax(gaussian_window=0)
+
+
 def test_gaussian_fraction_one_forgets_without_forget_images_or_sampling(monkeypatch):
     import safemax.conditions
 
