@@ -15,7 +15,9 @@ before and after.
     python benchmarks/halting.py --model fashion-mnist --digits 0 --lr 1e-4 --steps 200 \
         --out benchmarks/results/halting-fashion-mnist      # the 28x28 model: ~30 min a setting (1 core)
 
-``--digits`` are class ids of ``--model`` (digits or fashion-mnist).
+``--digits`` are class ids of ``--model`` (digits or fashion-mnist). Rows accumulate in
+``OUT/halting.json``: a (setting, class, lr, steps, seed) already there is not run again, so a
+stopped run resumes and a new setting adds its row to the same table and plots.
 """
 import argparse
 import json
@@ -138,19 +140,28 @@ def main():
     for setting in args.settings:   # every spelling checked before the first fit
         parse_setting(setting)
     os.makedirs(args.out, exist_ok=True)
-    rows = []
+    path = os.path.join(args.out, "halting.json")
+    rows = json.load(open(path)) if os.path.exists(path) else []   # earlier runs into OUT are kept
+    for r in rows:   # (rows written before these keys: the digits model at 5e-4)
+        r.setdefault("model", "digits")
+        r.setdefault("lr", 5e-4)
     for digit in args.digits:
         for setting in args.settings:
+            key = dict(setting=setting, digit=digit, model=args.model, lr=args.lr, steps=args.steps, seed=args.seed)
+            if any(all(r.get(k) == v for k, v in key.items()) for r in rows):
+                print(f"{setting}, class {digit}: in {path} already", flush=True)
+                continue
+            if any(r["model"] != args.model for r in rows):
+                raise SystemExit(f"{path} holds another model's rows: choose another --out")
             rows.append(run_one(setting, digit, args.steps, args.seed, args.model, args.lr))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-            with open(os.path.join(args.out, "halting.json"), "w") as f:
+            with open(path, "w") as f:
                 json.dump(rows, f, indent=2)
     with open(os.path.join(args.out, "halting.md"), "w") as f:
         f.write(table(rows) + "\n")
-    for digit in args.digits:
+    for digit in sorted({r["digit"] for r in rows}):
         plot([r for r in rows if r["digit"] == digit], os.path.join(args.out, f"residuals-{digit}.png"))
     print(table(rows))
-
 
 if __name__ == "__main__":
     main()
