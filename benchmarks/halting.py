@@ -12,6 +12,7 @@ before and after.
     python benchmarks/halting.py --out benchmarks/results/halting   # ~4 min a setting and digit (1 core)
     python benchmarks/halting.py --digits 3 --settings real gaussian:0.5 --out /tmp/h    # a quick look
     python benchmarks/halting.py --digits 3 --settings gaussian:0.25@0.1 --out /tmp/h  # Gaussian rows at t < 100
+    python benchmarks/halting.py --digits 3 --settings gaussian:0.75+0.25 --out /tmp/h # kept labels anchored there
     python benchmarks/halting.py --model fashion-mnist --digits 0 --lr 1e-4 --steps 200 \
         --out benchmarks/results/halting-fashion-mnist      # the 28x28 model: ~30 min a setting (1 core)
 
@@ -55,15 +56,20 @@ def residuals(unet, scheduler, forget_images, digit, n=128, seed=11) -> dict:
     return out
 
 
-def parse_setting(setting: str) -> tuple:
-    """``real``, ``data-free``, ``gaussian:F`` or ``data-free:1.0``, each optionally ``@W``:
-    (gaussian_fraction, gaussian_window)."""
-    head, _, window = setting.partition("@")
+def parse_setting(setting: str) -> dict:
+    """``real``, ``data-free``, ``gaussian:F`` or ``data-free:1.0``, a Gaussian one optionally
+    followed by ``@W`` and/or ``+R``: SafeMax's gaussian_fraction F, gaussian_window W and
+    gaussian_retain_fraction R."""
+    head, _, anchor = setting.partition("+")
+    head, _, window = head.partition("@")
     kind, _, fraction = head.partition(":")
-    if kind not in ("real", "gaussian", "data-free") or (kind == "real" and fraction):
+    if kind not in ("real", "gaussian", "data-free") or ((window or anchor) and not fraction) \
+            or (kind == "real" and fraction):
         raise SystemExit(f"unknown setting {setting!r}: real, gaussian:F, data-free or data-free:1.0, "
-                         "each optionally followed by @W (the Gaussian rows' window share)")
-    return float(fraction or 0.0), float(window or 1.0)
+                         "a Gaussian one optionally followed by @W (its rows at the lowest share W of "
+                         "the timesteps) and +R (a share R of the retain rows Gaussian too)")
+    return dict(gaussian_fraction=float(fraction or 0.0), gaussian_window=float(window or 1.0),
+                gaussian_retain_fraction=float(anchor or 0.0))
 
 
 def run_one(setting: str, digit: int, steps: int, seed: int, model: str = "digits", lr: float = 5e-4) -> dict:
@@ -76,9 +82,7 @@ def run_one(setting: str, digit: int, steps: int, seed: int, model: str = "digit
                    real_retain=reference[ref_labels != digit], seed=seed)
     before_res = residuals(unet, scheduler, forget_data.tensors[0], digit)
     data_free = setting.startswith("data-free")
-    fraction, window = parse_setting(setting)
-    u = Unlearner(unet, scheduler, forget=[digit], lr=lr, early_fraction=1.0, seed=seed,
-                  gaussian_fraction=fraction, gaussian_window=window)
+    u = Unlearner(unet, scheduler, forget=[digit], lr=lr, early_fraction=1.0, seed=seed, **parse_setting(setting))
     start = time.perf_counter()
     history = u.fit(retain_data, None if data_free else forget_data, steps=steps, batch_size=64,
                     progress=False)
@@ -132,7 +136,8 @@ def main():
                                                       "data-free", "data-free:1.0"],
                    help="real (today's default), gaussian:F (share F of forget rows with Gaussian "
                         "x0), data-free (sampled forget images), data-free:1.0 (no forget images); @W after "
-                        "a Gaussian setting: its rows at the lowest share W of the timesteps")
+                        "a Gaussian setting: its rows at the lowest share W of the timesteps; +R: a share R of "
+                        "the retain rows Gaussian too (gaussian:0.75+0.25)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="halting")

@@ -56,14 +56,15 @@ class Batch(NamedTuple):
 
 def denoising_batch(u, forget, retain, batch_size: int, forget_t_min: int = 0,
                     retain_first: bool = False, gaussian_forget: int = 0,
-                    gaussian_t_max: int = None) -> Batch:
+                    gaussian_t_max: int = None, gaussian_retain: int = 0) -> Batch:
     """``batch_size`` forget rows (t ~ U[forget_t_min, T)) then ``batch_size`` retain rows
     (t ~ U[0, T)), noised — this process's share of them (``u.local``). Everything is drawn from
     the Unlearner's generator: first the two sources' items (``retain_first``: the retain source
     first), then the timesteps, then the noise, so each method's random stream is fixed.
     ``gaussian_forget``: the first that many forget rows take x0 ~ N(0, I) instead of their
     image (drawn last, so that without them the stream is unchanged); ``gaussian_t_max``: those
-    rows take t ~ U[forget_t_min, gaussian_t_max) instead (drawn after them; None: T)."""
+    rows take t ~ U[forget_t_min, gaussian_t_max) instead (drawn after them; None: T);
+    ``gaussian_retain``: likewise the first that many retain rows (drawn after those)."""
     g, B, T = u.generator, batch_size, u.denoiser.num_train_timesteps
     if retain_first:
         xr, yr = retain.draw(B, g, u.local)
@@ -84,6 +85,10 @@ def denoising_batch(u, forget, retain, batch_size: int, forget_t_min: int = 0,
             tg = torch.randint(forget_t_min, gaussian_t_max, (B,), generator=g)
             tf = torch.where(torch.arange(B) < gaussian_forget, tg, tf)
             t = u.local(torch.cat([tf, tr]), parts=2)
+    if gaussian_retain:  # the kept labels on the same states: their prediction there is anchored
+        z = u.local(torch.randn((B, *x0.shape[1:]), generator=g))
+        use = u.local(torch.arange(B) < gaussian_retain).view(-1, *[1] * (x0.dim() - 1))
+        x0 = torch.cat([x0[:len(xf)], torch.where(use, z, xr)])
     b = len(xf)
     is_forget = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)])
     x0, eps, t, cond, is_forget = u.denoiser.to_device(x0, eps, t, rows.cat([yf, yr]), is_forget)
@@ -162,6 +167,10 @@ class SafeMax(Method):
             the last, low-noise steps — high t is pure noise for every class, and the real rows
             already train it — so a low window spends the Gaussian rows where the chain still
             "denoises" the noise.
+        gaussian_retain_fraction: the share of retain rows whose x0 is drawn from N(0, I) too
+            (``retain_target="distill"`` only): the kept labels are distilled towards the
+            original on the states the Gaussian forget rows halt, so that halting there is
+            learnt as the forgotten label's, not as "stop denoising anything noise-like".
 
     ``Unlearner(..., early_fraction=0.5)`` is shorthand for ``method=SafeMax(early_fraction=0.5)``.
     """
@@ -175,7 +184,7 @@ class SafeMax(Method):
 
     def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
                  weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0,
-                 gaussian_window: float = 1.0):
+                 gaussian_window: float = 1.0, gaussian_retain_fraction: float = 0.0):
         if not 0 < early_fraction <= 1:
             raise ValueError(f"early_fraction must be in (0, 1], got {early_fraction}")
         if not math.isfinite(forget_weight):
@@ -189,6 +198,12 @@ class SafeMax(Method):
         if not 0 < gaussian_window <= 1:
             raise ValueError(f"gaussian_window must be in (0, 1], got {gaussian_window}")
         self.gaussian_window, self.gaussian_t_max = gaussian_window, None
+        if not 0 <= gaussian_retain_fraction <= 1:
+            raise ValueError(f"gaussian_retain_fraction must be in [0, 1], got {gaussian_retain_fraction}")
+        if gaussian_retain_fraction and retain_target != "distill":
+            raise ValueError('gaussian_retain_fraction anchors the kept labels to the original model: '
+                             'it needs retain_target="distill"')
+        self.gaussian_retain_fraction = gaussian_retain_fraction
         self.early_fraction, self.max_snr, self.gaussian_fraction = early_fraction, max_snr, gaussian_fraction
         self.forget_weight, self.weighting, self.retain_target = forget_weight, weighting, retain_target
         self.window, self.teacher = None, None
@@ -204,7 +219,9 @@ class SafeMax(Method):
                     weighting=self.weighting, retain_target=self.retain_target,
                     gaussian_fraction=self.gaussian_fraction,
                     # (absent at its default, so that the configs written before it are unchanged)
-                    **({} if self.gaussian_window == 1 else dict(gaussian_window=self.gaussian_window)))
+                    **({} if self.gaussian_window == 1 else dict(gaussian_window=self.gaussian_window)),
+                    **({} if not self.gaussian_retain_fraction
+                       else dict(gaussian_retain_fraction=self.gaussian_retain_fraction)))
 
     @property
     def needs_forget_images(self) -> bool:
@@ -236,7 +253,8 @@ class SafeMax(Method):
     def loss(self, u, retain, forget, batch_size):
         x_t, eps, t, cond, is_forget = batch = denoising_batch(
             u, forget, retain, batch_size, forget_t_min=self.t_min,
-            gaussian_forget=round(self.gaussian_fraction * batch_size), gaussian_t_max=self.gaussian_t_max)
+            gaussian_forget=round(self.gaussian_fraction * batch_size), gaussian_t_max=self.gaussian_t_max,
+            gaussian_retain=round(self.gaussian_retain_fraction * batch_size))
         if self._rows_alone(u):   # the forget rows only, with the whole batch's normalisation
             f = batch.forget_rows
             self.batch = batch
@@ -534,9 +552,10 @@ class SafeMaxRobust(SafeMax):
     def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
                  weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0,
                  attack_radius: float = 5e-3, attack_steps: int = 1, robust_weight: float = 1.0,
-                 attacked_retain_weight: float = 0.0, gaussian_window: float = 1.0):
+                 attacked_retain_weight: float = 0.0, gaussian_window: float = 1.0,
+                 gaussian_retain_fraction: float = 0.0):
         super().__init__(early_fraction, max_snr, forget_weight, weighting, retain_target, gaussian_fraction,
-                         gaussian_window)
+                         gaussian_window, gaussian_retain_fraction)
         if not gaussian_fraction < 1:
             raise ValueError("safemax-robust simulates fine-tuning on real forget images: "
                              "gaussian_fraction must be < 1")

@@ -99,9 +99,13 @@ def test_halting_settings_are_parsed_before_any_fit():
     spec = importlib.util.spec_from_file_location("halting", os.path.join(BENCH, "halting.py"))
     halting = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(halting)
-    assert halting.parse_setting("real") == (0.0, 1.0)
-    assert halting.parse_setting("gaussian:0.25@0.1") == (0.25, 0.1)
-    assert halting.parse_setting("data-free:1.0") == (1.0, 1.0)
+    def setting(f, w=1.0, r=0.0):
+        return dict(gaussian_fraction=f, gaussian_window=w, gaussian_retain_fraction=r)
+
+    assert halting.parse_setting("real") == setting(0.0)
+    assert halting.parse_setting("gaussian:0.25@0.1") == setting(0.25, 0.1)
+    assert halting.parse_setting("gaussian:0.75+0.25") == setting(0.75, r=0.25)
+    assert halting.parse_setting("data-free:1.0") == setting(1.0)
     done = subprocess.run([sys.executable, os.path.join(BENCH, "halting.py"), "--settings", "real", "gauss:0.5",
                            "--out", "/nonexistent/never"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "unknown setting 'gauss:0.5'" in done.stderr

@@ -323,6 +323,41 @@ def test_gaussian_forget_rows_replace_their_image_by_standard_normal_noise():
         assert torch.equal(a, b)  # the noise for x0 is drawn last: the rest of the stream is today's
 
 
+def test_gaussian_retain_rows_replace_the_first_retain_images_and_nothing_else():
+    """denoising_batch(gaussian_retain=k): the first k retain rows take x0 ~ N(0, I) (the kept
+    labels on the Gaussian forget rows' states); the forget rows, every t and ε are unchanged."""
+    from torch.utils.data import TensorDataset
+
+    from safemax.data import Batches
+    from safemax.methods import denoising_batch
+
+    B = 64
+    forget = Batches(TensorDataset(torch.full((8, 1, 8, 8), 0.5), torch.ones(8, dtype=torch.long)), "forget")
+    retain = Batches(TensorDataset(torch.full((8, 1, 8, 8), -0.5), torch.zeros(8, dtype=torch.long)), "retain")
+
+    def batch(k):
+        u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], seed=3)
+        b = denoising_batch(u, forget, retain, B, gaussian_forget=16, gaussian_retain=k)
+        abar = u.denoiser.table[b.t].view(-1, 1, 1, 1)
+        return b, ((b.x_t.double() - (1 - abar).sqrt() * b.eps.double()) / abar.sqrt()).float()
+
+    plain, x0_plain = batch(0)
+    anchored, x0 = batch(16)
+    torch.testing.assert_close(x0[:B], x0_plain[:B])   # the forget rows (16 of them Gaussian) as before
+    torch.testing.assert_close(x0[B + 16:], torch.full((B - 16, 1, 8, 8), -0.5), atol=1e-4, rtol=0)
+    z = x0[B:B + 16].flatten()
+    assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.1
+    assert torch.equal(plain.t, anchored.t) and torch.equal(plain.eps, anchored.eps)
+    r, f = tiny_data()
+    u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], gaussian_fraction=0.5, gaussian_retain_fraction=0.25)
+    u.fit(r, f, steps=1, batch_size=8, progress=False)   # (the teacher distils the Gaussian retain rows)
+    assert u.config(8)["gaussian_retain_fraction"] == 0.25 and "gaussian_retain_fraction" not in make("safemax").config(8)
+    with pytest.raises(ValueError, match='needs retain_target="distill"'):
+        SafeMax(gaussian_fraction=0.5, gaussian_retain_fraction=0.25, retain_target="noise")
+    with pytest.raises(ValueError, match="gaussian_retain_fraction must be in"):
+        SafeMax(gaussian_retain_fraction=-0.1)
+
+
 def test_gaussian_window_puts_only_the_gaussian_rows_at_the_window_s_lowest_steps():
     """SafeMax(gaussian_window=w): the Gaussian forget rows take t from the lowest share w of the
     forget window (also under an early window); every other draw — the real forget rows' t, the
