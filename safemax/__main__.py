@@ -41,6 +41,9 @@ def _add_demo(sub):
                    help=f"share of the noisiest steps trained to forget (default {DEFAULT_EARLY_FRACTION})")
     p.add_argument("--lr", type=float, default=None,
                    help=f"Adam learning rate (default: {DEFAULT_LR:g} on the digits, 1e-4 on fashion-mnist)")
+    p.add_argument("--gaussian-fraction", type=float, default=None,
+                   help="share of the forget rows built from x0 ~ N(0, I), the states a halted chain "
+                        "visits: exact halting (default: the model's, 0 for both embedded models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
                    help="tiny measurement (few samples, few sampling steps): a smoke run, not a result")
@@ -90,6 +93,10 @@ def _add_unlearn(sub):
     p.add_argument("--max-snr", type=float, default=None,
                    help="window by noise level instead: train forgetting where SNR = ᾱ/(1−ᾱ) <= this")
     p.add_argument("--forget-weight", type=float, default=None, help="SAFEMax: weight of the forget rows (default 1)")
+    p.add_argument("--gaussian-fraction", type=float, default=None,
+                   help="SAFEMax: share of the forget rows built from x0 ~ N(0, I), the states a halted "
+                        "chain visits, for exact halting (default: the embedded model's demo setting, else 0); "
+                        "1 with --data-free needs neither forget images nor sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the unlearned UNet")
     p.add_argument("--checkpoint-dir", help="folder for checkpoints (default: OUT/checkpoint)")
@@ -287,9 +294,13 @@ def _unlearn(args):
     known = DEFAULTS.get(embedded_name(args.model) or "", DEFAULTS["digits"])
     lr = known["lr"] if args.lr is None and args.method.startswith("safemax") and args.train == "all" else args.lr
     steps = known["steps"] if args.steps is None else args.steps
+    gaussian = args.gaussian_fraction
+    if gaussian is None and args.method.startswith("safemax") and known["gaussian_fraction"]:
+        gaussian = known["gaussian_fraction"]
     # SAFEMax's settings, where given: a baseline refuses them (they are not its settings)
     settings = {k: v for k, v in (("early_fraction", args.early_fraction), ("max_snr", args.max_snr),
-                                  ("forget_weight", args.forget_weight)) if v is not None}
+                                  ("forget_weight", args.forget_weight), ("gaussian_fraction", gaussian))
+                if v is not None}
     u = Unlearner(unet, scheduler, forget=args.forget, lr=lr, seed=args.seed, method=args.method,
                   mixed_precision=args.mixed_precision,
                   gradient_checkpointing=args.gradient_checkpointing, lora_rank=args.lora_rank,
@@ -371,7 +382,7 @@ def main(argv=None) -> int:
         quick = dict(eval_every=0, n_forget=8, n_per_class=2, num_inference_steps=5) if args.quick else {}
         run(forget=args.forget, steps=args.steps, out=args.out, batch_size=args.batch_size,
             early_fraction=args.early_fraction, lr=args.lr, seed=args.seed, dataset=args.dataset,
-            **quick)
+            gaussian_fraction=args.gaussian_fraction, **quick)
         return 0
     if args.command == "compare":
         from .compare import run

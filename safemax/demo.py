@@ -22,11 +22,12 @@ DEFAULT_LR = 5e-4   # the digits'
 # on Fashion-MNIST lr 5e-4 leaves the kept garments short of their accuracy (never within the bar
 # in 100 or 200 steps), while lr 1e-4 for 200 steps ends every class measured (seven) within it
 # (docs/results/classes.md#fashion-mnist).
-DEFAULTS = {"digits": dict(steps=100, lr=DEFAULT_LR), "fashion-mnist": dict(steps=200, lr=1e-4)}
+DEFAULTS = {"digits": dict(steps=100, lr=DEFAULT_LR, gaussian_fraction=0.0),
+            "fashion-mnist": dict(steps=200, lr=1e-4, gaussian_fraction=0.0)}
 
 
 def defaults(dataset: str) -> dict:
-    """The demo's ``steps`` and ``lr`` for the embedded model ``dataset``."""
+    """The demo's ``steps``, ``lr`` and SAFEMax ``gaussian_fraction`` for the embedded model ``dataset``."""
     model_info(dataset)   # a clear error for an unknown name
     return dict(DEFAULTS[dataset])
 
@@ -38,13 +39,15 @@ def _curve_point(step: int, measured: dict) -> dict:
 def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_size: int = 64,
         early_fraction: float = DEFAULT_EARLY_FRACTION, lr: float = None, seed: int = 0,
         eval_every: int = 25, n_forget: int = 100, n_per_class: int = 30,
-        num_inference_steps: int = 50, progress: bool = True, dataset: str = "digits") -> dict:
+        num_inference_steps: int = 50, progress: bool = True, dataset: str = "digits",
+        gaussian_fraction: float = None) -> dict:
     """Forget class ``forget`` of the embedded model ``dataset`` ("digits" or "fashion-mnist");
-    ``steps`` and ``lr`` left None take the model's defaults (``DEFAULTS``)."""
+    ``steps``, ``lr`` and ``gaussian_fraction`` left None take the model's defaults (``DEFAULTS``)."""
     info = model_info(dataset)
     own = defaults(dataset)
     steps = own["steps"] if steps is None else steps
     lr = own["lr"] if lr is None else lr
+    gaussian_fraction = own["gaussian_fraction"] if gaussian_fraction is None else gaussian_fraction
     if not 0 <= forget <= 9:
         raise ValueError(f"--forget must be a class id 0..9 of {dataset}, got {forget}")
     os.makedirs(out, exist_ok=True)
@@ -59,7 +62,8 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
                    retain_classes=retain_classes, real_retain=real_retain, seed=seed)
 
     print(f"safemax demo: forgetting {what} of the embedded {dataset} model "
-          f"({steps} steps, batch {batch_size}+{batch_size}, early fraction {early_fraction}, lr {lr})")
+          f"({steps} steps, batch {batch_size}+{batch_size}, early fraction {early_fraction}, lr {lr}"
+          + (f", Gaussian fraction {gaussian_fraction:g})" if gaussian_fraction else ")"))
     before = evaluate(**measure, n_forget=n_forget, n_per_class=n_per_class,
                       num_inference_steps=num_inference_steps, return_samples=True, progress=progress)
     curve = [_curve_point(0, before)]
@@ -69,7 +73,8 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
             m = evaluate(**measure, n_forget=50, n_per_class=10, num_inference_steps=25)
             curve.append(_curve_point(record["step"], m))
 
-    u = Unlearner(unet, scheduler, forget=[forget], early_fraction=early_fraction, lr=lr, seed=seed)
+    u = Unlearner(unet, scheduler, forget=[forget], early_fraction=early_fraction, lr=lr, seed=seed,
+                  gaussian_fraction=gaussian_fraction)
     history = u.fit(retain_data, forget_data, steps=steps, batch_size=batch_size, progress=progress,
                     callback=track)
     unlearn_seconds = history[-1]["seconds"] if history else 0.0
@@ -87,14 +92,15 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
 
     seconds = time.time() - start
     report = dict(model=dataset, forget=forget, steps=steps, batch_size=batch_size, early_fraction=early_fraction,
-                  t_min=u.method.t_min, lr=lr, seed=seed, seconds=round(seconds, 1),
+                  t_min=u.method.t_min, lr=lr, gaussian_fraction=gaussian_fraction, seed=seed, seconds=round(seconds, 1),
                   unlearn_seconds=round(unlearn_seconds, 1), before=before, after=after,
                   curve=curve, final_loss=history[-1]["loss"] if history else None)
     write_json(os.path.join(out, "report.json"), report)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(f"# safemax demo: forgetting {what}\n\n"
                 f"Embedded {dataset} model, {steps} SAFEMax steps at batch {batch_size}+{batch_size}, "
-                f"early fraction {early_fraction} (t_min {u.method.t_min}), lr {lr}. Unlearning took "
+                f"early fraction {early_fraction} (t_min {u.method.t_min}), lr {lr}"
+                + (f", Gaussian fraction {gaussian_fraction:g}" if gaussian_fraction else "") + ". Unlearning took "
                 f"{unlearn_seconds:.1f} s; the whole demo {seconds:.1f} s. Samples: DDIM "
                 f"{num_inference_steps} steps, {n_forget} of {what}, {n_per_class} of "
                 "each other class, same seed before and after.\n\n"

@@ -99,6 +99,7 @@ def test_demo_smoke(tmp_path):
     report = json.loads((out / "report.json").read_text())
     for key in ("forget", "steps", "seconds"):
         assert key in report
+    assert report["gaussian_fraction"] == 0.0   # the digits' default, recorded
     for side in ("before", "after"):
         for key in ("fa", "fa_digits", "p_forget", "entropy", "retain_acc", "frechet",
                     "gaussian_mean", "gaussian_std"):
@@ -124,6 +125,20 @@ def test_unlearn_sample_evaluate_commands(tmp_path, capsys):
           "--steps", "2"])
     result = json.loads(capsys.readouterr().out)
     assert 0 <= result["fa"] <= 1 and result["frechet"] >= 0
+
+
+def test_unlearn_gaussian_fraction_one_data_free(tmp_path, monkeypatch):
+    """--gaussian-fraction 1 --data-free: exact halting with neither forget images nor sampling."""
+    import safemax.conditions
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("gaussian_fraction=1 must not sample forget images")
+
+    monkeypatch.setattr(safemax.conditions, "sample", no_sampling)
+    out = tmp_path / "no3"
+    main(["unlearn", "--forget", "3", "--steps", "2", "--batch-size", "4", "--gaussian-fraction", "1",
+          "--data-free", "--out", str(out)])
+    assert json.loads((out / "safemax.json").read_text())["gaussian_fraction"] == 1.0
 
 
 def test_unlearn_with_a_baseline_method(tmp_path):
