@@ -160,17 +160,22 @@ class SafeMax(Method):
             N(0, I) — the max-entropy "class" itself — instead of a forget image: these are the
             states the halted reverse chain visits (x_t ~ N(0, I) at every t), on which the model
             is otherwise never trained, so without them it keeps "denoising" the noise in the
-            last steps. 1.0 needs no forget images at all (data-free without sampling).
+            last steps. 1.0 needs no forget images at all (data-free without sampling). 0.5 is
+            the measured exact-halting setting (docs/results/halting.md: std ≈ 1.00 DDIM-50,
+            0.98–0.99 DDPM; on the small digits model at a Fréchet cost to the kept classes).
         gaussian_window: the Gaussian rows' timesteps are the lowest share of the forget
             window, t ~ U[t_min, t_min + ⌈gaussian_window·(T − t_min)⌉) (1.0: the whole window,
             like the real rows). On x_t ~ N(0, I) the original model's residual is large only at
             the last, low-noise steps — high t is pure noise for every class, and the real rows
             already train it — so a low window spends the Gaussian rows where the chain still
-            "denoises" the noise.
+            "denoises" the noise. Measured, it does worse (the chain overshoots, std 1.07–1.78:
+            the Gaussian states at middle t lose their training); kept for that record.
         gaussian_retain_fraction: the share of retain rows whose x0 is drawn from N(0, I) too
             (``retain_target="distill"`` only): the kept labels are distilled towards the
             original on the states the Gaussian forget rows halt, so that halting there is
             learnt as the forgotten label's, not as "stop denoising anything noise-like".
+            Measured, it halts less and does not lower the kept classes' Fréchet cost; kept for
+            that record.
 
     ``Unlearner(..., early_fraction=0.5)`` is shorthand for ``method=SafeMax(early_fraction=0.5)``.
     """
