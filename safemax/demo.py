@@ -20,7 +20,7 @@ DEFAULT_EARLY_FRACTION = 1.0
 DEFAULT_LR = 5e-4   # the digits'
 # The learning rate and steps are a per-model choice, like the window: the digits' from the sweep;
 # on Fashion-MNIST lr 5e-4 leaves the kept garments short of their accuracy (never within the bar
-# in 100 or 200 steps), while lr 1e-4 for 200 steps ends every class measured (seven) within it
+# in 100 or 200 steps), while lr 1e-4 for 200 steps ends every class measured (nine) within it
 # (docs/results/classes.md#fashion-mnist). gaussian_fraction 0.5 halts exactly on both (docs/results/
 # halting.md) but costs the digits' kept classes Fréchet distance; on Fashion-MNIST it waits for
 # more classes than one.
