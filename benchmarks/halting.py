@@ -150,14 +150,14 @@ def main():
     for r in rows:   # (rows written before these keys: the digits model at 5e-4)
         r.setdefault("model", "digits")
         r.setdefault("lr", 5e-4)
+    if any(r["model"] != args.model for r in rows):
+        raise SystemExit(f"{path} holds another model's rows: choose another --out")
     for digit in args.digits:
         for setting in args.settings:
             key = dict(setting=setting, digit=digit, model=args.model, lr=args.lr, steps=args.steps, seed=args.seed)
             if any(all(r.get(k) == v for k, v in key.items()) for r in rows):
                 print(f"{setting}, class {digit}: in {path} already", flush=True)
                 continue
-            if any(r["model"] != args.model for r in rows):
-                raise SystemExit(f"{path} holds another model's rows: choose another --out")
             rows.append(run_one(setting, digit, args.steps, args.seed, args.model, args.lr))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
             with open(path, "w") as f:
@@ -169,6 +169,7 @@ def main():
         if plain:
             plot(plain, os.path.join(args.out, f"residuals-{digit}.png"))
     print(table(rows))
+
 
 if __name__ == "__main__":
     main()

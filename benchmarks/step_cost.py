@@ -205,14 +205,10 @@ def safemax_step(u, retain, forget, batch_size, mark=lambda phase: None, train=T
     phase (``train=False``: the loss only). ``phases`` first checks that it computes the loss
     the method computes."""
     from safemax import parallel, rows
-    from safemax.methods import denoising_batch
     from safemax.ops import safemax_loss
 
     m, d = u.method, u.denoiser
-    batch = x_t, eps, t, cond, is_forget = denoising_batch(
-        u, forget, retain, batch_size, forget_t_min=m.t_min,
-        gaussian_forget=round(m.gaussian_fraction * batch_size), gaussian_t_max=m.gaussian_t_max,
-        gaussian_retain=round(m.gaussian_retain_fraction * batch_size))
+    batch = x_t, eps, t, cond, is_forget = m.draw(u, retain, forget, batch_size)
     mark("batch")
     if m.teacher is not None:
         r = batch.retain_rows

@@ -63,9 +63,9 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
     measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=retain_classes, real_retain=real_retain, seed=seed)
 
+    gaussian = f", Gaussian fraction {gaussian_fraction:g}" if gaussian_fraction else ""   # (said where set)
     print(f"safemax demo: forgetting {what} of the embedded {dataset} model "
-          f"({steps} steps, batch {batch_size}+{batch_size}, early fraction {early_fraction}, lr {lr}"
-          + (f", Gaussian fraction {gaussian_fraction:g})" if gaussian_fraction else ")"))
+          f"({steps} steps, batch {batch_size}+{batch_size}, early fraction {early_fraction}, lr {lr}{gaussian})")
     before = evaluate(**measure, n_forget=n_forget, n_per_class=n_per_class,
                       num_inference_steps=num_inference_steps, return_samples=True, progress=progress)
     curve = [_curve_point(0, before)]
@@ -101,8 +101,7 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(f"# safemax demo: forgetting {what}\n\n"
                 f"Embedded {dataset} model, {steps} SAFEMax steps at batch {batch_size}+{batch_size}, "
-                f"early fraction {early_fraction} (t_min {u.method.t_min}), lr {lr}"
-                + (f", Gaussian fraction {gaussian_fraction:g}" if gaussian_fraction else "") + ". Unlearning took "
+                f"early fraction {early_fraction} (t_min {u.method.t_min}), lr {lr}{gaussian}. Unlearning took "
                 f"{unlearn_seconds:.1f} s; the whole demo {seconds:.1f} s. Samples: DDIM "
                 f"{num_inference_steps} steps, {n_forget} of {what}, {n_per_class} of "
                 "each other class, same seed before and after.\n\n"

@@ -255,11 +255,15 @@ class SafeMax(Method):
         elif self.retain_target == "distill":  # the frozen original, before any step changes it
             self.teacher = copy.deepcopy(u.denoiser.unet).requires_grad_(False).eval()
 
-    def loss(self, u, retain, forget, batch_size):
-        x_t, eps, t, cond, is_forget = batch = denoising_batch(
+    def draw(self, u, retain, forget, batch_size) -> Batch:
+        """One step's rows: the forget rows in the window (a share of them Gaussian), the retain rows."""
+        return denoising_batch(
             u, forget, retain, batch_size, forget_t_min=self.t_min,
             gaussian_forget=round(self.gaussian_fraction * batch_size), gaussian_t_max=self.gaussian_t_max,
             gaussian_retain=round(self.gaussian_retain_fraction * batch_size))
+
+    def loss(self, u, retain, forget, batch_size):
+        x_t, eps, t, cond, is_forget = batch = self.draw(u, retain, forget, batch_size)
         if self._rows_alone(u):   # the forget rows only, with the whole batch's normalisation
             f = batch.forget_rows
             self.batch = batch
