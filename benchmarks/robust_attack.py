@@ -6,6 +6,10 @@ accuracy measured again (100 samples, DDIM-25, as compare does).
 
     python benchmarks/robust_attack.py --out benchmarks/results/robust-digits        # ~10 min, 1 core
     python benchmarks/robust_attack.py --settings attack_radius=0.02 --out /tmp/r    # another radius
+
+``--retrained DIR`` adds the field's reference row: a model trained from scratch without the class
+(``python -m safemax.zoo.train --only unet --exclude-class 3 --out DIR``), measured and attacked
+the same way — how fast does a model that never saw the class learn it from the attacker's images?
 """
 import argparse
 import json
@@ -20,13 +24,25 @@ from safemax.metrics import evaluate
 from safemax.zoo import load_classifier, load_unet, model_info
 
 
-def run(name, forget, method, steps, seed, attacks=("weak", "strong")) -> dict:
+def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained: str = None) -> dict:
+    """One row: ``method`` fits ``steps`` on the embedded model — or, with ``retrained``, the model
+    in that folder (trained without ``forget``) as it is — then it is measured and attacked."""
     info = model_info(name)
     (unet, scheduler), classifier = load_unet(name), load_classifier(name)
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
     reference, ref_labels = info.reference_images()
-    u = Unlearner(unet, scheduler, forget=[forget], lr=5e-4, seed=seed, method=method)
-    u.fit(retain_data, forget_data, steps=steps, batch_size=64, progress=False)
+    if retrained is not None:
+        from diffusers import UNet2DModel
+        unet = UNet2DModel.from_pretrained(retrained).float().eval()
+        trained = json.load(open(os.path.join(retrained, "training.json")))
+        if trained.get("exclude") != [forget]:
+            raise ValueError(f"{retrained} was trained without {trained.get('exclude', 'no class')}, "
+                             f"not [{forget}]: train it with --exclude-class {forget}")
+        row = dict(method="retrain", config=dict(folder=retrained, **trained), train_seconds=trained["seconds"])
+    else:
+        u = Unlearner(unet, scheduler, forget=[forget], lr=5e-4, seed=seed, method=method)
+        u.fit(retain_data, forget_data, steps=steps, batch_size=64, progress=False)
+        row = dict(method=u.method.name, config=u.method.config(), train_seconds=u.history[-1]["seconds"])
     after = evaluate(unet, scheduler, classifier, [forget], [c for c in range(10) if c != forget],
                      reference[ref_labels != forget], n_forget=100, n_per_class=30, seed=seed)
     attacks = [parse_attack(a).resolved(50, 10) for a in attacks]   # compare's defaults
@@ -36,8 +52,7 @@ def run(name, forget, method, steps, seed, attacks=("weak", "strong")) -> dict:
         attacked = run_attack(a, unet, scheduler, x, y, seed=seed)
         fa = forget_accuracy(attacked, scheduler, classifier, forget, 100, 25, seed)
         done.append(dict(a.record(), fa_after=fa["fa"], fa_classes_only_after=fa["fa_digits"]))
-    return dict(method=u.method.name, config=u.method.config(), train_seconds=u.history[-1]["seconds"],
-                fa=after["fa"], retain_acc=after["retain_acc"], frechet=after["frechet"],
+    return dict(row, fa=after["fa"], retain_acc=after["retain_acc"], frechet=after["frechet"],
                 gaussian_std=after["gaussian_std"], attacks=done)
 
 
@@ -49,24 +64,31 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--settings", default="", help="robust SAFEMax's settings, e.g. attack_radius=0.02,attack_steps=2")
     p.add_argument("--methods", nargs="+", default=["safemax", "safemax-robust"],
-                   choices=["safemax", "safemax-robust"])
+                   choices=["safemax", "safemax-robust", "retrain"])
     p.add_argument("--attacks", nargs="+", default=["weak", "strong"],
                    help="relearning attacks, as `safemax compare --attacks` (also long, lora, inversion)")
+    p.add_argument("--retrained", metavar="DIR", help="also (or, with --methods retrain, only) the model "
+                   "trained without the class, in DIR: the reference row")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if "retrain" in args.methods and not args.retrained:
+        p.error("--methods retrain needs --retrained DIR")
     robust = _build(*parse_method("safemax-robust:" + args.settings))   # compare's spec syntax and errors
     os.makedirs(args.out, exist_ok=True)
     rows = []
-    for method in [robust if m == "safemax-robust" else m for m in args.methods]:
+    methods = list(args.methods) + (["retrain"] if args.retrained and "retrain" not in args.methods else [])
+    for method in [robust if m == "safemax-robust" else m for m in methods]:
         start = time.perf_counter()
-        rows.append(dict(run(args.model, args.forget, method, args.steps, args.seed, args.attacks),
+        rows.append(dict(run(args.model, args.forget, method, args.steps, args.seed, args.attacks,
+                             retrained=args.retrained if method == "retrain" else None),
                          wall_seconds=round(time.perf_counter() - start, 1)))
         r = rows[-1]
         print(f"{r['method']}: FA {r['fa']:.2f}, retain {r['retain_acc']:.3f}, Fréchet {r['frechet']:.2f}, "
               f"std {r['gaussian_std']:.2f}, train {r['train_seconds']:.0f} s; after the attacks: "
               + ", ".join(f"{a['name']} -> FA {a['fa_after']:.2f} ({a['fa_classes_only_after']:.2f})"
                           for a in r["attacks"]), flush=True)
-    with open(os.path.join(args.out, f"robust{args.settings and '-' + args.settings}.json"), "w") as f:
+    stem = "retrain" if methods == ["retrain"] else f"robust{args.settings and '-' + args.settings}"
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump(dict(model=args.model, forget=args.forget, steps=args.steps, seed=args.seed, rows=rows), f, indent=2)
 
 

@@ -1,6 +1,7 @@
 """The benchmark scripts behind this round's tables run end to end (tiny settings, seconds):
 benchmarks/classes.py → benchmarks/stopping.py on its runs, benchmarks/retain_dip.py,
-benchmarks/probes.py, benchmarks/tune_baselines.py and benchmarks/first_steps.py."""
+benchmarks/probes.py, benchmarks/tune_baselines.py, benchmarks/first_steps.py and
+benchmarks/robust_attack.py's reference row."""
 import json
 import os
 import subprocess
@@ -109,3 +110,19 @@ def test_halting_settings_are_parsed_before_any_fit():
     done = subprocess.run([sys.executable, os.path.join(BENCH, "halting.py"), "--settings", "real", "gauss:0.5",
                            "--out", "/nonexistent/never"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "unknown setting 'gauss:0.5'" in done.stderr
+
+
+def test_robust_attack_retrain_row_checks_its_model(tmp_path):
+    """robust_attack.py --retrained DIR: the reference model must be one trained without the class
+    forgotten (its training.json says which); another is refused before any measurement."""
+    import safemax.zoo.train as train
+
+    train.train_unet("digits", steps=1, batch_size=4, exclude=[5], work=str(tmp_path / "w"),
+                     out=str(tmp_path / "u"), checkpoint_minutes=1e9)
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "robust_attack.py"), "--methods", "retrain",
+                           "--retrained", tmp_path / "u", "--forget", "3", "--out", tmp_path / "r"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "trained without [5], not [3]" in done.stderr
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "robust_attack.py"), "--methods", "retrain",
+                           "--out", tmp_path / "r"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "--methods retrain needs --retrained DIR" in done.stderr

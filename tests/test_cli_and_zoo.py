@@ -206,3 +206,28 @@ def test_zoo_training_resumes_bit_for_bit(tmp_path, monkeypatch):
     b = load_file(str(tmp_path / "b" / "diffusion_pytorch_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "b" / "training.json").read_text())["steps"] == 4
+
+
+def test_zoo_training_without_a_class_never_sees_it(tmp_path):
+    """--exclude-class N (the "retrain" reference of unlearning N): N's images never enter a batch,
+    so its class-embedding row leaves training exactly as initialised while the others learn."""
+    import safemax.zoo.train as train
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    with pytest.raises(ValueError, match="give out="):
+        train.train_unet("digits", steps=1, batch_size=4, exclude=[3], work=str(tmp_path))
+    with pytest.raises(ValueError, match=r"class ids \[10\] out of range"):
+        train.train_unet("digits", steps=1, batch_size=4, exclude=[10], work=str(tmp_path), out=str(tmp_path / "x"))
+    with pytest.raises(SystemExit):   # the zoo's model is never the reference
+        train.main(["--exclude-class", "3", "--out", str(tmp_path / "y")])
+    train.train_unet("digits", steps=3, batch_size=16, exclude=[3], work=str(tmp_path / "w"),
+                     out=str(tmp_path / "u"), checkpoint_minutes=1e9)
+    torch.manual_seed(0)   # train_unet initialises its UNet right after seeding
+    init = UNet2DModel(**train.model_info("digits").unet_config).class_embedding.weight.detach().half()
+    rows = load_file(str(tmp_path / "u" / "diffusion_pytorch_model.safetensors"))["class_embedding.weight"]
+    assert torch.equal(rows[3], init[3])
+    assert all(not torch.equal(rows[c], init[c]) for c in range(10) if c != 3)
+    record = json.loads((tmp_path / "u" / "training.json").read_text())
+    assert record["exclude"] == [3] and record["images"] == int((train.model_info("digits").dataset("train")
+                                                                 .tensors[1] != 3).sum())

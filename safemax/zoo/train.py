@@ -4,6 +4,7 @@ committed under safemax/zoo/):
     python -m safemax.zoo.train                              # digits: classifier, then UNet (~40 CPU min)
     python -m safemax.zoo.train --dataset fashion-mnist      # Fashion-MNIST (hours on 2 CPU cores)
     python -m safemax.zoo.train --dataset fashion-mnist --only classifier
+    python -m safemax.zoo.train --only unet --exclude-class 3 --out D   # "retrain": never sees a 3
 
 Each UNet is a class-conditional diffusers UNet2DModel trained with the plain ε-prediction loss;
 its exponential moving average is what is shipped, in float16 to keep the repository small. Each
@@ -111,21 +112,35 @@ def _state_path(work: str, name: str) -> str:
 
 def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_size: int = 128,
                lr: float = None, ema_decay: float = 0.999, minutes: float = None, work: str = None,
-               resume: bool = False, checkpoint_minutes: float = 10.0, out: str = None):
+               resume: bool = False, checkpoint_minutes: float = 10.0, out: str = None,
+               exclude: tuple = ()):
     """Trains the UNet of ``name``; returns its EMA, saved (float16) to ``out`` (default: the
     zoo's folder of ``name``). ``work`` (default ``~/.cache/safemax``) holds the resumable
-    training state."""
+    training state.
+
+    ``exclude``: classes whose images the model never sees — the field's "retrain" reference for
+    unlearning them (their embedding rows stay as initialised). Needs ``out``: the zoo's model
+    is the one trained on every class."""
     from diffusers import UNet2DModel
 
     info = model_info(name)
+    exclude = tuple(sorted({int(c) for c in exclude}))
+    bad = [c for c in exclude if not 0 <= c < len(info.class_names)]
+    if bad:
+        raise ValueError(f"exclude: class ids {bad} out of range for {name} (0..{len(info.class_names) - 1})")
+    if exclude and out is None:
+        raise ValueError("exclude: give out= (a folder) — the zoo's model of this name is trained on every class")
     steps = steps or info.train["steps"]
     lr = lr or info.train["lr"]
     work = work or os.path.expanduser("~/.cache/safemax")
     os.makedirs(work, exist_ok=True)
-    state_file = _state_path(work, name)
+    state_file = _state_path(work, name + "".join(f"-without-{c}" for c in exclude))
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     images, labels = info.dataset("train").tensors
+    if exclude:
+        keep = ~torch.isin(labels, torch.tensor(exclude))
+        images, labels = images[keep], labels[keep]
     n = images.shape[0]
     unet = UNet2DModel(**info.unet_config)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -201,7 +216,8 @@ def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_siz
         json.dump(dict(_class_name="DDPMScheduler", **info.scheduler_config), f, indent=2)
     with open(os.path.join(out, "training.json"), "w") as f:
         json.dump(dict(seed=seed, steps=step, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-                       seconds=round(seconds + time.time() - start)), f, indent=2)
+                       seconds=round(seconds + time.time() - start),
+                       **(dict(exclude=list(exclude), images=n) if exclude else {})), f, indent=2)
     return ema
 
 
@@ -237,13 +253,22 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the UNet from --work's state")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
     p.add_argument("--samples-per-class", type=int, default=50, help="DDIM-50 samples per class to measure")
+    p.add_argument("--exclude-class", type=int, nargs="+", default=[], metavar="N",
+                   help="train the UNet without these classes' images (the retrained reference of "
+                   "unlearning them); needs --only unet and --out")
+    p.add_argument("--out", default=None, help="folder for the UNet (default: the zoo's)")
     args = p.parse_args(argv)
+    if args.exclude_class and (args.only != "unet" or args.out is None):
+        p.error("--exclude-class trains a reference model, not the zoo's: pass --only unet and --out DIR")
     name = args.dataset
     if args.only in (None, "classifier"):
         train_classifier(name, seed=args.seed)
     if args.only in (None, "unet"):
         train_unet(name, seed=args.seed, steps=args.steps, minutes=args.minutes, work=args.work,
-                   resume=args.resume, checkpoint_minutes=args.checkpoint_minutes)
+                   resume=args.resume, checkpoint_minutes=args.checkpoint_minutes, out=args.out,
+                   exclude=args.exclude_class)
+    if args.out is not None:   # measure_unet measures the zoo's model
+        return
     if args.only in (None, "unet", "measure"):
         result = measure_unet(name, n_per_class=args.samples_per_class)
         print(f"{name} UNet DDIM-50 samples: mean per-class accuracy "
