@@ -43,7 +43,7 @@ def _add_demo(sub):
                    help=f"Adam learning rate (default: {DEFAULT_LR:g} on the digits, 1e-4 on fashion-mnist)")
     p.add_argument("--gaussian-fraction", type=float, default=None,
                    help="share of the forget rows built from x0 ~ N(0, I), the states a halted chain "
-                        "visits: exact halting (default: the model's, 0 for both embedded models)")
+                        "visits: exact halting (default: the model's: 0.5 on fashion-mnist, 0 on the digits)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
                    help="tiny measurement (few samples, few sampling steps): a smoke run, not a result")
@@ -165,7 +165,8 @@ def _add_compare(sub):
                    help=f"methods to run, of {', '.join(ALL_METHODS)} (the default) and safemax-robust; options after "
                         "a colon, e.g. salun:retain_weight=1,mask_fraction=0.3 or "
                         "safemax:early_fraction=0.8; lr= sets that method's learning rate (tuned settings: "
-                        "salun:lr=5e-4,retain_weight=1)")
+                        "salun:lr=5e-4,retain_weight=1); safemax runs with the model's demo settings (fashion-mnist: "
+                        "gaussian_fraction=0.5) unless given")
     p.add_argument("--steps", type=int, default=500, help="step budget of every method (default 500)")
     p.add_argument("--eval-every", type=int, default=25,
                    help="measure every N steps (5x denser over the first 2N; default 25)")

@@ -222,6 +222,11 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         method_lr = options.get("lr", lr if lr is not None else (defaults(model)["lr"] if name == "safemax" else METHODS[name].default_lr))
         cache = os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
         config = dict(settings, method=spec, lr=method_lr)
+        own_gaussian = defaults(model)["gaussian_fraction"]
+        if name == "safemax" and own_gaussian and "gaussian_fraction" not in options:
+            # SAFEMax as the model's demo runs it (Fashion-MNIST: exact halting); the cache says so
+            options = dict(options, gaussian_fraction=own_gaussian)
+            config["gaussian_fraction"] = own_gaussian
         if resume and os.path.exists(cache):
             with open(cache) as f:
                 saved = json.load(f)
@@ -231,7 +236,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                 samples[spec] = torch.tensor(saved["forget_samples"])
                 continue
         results[spec], samples[spec] = _run_method(
-            spec, *parsed[spec], method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
+            spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
             eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress)
         write_json(cache, dict(config=config, result=results[spec],
                                forget_samples=samples[spec].tolist()))

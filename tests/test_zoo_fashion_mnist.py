@@ -75,6 +75,7 @@ def test_demo_on_fashion_mnist(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == "fashion-mnist" and report["forget"] == 0
     assert report["lr"] == 1e-4   # the model's own default (digits: 5e-4)
+    assert report["gaussian_fraction"] == 0.5   # and its exact halting (digits: 0)
     digits = tmp_path / "digits"
     main(["demo", "--steps", "1", "--batch-size", "2", "--quick", "--out", str(digits)])
     digits_report = json.loads((digits / "report.json").read_text())
@@ -95,6 +96,7 @@ def test_every_command_takes_the_fashion_mnist_model(tmp_path, capsys):
           "--out", str(out)])
     info = json.loads((out / "safemax.json").read_text())
     assert info["forget"] == [0] and info["lr"] == 1e-4   # the embedded model's default
+    assert info["gaussian_fraction"] == 0.5   # (the demo's: exact halting)
     main(["sample", "--model", "fashion-mnist", "--label", "0", "9", "--n", "1", "--steps", "2",
           "--out", str(tmp_path / "s.png")])
     assert (tmp_path / "s.png").stat().st_size > 0
@@ -112,6 +114,7 @@ def test_every_command_takes_the_fashion_mnist_model(tmp_path, capsys):
                  "--out", str(cmp)]) == 0
     results = json.loads((cmp / "results.json").read_text())
     assert results["settings"]["model"] == "fashion-mnist" and results["methods"]["safemax"]["lr"] == 1e-4
+    assert results["methods"]["safemax"]["method_config"]["gaussian_fraction"] == 0.5   # as the demo runs it
     assert "Embedded fashion-mnist model" in (cmp / "results.md").read_text()
 
 
