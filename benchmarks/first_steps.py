@@ -36,6 +36,7 @@ from safemax import Unlearner, rows
 from safemax.data import split_by_class
 from safemax.methods import SafeMax, _mse, _Shifted
 from safemax.metrics import evaluate
+from safemax.reference import halting_target
 from safemax.zoo import load_classifier, load_unet, model_info
 
 LR = 5e-4
@@ -87,8 +88,7 @@ def kept_residual(u, batch, model=None, on: str = "forget"):
     else:
         xf, tf = x_t[f], t[f]
         kept = rows.take(rows.take(cond, r), torch.arange(len(tf)))   # kept-class labels on forget x_t
-    abar = u.denoiser.table[tf].view(-1, *([1] * (xf.dim() - 1)))
-    target = (1 - abar).sqrt() * xf   # the halting target ε* = √(1−ᾱ_t)·x_t
+    target = halting_target(u.denoiser.table[tf], xf)
     return (u.denoiser.predict(xf, tf, kept, model=model) - target).square().flatten(1).mean(1)
 
 

@@ -30,6 +30,7 @@ import torch
 from safemax import Unlearner
 from safemax.data import split_by_class
 from safemax.metrics import evaluate
+from safemax.reference import halting_target
 from safemax.sampling import sample
 from safemax.zoo import load_classifier, load_unet, model_info
 
@@ -52,7 +53,7 @@ def residuals(unet, scheduler, forget_images, digit, n=128, seed=11) -> dict:
         tt = torch.full((n,), t)
         for name, x_t in (("real", (a.sqrt() * x0 + (1 - a).sqrt() * eps).float()), ("gaussian", gauss)):
             pred = unet(x_t, tt, class_labels=y).sample
-            out[name].append(float((pred - (1 - a).sqrt().float() * x_t).square().mean()))
+            out[name].append(float((pred - halting_target(a, x_t)).square().mean()))
     return out
 
 

@@ -26,6 +26,7 @@ import torch
 from . import class_rows
 from . import lora as adapters
 from .sampling import epsilon_part
+from .schedule import add_noise
 
 TRAINS = ("all", "lora", "class-embedding")
 BREAK_FA = 0.15   # a method "breaks" under an attack that brings its forget accuracy above this
@@ -144,10 +145,9 @@ def relearning_attack(unet, scheduler, images: torch.Tensor, labels: torch.Tenso
     for _ in range(steps):
         t = torch.randint(0, abar.shape[0], (len(y),), generator=g).to(device)
         eps = torch.randn(x0.shape, generator=g).to(device)
-        s = abar[t].view(-1, 1, 1, 1)
-        x_t = (s.sqrt() * x0 + (1 - s).sqrt() * eps).float()
+        x_t, eps = add_noise(abar, x0, t, eps, torch.float32)
         pred = epsilon_part(model(x_t, t, class_labels=y).sample, x0.shape[1])
-        loss = (pred - eps.float()).square().mean()
+        loss = (pred - eps).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

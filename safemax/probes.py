@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .families import family_of
+from .reference import halting_target
 from .sampling import epsilon_part, make_sampler, sample
 from .schedule import is_flow
 
@@ -66,10 +67,9 @@ class ExactlyHalted(torch.nn.Module):
     def forward(self, x, t, class_labels=None, **kwargs):
         out = self.unet(x, t, class_labels=class_labels, **kwargs).sample
         t = torch.as_tensor(t, device=x.device).long().expand(x.shape[0])
-        s = (1 - self.abar.to(x.device)[t]).sqrt().view(-1, 1, 1, 1).to(out.dtype)
         halt = torch.isin(class_labels, self.forget.to(class_labels.device)).view(-1, 1, 1, 1)
         c = x.shape[1]
-        eps = torch.where(halt, s * x.to(out.dtype), out[:, :c])
+        eps = torch.where(halt, halting_target(self.abar.to(x.device)[t], x.to(out.dtype)), out[:, :c])
         return SimpleNamespace(sample=torch.cat([eps, out[:, c:]], 1))
 
 

@@ -21,6 +21,15 @@ def row_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor):
     return (1.0 - abar_t).sqrt(), beta / (2.0 * alpha * (1.0 - abar_t))
 
 
+def halting_target(abar_t, x_t: torch.Tensor) -> torch.Tensor:
+    """ε* = √(1−ᾱ_t)·x_t: the ε-prediction at which a DDPM chain at x_t halts (its posterior mean
+    is x_t itself up to scale) — SAFEMax's forget target, by which the probes and benchmarks
+    measure how far a model is from halting. ``abar_t``: ᾱ_t, a number or one per row of ``x_t``
+    (its own dtype; the coefficient is cast to ``x_t``'s)."""
+    s = (1 - torch.as_tensor(abar_t)).sqrt().to(device=x_t.device, dtype=x_t.dtype)
+    return s.reshape(-1, *[1] * (x_t.dim() - 1)) * x_t if s.dim() else s * x_t
+
+
 def flow_coefficients(sigmas: torch.Tensor, timesteps: torch.Tensor):
     """Per-sample ``(k(σ_t), 1)`` in float64 for rectified flow, k(σ) = (2σ−1)/((1−σ)² + σ²).
 
