@@ -17,6 +17,7 @@ import json
 import os
 import time
 
+from classes import _cell   # benchmarks/classes.py: the same intervals
 from safemax import Unlearner
 from safemax.attacks import draw_images, parse_attack, run_attack
 from safemax.compare import _build, forget_accuracy, parse_method
@@ -60,12 +61,29 @@ def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained
                 gaussian_std=after["gaussian_std"], attacks=done)
 
 
+def table(rows: list, attacks: list) -> str:
+    """Markdown: per method, mean ± 95% t-interval over its seeds of each measure and of FA after
+    each attack (one seed: the value alone)."""
+    head = ["method", "seeds", "FA", "retain acc", "Fréchet", "forget std", *attacks]
+    out = ["| " + " | ".join(head) + " |", "|" + " --- |" + " ---: |" * (len(head) - 1)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        after = {a: [x["fa_after"] for r in mine for x in r["attacks"] if x["name"] == a] for a in attacks}
+        out.append(f"| {method} | {len(mine)} | " + " | ".join(
+            [_cell([r[k] for r in mine], spec) for k, spec in
+             (("fa", ".2f"), ("retain_acc", ".3f"), ("frechet", ".2f"), ("gaussian_std", ".2f"))]
+            + [_cell(after[a], ".2f") for a in attacks]) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["digits", "fashion-mnist"], default="digits")
     p.add_argument("--forget", type=int, default=3)
     p.add_argument("--steps", type=int, default=None, help="fit steps (default: the model's demo's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0],
+                   help="seeds: each method's fit, measurement and attacks per seed (the retrained "
+                        "model's measurement and attacks), with intervals over them")
     p.add_argument("--settings", default="", help="robust SAFEMax's settings, e.g. attack_radius=0.02,attack_steps=2")
     p.add_argument("--methods", nargs="+", default=["safemax", "safemax-robust"],
                    choices=["safemax", "safemax-robust", "retrain"])
@@ -80,21 +98,36 @@ def main(argv=None):
         p.error("--methods retrain needs --retrained DIR")
     robust = _build(*parse_method("safemax-robust:" + args.settings))   # compare's spec syntax and errors
     os.makedirs(args.out, exist_ok=True)
-    rows = []
     methods = list(args.methods) + (["retrain"] if args.retrained and "retrain" not in args.methods else [])
-    for method in [robust if m == "safemax-robust" else m for m in methods]:
-        start = time.perf_counter()
-        rows.append(dict(run(args.model, args.forget, method, args.steps, args.seed, args.attacks,
-                             retrained=args.retrained if method == "retrain" else None),
-                         wall_seconds=round(time.perf_counter() - start, 1)))
-        r = rows[-1]
-        print(f"{r['method']}: FA {r['fa']:.2f}, retain {r['retain_acc']:.3f}, Fréchet {r['frechet']:.2f}, "
-              f"std {r['gaussian_std']:.2f}, train {r['train_seconds']:.0f} s; after the attacks: "
-              + ", ".join(f"{a['name']} -> FA {a['fa_after']:.2f} ({a['fa_classes_only_after']:.2f})"
-                          for a in r["attacks"]), flush=True)
-    stem = "retrain" if methods == ["retrain"] else f"robust{args.settings and '-' + args.settings}"
-    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
-        json.dump(dict(model=args.model, forget=args.forget, steps=args.steps, seed=args.seed, rows=rows), f, indent=2)
+    stem = (f"robust{args.settings and '-' + args.settings}" if "safemax-robust" in methods
+            else "-".join(methods))
+    path = os.path.join(args.out, f"{stem}.json")
+    setup = dict(model=args.model, forget=args.forget, steps=args.steps)
+    rows = []
+    if os.path.exists(path):   # a finished (method, seed) with the same attacks is kept, not rerun
+        saved = json.load(open(path))
+        if {k: saved.get(k) for k in setup} == setup:
+            rows = [r for r in saved["rows"] if [a["name"] for a in r["attacks"]] == args.attacks]
+    for seed in args.seed:
+        for name, method in [(m, robust if m == "safemax-robust" else m) for m in methods]:
+            if any(r["method"] == name and r.get("seed", 0) == seed for r in rows):
+                continue
+            start = time.perf_counter()
+            r = dict(run(args.model, args.forget, method, args.steps, seed, args.attacks,
+                         retrained=args.retrained if name == "retrain" else None),
+                     seed=seed, wall_seconds=round(time.perf_counter() - start, 1))
+            rows.append(r)
+            print(f"{r['method']} seed {seed}: FA {r['fa']:.2f}, retain {r['retain_acc']:.3f}, Fréchet "
+                  f"{r['frechet']:.2f}, std {r['gaussian_std']:.2f}, train {r['train_seconds']:.0f} s; after the "
+                  "attacks: " + ", ".join(f"{a['name']} -> FA {a['fa_after']:.2f} ({a['fa_classes_only_after']:.2f})"
+                                          for a in r["attacks"]), flush=True)
+            with open(path + ".tmp", "w") as f:   # after every row: an interruption loses one row at most
+                json.dump(dict(setup, seeds=sorted({x.get("seed", 0) for x in rows}), rows=rows), f, indent=2)
+            os.replace(path + ".tmp", path)
+    text = table(rows, args.attacks)
+    with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
+        f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,23 @@ def test_robust_attack_retrain_row_checks_its_model(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(BENCH, "robust_attack.py"), "--methods", "retrain",
                            "--out", tmp_path / "r"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "--methods retrain needs --retrained DIR" in done.stderr
+
+
+def test_robust_attack_table_has_intervals_over_seeds(monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(BENCH)   # (it reads classes.py's intervals, as run from benchmarks/)
+    spec = importlib.util.spec_from_file_location("robust_attack", os.path.join(BENCH, "robust_attack.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(method, fa_strong, seed):
+        return dict(method=method, seed=seed, fa=0.0, retain_acc=0.99, frechet=3.0, gaussian_std=0.8,
+                    attacks=[dict(name="strong", fa_after=fa_strong)])
+
+    text = module.table([row("safemax", 0.5, 0), row("safemax", 0.7, 1), row("retrain", 0.4, 0)], ["strong"])
+    lines = text.splitlines()
+    assert lines[0] == "| method | seeds | FA | retain acc | Fréchet | forget std | strong |"
+    # two seeds: mean ± t-interval (t_0.975,1 = 12.71, sd 0.1414, /√2 → 1.27); one seed: the value
+    assert lines[2] == "| safemax | 2 | 0.00 ± 0.00 | 0.990 ± 0.000 | 3.00 ± 0.00 | 0.80 ± 0.00 | 0.60 ± 1.27 |"
+    assert lines[3] == "| retrain | 1 | 0.00 | 0.990 | 3.00 | 0.80 | 0.40 |"
