@@ -92,6 +92,8 @@ def main(argv=None):
     p.add_argument("--retrained", metavar="DIR", help="also (or, with --methods retrain, only) the model "
                    "trained without the class, in DIR: the reference row")
     p.add_argument("--out", required=True)
+    p.add_argument("--name", default=None, help="the results' file stem in OUT (default: from the methods); "
+                   "runs of other methods under one name join one table")
     args = p.parse_args(argv)
     args.steps = args.steps or defaults(args.model)["steps"]
     if "retrain" in args.methods and not args.retrained:
@@ -99,8 +101,8 @@ def main(argv=None):
     robust = _build(*parse_method("safemax-robust:" + args.settings))   # compare's spec syntax and errors
     os.makedirs(args.out, exist_ok=True)
     methods = list(args.methods) + (["retrain"] if args.retrained and "retrain" not in args.methods else [])
-    stem = (f"robust{args.settings and '-' + args.settings}" if "safemax-robust" in methods
-            else "-".join(methods))
+    stem = args.name or (f"robust{args.settings and '-' + args.settings}" if "safemax-robust" in methods
+                         else "-".join(methods))
     path = os.path.join(args.out, f"{stem}.json")
     setup = dict(model=args.model, forget=args.forget, steps=args.steps)
     rows = []
