@@ -14,6 +14,10 @@ guide fooling the classifier — not the class coming back.
     python benchmarks/probes.py --out benchmarks/results/probes-digits            # ~30 min, 2 cores
     python benchmarks/probes.py --methods safemax --n-seeds 20 --n-guided 4 --images 4 \\
         --steps-scale 0.02 --ddim-steps 4 --out /tmp/p                                        # a smoke run
+
+``--methods retrain --retrained DIR`` probes a model trained from scratch without the class
+(``python -m safemax.zoo.train --only unet --exclude-class 3 --out DIR``): what the probes find in
+a model that never learned it — the rate every unlearning method would be measured against.
 """
 import argparse
 import json
@@ -38,8 +42,10 @@ METHODS = {
     "salun": ("salun:retain_weight=1", 200, 1e-4),
     "sa": ("sa", 150, 1e-4),
     "halted": None,   # no fit: the original with the class replaced by the exact fixed point (the control)
+    "retrain": None,  # no fit: --retrained DIR, a model trained without the class (the field's reference)
 }
 HALTED = "exactly halted (control)"
+RETRAINED = "retrained without the class"
 
 
 def unlearned(name: str, key: str, forget: int, out: str, steps_scale: float, seed: int):
@@ -75,8 +81,16 @@ def main(argv=None):
     p.add_argument("--ddim-steps", type=int, default=50)
     p.add_argument("--t", type=int, nargs="+", default=[250, 500, 750], help="trajectory starts")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrained", metavar="DIR", help="the model trained without the class (--methods retrain)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if ("retrain" in args.methods) != bool(args.retrained):
+        p.error("--methods retrain and --retrained DIR go together")
+    if args.retrained:   # before any probe: the reference must be the one without this class
+        trained = json.load(open(os.path.join(args.retrained, "training.json")))
+        if trained.get("exclude") != [args.forget]:
+            p.error(f"{args.retrained} was trained without {trained.get('exclude', 'no class')}, "
+                    f"not [{args.forget}]: train it with --exclude-class {args.forget}")
     info = model_info(args.model)
     classifier = load_classifier(args.model)
     base, scheduler = load_unet(args.model)
@@ -92,6 +106,9 @@ def main(argv=None):
     for column, key in models:
         if key == "halted":
             unet, fit, col = ExactlyHalted(base, scheduler, [args.forget]), None, HALTED
+        elif key == "retrain":
+            from diffusers import UNet2DModel
+            unet, fit, col = UNet2DModel.from_pretrained(args.retrained).float().eval(), None, RETRAINED
         else:
             unet, fit = (base, None) if key is None else unlearned(args.model, key, args.forget, args.out,
                                                                    args.steps_scale, args.seed)

@@ -113,8 +113,9 @@ def test_halting_settings_are_parsed_before_any_fit():
 
 
 def test_robust_attack_retrain_row_checks_its_model(tmp_path):
-    """robust_attack.py --retrained DIR: the reference model must be one trained without the class
-    forgotten (its training.json says which); another is refused before any measurement."""
+    """robust_attack.py and probes.py --retrained DIR: the reference model must be one trained
+    without the class forgotten (its training.json says which); another is refused before any
+    measurement."""
     import safemax.zoo.train as train
 
     train.train_unet("digits", steps=1, batch_size=4, exclude=[5], work=str(tmp_path / "w"),
@@ -126,6 +127,10 @@ def test_robust_attack_retrain_row_checks_its_model(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(BENCH, "robust_attack.py"), "--methods", "retrain",
                            "--out", tmp_path / "r"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "--methods retrain needs --retrained DIR" in done.stderr
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "probes.py"), "--methods", "retrain",
+                           "--retrained", tmp_path / "u", "--forget", "3", "--out", tmp_path / "p"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "trained without [5], not [3]" in done.stderr
 
 
 def test_robust_attack_table_has_intervals_over_seeds(monkeypatch):
