@@ -19,6 +19,9 @@
 #         the tuned baselines on Fashion-MNIST (benchmarks/tune_baselines.py: the sweep, then the
 #         head to head on three classes, every relearning attack: the methods x attacks table with
 #         intervals); resumable, so a run cut by the budget continues next time.
+#     PARTS="build retrain" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
+#         the Fashion-MNIST model trained without the T-shirt, and the relearning attacks on it and
+#         on SAFEMax: docs/results/robust.md's reference on the second benchmark
 # Estimated on an H200 (the first runs were not timed part by part): build 1-2 min, memory ~1.5,
 # large-memory ~5-6 (7 runs of ~25-75 s: a fresh process, the model built on the GPU, the
 # Unlearner's SHA-256 of the original weights on the host — ~1 s per GiB, 22 GiB for Flux — a
@@ -78,6 +81,18 @@ TAIL=40 part fashion-mnist-lr1e-4 "$PY" benchmarks/classes.py --model fashion-mn
   --steps 200 --lr 1e-4 --curve-every 20 --out "${FASHION_MNIST_LR_OUT:-benchmarks/results/classes-fashion-mnist-lr1e-4}"
 TAIL=40 part tune "$PY" benchmarks/tune_baselines.py --model fashion-mnist --device cuda \
   --attacks weak strong long lora inversion --out "${TUNE_OUT:-benchmarks/results/tuned-fashion-mnist}"
+# the Fashion-MNIST retrain reference: the model trained without the T-shirt (resumable: its state
+# is saved every minute), then it and SAFEMax's demo result attacked every way over three seeds
+retrain_out=${RETRAIN_OUT:-benchmarks/results/retrain-fashion-mnist}
+TAIL=20 part retrain bash -c 'py=$1; o=$2; set -e
+  if [ ! -f "$o/unet-without-0/training.json" ]; then
+    resume=(); [ -f "$o/fashion-mnist-without-0-unet-training.pt" ] && resume=(--resume)
+    "$py" -m safemax.zoo.train --dataset fashion-mnist --only unet --exclude-class 0 --device cuda \
+      --checkpoint-minutes 1 --work "$o" --out "$o/unet-without-0" "${resume[@]}"
+  fi
+  "$py" benchmarks/robust_attack.py --model fashion-mnist --forget 0 --device cuda --methods safemax retrain \
+    --retrained "$o/unet-without-0" --seed 0 1 2 --attacks weak strong long lora inversion --name every-attack --out "$o"' \
+  _ "$PY" "$retrain_out"
 ((${#not_run[@]})) && echo "not run (out of time, BUDGET=$BUDGET s): ${not_run[*]}"
 echo "total $SECONDS s"
 [ ${#failed[@]} -eq 0 ] && [ ${#not_run[@]} -eq 0 ] && echo "GPU check passed" || {

@@ -27,16 +27,17 @@ from safemax.metrics import evaluate
 from safemax.zoo import load_classifier, load_unet, model_info
 
 
-def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained: str = None) -> dict:
+def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained: str = None,
+        device: str = "cpu") -> dict:
     """One row: ``method`` fits ``steps`` on the embedded model — or, with ``retrained``, the model
     in that folder (trained without ``forget``) as it is — then it is measured and attacked."""
     info = model_info(name)
-    (unet, scheduler), classifier = load_unet(name), load_classifier(name)
+    (unet, scheduler), classifier = load_unet(name, device), load_classifier(name, device)
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
     reference, ref_labels = info.reference_images()
     if retrained is not None:
         from diffusers import UNet2DModel
-        unet = UNet2DModel.from_pretrained(retrained).float().eval()
+        unet = UNet2DModel.from_pretrained(retrained).float().eval().to(device)
         trained = json.load(open(os.path.join(retrained, "training.json")))
         if trained.get("exclude") != [forget]:
             raise ValueError(f"{retrained} was trained without {trained.get('exclude', 'no class')}, "
@@ -91,6 +92,7 @@ def main(argv=None):
                    help="relearning attacks, as `safemax compare --attacks` (also long, lora, inversion)")
     p.add_argument("--retrained", metavar="DIR", help="also (or, with --methods retrain, only) the model "
                    "trained without the class, in DIR: the reference row")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check runs it there)")
     p.add_argument("--out", required=True)
     p.add_argument("--name", default=None, help="the results' file stem in OUT (default: from the methods); "
                    "runs of other methods under one name join one table")
@@ -116,7 +118,7 @@ def main(argv=None):
                 continue
             start = time.perf_counter()
             r = dict(run(args.model, args.forget, method, args.steps, seed, args.attacks,
-                         retrained=args.retrained if name == "retrain" else None),
+                         retrained=args.retrained if name == "retrain" else None, device=args.device),
                      seed=seed, wall_seconds=round(time.perf_counter() - start, 1))
             rows.append(r)
             print(f"{r['method']} seed {seed}: FA {r['fa']:.2f}, retain {r['retain_acc']:.3f}, Fréchet "

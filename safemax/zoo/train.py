@@ -113,14 +113,15 @@ def _state_path(work: str, name: str) -> str:
 def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_size: int = 128,
                lr: float = None, ema_decay: float = 0.999, minutes: float = None, work: str = None,
                resume: bool = False, checkpoint_minutes: float = 10.0, out: str = None,
-               exclude: tuple = ()):
+               exclude: tuple = (), device: str = "cpu"):
     """Trains the UNet of ``name``; returns its EMA, saved (float16) to ``out`` (default: the
     zoo's folder of ``name``). ``work`` (default ``~/.cache/safemax``) holds the resumable
     training state.
 
     ``exclude``: classes whose images the model never sees — the field's "retrain" reference for
     unlearning them (their embedding rows stay as initialised). Needs ``out``: the zoo's model
-    is the one trained on every class."""
+    is the one trained on every class. ``device``: where to train (the random draws stay on the
+    CPU generator, so a run's batches are the same anywhere; its floats are not bit for bit)."""
     from diffusers import UNet2DModel
 
     info = model_info(name)
@@ -142,7 +143,8 @@ def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_siz
         keep = ~torch.isin(labels, torch.tensor(exclude))
         images, labels = images[keep], labels[keep]
     n = images.shape[0]
-    unet = UNet2DModel(**info.unet_config)
+    images, labels = images.to(device), labels.to(device)
+    unet = UNet2DModel(**info.unet_config).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = scheduler_for(name)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -153,15 +155,15 @@ def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_siz
     if resume:
         if not os.path.exists(state_file):
             raise FileNotFoundError(f"--resume: no training state at {state_file}; start without --resume")
-        state = torch.load(state_file, weights_only=False)
+        state = torch.load(state_file, weights_only=False, map_location=device)
         if state["steps"] != steps or state["lr"] != lr or state["seed"] != seed:
             raise ValueError(f"--resume: {state_file} was made with steps={state['steps']}, lr={state['lr']}, "
                              f"seed={state['seed']}; pass the same settings")
-        unet.load_state_dict(state["unet"])
+        unet.load_state_dict(state["unet"])   # (onto the parameters' device, whichever saved it)
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        g.set_state(state["generator"])
+        g.set_state(state["generator"].cpu())
         first, seconds = state["step"], state["seconds"]
         print(f"resumed {name} at step {first} of {steps} ({seconds / 60:.1f} min done)")
 
@@ -179,10 +181,10 @@ def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_siz
     bar = tqdm(range(first, steps), desc=f"{name} unet", initial=first, total=steps)
     try:
         for step in bar:
-            idx = torch.randint(0, n, (batch_size,), generator=g)
+            idx = torch.randint(0, n, (batch_size,), generator=g).to(device)
             x0 = images[idx]
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g)
-            eps = torch.randn(x0.shape, generator=g)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g).to(device)
+            eps = torch.randn(x0.shape, generator=g).to(device)
             x_t = scheduler.add_noise(x0, eps, t)
             loss = F.mse_loss(unet(x_t, t, class_labels=labels[idx]).sample, eps)
             opt.zero_grad(set_to_none=True)
@@ -211,7 +213,7 @@ def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_siz
         bar.close()
     save_state(step)
     out = out or info.unet_dir
-    ema.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    ema.to("cpu", torch.float16).save_pretrained(out, safe_serialization=True)
     with open(os.path.join(out, "scheduler_config.json"), "w") as f:
         json.dump(dict(_class_name="DDPMScheduler", **info.scheduler_config), f, indent=2)
     with open(os.path.join(out, "training.json"), "w") as f:
@@ -257,6 +259,7 @@ def main(argv=None):
                    help="train the UNet without these classes' images (the retrained reference of "
                    "unlearning them); needs --only unet and --out")
     p.add_argument("--out", default=None, help="folder for the UNet (default: the zoo's)")
+    p.add_argument("--device", default="cpu", help="where the UNet trains: cpu or cuda")
     args = p.parse_args(argv)
     if args.exclude_class and (args.only != "unet" or args.out is None):
         p.error("--exclude-class trains a reference model, not the zoo's: pass --only unet and --out DIR")
@@ -266,7 +269,7 @@ def main(argv=None):
     if args.only in (None, "unet"):
         train_unet(name, seed=args.seed, steps=args.steps, minutes=args.minutes, work=args.work,
                    resume=args.resume, checkpoint_minutes=args.checkpoint_minutes, out=args.out,
-                   exclude=args.exclude_class)
+                   exclude=args.exclude_class, device=args.device)
     if args.out is not None:   # measure_unet measures the zoo's model
         return
     if args.only in (None, "unet", "measure"):
