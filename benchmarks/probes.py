@@ -32,6 +32,7 @@ from safemax.data import split_by_class
 from safemax.probes import ExactlyHalted, guided, seeds, table, trajectory
 from safemax.report import save_grid
 from safemax.zoo import load_classifier, load_unet, model_info
+from safemax.zoo.train import retrained_record
 
 # (spec, steps, lr): SAFEMax as in the demo; SalUn with retain weight 1 (with its published 1e-3 it
 # never met the bar) held it from step 100, Selective Amnesia from step 75 (docs/results/compare.md).
@@ -86,11 +87,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if ("retrain" in args.methods) != bool(args.retrained):
         p.error("--methods retrain and --retrained DIR go together")
-    if args.retrained:   # before any probe: the reference must be the one without this class
-        trained = json.load(open(os.path.join(args.retrained, "training.json")))
-        if trained.get("exclude") != [args.forget]:
-            p.error(f"{args.retrained} was trained without {trained.get('exclude', 'no class')}, "
-                    f"not [{args.forget}]: train it with --exclude-class {args.forget}")
+    if args.retrained:   # before any probe: the reference must be the model without this class
+        try:
+            retrained_record(args.retrained, args.forget)
+        except ValueError as e:
+            p.error(str(e))
     info = model_info(args.model)
     classifier = load_classifier(args.model)
     base, scheduler = load_unet(args.model)

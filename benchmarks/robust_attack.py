@@ -25,6 +25,7 @@ from safemax.data import split_by_class
 from safemax.demo import defaults
 from safemax.metrics import evaluate
 from safemax.zoo import load_classifier, load_unet, model_info
+from safemax.zoo.train import retrained_record
 
 
 def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained: str = None,
@@ -38,10 +39,7 @@ def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained
     if retrained is not None:
         from diffusers import UNet2DModel
         unet = UNet2DModel.from_pretrained(retrained).float().eval().to(device)
-        trained = json.load(open(os.path.join(retrained, "training.json")))
-        if trained.get("exclude") != [forget]:
-            raise ValueError(f"{retrained} was trained without {trained.get('exclude', 'no class')}, "
-                             f"not [{forget}]: train it with --exclude-class {forget}")
+        trained = retrained_record(retrained, forget)
         row = dict(method="retrain", config=dict(folder=retrained, **trained), train_seconds=trained["seconds"])
     else:
         own = defaults(name)   # the model's demo settings (Fashion-MNIST: lr 1e-4, Gaussian rows)
@@ -100,6 +98,11 @@ def main(argv=None):
     args.steps = args.steps or defaults(args.model)["steps"]
     if "retrain" in args.methods and not args.retrained:
         p.error("--methods retrain needs --retrained DIR")
+    if args.retrained:   # before any fit: the reference must be the model without this class
+        try:
+            retrained_record(args.retrained, args.forget)
+        except ValueError as e:
+            p.error(str(e))
     robust = _build(*parse_method("safemax-robust:" + args.settings))   # compare's spec syntax and errors
     os.makedirs(args.out, exist_ok=True)
     methods = list(args.methods) + (["retrain"] if args.retrained and "retrain" not in args.methods else [])

@@ -217,16 +217,16 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
           f"accuracy {original['retain_acc']:.3f} (bar: FA <= {FA_BAR}, retain >= {retain_floor:.3f})")
 
     results, samples = {}, {"original": original_samples}
+    own = defaults(model)   # the model's demo settings: SAFEMax's lr and Gaussian share
     for spec in methods:
         name, options = parsed[spec]
-        method_lr = options.get("lr", lr if lr is not None else (defaults(model)["lr"] if name == "safemax" else METHODS[name].default_lr))
+        method_lr = options.get("lr", lr if lr is not None else (own["lr"] if name == "safemax" else METHODS[name].default_lr))
         cache = os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
         config = dict(settings, method=spec, lr=method_lr)
-        own_gaussian = defaults(model)["gaussian_fraction"]
-        if name == "safemax" and own_gaussian and "gaussian_fraction" not in options:
+        if name == "safemax" and own["gaussian_fraction"] and "gaussian_fraction" not in options:
             # SAFEMax as the model's demo runs it (Fashion-MNIST: exact halting); the cache says so
-            options = dict(options, gaussian_fraction=own_gaussian)
-            config["gaussian_fraction"] = own_gaussian
+            options = dict(options, gaussian_fraction=own["gaussian_fraction"])
+            config["gaussian_fraction"] = own["gaussian_fraction"]
         if resume and os.path.exists(cache):
             with open(cache) as f:
                 saved = json.load(f)

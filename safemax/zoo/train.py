@@ -223,6 +223,17 @@ def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_siz
     return ema
 
 
+def retrained_record(folder: str, forget: int) -> dict:
+    """The ``training.json`` of a UNet trained by ``train_unet(exclude=[forget])`` — the retrain
+    reference of forgetting ``forget``; a clear error for a folder trained otherwise."""
+    with open(os.path.join(folder, "training.json")) as f:
+        record = json.load(f)
+    if record.get("exclude") != [forget]:
+        raise ValueError(f"{folder} was trained without {record.get('exclude', 'no class')}, not [{forget}]: "
+                         f"train it with --exclude-class {forget}")
+    return record
+
+
 def measure_unet(name: str = "digits", n_per_class: int = 50, num_inference_steps: int = 50,
                  seed: int = 0) -> dict:
     """Mean per-class accuracy of the shipped UNet's DDIM samples, by the shipped classifier."""
