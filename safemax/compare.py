@@ -63,10 +63,13 @@ QUICK_SA = dict(n_replay=8, n_fisher=3, fisher_timesteps=2, sample_steps=2)  # s
 
 
 def _number(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+    """An option's value: a number where it reads as one, else the word (``attack_scope=class-embedding``)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def parse_method(spec: str, quick: bool = False):

@@ -282,10 +282,15 @@ def test_method_specs_with_options():
     assert parse_method("safemax:early_fraction=0.8") == ("safemax", {"early_fraction": 0.8})
     assert parse_method("salun:lr=5e-4,retain_weight=1") == ("salun", {"lr": 5e-4, "retain_weight": 1})
     assert parse_method("sa", quick=True)[1]["n_replay"] == 8
+    # a value that is no number is a word, checked by the method itself
+    assert parse_method("safemax-robust:attack_scope=class-embedding,attack_radius=1") == \
+        ("safemax-robust", {"attack_scope": "class-embedding", "attack_radius": 1})
     assert label("salun:retain_weight=1") == "SalUn (retain_weight=1)"
     for spec, message in (("nope", "unknown method 'nope'"), ("salun:retain_weight", "write name=value"),
                           ("salun:bogus=1", "bogus is not a setting of method 'salun'"),
                           ("salun:lr=0", "lr must be a positive number"),
+                          ("salun:lr=fast", "lr must be a positive number"),
+                          ("safemax:weighting=bogus", "weighting must be"),
                           ("salun:mask_fraction=2", "mask_fraction must be in")):
         with pytest.raises(ValueError, match=message):
             parse_method(spec)

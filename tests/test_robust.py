@@ -90,3 +90,61 @@ def test_command_line_and_compare(tmp_path):
     results = json.loads((cmp / "results.json").read_text())
     assert results["methods"]["safemax-robust:attack_radius=0.01"]["method_config"]["attack_radius"] == 0.01
     assert "robust SAFEMax (attack_radius=0.01)" in (cmp / "results.md").read_text()
+
+
+def test_class_embedding_scope_moves_only_the_forgotten_rows():
+    """attack_scope="class-embedding" simulates the inversion attacker: the shift touches the
+    forgotten class's embedding row alone, and the term still trains the shared weights."""
+    with pytest.raises(ValueError, match="attack_scope must be one of"):
+        SafeMaxRobust(attack_scope="everything")
+    retain, forget = data()
+    u = Unlearner(tiny_unet(), scheduler(), forget=[1], lr=1e-3,
+                  method=SafeMaxRobust(attack_scope="class-embedding", attack_radius=0.5))
+    assert u.method.config()["attack_scope"] == "class-embedding"
+    x0 = torch.stack([forget[i][0] for i in range(4)])
+    y, eps, t = torch.full((4,), 1), torch.randn(4, 1, 8, 8), torch.tensor([5, 20, 50, 90])
+    x_t = u.scheduler.add_noise(x0, eps, t)
+    moved, shift = u.method.simulate_attack(u, x_t, t, y, eps)
+    assert list(moved) == ["class_embedding.weight"]
+    delta = shift["class_embedding.weight"]
+    assert delta[1].abs().min() > 0 and delta[[0, 2, 3]].abs().max() == 0   # the forgotten row alone
+    torch.testing.assert_close(delta[1].abs(), torch.full_like(delta[1], 0.5))   # signed, radius 0.5
+
+    def relearn(model):
+        return (model(x_t, t, class_labels=y).sample - eps).square().mean().item()
+    # the simulated attacker relearns: the denoising loss on the class is lower at θ − δ
+    assert relearn(_Shifted(u.unet, moved, shift)) < relearn(u.unet)
+    u.fit(retain, forget, steps=2, batch_size=4, progress=False)
+    h = u.history[0]
+    assert h["attacked_forget_nats"] >= 0 and h["attacked_forget_nats"] != h["forget_nats"]
+    plain = Unlearner(tiny_unet(), scheduler(), forget=[1], lr=1e-3, method="safemax")
+    plain.fit(retain, forget, steps=2, batch_size=4, progress=False)
+    mine, theirs = params(u.unet), params(plain.unet)   # the term at the moved row trains shared weights
+    assert any(not torch.allclose(mine[k], theirs[k]) for k in mine if "class_embedding" not in k)
+
+
+def test_l2_attack_is_one_step_of_its_length_along_the_gradient():
+    """attack_norm="l2" (SAM's ascent step): δ has total L2 length attack_radius, points along the
+    relearning gradient, and lowers the relearning loss; "sign" moves every weight by the radius."""
+    with pytest.raises(ValueError, match="attack_norm must be"):
+        SafeMaxRobust(attack_norm="linf")
+    retain, forget = data()
+    x0 = torch.stack([forget[i][0] for i in range(4)])
+    y, eps, t = torch.full((4,), 1), torch.randn(4, 1, 8, 8), torch.tensor([5, 20, 50, 90])
+    for norm in ("l2", "sign"):
+        u = Unlearner(tiny_unet(), scheduler(), forget=[1], method=SafeMaxRobust(attack_norm=norm, attack_radius=1e-3))
+        x_t = u.scheduler.add_noise(x0, eps, t)
+        moved, shift = u.method.simulate_attack(u, x_t, t, y, eps)
+        flat = torch.cat([v.flatten() for v in shift.values()])
+        loss = (u.unet(x_t, t, class_labels=y).sample - eps).square().mean()
+        grads = torch.autograd.grad(loss, list(moved.values()))
+        g = torch.cat([v.flatten() for v in grads])
+        if norm == "l2":
+            torch.testing.assert_close(flat.norm(), torch.tensor(1e-3))
+            torch.testing.assert_close(flat / flat.norm(), g / g.norm())
+            assert u.method.config()["attack_norm"] == "l2"
+        else:
+            assert torch.equal(flat.abs()[g != 0], torch.full_like(flat[g != 0], 1e-3))
+            assert "attack_norm" not in u.method.config()
+        after = (_Shifted(u.unet, moved, shift)(x_t, t, class_labels=y).sample - eps).square().mean()
+        assert after < loss
