@@ -156,7 +156,9 @@ def summarise(runs: list, name: str) -> str:
                    f"({len(done)} of {len(helds)} classes held it) |")
     seeded = sorted({r["forget"] for r in runs if r["seed"] != 0})
     if seeded:
-        out += ["", f"## Seeds ({name}): three seeds of the classes {', '.join(info.class_name(c) for c in seeded)}\n",
+        counts = sorted({sum(r["forget"] == c for r in runs) for c in seeded})   # runs so far, per class
+        out += ["", f"## Seeds ({name}): {' to '.join(map(str, counts))} seeds of the classes "
+                    f"{', '.join(info.class_name(c) for c in seeded)}\n",
                 "Mean ± 95% t-interval over the seeds (fit and measurement both reseeded).\n",
                 "| class | seeds | " + " | ".join(LABELS[k] + " after" for k in METRICS[:3]) + " | forget std after |",
                 "| --- | ---: | " + " | ".join("---:" for _ in range(4)) + " |"]

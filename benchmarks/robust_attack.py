@@ -60,13 +60,19 @@ def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained
                 gaussian_std=after["gaussian_std"], attacks=done)
 
 
+def _label(row: dict) -> str:
+    """A row's method as the table names it: robust SAFEMax with its settings (runs of several
+    settings under one ``--name`` are rows of their own)."""
+    return f"{row['method']}:{row['settings']}" if row.get("settings") else row["method"]
+
+
 def table(rows: list, attacks: list) -> str:
     """Markdown: per method, mean ± 95% t-interval over its seeds of each measure and of FA after
     each attack (one seed: the value alone)."""
     head = ["method", "seeds", "FA", "retain acc", "Fréchet", "forget std", *attacks]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" + " ---: |" * (len(head) - 1)]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
+    for method in dict.fromkeys(map(_label, rows)):
+        mine = [r for r in rows if _label(r) == method]
         after = {a: [x["fa_after"] for r in mine for x in r["attacks"] if x["name"] == a] for a in attacks}
         out.append(f"| {method} | {len(mine)} | " + " | ".join(
             [_cell([r[k] for r in mine], spec) for k, spec in
@@ -117,14 +123,18 @@ def main(argv=None):
             rows = [r for r in saved["rows"] if [a["name"] for a in r["attacks"]] == args.attacks]
     for seed in args.seed:
         for name, method in [(m, robust if m == "safemax-robust" else m) for m in methods]:
-            if any(r["method"] == name and r.get("seed", 0) == seed for r in rows):
+            settings = args.settings if name == "safemax-robust" else ""
+            if any(_label(r) == _label(dict(method=name, settings=settings)) and r.get("seed", 0) == seed
+                   for r in rows):
                 continue
             start = time.perf_counter()
             r = dict(run(args.model, args.forget, method, args.steps, seed, args.attacks,
                          retrained=args.retrained if name == "retrain" else None, device=args.device),
                      seed=seed, wall_seconds=round(time.perf_counter() - start, 1))
+            if settings:
+                r["settings"] = settings
             rows.append(r)
-            print(f"{r['method']} seed {seed}: FA {r['fa']:.2f}, retain {r['retain_acc']:.3f}, Fréchet "
+            print(f"{_label(r)} seed {seed}: FA {r['fa']:.2f}, retain {r['retain_acc']:.3f}, Fréchet "
                   f"{r['frechet']:.2f}, std {r['gaussian_std']:.2f}, train {r['train_seconds']:.0f} s; after the "
                   "attacks: " + ", ".join(f"{a['name']} -> FA {a['fa_after']:.2f} ({a['fa_classes_only_after']:.2f})"
                                           for a in r["attacks"]), flush=True)

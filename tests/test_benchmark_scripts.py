@@ -28,7 +28,7 @@ def test_classes_then_stopping(tmp_path):
     assert [p["step"] for p in r["curve"]] == [0, 2, 4] and len(r["history"]) == 4
     assert {"forget_nats", "retain_nats"} <= set(r["history"][0])
     md = (out / "classes.md").read_text()
-    assert "Mean ± 95% t-interval over the 2 classes" in md and "three seeds of the classes 3" in md
+    assert "Mean ± 95% t-interval over the 2 classes" in md and "2 seeds of the classes 3" in md
     # a second call reuses the finished runs (nothing is recomputed: the file is untouched)
     stamp = os.path.getmtime(out / "runs" / "class5-seed0.json")
     run("classes.py", "--model", "digits", "--classes", 3, 5, "--seeded", 3, "--seeds", 1, *tiny, "--out", out)
