@@ -5,8 +5,9 @@ measured (DDIM-50) and then attacked as ``safemax compare`` attacks — 50 Adam 
 denoising loss on 10 real images of the class, at lr 1e-4 (weak) and 1e-3 (strong) — and its forget
 accuracy measured again (100 samples, DDIM-25, as compare does).
 
-    python benchmarks/robust_attack.py --out benchmarks/results/robust-digits        # ~10 min, 1 core
-    python benchmarks/robust_attack.py --settings attack_radius=0.02 --out /tmp/r    # another radius
+    python benchmarks/robust_attack.py --out benchmarks/results/robust-digits        # ~12 min, 1 core
+    python benchmarks/robust_attack.py --settings attack_radius=1 --out /tmp/r       # another radius
+    python benchmarks/robust_attack.py --settings attack_scope=weights --out /tmp/r  # the first design
 
 ``--retrained DIR`` adds the field's reference row: a model trained from scratch without the class
 (``python -m safemax.zoo.train --only unet --exclude-class 3 --out DIR``), measured and attacked
@@ -89,7 +90,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, nargs="+", default=[0],
                    help="seeds: each method's fit, measurement and attacks per seed (the retrained "
                         "model's measurement and attacks), with intervals over them")
-    p.add_argument("--settings", default="", help="robust SAFEMax's settings, e.g. attack_radius=0.02,attack_steps=2")
+    p.add_argument("--settings", default="", help="robust SAFEMax's settings, e.g. attack_radius=1,attack_steps=2 or attack_scope=weights")
     p.add_argument("--methods", nargs="+", default=["safemax", "safemax-robust"],
                    choices=["safemax", "safemax-robust", "retrain"])
     p.add_argument("--attacks", nargs="+", default=["weak", "strong"],

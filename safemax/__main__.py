@@ -87,8 +87,9 @@ def _add_unlearn(sub):
                    help=f"Adam learning rate (default: for SAFEMax the demo's for an embedded model — {DEFAULT_LR:g} "
                         "on the digits, 1e-4 on fashion-mnist —, else 5e-4; 1e-4 for the baselines)")
     p.add_argument("--method", default="safemax", choices=["safemax", "safemax-robust", "salun", "sa", "ga"],
-                   help="safemax (default), safemax-robust (experimental: meant to hold against "
-                        "relearning, as first measured it breaks the kept classes) or a baseline: salun, sa (Selective Amnesia), ga (gradient "
+                   help="safemax (default), safemax-robust (experimental: simulates the inversion attacker "
+                        "in each step; holds against it as a retrained model does, at 4-6 points of retain "
+                        "accuracy: docs/results/robust.md) or a baseline: salun, sa (Selective Amnesia), ga (gradient "
                         "ascent); the SAFEMax options do not apply to baselines")
     p.add_argument("--max-snr", type=float, default=None,
                    help="window by noise level instead: train forgetting where SNR = ᾱ/(1−ᾱ) <= this")

@@ -17,10 +17,16 @@ diffusers = pytest.importorskip("diffusers")
 def test_settings_and_refusals():
     m = make_method("safemax-robust", attack_radius=1e-2, attack_steps=2, early_fraction=0.5)
     assert isinstance(m, SafeMaxRobust) and m.default_lr == 5e-4
+    # each scope's measured defaults: a radius is an embedding coordinate's or a weight's
+    assert (SafeMaxRobust().attack_scope, SafeMaxRobust().attack_radius, SafeMaxRobust().attack_steps) == \
+        ("class-embedding", 0.5, 2)
+    weights = SafeMaxRobust(attack_scope="weights")
+    assert (weights.attack_radius, weights.attack_steps) == (5e-3, 1)
     for bad, message in ((dict(attack_radius=0), "attack_radius must be > 0"),
                          (dict(attack_steps=0), "attack_steps must be a whole number"),
                          (dict(robust_weight=-1), "robust_weight must be >= 0"),
                          (dict(attacked_retain_weight=-1), "attacked_retain_weight must be >= 0"),
+                         (dict(attacked_retain_weight=1), "needs attack_scope='weights'"),
                          (dict(gaussian_fraction=1.0), "needs|real forget images")):
         with pytest.raises(ValueError, match=message):
             SafeMaxRobust(**bad)
@@ -64,17 +70,17 @@ def test_without_its_term_it_is_safemax_and_with_it_another_fit():
     for k in plain:   # the simulated attack's extra passes draw no random numbers
         torch.testing.assert_close(zero[k], plain[k], rtol=1e-6, atol=1e-7)
     assert all(h["attacked_forget_nats"] >= 0 for h in hist)
-    robust, hist = fit(SafeMaxRobust(attack_radius=1e-2))
+    robust, hist = fit(SafeMaxRobust(attack_scope="weights", attack_radius=1e-2))
     assert any(not torch.allclose(robust[k], plain[k]) for k in plain)
     # at the attacked weights the forget rows are farther from their target than at θ, at first
     assert hist[0]["attacked_forget_nats"] > hist[0]["forget_nats"]
     # the kept classes at the attacked weights: a term of its own, zero at θ on the first step
     # (student = teacher) but not at θ − δ
-    both, hist = fit(SafeMaxRobust(attack_radius=1e-2, attacked_retain_weight=1.0))
+    both, hist = fit(SafeMaxRobust(attack_scope="weights", attack_radius=1e-2, attacked_retain_weight=1.0))
     assert hist[0]["retain_nats"] == 0 and hist[0]["attacked_retain_nats"] > 0
     assert any(not torch.allclose(both[k], robust[k]) for k in plain)
     configs = [Unlearner(tiny_unet(), scheduler(), forget=[1], method=SafeMaxRobust(**kw)).method.config()
-               for kw in ({}, dict(attacked_retain_weight=0.5))]
+               for kw in (dict(attack_scope="weights"), dict(attack_scope="weights", attacked_retain_weight=0.5))]
     assert "attacked_retain_weight" not in configs[0] and configs[1]["attacked_retain_weight"] == 0.5
 
 
@@ -83,7 +89,8 @@ def test_command_line_and_compare(tmp_path):
     main(["unlearn", "--method", "safemax-robust", "--forget", "3", "--steps", "1", "--batch-size", "4",
           "--out", str(out)])
     info = json.loads((out / "safemax.json").read_text())
-    assert info["method"] == "safemax-robust" and info["lr"] == 5e-4 and info["attack_radius"] == 5e-3
+    assert info["method"] == "safemax-robust" and info["lr"] == 5e-4
+    assert (info["attack_scope"], info["attack_radius"], info["attack_steps"]) == ("class-embedding", 0.5, 2)
     cmp = tmp_path / "cmp"
     assert main(["compare", "--quick", "--methods", "safemax", "safemax-robust:attack_radius=0.01",
                  "--out", str(cmp)]) == 0
@@ -99,7 +106,7 @@ def test_class_embedding_scope_moves_only_the_forgotten_rows():
         SafeMaxRobust(attack_scope="everything")
     retain, forget = data()
     u = Unlearner(tiny_unet(), scheduler(), forget=[1], lr=1e-3,
-                  method=SafeMaxRobust(attack_scope="class-embedding", attack_radius=0.5))
+                  method=SafeMaxRobust(attack_scope="class-embedding", attack_radius=0.5, attack_steps=1))
     assert u.method.config()["attack_scope"] == "class-embedding"
     x0 = torch.stack([forget[i][0] for i in range(4)])
     y, eps, t = torch.full((4,), 1), torch.randn(4, 1, 8, 8), torch.tensor([5, 20, 50, 90])
@@ -132,7 +139,8 @@ def test_l2_attack_is_one_step_of_its_length_along_the_gradient():
     x0 = torch.stack([forget[i][0] for i in range(4)])
     y, eps, t = torch.full((4,), 1), torch.randn(4, 1, 8, 8), torch.tensor([5, 20, 50, 90])
     for norm in ("l2", "sign"):
-        u = Unlearner(tiny_unet(), scheduler(), forget=[1], method=SafeMaxRobust(attack_norm=norm, attack_radius=1e-3))
+        u = Unlearner(tiny_unet(), scheduler(), forget=[1],
+                      method=SafeMaxRobust(attack_scope="weights", attack_norm=norm, attack_radius=1e-3))
         x_t = u.scheduler.add_noise(x0, eps, t)
         moved, shift = u.method.simulate_attack(u, x_t, t, y, eps)
         flat = torch.cat([v.flatten() for v in shift.values()])

@@ -120,6 +120,9 @@ def test_clear_errors_for_concepts(pipe, retain):
     unet, church = tiny_sd_pipeline(seed=0).unet, prompt_embeddings(pipe, CHURCH)
     with pytest.raises(ValueError, match="Selective Amnesia replays"):
         Unlearner(unet, pipe.scheduler, forget={"church": church}, method="sa")
+    # robust SAFEMax's default attacker moves a class-embedding row: a text model has none
+    with pytest.raises(ValueError, match="attack_scope='weights' simulates fine-tuning instead"):
+        Unlearner(unet, pipe.scheduler, forget={"church": church}, method="safemax-robust")
     with pytest.raises(ValueError, match=r"\[L, 16\] or \[N, L, 16\]"):
         Unlearner(unet, pipe.scheduler, forget={"church": torch.randn(4, 7)})
     with pytest.raises(ValueError, match="NaN"):
