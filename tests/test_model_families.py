@@ -26,7 +26,7 @@ def test_class_count_of_each_family():
     assert class_count(tiny_unet(num_classes=None)) is None
 
 
-@pytest.mark.parametrize("method", ["safemax", "salun", "sa", "ga"])
+@pytest.mark.parametrize("method", ["safemax", "salun", "sa", "ga", "safemax-robust"])
 def test_every_method_trains_a_dit(method):
     dit = tiny_dit()
     _, before = short_fit(dit, tiny_scheduler(), method)

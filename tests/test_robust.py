@@ -156,3 +156,13 @@ def test_l2_attack_is_one_step_of_its_length_along_the_gradient():
             assert "attack_norm" not in u.method.config()
         after = (_Shifted(u.unet, moved, shift)(x_t, t, class_labels=y).sample - eps).square().mean()
         assert after < loss
+
+
+def test_class_embedding_scope_under_lora():
+    """With a LoRA adapter the class tables are frozen; the attacker still moves the row (on
+    detached copies) and the term trains the adapter."""
+    retain, forget = data()
+    u = Unlearner(tiny_unet(), scheduler(), forget=[1], lr=1e-3, lora_rank=2, method=SafeMaxRobust())
+    u.fit(retain, forget, steps=2, batch_size=4, progress=False)
+    assert all(h["attacked_forget_nats"] >= 0 for h in u.history)
+    assert all("lora" in n for n, _ in u.trainable())
