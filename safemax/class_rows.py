@@ -51,6 +51,13 @@ def class_tables(model) -> list:
     return tables
 
 
+def row_mask(weight: torch.Tensor, ids) -> torch.Tensor:
+    """A boolean mask of ``weight``'s rows ``ids``, shaped to broadcast over the row (on the CPU)."""
+    keep = torch.zeros(weight.shape[0], *([1] * (weight.dim() - 1)), dtype=torch.bool)
+    keep[list(ids)] = True
+    return keep
+
+
 def train_rows_only(model, ids) -> list:
     """Freeze ``model`` except the rows ``ids`` of its class tables; returns the gradient hooks'
     handles (``handle.remove()`` undoes the row mask, not the freezing)."""
@@ -62,8 +69,7 @@ def train_rows_only(model, ids) -> list:
         bad = [i for i in ids if not 0 <= i < weight.shape[0]]
         if bad:
             raise ValueError(f"class ids {bad} are outside {name}'s {weight.shape[0]} rows")
-        keep = torch.zeros(weight.shape[0], *([1] * (weight.dim() - 1)), dtype=torch.bool)
-        keep[list(ids)] = True
+        keep = row_mask(weight, ids)
         weight.requires_grad_(True)
         handles.append(weight.register_hook(
             lambda g, keep=keep: torch.where(keep.to(g.device), g, torch.zeros((), dtype=g.dtype, device=g.device))))

@@ -643,18 +643,17 @@ class SafeMaxRobust(SafeMax):
         if self.attack_scope == "weights":
             params, where = dict(u.trainable()), {}
         else:
-            from .class_rows import class_tables
-            params, where = dict(class_tables(u.unet)), {}
-            for n, w in params.items():
-                where[n] = torch.zeros(w.shape[0], 1, dtype=w.dtype, device=w.device)
-                where[n][list(u.forget)] = 1
+            from .class_rows import class_tables, row_mask
+            params = dict(class_tables(u.unet))
+            where = {n: row_mask(w, u.forget).to(w.device) for n, w in params.items()}
         shift = {n: torch.zeros_like(p) for n, p in params.items()}
         for _ in range(self.attack_steps):
             # the gradient at θ − δ, on detached copies (a LoRA fit's class tables are frozen)
             probe = {n: (p.detach() - shift[n]).requires_grad_() for n, p in params.items()}
             pred = u.denoiser.predict(x_t, t, cond, model=lambda *a, **k: torch.func.functional_call(u.unet, probe, a, k))
             grads = torch.autograd.grad(_mse(pred, eps), list(probe.values()), allow_unused=True)
-            grads = {n: g * where[n] if n in where else g for n, g in zip(params, grads) if g is not None}
+            grads = {n: torch.where(where[n], g, 0) if n in where else g for n, g in zip(params, grads)
+                     if g is not None}
             if self.attack_norm == "sign":
                 scale = self.attack_radius / self.attack_steps
                 steps = {n: scale * g.sign() for n, g in grads.items()}
