@@ -12,6 +12,13 @@ accuracy measured again (100 samples, DDIM-25, as compare does).
 ``--retrained DIR`` adds the field's reference row: a model trained from scratch without the class
 (``python -m safemax.zoo.train --only unet --exclude-class 3 --out DIR``), measured and attacked
 the same way — how fast does a model that never saw the class learn it from the attacker's images?
+
+``--methods`` takes ``safemax compare``'s method specs, so the baselines join the table too, each
+with its own learning rate (their published 1e-4 unless ``lr=`` says) and, with ``steps=``, its own
+budget (the baselines need more steps than SAFEMax to forget):
+
+    python benchmarks/robust_attack.py --methods salun:retain_weight=1,steps=200 sa:steps=200 \
+        --seed 0 1 2 --attacks weak strong long lora inversion --name every-attack --out benchmarks/results/retrain-digits
 """
 import argparse
 import json
@@ -22,6 +29,7 @@ from classes import _cell   # benchmarks/classes.py: the same intervals
 from safemax import Unlearner
 from safemax.attacks import draw_images, parse_attack, run_attack
 from safemax.compare import _build, forget_accuracy, parse_method
+from safemax.methods import METHODS
 from safemax.data import split_by_class
 from safemax.demo import defaults
 from safemax.metrics import evaluate
@@ -29,10 +37,11 @@ from safemax.zoo import load_classifier, load_unet, model_info
 from safemax.zoo.train import retrained_record
 
 
-def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained: str = None,
+def run(name, forget, spec, steps, seed, attacks=("weak", "strong"), retrained: str = None,
         device: str = "cpu") -> dict:
-    """One row: ``method`` fits ``steps`` on the embedded model — or, with ``retrained``, the model
-    in that folder (trained without ``forget``) as it is — then it is measured and attacked."""
+    """One row: the method of ``spec`` (``(name, options)`` as ``compare.parse_method`` returns)
+    fits ``steps`` on the embedded model — or, with ``retrained``, the model in that folder
+    (trained without ``forget``) as it is — then it is measured and attacked."""
     info = model_info(name)
     (unet, scheduler), classifier = load_unet(name, device), load_classifier(name, device)
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
@@ -43,11 +52,15 @@ def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained
         trained = retrained_record(retrained, forget)
         row = dict(method="retrain", config=dict(folder=retrained, **trained), train_seconds=trained["seconds"])
     else:
+        method, options = spec
         own = defaults(name)   # the model's demo settings (Fashion-MNIST: lr 1e-4, Gaussian rows)
-        extra = dict(gaussian_fraction=own["gaussian_fraction"]) if method == "safemax" else {}
-        u = Unlearner(unet, scheduler, forget=[forget], lr=own["lr"], seed=seed, method=method, **extra)
+        lr = options.get("lr", own["lr"] if method.startswith("safemax") else METHODS[method].default_lr)
+        if method == "safemax" and "gaussian_fraction" not in options:
+            options = dict(options, gaussian_fraction=own["gaussian_fraction"])
+        u = Unlearner(unet, scheduler, forget=[forget], lr=lr, seed=seed, method=_build(method, options))
         u.fit(retain_data, forget_data, steps=steps, batch_size=64, progress=False)
-        row = dict(method=u.method.name, config=u.method.config(), train_seconds=u.history[-1]["seconds"])
+        row = dict(method=u.method.name, config=dict(u.method.config(), lr=lr),
+                   train_seconds=u.history[-1]["seconds"] + (u.prep_seconds or 0.0))
     after = evaluate(unet, scheduler, classifier, [forget], [c for c in range(10) if c != forget],
                      reference[ref_labels != forget], n_forget=100, n_per_class=30, seed=seed)
     attacks = [parse_attack(a).resolved(50, 10) for a in attacks]   # compare's defaults
@@ -61,6 +74,19 @@ def run(name, forget, method, steps, seed, attacks=("weak", "strong"), retrained
                 gaussian_std=after["gaussian_std"], attacks=done)
 
 
+def split_spec(spec: str, settings: str, default_steps: int) -> tuple:
+    """``"salun:retain_weight=1,steps=200"`` → ``("salun", "retain_weight=1", 200)``: the method,
+    its settings as the table labels them (robust SAFEMax's default from ``--settings``) and its
+    fit steps (``steps=`` is this script's, not the method's; default: the demo's)."""
+    name, _, rest = spec.partition(":")
+    items = [i for i in rest.split(",") if i]
+    steps = [i for i in items if i.startswith("steps=")]
+    items = [i for i in items if not i.startswith("steps=")]
+    if name == "safemax-robust" and not items and settings:
+        items = [settings]
+    return name, ",".join(items), int(steps[-1].partition("=")[2]) if steps else default_steps
+
+
 def _label(row: dict) -> str:
     """A row's method as the table names it: robust SAFEMax with its settings (runs of several
     settings under one ``--name`` are rows of their own)."""
@@ -70,12 +96,14 @@ def _label(row: dict) -> str:
 def table(rows: list, attacks: list) -> str:
     """Markdown: per method, mean ± 95% t-interval over its seeds of each measure and of FA after
     each attack (one seed: the value alone)."""
-    head = ["method", "seeds", "FA", "retain acc", "Fréchet", "forget std", *attacks]
+    head = ["method", "seeds", "steps", "fit s", "FA", "retain acc", "Fréchet", "forget std", *attacks]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" + " ---: |" * (len(head) - 1)]
     for method in dict.fromkeys(map(_label, rows)):
         mine = [r for r in rows if _label(r) == method]
         after = {a: [x["fa_after"] for r in mine for x in r["attacks"] if x["name"] == a] for a in attacks}
-        out.append(f"| {method} | {len(mine)} | " + " | ".join(
+        steps = "/".join(str(s) for s in dict.fromkeys(r.get("steps") for r in mine)) if mine[0]["method"] != "retrain" else ""
+        fit = sum(r["train_seconds"] for r in mine) / len(mine)
+        out.append(f"| {method} | {len(mine)} | {steps} | {fit:,.0f} | " + " | ".join(
             [_cell([r[k] for r in mine], spec) for k, spec in
              (("fa", ".2f"), ("retain_acc", ".3f"), ("frechet", ".2f"), ("gaussian_std", ".2f"))]
             + [_cell(after[a], ".2f") for a in attacks]) + " |")
@@ -90,9 +118,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, nargs="+", default=[0],
                    help="seeds: each method's fit, measurement and attacks per seed (the retrained "
                         "model's measurement and attacks), with intervals over them")
-    p.add_argument("--settings", default="", help="robust SAFEMax's settings, e.g. attack_radius=1,attack_steps=2 or attack_scope=weights")
+    p.add_argument("--settings", default="", help="robust SAFEMax's settings (when its spec has none), e.g. "
+                   "attack_radius=1,attack_steps=2 or attack_scope=weights")
     p.add_argument("--methods", nargs="+", default=["safemax", "safemax-robust"],
-                   choices=["safemax", "safemax-robust", "retrain"])
+                   help="method specs as `safemax compare --methods` (safemax, safemax-robust, salun:retain_weight=1, "
+                        "sa, ...; steps=N: that method's fit steps), and retrain (needs --retrained)")
     p.add_argument("--attacks", nargs="+", default=["weak", "strong"],
                    help="relearning attacks, as `safemax compare --attacks` (also long, lora, inversion)")
     p.add_argument("--retrained", metavar="DIR", help="also (or, with --methods retrain, only) the model "
@@ -110,28 +140,40 @@ def main(argv=None):
             retrained_record(args.retrained, args.forget)
         except ValueError as e:
             p.error(str(e))
-    robust = _build(*parse_method("safemax-robust:" + args.settings))   # compare's spec syntax and errors
-    os.makedirs(args.out, exist_ok=True)
+    attack_records = [parse_attack(a).resolved(50, 10).record() for a in args.attacks]   # as rows record them
+    attack_names = [a["name"] for a in attack_records]
     methods = list(args.methods) + (["retrain"] if args.retrained and "retrain" not in args.methods else [])
+    plan = []   # (name, settings, steps, parsed spec): every spec checked before any fit
+    for spec in methods:
+        name, settings, steps = split_spec(spec, args.settings, args.steps)
+        try:
+            parsed = None if name == "retrain" else parse_method(f"{name}:{settings}")
+        except ValueError as e:
+            p.error(str(e))
+        plan.append((name, settings, 0 if name == "retrain" else steps, parsed))
+    os.makedirs(args.out, exist_ok=True)
     stem = args.name or (f"robust{args.settings and '-' + args.settings}" if "safemax-robust" in methods
                          else "-".join(methods))
     path = os.path.join(args.out, f"{stem}.json")
-    setup = dict(model=args.model, forget=args.forget, steps=args.steps)
+    setup = dict(model=args.model, forget=args.forget)
     rows = []
-    if os.path.exists(path):   # a finished (method, seed) with the same attacks is kept, not rerun
+    if os.path.exists(path):   # a finished (method, seed, steps) with the same attacks is kept, not rerun
         saved = json.load(open(path))
         if {k: saved.get(k) for k in setup} == setup:
-            rows = [r for r in saved["rows"] if [a["name"] for a in r["attacks"]] == args.attacks]
+            for r in saved["rows"]:   # files from before per-row steps: the run's steps
+                r.setdefault("steps", 0 if r["method"] == "retrain" else saved.get("steps"))
+            rows = [r for r in saved["rows"]
+                    if [{k: a.get(k) for k in rec} for a, rec in zip(r["attacks"], attack_records)] == attack_records
+                    and len(r["attacks"]) == len(attack_records)]
     for seed in args.seed:
-        for name, method in [(m, robust if m == "safemax-robust" else m) for m in methods]:
-            settings = args.settings if name == "safemax-robust" else ""
-            if any(_label(r) == _label(dict(method=name, settings=settings)) and r.get("seed", 0) == seed
-                   for r in rows):
+        for name, settings, steps, parsed in plan:
+            mine = dict(method=name, settings=settings)
+            if any(_label(r) == _label(mine) and r.get("seed", 0) == seed and r["steps"] == steps for r in rows):
                 continue
             start = time.perf_counter()
-            r = dict(run(args.model, args.forget, method, args.steps, seed, args.attacks,
+            r = dict(run(args.model, args.forget, parsed, steps, seed, args.attacks,
                          retrained=args.retrained if name == "retrain" else None, device=args.device),
-                     seed=seed, wall_seconds=round(time.perf_counter() - start, 1))
+                     seed=seed, steps=steps, wall_seconds=round(time.perf_counter() - start, 1))
             if settings:
                 r["settings"] = settings
             rows.append(r)
@@ -142,7 +184,7 @@ def main(argv=None):
             with open(path + ".tmp", "w") as f:   # after every row: an interruption loses one row at most
                 json.dump(dict(setup, seeds=sorted({x.get("seed", 0) for x in rows}), rows=rows), f, indent=2)
             os.replace(path + ".tmp", path)
-    text = table(rows, args.attacks)
+    text = table(rows, attack_names)
     with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write(text)
     print(text)

@@ -169,8 +169,8 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         num_inference_steps: int = 25, quick: bool = False, resume: bool = False,
         progress: bool = True, model: str = "digits", device: str = "cpu") -> dict:
     """Run the comparison on the embedded model ``model`` ("digits" or "fashion-mnist"); returns
-    (and writes) the results. ``lr=None`` gives each method its own default (SAFEMax: the demo's
-    for the model — 5e-4 on the digits, 1e-4 on Fashion-MNIST; the baselines: their published 1e-4); ``device``: where the models run ("cuda": a GPU).
+    (and writes) the results. ``lr=None`` gives each method its own default (SAFEMax and robust
+    SAFEMax: the demo's for the model — 5e-4 on the digits, 1e-4 on Fashion-MNIST; the baselines: their published 1e-4); ``device``: where the models run ("cuda": a GPU).
     ``attacks``: the relearning attacks run on every result, preset names or specs of
     ``safemax.attacks`` (``"weak"``, ``"lora:rank=4"``, ...); those that fix no steps or image count
     take ``attack_steps`` and ``attack_images``."""
@@ -223,7 +223,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     own = defaults(model)   # the model's demo settings: SAFEMax's lr and Gaussian share
     for spec in methods:
         name, options = parsed[spec]
-        method_lr = options.get("lr", lr if lr is not None else (own["lr"] if name == "safemax" else METHODS[name].default_lr))
+        method_lr = options.get("lr", lr if lr is not None else (own["lr"] if name.startswith("safemax") else METHODS[name].default_lr))
         cache = os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
         config = dict(settings, method=spec, lr=method_lr)
         if name == "safemax" and own["gaussian_fraction"] and "gaussian_fraction" not in options:

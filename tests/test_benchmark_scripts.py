@@ -141,13 +141,33 @@ def test_robust_attack_table_has_intervals_over_seeds(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    def row(method, fa_strong, seed):
+    def row(method, fa_strong, seed, steps=100, seconds=10.0):
         return dict(method=method, seed=seed, fa=0.0, retain_acc=0.99, frechet=3.0, gaussian_std=0.8,
-                    attacks=[dict(name="strong", fa_after=fa_strong)])
+                    steps=steps, train_seconds=seconds, attacks=[dict(name="strong", fa_after=fa_strong)])
 
-    text = module.table([row("safemax", 0.5, 0), row("safemax", 0.7, 1), row("retrain", 0.4, 0)], ["strong"])
+    text = module.table([row("safemax", 0.5, 0), row("safemax", 0.7, 1, seconds=20.0),
+                         row("retrain", 0.4, 0, steps=0, seconds=3600.0)], ["strong"])
     lines = text.splitlines()
-    assert lines[0] == "| method | seeds | FA | retain acc | Fréchet | forget std | strong |"
+    assert lines[0] == "| method | seeds | steps | fit s | FA | retain acc | Fréchet | forget std | strong |"
     # two seeds: mean ± t-interval (t_0.975,1 = 12.71, sd 0.1414, /√2 → 1.27); one seed: the value
-    assert lines[2] == "| safemax | 2 | 0.00 ± 0.00 | 0.990 ± 0.000 | 3.00 ± 0.00 | 0.80 ± 0.00 | 0.60 ± 1.27 |"
-    assert lines[3] == "| retrain | 1 | 0.00 | 0.990 | 3.00 | 0.80 | 0.40 |"
+    assert lines[2] == "| safemax | 2 | 100 | 15 | 0.00 ± 0.00 | 0.990 ± 0.000 | 3.00 ± 0.00 | 0.80 ± 0.00 | 0.60 ± 1.27 |"
+    assert lines[3] == "| retrain | 1 |  | 3,600 | 0.00 | 0.990 | 3.00 | 0.80 | 0.40 |"
+
+
+def test_robust_attack_takes_compare_method_specs(monkeypatch):
+    """robust_attack.py --methods: compare's specs (baselines with their options), steps=N per
+    method; a bad spec is refused before any fit."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("robust_attack", os.path.join(BENCH, "robust_attack.py"))
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(BENCH)
+    spec.loader.exec_module(module)
+    split = module.split_spec
+    assert split("salun:retain_weight=1,steps=200", "", 100) == ("salun", "retain_weight=1", 200)
+    assert split("sa", "", 100) == ("sa", "", 100)
+    assert split("safemax-robust", "attack_radius=1", 100) == ("safemax-robust", "attack_radius=1", 100)
+    assert split("safemax-robust:attack_radius=2", "attack_radius=1", 100) == ("safemax-robust", "attack_radius=2", 100)
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "robust_attack.py"), "--methods", "salun:bogus=1",
+                           "--out", "/nonexistent/never"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "bogus is not a setting of method 'salun'" in done.stderr
