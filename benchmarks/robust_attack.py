@@ -1,6 +1,6 @@
 """Does robust SAFEMax hold against relearning? SAFEMax and ``safemax-robust`` forget the same class
 of an embedded model with its demo's settings (batch 64 + 64; digits: 100 steps, lr 5e-4; Fashion-
-MNIST: 200 steps, lr 1e-4 and, for SAFEMax, gaussian_fraction 0.5), each result is
+MNIST: 200 steps, lr 1e-4 and, for SAFEMax and robust SAFEMax, gaussian_fraction 0.5), each result is
 measured (DDIM-50) and then attacked as ``safemax compare`` attacks — 50 Adam steps of the plain
 denoising loss on 10 real images of the class, at lr 1e-4 (weak) and 1e-3 (strong) — and its forget
 accuracy measured again (100 samples, DDIM-25, as compare does).
@@ -29,9 +29,8 @@ from classes import _cell   # benchmarks/classes.py: the same intervals
 from safemax import Unlearner
 from safemax.attacks import draw_images, parse_attack, run_attack
 from safemax.compare import _build, forget_accuracy, parse_method
-from safemax.methods import METHODS
 from safemax.data import split_by_class
-from safemax.demo import defaults
+from safemax.demo import defaults, method_settings
 from safemax.metrics import evaluate
 from safemax.zoo import load_classifier, load_unet, model_info
 from safemax.zoo.train import retrained_record
@@ -52,11 +51,8 @@ def run(name, forget, spec, steps, seed, attacks=("weak", "strong"), retrained: 
         trained = retrained_record(retrained, forget)
         row = dict(method="retrain", config=dict(folder=retrained, **trained), train_seconds=trained["seconds"])
     else:
-        method, options = spec
-        own = defaults(name)   # the model's demo settings (Fashion-MNIST: lr 1e-4, Gaussian rows)
-        lr = options.get("lr", own["lr"] if method.startswith("safemax") else METHODS[method].default_lr)
-        if method == "safemax" and "gaussian_fraction" not in options:
-            options = dict(options, gaussian_fraction=own["gaussian_fraction"])
+        method, options = spec   # as its demo runs it (Fashion-MNIST: lr 1e-4, Gaussian rows)
+        lr, options = method_settings(name, method, options)
         u = Unlearner(unet, scheduler, forget=[forget], lr=lr, seed=seed, method=_build(method, options))
         u.fit(retain_data, forget_data, steps=steps, batch_size=64, progress=False)
         row = dict(method=u.method.name, config=dict(u.method.config(), lr=lr),

@@ -291,14 +291,15 @@ def _unlearn(args):
     else:
         data = ImageFolder(args.data, unet.config.sample_size, unet.config.in_channels)
     forget_data, retain_data = split_by_class(data, args.forget)
-    from .demo import DEFAULTS
+    from .demo import DEFAULTS, method_settings
     # an embedded model's demo settings (the learning rate and steps are a per-model choice)
-    known = DEFAULTS.get(embedded_name(args.model) or "", DEFAULTS["digits"])
-    lr = known["lr"] if args.lr is None and args.method.startswith("safemax") and args.train == "all" else args.lr
-    steps = known["steps"] if args.steps is None else args.steps
-    gaussian = args.gaussian_fraction
-    if gaussian is None and args.method.startswith("safemax") and known["gaussian_fraction"]:
-        gaussian = known["gaussian_fraction"]
+    model = embedded_name(args.model)
+    steps = DEFAULTS.get(model or "digits", DEFAULTS["digits"])["steps"] if args.steps is None else args.steps
+    given = {} if args.gaussian_fraction is None else dict(gaussian_fraction=args.gaussian_fraction)
+    lr, given = method_settings(model, args.method, given, args.lr)
+    gaussian = given.get("gaussian_fraction")
+    if args.train != "all":   # rows alone: the Unlearner's own default lr for them
+        lr = args.lr
     # SAFEMax's settings, where given: a baseline refuses them (they are not its settings)
     settings = {k: v for k, v in (("early_fraction", args.early_fraction), ("max_snr", args.max_snr),
                                   ("forget_weight", args.forget_weight), ("gaussian_fraction", gaussian))

@@ -174,7 +174,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     ``attacks``: the relearning attacks run on every result, preset names or specs of
     ``safemax.attacks`` (``"weak"``, ``"lora:rank=4"``, ...); those that fix no steps or image count
     take ``attack_steps`` and ``attack_images``."""
-    from .demo import defaults
+    from .demo import method_settings
 
     methods = list(dict.fromkeys(methods))
     if not methods:
@@ -220,16 +220,14 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
           f"accuracy {original['retain_acc']:.3f} (bar: FA <= {FA_BAR}, retain >= {retain_floor:.3f})")
 
     results, samples = {}, {"original": original_samples}
-    own = defaults(model)   # the model's demo settings: SAFEMax's lr and Gaussian share
     for spec in methods:
         name, options = parsed[spec]
-        method_lr = options.get("lr", lr if lr is not None else (own["lr"] if name.startswith("safemax") else METHODS[name].default_lr))
+        # the model's demo settings (SAFEMax and robust SAFEMax: its lr and Gaussian share)
+        method_lr, options = method_settings(model, name, options, lr)
         cache = os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
         config = dict(settings, method=spec, lr=method_lr)
-        if name == "safemax" and own["gaussian_fraction"] and "gaussian_fraction" not in options:
-            # SAFEMax as the model's demo runs it (Fashion-MNIST: exact halting); the cache says so
-            options = dict(options, gaussian_fraction=own["gaussian_fraction"])
-            config["gaussian_fraction"] = own["gaussian_fraction"]
+        if "gaussian_fraction" in options and "gaussian_fraction" not in parsed[spec][1]:
+            config["gaussian_fraction"] = options["gaussian_fraction"]   # the cache says so
         if resume and os.path.exists(cache):
             with open(cache) as f:
                 saved = json.load(f)

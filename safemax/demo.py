@@ -35,6 +35,23 @@ def defaults(dataset: str) -> dict:
     return dict(DEFAULTS[dataset])
 
 
+def method_settings(dataset: str, method: str, options: dict = None, lr: float = None) -> tuple:
+    """``(lr, options)``: how ``method`` runs on the embedded model ``dataset`` (None or a model of
+    one's own: the digits' settings) — the one place ``unlearn``, ``compare`` and the benchmarks
+    take it from. SAFEMax and robust SAFEMax (a term added to it) take the model's demo lr and
+    Gaussian share; the baselines their published lr. ``lr`` overrides the defaults for every
+    method (compare's ``--lr``); an ``lr`` option overrides it for this one."""
+    from .methods import METHODS
+
+    own = DEFAULTS.get(dataset or "digits", DEFAULTS["digits"])
+    options = dict(options or {})
+    ours = method.startswith("safemax")
+    lr = options.pop("lr", lr if lr is not None else (own["lr"] if ours else METHODS[method].default_lr))
+    if ours and own["gaussian_fraction"] and "gaussian_fraction" not in options:
+        options["gaussian_fraction"] = own["gaussian_fraction"]
+    return lr, options
+
+
 def _curve_point(step: int, measured: dict) -> dict:
     return dict(step=step, **{k: measured[k] for k in ("fa", "fa_digits", "retain_acc")})
 

@@ -406,3 +406,20 @@ def test_gaussian_fraction_one_forgets_without_forget_images_or_sampling(monkeyp
 def test_gaussian_fraction_is_checked():
     with pytest.raises(ValueError, match="gaussian_fraction must be in \\[0, 1\\]"):
         SafeMax(gaussian_fraction=1.5)
+
+
+def test_method_settings_are_the_models_demo_settings():
+    """One place says how a method runs on an embedded model (unlearn, compare and the benchmarks
+    read it): SAFEMax and robust SAFEMax take the model's lr and Gaussian share, the baselines
+    their published lr; --lr and an lr option override in that order."""
+    from safemax.demo import method_settings
+
+    assert method_settings("digits", "safemax") == (5e-4, {})
+    assert method_settings("fashion-mnist", "safemax") == (1e-4, {"gaussian_fraction": 0.5})
+    assert method_settings("fashion-mnist", "safemax-robust", {"attack_radius": 1}) == \
+        (1e-4, {"attack_radius": 1, "gaussian_fraction": 0.5})
+    assert method_settings("fashion-mnist", "safemax", {"gaussian_fraction": 0.0}) == (1e-4, {"gaussian_fraction": 0.0})
+    assert method_settings("fashion-mnist", "salun", {"retain_weight": 1}) == (1e-4, {"retain_weight": 1})
+    assert method_settings(None, "ga") == (1e-4, {})   # a model of one's own: the digits' defaults
+    assert method_settings("digits", "safemax", lr=2e-4) == (2e-4, {})
+    assert method_settings("digits", "sa", {"lr": 3e-4}, lr=2e-4) == (3e-4, {})
