@@ -567,6 +567,12 @@ class SafeMaxRobust(SafeMax):
             ball) or ``"l2"``: each step along the gradient itself, of total L2 length
             ``attack_radius`` — SAM's ascent step (sharpness-aware unlearning, arXiv 2502.05374),
             which moves the coordinates the relearning loss is steep in and leaves the rest.
+        guard_weight: (``attack_scope="class-embedding"`` only) weight of a guard for the kept
+            classes: the retain rows' loss (their distillation towards the original) with every
+            kept class's row moved up to ``attack_radius`` per coordinate towards the attacked
+            forgotten row (the forgotten rows' mean, when several are forgotten), so that the
+            halting learnt around that row does not reach its neighbours. One more
+            forward/backward pass over the retain rows. 0 (default): off.
 
     The other settings are SAFEMax's (``gaussian_fraction < 1``: the attack needs real forget
     images).
@@ -581,7 +587,7 @@ class SafeMaxRobust(SafeMax):
                  attack_radius: float = None, attack_steps: int = None, robust_weight: float = 1.0,
                  attacked_retain_weight: float = 0.0, gaussian_window: float = 1.0,
                  gaussian_retain_fraction: float = 0.0, attack_scope: str = "class-embedding",
-                 attack_norm: str = "sign"):
+                 attack_norm: str = "sign", guard_weight: float = 0.0):
         super().__init__(early_fraction, max_snr, forget_weight, weighting, retain_target, gaussian_fraction,
                          gaussian_window, gaussian_retain_fraction)
         if attack_scope not in ATTACK_SCOPES:
@@ -606,7 +612,13 @@ class SafeMaxRobust(SafeMax):
                              "attacker moves only the forgotten rows, which the retain rows never read")
         if attack_norm not in ("sign", "l2"):
             raise ValueError(f"attack_norm must be 'sign' or 'l2', got {attack_norm!r}")
-        self.attack_scope, self.attack_norm = attack_scope, attack_norm
+        if not guard_weight >= 0:
+            raise ValueError(f"guard_weight must be >= 0, got {guard_weight}")
+        if guard_weight and attack_scope != "class-embedding":
+            raise ValueError("guard_weight needs attack_scope='class-embedding': it moves the kept classes' "
+                             "embedding rows towards the attacked one (attacked_retain_weight is the "
+                             "weights scope's guard)")
+        self.attack_scope, self.attack_norm, self.guard_weight = attack_scope, attack_norm, guard_weight
         self.attack_radius, self.attack_steps, self.robust_weight = attack_radius, int(attack_steps), robust_weight
         self.attacked_retain_weight = attacked_retain_weight
 
@@ -619,6 +631,8 @@ class SafeMaxRobust(SafeMax):
             out["attack_scope"] = self.attack_scope
         if self.attack_norm != "sign":
             out["attack_norm"] = self.attack_norm
+        if self.guard_weight:
+            out["guard_weight"] = self.guard_weight
         return out
 
     def bind(self, u):
@@ -664,6 +678,20 @@ class SafeMaxRobust(SafeMax):
                 shift[n] = shift[n] + step
         return params, shift
 
+    def guard_shift(self, u, params: dict, shift: dict) -> dict:
+        """The guard's shift of the class tables (``_Shifted`` subtracts it): every kept class's
+        row moved up to ``attack_radius`` per coordinate towards the attacked forgotten row (their
+        mean; a coordinate nearer than that stops on it), the forgotten rows left alone."""
+        from .class_rows import row_mask
+        out = {}
+        for n, p in params.items():
+            w = p.detach()
+            gone = row_mask(w, u.forget).to(w.device)
+            target = (w - shift[n])[list(u.forget)].mean(0)
+            step = (target - w).clamp(-self.attack_radius, self.attack_radius)   # towards it, never past
+            out[n] = torch.where(gone, 0.0, -step)
+        return out
+
     def loss(self, u, retain, forget, batch_size):
         loss, stats = super().loss(u, retain, forget, batch_size)
         x_t, eps, t, cond, _ = self.batch
@@ -688,6 +716,15 @@ class SafeMaxRobust(SafeMax):
                                       self.weighting, u.denoiser.parametrization)
             stats["attacked_retain_nats"] = nats.mean().item()
             loss = loss + self.attacked_retain_weight * kept
+        if self.guard_weight:   # the kept classes at their rows moved towards the attacked one
+            r = self.batch.retain_rows
+            guarded = _Shifted(u.unet, params, self.guard_shift(u, params, shift))
+            pred = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=guarded)
+            kept, nats = safemax_loss(pred, eps[r], x_t[r], t[r], u.denoiser.table,
+                                      torch.zeros_like(t[r], dtype=torch.bool), self.t_min, self.forget_weight,
+                                      self.weighting, u.denoiser.parametrization)
+            stats["guarded_retain_nats"] = nats.mean().item()
+            loss = loss + self.guard_weight * kept
         return loss, stats
 
 

@@ -166,3 +166,36 @@ def test_class_embedding_scope_under_lora():
     u.fit(retain, forget, steps=2, batch_size=4, progress=False)
     assert all(h["attacked_forget_nats"] >= 0 for h in u.history)
     assert all("lora" in n for n, _ in u.trainable())
+
+
+def test_guard_moves_the_kept_rows_towards_the_attacked_one():
+    """guard_weight: the kept classes are also distilled with their rows moved up to attack_radius
+    per coordinate towards the attacked forgotten row (never past it); the forgotten rows stay;
+    class scope only."""
+    with pytest.raises(ValueError, match="guard_weight needs attack_scope='class-embedding'"):
+        SafeMaxRobust(attack_scope="weights", guard_weight=1)
+    with pytest.raises(ValueError, match="guard_weight must be >= 0"):
+        SafeMaxRobust(guard_weight=-1)
+    retain, forget = data()
+    u = Unlearner(tiny_unet(), scheduler(), forget=[1], lr=1e-3,
+                  method=SafeMaxRobust(attack_radius=0.5, attack_steps=1, guard_weight=1))
+    assert u.method.config()["guard_weight"] == 1 and SafeMaxRobust().guard_weight == 0
+    x0 = torch.stack([forget[i][0] for i in range(4)])
+    y, eps, t = torch.full((4,), 1), torch.randn(4, 1, 8, 8), torch.tensor([5, 20, 50, 90])
+    moved, shift = u.method.simulate_attack(u, u.scheduler.add_noise(x0, eps, t), t, y, eps)
+    guard = u.method.guard_shift(u, moved, shift)["class_embedding.weight"]
+    w = moved["class_embedding.weight"].detach()
+    attacked = w[1] - shift["class_embedding.weight"][1]
+    assert guard[1].abs().max() == 0   # the forgotten row is the attacker's, not the guard's
+    for k in (0, 2, 3):   # each kept row up to the radius towards the attacked row, never past it
+        after = w[k] - guard[k]
+        gap = (attacked - w[k]).abs()
+        torch.testing.assert_close((after - w[k]).abs(), gap.clamp(max=0.5))
+        torch.testing.assert_close((attacked - after).abs(), (gap - 0.5).clamp(min=0))
+    u.fit(retain, forget, steps=2, batch_size=4, progress=False)
+    assert all(h["guarded_retain_nats"] >= 0 for h in u.history)
+    plain = Unlearner(tiny_unet(), scheduler(), forget=[1], lr=1e-3,
+                      method=SafeMaxRobust(attack_radius=0.5, attack_steps=1))
+    plain.fit(retain, forget, steps=2, batch_size=4, progress=False)
+    mine, theirs = params(u.unet), params(plain.unet)   # the guard's term trains the model
+    assert any(not torch.allclose(mine[k], theirs[k]) for k in mine)
