@@ -694,6 +694,17 @@ class SafeMaxRobust(SafeMax):
             out[n] = torch.where(gone, 0.0, -step)
         return out
 
+    def _retain_rows_loss(self, u, model) -> tuple:
+        """``(loss, mean nats)``: the batch's retain rows distilled towards their targets (the
+        teacher's) through ``model`` — a moved copy of the UNet."""
+        x_t, eps, t, cond, _ = self.batch
+        r = self.batch.retain_rows
+        pred = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=model)
+        kept, nats = safemax_loss(pred, eps[r], x_t[r], t[r], u.denoiser.table,
+                                  torch.zeros_like(t[r], dtype=torch.bool), self.t_min, self.forget_weight,
+                                  self.weighting, u.denoiser.parametrization)
+        return kept, nats.mean().item()
+
     def loss(self, u, retain, forget, batch_size):
         loss, stats = super().loss(u, retain, forget, batch_size)
         x_t, eps, t, cond, _ = self.batch
@@ -710,22 +721,12 @@ class SafeMaxRobust(SafeMax):
                                   self.t_min, self.forget_weight, self.weighting, u.denoiser.parametrization)
         stats["attacked_forget_nats"] = nats.mean().item()
         loss = loss + self.robust_weight * held
-        if self.attacked_retain_weight:   # the kept classes at the attacked weights (targets: the teacher's)
-            r = self.batch.retain_rows
-            pred = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=attacked)
-            kept, nats = safemax_loss(pred, eps[r], x_t[r], t[r], u.denoiser.table,
-                                      torch.zeros_like(t[r], dtype=torch.bool), self.t_min, self.forget_weight,
-                                      self.weighting, u.denoiser.parametrization)
-            stats["attacked_retain_nats"] = nats.mean().item()
+        if self.attacked_retain_weight:   # the kept classes at the attacked weights
+            kept, stats["attacked_retain_nats"] = self._retain_rows_loss(u, attacked)
             loss = loss + self.attacked_retain_weight * kept
         if self.guard_weight:   # the kept classes at their rows moved towards the attacked one
-            r = self.batch.retain_rows
             guarded = _Shifted(u.unet, params, self.guard_shift(u, params, shift))
-            pred = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=guarded)
-            kept, nats = safemax_loss(pred, eps[r], x_t[r], t[r], u.denoiser.table,
-                                      torch.zeros_like(t[r], dtype=torch.bool), self.t_min, self.forget_weight,
-                                      self.weighting, u.denoiser.parametrization)
-            stats["guarded_retain_nats"] = nats.mean().item()
+            kept, stats["guarded_retain_nats"] = self._retain_rows_loss(u, guarded)
             loss = loss + self.guard_weight * kept
         return loss, stats
 
