@@ -81,6 +81,13 @@ def test_first_steps_script(tmp_path):
     kept = (out / "runs" / "default-class3.json").stat().st_mtime_ns
     run("first_steps.py", "--smoke", "--classes", 3, "--ablation-classes", 3, "--variants", "default", "--out", out)
     assert (out / "runs" / "default-class3.json").stat().st_mtime_ns == kept   # reused, not rerun
+    # warm-rows holds the shared weights for its first 20 steps and moves only the class's own
+    # offset: the kept classes' samples, hence their accuracy, are the original's bit for bit
+    text = run("first_steps.py", "--smoke", "--classes", 3, "--ablation-classes", "--variants", "warm-rows", "sgd0.01",
+               "--out", out)
+    assert "| conv/linear |" not in text and "| sgd0.01 | 3 |" in text
+    warm = json.loads((out / "runs" / "warm-rows-class3.json").read_text())["points"]
+    assert [p["step"] for p in warm] == [0, 1, 2] and warm[1]["retain_acc"] == warm[2]["retain_acc"] == warm[0]["retain_acc"]
 
 
 def test_class_embedding_script(tmp_path):
