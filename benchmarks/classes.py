@@ -160,12 +160,21 @@ def summarise(runs: list, name: str) -> str:
         out += ["", f"## Seeds ({name}): {' to '.join(map(str, counts))} seeds of the classes "
                     f"{', '.join(info.class_name(c) for c in seeded)}\n",
                 "Mean ± 95% t-interval over the seeds (fit and measurement both reseeded).\n",
-                "| class | seeds | " + " | ".join(LABELS[k] + " after" for k in METRICS[:3]) + " | forget std after |",
-                "| --- | ---: | " + " | ".join("---:" for _ in range(4)) + " |"]
+                "| class | seeds | " + " | ".join(LABELS[k] + " after" for k in METRICS[:3])
+                + " | forget std after | held step, by seed |",
+                "| --- | ---: | " + " | ".join("---:" for _ in range(4)) + " | --- |"]
         for c in seeded:
-            rs = [r for r in runs if r["forget"] == c]
+            rs = sorted((r for r in runs if r["forget"] == c), key=lambda r: r["seed"])
+            helds = [held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1] for r in rs]
             out.append(f"| {info.class_name(c)} | {len(rs)} | " + " | ".join(
-                _cell([r["after"][k] for r in rs]) for k in ("fa", "retain_acc", "frechet", "gaussian_std")) + " |")
+                _cell([r["after"][k] for r in rs]) for k in ("fa", "retain_acc", "frechet", "gaussian_std"))
+                + " | " + ", ".join(_step(h) for h in helds) + " |")
+        rs = [r for r in runs if r["forget"] in seeded]
+        change = [100 * (r["after"]["retain_acc"] - r["before"]["retain_acc"]) for r in rs]
+        helds = [h for h in (held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1] for r in rs)
+                 if h is not None]
+        out += ["", f"Over these {len(rs)} runs: retain accuracy {_cell(change, '.1f')} points from its start; "
+                    f"the bar held in {len(helds)} of {len(rs)}, from step {_cell(helds, '.1f')}."]
     return "\n".join(out) + "\n"
 
 

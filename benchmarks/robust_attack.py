@@ -96,15 +96,16 @@ def table(rows: list, attacks: list) -> str:
     digit/garment", which lowers FA without hiding the class."""
     head = ["method", "seeds", "steps", "fit s", "FA", "retain acc", "Fréchet", "forget std", *attacks]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" + " ---: |" * (len(head) - 1)]
-    for method in dict.fromkeys(map(_label, rows)):
-        mine = [r for r in rows if _label(r) == method]
+    # one line per method and step count: a method's runs at 100 and at 200 steps are two rows
+    for method, n in dict.fromkeys((_label(r), r.get("steps")) for r in rows):
+        mine = [r for r in rows if _label(r) == method and r.get("steps") == n]
         done = [{x["name"]: x for x in r["attacks"]} for r in mine]
 
         def attacked(a):
             fa = [d[a]["fa_after"] for d in done if a in d]
             only = [d[a]["fa_classes_only_after"] for d in done if a in d and "fa_classes_only_after" in d[a]]
             return _cell(fa, ".2f") + (f" ({sum(only) / len(only):.2f})" if only else "")
-        steps = "/".join(str(s) for s in dict.fromkeys(r.get("steps") for r in mine)) if mine[0]["method"] != "retrain" else ""
+        steps = "" if mine[0]["method"] == "retrain" or n is None else str(n)
         fit = sum(r["train_seconds"] for r in mine) / len(mine)
         out.append(f"| {method} | {len(mine)} | {steps} | {fit:,.0f} | " + " | ".join(
             [_cell([r[k] for r in mine], spec) for k, spec in

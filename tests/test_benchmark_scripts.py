@@ -29,6 +29,7 @@ def test_classes_then_stopping(tmp_path):
     assert {"forget_nats", "retain_nats"} <= set(r["history"][0])
     md = (out / "classes.md").read_text()
     assert "Mean ± 95% t-interval over the 2 classes" in md and "2 seeds of the classes 3" in md
+    assert "| held step, by seed |" in md and "Over these 2 runs: retain accuracy" in md
     # a second call reuses the finished runs (nothing is recomputed: the file is untouched)
     stamp = os.path.getmtime(out / "runs" / "class5-seed0.json")
     run("classes.py", "--model", "digits", "--classes", 3, 5, "--seeded", 3, "--seeds", 1, *tiny, "--out", out)
@@ -161,6 +162,10 @@ def test_robust_attack_table_has_intervals_over_seeds(monkeypatch):
     # in brackets: the mean over the data set's classes only (a damaged sample may be "not a digit")
     assert lines[2] == "| safemax | 2 | 100 | 15 | 0.00 ± 0.00 | 0.990 ± 0.000 | 3.00 ± 0.00 | 0.80 ± 0.00 | 0.60 ± 1.27 (0.70) |"
     assert lines[3] == "| retrain | 1 |  | 3,600 | 0.00 | 0.990 | 3.00 | 0.80 | 0.40 (0.50) |"
+    # the same method at another step count is a row of its own, not pooled with the first
+    text = module.table([row("safemax", 0.5, 0), row("safemax", 0.7, 0, steps=200, seconds=20.0)], ["strong"])
+    assert text.splitlines()[2:] == ["| safemax | 1 | 100 | 10 | 0.00 | 0.990 | 3.00 | 0.80 | 0.50 (0.60) |",
+                                     "| safemax | 1 | 200 | 20 | 0.00 | 0.990 | 3.00 | 0.80 | 0.70 (0.80) |"]
 
 
 def test_robust_attack_takes_compare_method_specs(monkeypatch):
