@@ -61,6 +61,11 @@ def held_step(curve, retain_floor: float):
     return tuple(None if i is None else curve[i]["step"] for i in (first, held))
 
 
+def run_held_step(run: dict):
+    """(first, held) step of one run's curve at the bar: retain within RETAIN_SLACK of its start."""
+    return held_step(run["curve"], run["before"]["retain_acc"] - RETAIN_SLACK)
+
+
 def run_one(name: str, forget: int, seed: int, args) -> dict:
     info = model_info(name)
     (unet, scheduler), classifier = load_unet(name, args.device), load_classifier(name, args.device)
@@ -138,7 +143,7 @@ def summarise(runs: list, name: str) -> str:
         for r in seed0:
             b, a = r["before"], r["after"]
             lo, hi = wilson(a["fa"] * r["n_forget"], r["n_forget"])
-            first, held = held_step(r["curve"], b["retain_acc"] - RETAIN_SLACK)
+            first, held = run_held_step(r)
             low = min(r["curve"], key=lambda c: c["retain_acc"])   # the kept classes' dip
             out.append(f"| {info.class_name(r['forget'])} | {b['fa']:.3f} → **{a['fa']:.3f}** "
                        f"[{lo:.3f}, {hi:.3f}] | {b['retain_acc']:.3f} → {a['retain_acc']:.3f} | "
@@ -150,7 +155,7 @@ def summarise(runs: list, name: str) -> str:
         for k in METRICS:
             out.append(f"| {LABELS[k]} | {_cell([r['before'][k] for r in seed0])} | "
                        f"{_cell([r['after'][k] for r in seed0])} |")
-        helds = [held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1] for r in seed0]
+        helds = [run_held_step(r)[1] for r in seed0]
         done = [h for h in helds if h is not None]
         out.append(f"| held step to the bar | | {_cell(done, '.1f')} "
                    f"({len(done)} of {len(helds)} classes held it) |")
@@ -165,14 +170,13 @@ def summarise(runs: list, name: str) -> str:
                 "| --- | ---: | " + " | ".join("---:" for _ in range(4)) + " | --- |"]
         for c in seeded:
             rs = sorted((r for r in runs if r["forget"] == c), key=lambda r: r["seed"])
-            helds = [held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1] for r in rs]
+            helds = [run_held_step(r)[1] for r in rs]
             out.append(f"| {info.class_name(c)} | {len(rs)} | " + " | ".join(
                 _cell([r["after"][k] for r in rs]) for k in ("fa", "retain_acc", "frechet", "gaussian_std"))
                 + " | " + ", ".join(_step(h) for h in helds) + " |")
         rs = [r for r in runs if r["forget"] in seeded]
         change = [100 * (r["after"]["retain_acc"] - r["before"]["retain_acc"]) for r in rs]
-        helds = [h for h in (held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1] for r in rs)
-                 if h is not None]
+        helds = [h for h in (run_held_step(r)[1] for r in rs) if h is not None]
         out += ["", f"Over these {len(rs)} runs: retain accuracy {_cell(change, '.1f')} points from its start; "
                     f"the bar held in {len(helds)} of {len(rs)}, from step {_cell(helds, '.1f')}."]
     return "\n".join(out) + "\n"

@@ -54,7 +54,7 @@ def main(argv=None):
     for v in args.variants:
         for f in sorted(glob.glob(os.path.join(args.out, v, "runs", "*.json"))):
             r = json.load(open(f))
-            first, held = classes.held_step(r["curve"], r["before"]["retain_acc"] - classes.RETAIN_SLACK)
+            first, held = classes.run_held_step(r)
             low = min(r["curve"], key=lambda c: c["retain_acc"])
             a = r["after"]
             held_by_variant.setdefault(v, []).append(held)

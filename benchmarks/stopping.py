@@ -20,7 +20,7 @@ import glob
 import json
 import os
 
-from classes import RETAIN_SLACK, held_step   # benchmarks/classes.py: the same bar
+from classes import RETAIN_SLACK, held_step, run_held_step   # benchmarks/classes.py: the same bar
 from safemax.compare import meets_bar
 from safemax.stopping import NatsRule
 
@@ -70,7 +70,7 @@ def main(argv=None):
         raise SystemExit(f"no runs in {args.folders}: run benchmarks/classes.py first")
     default = NatsRule()
     results = [replay(runs, NatsRule(ratio, window)) for window in WINDOWS for ratio in RATIOS]
-    held = [held_step(r["curve"], r["before"]["retain_acc"] - RETAIN_SLACK)[1] for r in runs]
+    held = [run_held_step(r)[1] for r in runs]
     models = sorted({r["model"] for r in runs})
     steps = [h for h in held if h is not None]
     when = (f", from step {sum(steps) / len(steps):.1f} on average (measured every few steps: the first "
