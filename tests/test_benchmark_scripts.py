@@ -63,6 +63,25 @@ def test_tune_baselines_script(tmp_path):
     assert (out / "sweep" / "sa" / "curves.png").exists()
 
 
+def test_tune_pick_ranks_steps_not_the_load():
+    """The sweep's pick: fewest steps to the held bar (ties: Fréchet), whatever the seconds were —
+    a grid point run while the cores were busy must not lose for it; the published setting when
+    none met the bar."""
+    sys.path.insert(0, BENCH)
+    from tune_baselines import pick
+
+    def r(spec, held, first, seconds, frechet=5.0):
+        return dict(spec=spec, steps_to_forget_held=held, seconds_to_forget_held=seconds if held else None,
+                    steps_to_forget=first, seconds_to_forget=seconds if first else None, prep_seconds=10.0,
+                    step_seconds=2.0, frechet_final=frechet)
+    loaded, quiet = r("a", 50, 25, 400.0), r("b", 75, 25, 160.0)
+    assert pick([quiet, loaded], "p")[0] == "a"
+    assert "50: 110 s" in pick([quiet, loaded], "p")[1]   # priced at the median times: 10 + 50 x 2
+    assert pick([r("a", 50, 25, 1.0, 6.0), r("b", 50, 25, 1.0, 4.0)], "p")[0] == "b"
+    assert pick([r("a", None, 75, 1.0), r("b", None, 50, 9.0)], "p")[0] == "b"
+    assert pick([r("a", None, None, 1.0)], "p") == ("p", "no setting met the bar: the published one")
+
+
 def test_retain_dip_script(tmp_path):
     out = tmp_path / "dip"
     text = run("retain_dip.py", "--smoke", "--classes", 3, "--variants", "warmup0", "gaussian0.5", "--out", out)
