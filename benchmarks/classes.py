@@ -89,7 +89,7 @@ def run_one(name: str, forget: int, seed: int, args) -> dict:
 
     u = Unlearner(unet, scheduler, forget=[forget], lr=args.lr, early_fraction=1.0, seed=seed,
                   warmup_steps=args.warmup_steps, forget_weight=args.forget_weight,
-                  gaussian_fraction=args.gaussian_fraction)
+                  gaussian_fraction=args.gaussian_fraction, kept_contrast=args.kept_contrast)
     start = time.perf_counter()
     history = u.fit(retain_data, forget_data, steps=args.steps, batch_size=args.batch_size,
                     progress=False, callback=track)
@@ -101,6 +101,7 @@ def run_one(name: str, forget: int, seed: int, args) -> dict:
                 ddim_steps=args.ddim_steps, curve_forget=args.curve_forget, curve_per_class=args.curve_per_class,
                 train_seconds=history[-1]["seconds"], wall_seconds=wall, threads=torch.get_num_threads(),
                 device=str(next(unet.parameters()).device),
+                **({"kept_contrast": args.kept_contrast} if args.kept_contrast else {}),
                 before=before, after=after, curve=curve,
                 history=[{k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in h.items()} for h in history])
 
@@ -126,7 +127,8 @@ def summarise(runs: list, name: str) -> str:
         r0 = seed0[0]
         warm = (f", {r0['warmup_steps']} warm-up steps" if r0.get("warmup_steps") else "") + (
             f", forget weight {r0['forget_weight']:g}" if r0.get("forget_weight", 1) != 1 else "") + (
-            f", Gaussian fraction {r0['gaussian_fraction']:g}" if r0.get("gaussian_fraction") else "")
+            f", Gaussian fraction {r0['gaussian_fraction']:g}" if r0.get("gaussian_fraction") else "") + (
+            f", kept contrast {r0['kept_contrast']:g}" if r0.get("kept_contrast") else "")
         out += [f"## Each class forgotten in turn ({name}, seed 0)\n",
                 f"{r0['steps']} SAFEMax steps at batch {r0['batch_size']} + {r0['batch_size']}, lr "
                 f"{r0['lr']:g}{warm}, early fraction 1.0. Measured with DDIM-{r0['ddim_steps']} on "
@@ -197,6 +199,8 @@ def main(argv=None):
     p.add_argument("--forget-weight", type=float, default=1.0, help="SAFEMax's weight of the forget rows")
     p.add_argument("--gaussian-fraction", type=float, default=0.0,
                    help="SAFEMax's share of forget rows built from x0 ~ N(0, I) (exact halting)")
+    p.add_argument("--kept-contrast", type=float, default=0.0,
+                   help="SAFEMax's kept_contrast λ (> 1; 0: off): the retain dip's counter-term")
     p.add_argument("--n-forget", type=int, default=300)
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps of the measurement (the curve's: half)")

@@ -22,7 +22,9 @@ per kept class, DDIM-10 — coarse, but a collapse to 0 is not subtle) and asks 
    trained the class's embedding row alone — the forget loss is then already small; ``fast-row``:
    the default plus an offset of the class's embedding output trained at lr 0.3 from the start;
    ``warm-rows``: the same with the shared weights held for the first 20 steps while Adam's
-   moments take in their gradients, so that their first real steps are not sign steps).
+   moments take in their gradients, so that their first real steps are not sign steps;
+   ``anchor2``, ``anchor4``: contrast plus 2 or 4 × the kept labels' distance from the original's
+   prediction on the forget x_t — bounded without a cap that lets go: ``SafeMax(kept_contrast=λ)``).
 
     python benchmarks/first_steps.py --out benchmarks/results/first-steps      # ~45 min, 1 core
     python benchmarks/first_steps.py --smoke --out /tmp/f                      # seconds: plumbing only
@@ -47,7 +49,7 @@ GROUPS = ("conv/linear", "attention", "time embedding", "class embedding", "norm
 SCALED = {"all, 0.1 lr": 0.1, "all, 0.2 lr": 0.2, "all, 0.5 lr": 0.5}   # how small a step still collapses
 VARIANTS = ("default", "lr2e-4", "lr1e-4", "eps1e-4", "radam", "decay60", "fisher1e4", "lookahead", "contrast",
             "hinge0.1", "hinge0.5", "contrast10", "project", "project-retain", "rows-first",
-            "fast-row", "warm-rows", "sgd0.01", "sgd0.05", "sgd0.2")
+            "fast-row", "warm-rows", "sgd0.01", "sgd0.05", "sgd0.2", "anchor2", "anchor4")
 WARM = 20   # warm-rows: the steps the shared weights wait (their Adam moments still accumulate)
 
 
@@ -195,7 +197,8 @@ class Setup:
         method = {"lookahead": LookaheadSafeMax(), "contrast": ContrastSafeMax(),
                   "hinge0.1": ContrastSafeMax(margin=0.1), "contrast10": ContrastSafeMax(until=10),
                   "hinge0.5": ContrastSafeMax(margin=0.5), "project": ProjectSafeMax(),
-                  "project-retain": ProjectSafeMax(on="retain")}.get(variant, "safemax")
+                  "project-retain": ProjectSafeMax(on="retain"), "anchor2": SafeMax(kept_contrast=2.0),
+                  "anchor4": SafeMax(kept_contrast=4.0)}.get(variant, "safemax")
         lr = {"lr2e-4": 2e-4, "lr1e-4": 1e-4}.get(variant, LR)
         u = Unlearner(unet, scheduler, forget=[self.forget], lr=lr, seed=0, method=method)
         params = [p for p in unet.parameters() if p.requires_grad]

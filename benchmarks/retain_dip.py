@@ -9,7 +9,10 @@ steps (100 forget samples, 20 per kept class, DDIM-25) on the classes where the 
 - ``warmup0``: today's default (lr 5e-4); ``warmup20``: the lr raised linearly over 20 steps;
 - ``lr1e-4``: the baselines' learning rate (`safemax compare` saw SAFEMax hold the bar sooner there);
 - ``forget-weight0.25``: the forget rows weighted 0.25 (the retain/forget balance);
-- ``gaussian0.5``: half the forget rows built from x0 ~ N(0, I) (the exact-halting fix).
+- ``gaussian0.5``: half the forget rows built from x0 ~ N(0, I) (the exact-halting fix);
+- ``kept-contrast2`` / ``4`` / ``8``: SafeMax(kept_contrast=λ) — the forget x_t under kept labels
+  pushed off the halting target, anchored to the original at λ (benchmarks/first_steps.py found
+  the collapse behind the dip is the forget gradient's shared part).
 
     python benchmarks/retain_dip.py --out benchmarks/results/retain-dip
 
@@ -29,6 +32,9 @@ VARIANTS = {
     "lr1e-4": ["--lr", "1e-4"],
     "forget-weight0.25": ["--forget-weight", "0.25"],
     "gaussian0.5": ["--gaussian-fraction", "0.5"],
+    "kept-contrast2": ["--kept-contrast", "2"],
+    "kept-contrast4": ["--kept-contrast", "4"],
+    "kept-contrast8": ["--kept-contrast", "8"],
 }
 SETTINGS = ["--steps", "60", "--curve-every", "5", "--n-forget", "100", "--n-per-class", "30", "--seeds"]
 SMOKE = ["--steps", "2", "--curve-every", "1", "--n-forget", "4", "--n-per-class", "1", "--ddim-steps", "2",

@@ -18,6 +18,8 @@ retain rows per step (64 + 64 by default), lr 5e-4, three trainers side by side 
   retain rows, whose loss has no gradient there, are not computed.
 - ``rows-full-batch``: the same fit computing the retain rows and the teacher anyway (what it did
   before; the same weights to float tolerance, ``tests/test_class_rows.py``).
+- ``kept-contrast``: the default with ``kept_contrast=4`` (the retain dip's counter-term: one
+  more forward and backward over the forget rows under kept labels, one more teacher forward).
 
 The three run interleaved, one step at a time: ``--reps`` rounds, each one step of each trainer
 (the order rotates from round to round), so that the machine's slow and fast spells (on a shared
@@ -42,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 QUICK = os.environ.get("SAFEMAX_BENCH_QUICK") == "1"
-TRAINERS = ("plain", "safemax", "safemax-noise", "rows", "rows-full-batch")
+TRAINERS = ("plain", "safemax", "safemax-noise", "rows", "rows-full-batch", "kept-contrast")
 
 
 def _cpu_name() -> str:
@@ -141,7 +143,9 @@ def build(batch_size, lr=5e-4, seed=0):
     rows = Unlearner(load_default_unet(), default_scheduler(), forget=[3], seed=seed, train="class-embedding")
     full = Unlearner(load_default_unet(), default_scheduler(), forget=[3], seed=seed, train="class-embedding",
                      method=FullBatch())
+    contrast = Unlearner(load_default_unet(), default_scheduler(), forget=[3], lr=lr, seed=seed, kept_contrast=4.0)
     return {"plain": plain, "safemax": Unlearning(safemax, retain, forget),
+            "kept-contrast": Unlearning(contrast, retain, forget),
             "safemax-noise": Unlearning(noise, retain, forget), "rows": Unlearning(rows, retain, forget),
             "rows-full-batch": Unlearning(full, retain, forget)}
 

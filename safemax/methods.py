@@ -176,6 +176,18 @@ class SafeMax(Method):
             learnt as the forgotten label's, not as "stop denoising anything noise-like".
             Measured, it halts less and does not lower the kept classes' Fréchet cost; kept for
             that record.
+        kept_contrast: λ > 1, or 0 (default: off). The first steps of a fit halt *every* class
+            (the forget rows' cheapest way down is to stop the shared denoiser) until the retain
+            rows, whose loss is zero at the start, pull the kept classes back: the retain dip.
+            With λ, the forget rows' x_t are also run under kept labels (the retain rows'), and
+            the loss gains −(their halting loss) + λ·(their distance from the original's
+            prediction), both by the fused op with its weighting. At the start the first term
+            cancels the shared "halt everything" part of the forget gradient; per row the sum is
+            a convex bowl (λ > 1) whose bottom lies (e₀ − ε*)/(λ − 1) beyond the original's
+            prediction e₀, away from the halting target ε*, so the kept labels are held a bounded
+            way off rather than pushed without end. Needs the original model
+            (``retain_target="distill"``); no effect on a row-only fit. Cost: a forward and
+            backward pass more over the forget rows, and a teacher forward.
 
     ``Unlearner(..., early_fraction=0.5)`` is shorthand for ``method=SafeMax(early_fraction=0.5)``.
     """
@@ -189,7 +201,7 @@ class SafeMax(Method):
 
     def __init__(self, early_fraction: float = 1.0, max_snr: float = None, forget_weight: float = 1.0,
                  weighting: str = "simple", retain_target: str = "distill", gaussian_fraction: float = 0.0,
-                 gaussian_window: float = 1.0, gaussian_retain_fraction: float = 0.0):
+                 gaussian_window: float = 1.0, gaussian_retain_fraction: float = 0.0, kept_contrast: float = 0.0):
         if not 0 < early_fraction <= 1:
             raise ValueError(f"early_fraction must be in (0, 1], got {early_fraction}")
         if not math.isfinite(forget_weight):
@@ -209,6 +221,13 @@ class SafeMax(Method):
             raise ValueError('gaussian_retain_fraction anchors the kept labels to the original model: '
                              'it needs retain_target="distill"')
         self.gaussian_retain_fraction = gaussian_retain_fraction
+        if not (kept_contrast == 0 or (math.isfinite(kept_contrast) and kept_contrast > 1)):
+            raise ValueError(f"kept_contrast must be 0 (off) or a finite λ > 1 (at λ ≤ 1 the kept labels are "
+                             f"pushed off without bound), got {kept_contrast}")
+        if kept_contrast and retain_target != "distill":
+            raise ValueError('kept_contrast anchors the kept labels to the original model: it needs '
+                             'retain_target="distill"')
+        self.kept_contrast = kept_contrast
         self.early_fraction, self.max_snr, self.gaussian_fraction = early_fraction, max_snr, gaussian_fraction
         self.forget_weight, self.weighting, self.retain_target = forget_weight, weighting, retain_target
         self.window, self.teacher = None, None
@@ -226,7 +245,8 @@ class SafeMax(Method):
                     # (absent at its default, so that the configs written before it are unchanged)
                     **({} if self.gaussian_window == 1 else dict(gaussian_window=self.gaussian_window)),
                     **({} if not self.gaussian_retain_fraction
-                       else dict(gaussian_retain_fraction=self.gaussian_retain_fraction)))
+                       else dict(gaussian_retain_fraction=self.gaussian_retain_fraction)),
+                    **({} if not self.kept_contrast else dict(kept_contrast=self.kept_contrast)))
 
     @property
     def needs_forget_images(self) -> bool:
@@ -283,8 +303,30 @@ class SafeMax(Method):
         pred = u.denoiser.predict(x_t, t, cond)
         loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.table, is_forget, self.t_min,
                                   self.forget_weight, self.weighting, u.denoiser.parametrization)
-        return loss, dict(forget_nats=nats[is_forget].mean().item(),
-                          retain_nats=nats[~is_forget].mean().item())
+        stats = dict(forget_nats=nats[is_forget].mean().item(), retain_nats=nats[~is_forget].mean().item())
+        if self.kept_contrast:
+            bowl = self.kept_bowl(u, batch)
+            loss = loss + bowl
+            stats["kept_bowl"] = bowl.item()
+        return loss, stats
+
+    def kept_bowl(self, u, batch: Batch) -> torch.Tensor:
+        """``kept_contrast``'s term: the forget rows' x_t under the kept labels of the retain rows,
+        −(halting loss) + λ·(distance from the original), scaled by the forget rows' share of
+        the batch (as they enter SAFEMax's loss)."""
+        x_t, _, t, cond, _ = batch
+        f, r = batch.forget_rows, batch.retain_rows
+        x, tf, kept = x_t[f], t[f], rows.take(cond, r)   # as many retain rows as forget rows
+        if len(tf) == 0:
+            return x_t.new_zeros(())
+        e = u.denoiser.predict(x, tf, kept)
+        with torch.no_grad():
+            e0 = u.denoiser.predict(x, tf, kept, model=self.teacher)
+        halt = torch.ones(len(tf), dtype=torch.bool, device=x.device)
+        table, param = u.denoiser.table, u.denoiser.parametrization
+        halting, _ = safemax_loss(e, e0, x, tf, table, halt, self.t_min, 1.0, self.weighting, param)
+        anchor, _ = safemax_loss(e, e0, x, tf, table, ~halt, self.t_min, 1.0, self.weighting, param)
+        return (len(tf) / len(t)) * (self.kept_contrast * anchor - halting)
 
 
 # ---------------------------------------------------------------------------------- SalUn

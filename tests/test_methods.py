@@ -423,3 +423,77 @@ def test_method_settings_are_the_models_demo_settings():
     assert method_settings(None, "ga") == (1e-4, {})   # a model of one's own: the digits' defaults
     assert method_settings("digits", "safemax", lr=2e-4) == (2e-4, {})
     assert method_settings("digits", "sa", {"lr": 3e-4}, lr=2e-4) == (3e-4, {})
+
+
+def _bowl_setup(method, scheduler=None):
+    """One step's batch of a tiny fit with ``method``; the Unlearner (teacher = the original)."""
+    retain, forget = tiny_data()
+    u = Unlearner(tiny_unet(), scheduler or tiny_scheduler(), forget=[1], seed=2, method=method)
+    u.fit(retain, forget, steps=1, batch_size=8, progress=False)
+    return u, u.method.batch
+
+
+def test_kept_contrast_is_minus_the_kept_labels_halting_loss_plus_an_anchor():
+    """SafeMax(kept_contrast=λ): on the forget rows' x_t under the retain rows' (kept) labels,
+    −(halting loss) + λ·(distance from the original's prediction), times the forget rows'
+    share of the batch — checked against the written-out formula, value and gradient; and the
+    bowl's bottom lies (e₀ − ε*)/(λ − 1) beyond e₀, as the docstring says."""
+    from safemax import rows
+    from safemax.ops import safemax_loss
+    lam = 4.0
+    u, b = _bowl_setup(SafeMax(kept_contrast=lam))
+    f, r = b.forget_rows, b.retain_rows
+    x, t, kept = b.x_t[f], b.t[f], rows.take(b.cond, r)
+    assert torch.equal(kept, b.cond[r]) and bool((kept != 1).all())   # kept labels, not the forgotten one
+    got = u.method.kept_bowl(u, b)
+    got_grads = torch.autograd.grad(got, [p for _, p in u.trainable()], allow_unused=True)
+    e = u.denoiser.predict(x, t, kept)
+    with torch.no_grad():
+        e0 = u.denoiser.predict(x, t, kept, model=u.method.teacher)
+    target = (1 - u.denoiser.table[t].double()).sqrt().view(-1, 1, 1, 1).float() * x   # ε* = √(1−ᾱ)·x_t
+    mse = lambda a, c: (a - c).square().flatten(1).mean(1)
+    want = 0.5 * (lam * mse(e, e0) - mse(e, target)).mean()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got_grads, torch.autograd.grad(want, [p for _, p in u.trainable()], allow_unused=True)):
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+    # the bowl's bottom, per the fused op's own gradient
+    bottom = (e0 + (e0 - target) / (lam - 1)).detach().requires_grad_(True)
+    ones = torch.ones(len(t), dtype=torch.bool)
+    table = u.denoiser.table
+    bowl = lam * safemax_loss(bottom, e0, x, t, table, ~ones, 0)[0] - safemax_loss(bottom, e0, x, t, table, ones, 0)[0]
+    (g,) = torch.autograd.grad(bowl, bottom)
+    assert g.abs().max() < 1e-6
+
+
+def test_kept_contrast_starts_as_the_pure_contrast_and_its_checks():
+    """At the original weights the anchor has no gradient: the term's first gradient is minus the
+    kept labels' halting gradient alone (what cancels the shared 'halt everything' part). It runs
+    in a fit (config records it), on a flow model too, and refuses λ ≤ 1 and retain_target="noise"."""
+    from safemax import rows
+    from safemax.ops import safemax_loss
+    u, b = _bowl_setup(SafeMax(kept_contrast=3.0))
+    # (the fit's one step moved the weights: rebuild the original and take its gradient there)
+    u2 = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], seed=2, method=SafeMax(kept_contrast=3.0))
+    u2.method.bind(u2)
+    params = [p for _, p in u2.trainable()]
+    got = torch.autograd.grad(u2.method.kept_bowl(u2, b), params, allow_unused=True)
+    f, r = b.forget_rows, b.retain_rows
+    e = u2.denoiser.predict(b.x_t[f], b.t[f], rows.take(b.cond, r))
+    ones = torch.ones(len(e), dtype=torch.bool)
+    halting = safemax_loss(e, e.detach(), b.x_t[f], b.t[f], u2.denoiser.table, ones, 0)[0]
+    for g, w in zip(got, torch.autograd.grad(-0.5 * halting, params, allow_unused=True)):
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+    assert "kept_bowl" in u.history[-1]   # the term's value is in the fit's history
+    assert u.config(8)["kept_contrast"] == 3.0 and "kept_contrast" not in make("safemax").config(8)
+    v = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], kept_contrast=2.0)   # the settings shorthand
+    assert v.method.kept_contrast == 2.0
+    for bad in (1.0, 0.5, -2.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="kept_contrast must be 0"):
+            SafeMax(kept_contrast=bad)
+    with pytest.raises(ValueError, match='needs retain_target="distill"'):
+        SafeMax(kept_contrast=4.0, retain_target="noise")
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    flow, fb = _bowl_setup(SafeMax(kept_contrast=4.0), FlowMatchEulerDiscreteScheduler(num_train_timesteps=T))
+    assert flow.denoiser.parametrization == "flow" and torch.isfinite(flow.method.kept_bowl(flow, fb))
