@@ -89,7 +89,8 @@ def run_one(name: str, forget: int, seed: int, args) -> dict:
 
     u = Unlearner(unet, scheduler, forget=[forget], lr=args.lr, early_fraction=1.0, seed=seed,
                   warmup_steps=args.warmup_steps, forget_weight=args.forget_weight,
-                  gaussian_fraction=args.gaussian_fraction, kept_contrast=args.kept_contrast)
+                  gaussian_fraction=args.gaussian_fraction, kept_contrast=args.kept_contrast,
+                  kept_contrast_rows=args.kept_contrast_rows)
     start = time.perf_counter()
     history = u.fit(retain_data, forget_data, steps=args.steps, batch_size=args.batch_size,
                     progress=False, callback=track)
@@ -102,6 +103,7 @@ def run_one(name: str, forget: int, seed: int, args) -> dict:
                 train_seconds=history[-1]["seconds"], wall_seconds=wall, threads=torch.get_num_threads(),
                 device=str(next(unet.parameters()).device),
                 **({"kept_contrast": args.kept_contrast} if args.kept_contrast else {}),
+                **({"kept_contrast_rows": args.kept_contrast_rows} if args.kept_contrast_rows != 1 else {}),
                 before=before, after=after, curve=curve,
                 history=[{k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in h.items()} for h in history])
 
@@ -201,6 +203,8 @@ def main(argv=None):
                    help="SAFEMax's share of forget rows built from x0 ~ N(0, I) (exact halting)")
     p.add_argument("--kept-contrast", type=float, default=0.0,
                    help="SAFEMax's kept_contrast λ (> 1; 0: off): the retain dip's counter-term")
+    p.add_argument("--kept-contrast-rows", type=float, default=1.0,
+                   help="the share of forget rows the kept_contrast term runs on (its cost)")
     p.add_argument("--n-forget", type=int, default=300)
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps of the measurement (the curve's: half)")

@@ -12,7 +12,8 @@ steps (100 forget samples, 20 per kept class, DDIM-25) on the classes where the 
 - ``gaussian0.5``: half the forget rows built from x0 ~ N(0, I) (the exact-halting fix);
 - ``kept-contrast2`` / ``4`` / ``8``: SafeMax(kept_contrast=λ) — the forget x_t under kept labels
   pushed off the halting target, anchored to the original at λ (benchmarks/first_steps.py found
-  the collapse behind the dip is the forget gradient's shared part).
+  the collapse behind the dip is the forget gradient's shared part); ``kept-contrast4-rows0.25``:
+  λ = 4 on a quarter of the forget rows (a quarter of the term's cost).
 
     python benchmarks/retain_dip.py --out benchmarks/results/retain-dip
 
@@ -35,6 +36,7 @@ VARIANTS = {
     "kept-contrast2": ["--kept-contrast", "2"],
     "kept-contrast4": ["--kept-contrast", "4"],
     "kept-contrast8": ["--kept-contrast", "8"],
+    "kept-contrast4-rows0.25": ["--kept-contrast", "4", "--kept-contrast-rows", "0.25"],
 }
 SETTINGS = ["--steps", "60", "--curve-every", "5", "--n-forget", "100", "--n-per-class", "30", "--seeds"]
 SMOKE = ["--steps", "2", "--curve-every", "1", "--n-forget", "4", "--n-per-class", "1", "--ddim-steps", "2",

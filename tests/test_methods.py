@@ -457,6 +457,12 @@ def test_kept_contrast_is_minus_the_kept_labels_halting_loss_plus_an_anchor():
     for g, w in zip(got_grads, torch.autograd.grad(want, [p for _, p in u.trainable()], allow_unused=True)):
         if w is not None:
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+    # on a share of the rows: the first k forget rows, the same weight per row
+    u.method.kept_contrast_rows = 0.25
+    k = 2   # ⌈0.25 · 8⌉ of the batch's 8 forget rows
+    part = 0.5 * (lam * mse(e, e0) - mse(e, target))[:k].sum() / k
+    torch.testing.assert_close(u.method.kept_bowl(u, b), part, rtol=1e-5, atol=1e-6)
+    u.method.kept_contrast_rows = 1.0
     # the bowl's bottom, per the fused op's own gradient
     bottom = (e0 + (e0 - target) / (lam - 1)).detach().requires_grad_(True)
     ones = torch.ones(len(t), dtype=torch.bool)
@@ -494,6 +500,9 @@ def test_kept_contrast_starts_as_the_pure_contrast_and_its_checks():
             SafeMax(kept_contrast=bad)
     with pytest.raises(ValueError, match='needs retain_target="distill"'):
         SafeMax(kept_contrast=4.0, retain_target="noise")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="kept_contrast_rows must be a share"):
+            SafeMax(kept_contrast=4.0, kept_contrast_rows=bad)
     from diffusers import FlowMatchEulerDiscreteScheduler
     flow, fb = _bowl_setup(SafeMax(kept_contrast=4.0), FlowMatchEulerDiscreteScheduler(num_train_timesteps=T))
     assert flow.denoiser.parametrization == "flow" and torch.isfinite(flow.method.kept_bowl(flow, fb))
