@@ -70,8 +70,8 @@ def pick(results: list, published: str) -> tuple:
     (ties: the lower Fréchet) and priced at the grid's median preparation and step time: a CPU
     sweep spans sessions and shared cores, and its raw seconds would rank the machine's load."""
     prep = statistics.median(r["prep_seconds"] for r in results)
-    step = statistics.median(r["step_seconds"] for r in results if r["step_seconds"]) if any(
-        r["step_seconds"] for r in results) else 0.0
+    steps = [r["step_seconds"] for r in results if r["step_seconds"]]
+    step = statistics.median(steps) if steps else 0.0
     held = [r for r in results if r["steps_to_forget_held"] is not None]
     if held:
         best = min(held, key=lambda r: (r["steps_to_forget_held"], r["frechet_final"]))

@@ -329,12 +329,12 @@ class SafeMax(Method):
         the batch (as they enter SAFEMax's loss)."""
         x_t, _, t, cond, _ = batch
         f, r = batch.forget_rows, batch.retain_rows
-        share = (f.stop - f.start) / len(t)   # the forget rows' share of the batch
-        k = math.ceil(self.kept_contrast_rows * (f.stop - f.start))
-        # the first k forget rows under the first k retain rows' (kept) labels
-        x, tf, kept = x_t[f][:k], t[f][:k], rows.take(rows.take(cond, r), slice(0, k))
-        if k == 0:
+        n = f.stop - f.start
+        if n == 0:
             return x_t.new_zeros(())
+        k = math.ceil(self.kept_contrast_rows * n)
+        # the first k forget rows under the first k retain rows' (kept) labels
+        x, tf, kept = x_t[f.start:f.start + k], t[f.start:f.start + k], rows.take(cond, slice(r.start, r.start + k))
         e = u.denoiser.predict(x, tf, kept)
         with torch.no_grad():
             e0 = u.denoiser.predict(x, tf, kept, model=self.teacher)
@@ -342,7 +342,7 @@ class SafeMax(Method):
         table, param = u.denoiser.table, u.denoiser.parametrization
         halting, _ = safemax_loss(e, e0, x, tf, table, halt, self.t_min, 1.0, self.weighting, param)
         anchor, _ = safemax_loss(e, e0, x, tf, table, ~halt, self.t_min, 1.0, self.weighting, param)
-        return share * (self.kept_contrast * anchor - halting)
+        return (n / len(t)) * (self.kept_contrast * anchor - halting)   # the forget rows' share of the batch
 
 
 # ---------------------------------------------------------------------------------- SalUn
