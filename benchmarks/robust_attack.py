@@ -21,6 +21,8 @@ budget (the baselines need more steps than SAFEMax to forget):
         --seed 0 1 2 --attacks weak strong long lora inversion --name every-attack --out benchmarks/results/retrain-digits
 """
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -87,6 +89,39 @@ def _label(row: dict) -> str:
     """A row's method as the table names it: robust SAFEMax with its settings (runs of several
     settings under one ``--name`` are rows of their own)."""
     return f"{row['method']}:{row['settings']}" if row.get("settings") else row["method"]
+
+
+def _key(row: dict) -> tuple:
+    """What makes a row: the method with its settings, the seed and the fit's steps."""
+    return _label(row), row.get("seed", 0), row["steps"]
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """Holds ``path``'s lock file: lanes that share one ``--name`` read and write its rows in turn."""
+    with open(path + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _kept_rows(path: str, setup: dict, attack_records, keep_all: bool = False) -> list:
+    """The rows saved in ``path`` for this model and class: those with exactly these attacks
+    (``attack_records``), or every row (``keep_all``, for rewriting the file without losing any)."""
+    if not os.path.exists(path):
+        return []
+    saved = json.load(open(path))
+    if {k: saved.get(k) for k in setup} != setup:
+        return []
+    for r in saved["rows"]:   # files from before per-row steps: the run's steps
+        r.setdefault("steps", 0 if r["method"] == "retrain" else saved.get("steps"))
+    if keep_all:
+        return saved["rows"]
+    return [r for r in saved["rows"]
+            if [{k: a.get(k) for k in rec} for a, rec in zip(r["attacks"], attack_records)] == attack_records
+            and len(r["attacks"]) == len(attack_records)]
 
 
 def table(rows: list, attacks: list) -> str:
@@ -160,19 +195,13 @@ def main(argv=None):
                          else "-".join(methods))
     path = os.path.join(args.out, f"{stem}.json")
     setup = dict(model=args.model, forget=args.forget)
-    rows = []
-    if os.path.exists(path):   # a finished (method, seed, steps) with the same attacks is kept, not rerun
-        saved = json.load(open(path))
-        if {k: saved.get(k) for k in setup} == setup:
-            for r in saved["rows"]:   # files from before per-row steps: the run's steps
-                r.setdefault("steps", 0 if r["method"] == "retrain" else saved.get("steps"))
-            rows = [r for r in saved["rows"]
-                    if [{k: a.get(k) for k in rec} for a, rec in zip(r["attacks"], attack_records)] == attack_records
-                    and len(r["attacks"]) == len(attack_records)]
+    rows = _kept_rows(path, setup, attack_records)
     for seed in args.seed:
         for name, settings, steps, parsed in plan:
-            mine = dict(method=name, settings=settings)
-            if any(_label(r) == _label(mine) and r.get("seed", 0) == seed and r["steps"] == steps for r in rows):
+            mine = dict(method=name, settings=settings, seed=seed, steps=steps)
+            with _locked(path):   # another lane may have finished this row since the start
+                rows = _kept_rows(path, setup, attack_records)
+            if any(_key(r) == _key(mine) for r in rows):
                 continue
             start = time.perf_counter()
             r = dict(run(args.model, args.forget, parsed, steps, seed, args.attacks,
@@ -185,9 +214,14 @@ def main(argv=None):
                   f"{r['frechet']:.2f}, std {r['gaussian_std']:.2f}, train {r['train_seconds']:.0f} s; after the "
                   "attacks: " + ", ".join(f"{a['name']} -> FA {a['fa_after']:.2f} ({a['fa_classes_only_after']:.2f})"
                                           for a in r["attacks"]), flush=True)
-            with open(path + ".tmp", "w") as f:   # after every row: an interruption loses one row at most
-                json.dump(dict(setup, seeds=sorted({x.get("seed", 0) for x in rows}), rows=rows), f, indent=2)
-            os.replace(path + ".tmp", path)
+            with _locked(path):   # after every row (an interruption loses one row at most), merged
+                # with the rows other lanes wrote meanwhile: several processes may share one --name
+                rows = _kept_rows(path, setup, None, keep_all=True)
+                rows = [x for x in rows if _key(x) != _key(r)] + [r]
+                with open(path + ".tmp", "w") as f:
+                    json.dump(dict(setup, seeds=sorted({x.get("seed", 0) for x in rows}), rows=rows), f, indent=2)
+                os.replace(path + ".tmp", path)
+            rows = _kept_rows(path, setup, attack_records)
     text = table(rows, attack_names)
     with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write(text)

@@ -204,3 +204,40 @@ def test_robust_attack_takes_compare_method_specs(monkeypatch):
     done = subprocess.run([sys.executable, os.path.join(BENCH, "robust_attack.py"), "--methods", "salun:bogus=1",
                            "--out", "/nonexistent/never"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "bogus is not a setting of method 'salun'" in done.stderr
+
+
+def test_robust_attack_lanes_share_one_file(monkeypatch, tmp_path):
+    """Two processes under one --name: a row another lane wrote while this one fitted is kept
+    (not overwritten), and a row another lane already finished is not fitted again."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("robust_attack", os.path.join(BENCH, "robust_attack.py"))
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(BENCH)
+    spec.loader.exec_module(module)
+    path = tmp_path / "shared.json"
+    strong = module.parse_attack("strong").resolved(50, 10).record()
+
+    def row(method, seed, steps):
+        return dict(method=method, seed=seed, steps=steps, fa=0.0, retain_acc=0.99, frechet=3.0, gaussian_std=0.8,
+                    train_seconds=1.0, attacks=[dict(strong, fa_after=0.5, fa_classes_only_after=0.5)])
+
+    fitted = []
+
+    def fake_run(model, forget, parsed, steps, seed, attacks, retrained=None, device="cpu"):
+        fitted.append((parsed[0], seed))
+        if seed == 0:   # meanwhile the other lane finishes sa at seeds 0 and 1
+            saved = json.loads(path.read_text()) if path.exists() else dict(model="digits", forget=3, rows=[])
+            saved["rows"] += [row("sa", 0, 100), row("sa", 1, 100)]
+            path.write_text(json.dumps(saved))
+        return {k: v for k, v in row(parsed[0], seed, steps).items() if k not in ("seed", "steps")}
+
+    monkeypatch.setattr(module, "run", fake_run)
+    module.main(["--methods", "safemax", "sa", "--seed", "0", "1", "--attacks", "strong",
+                 "--name", "shared", "--out", str(tmp_path)])
+    # sa's rows were finished by the other lane before this one reached them: only safemax is fitted
+    assert fitted == [("safemax", 0), ("safemax", 1)]
+    saved = json.loads(path.read_text())
+    assert sorted((r["method"], r["seed"]) for r in saved["rows"]) == [("sa", 0), ("sa", 1), ("safemax", 0), ("safemax", 1)]
+    assert saved["seeds"] == [0, 1]
