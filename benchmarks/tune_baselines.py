@@ -59,7 +59,7 @@ CLASSES = {"digits": (1, 5, 8), "fashion-mnist": (2, 6, 9)}   # the seeded class
 def comparison(model: str, forget: int, specs: list, out: str, args, attack: bool) -> list:
     """`safemax compare` of ``specs`` on one class (finished methods reused): their results."""
     report = compare(forget=forget, methods=specs, steps=args.steps, eval_every=args.eval_every, out=out,
-                     attack=attack, attacks=args.attacks, quick=args.quick, resume=True, progress=False, model=model,
+                     attack=attack, attacks=args.attacks, quick=args.quick, resume=True, progress=not args.quiet, model=model,
                      n_forget=args.n_forget, n_per_class=args.n_per_class, device=args.device)
     return [dict(spec=spec, forget=forget, **report["methods"][spec]) for spec in dict.fromkeys(specs)]
 
@@ -136,6 +136,7 @@ def main(argv=None):
                    help="the head to head's relearning attacks, as `safemax compare --attacks` "
                         f"(default: {' '.join(DEFAULT_ATTACKS)}; also {', '.join(n for n in PRESETS if n not in DEFAULT_ATTACKS)})")
     p.add_argument("--quick", action="store_true", help="compare's smoke mode (seconds; not a result)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar per run (a run is ~45 min on one CPU core)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check runs it there)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
