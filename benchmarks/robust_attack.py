@@ -107,9 +107,9 @@ def _locked(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _kept_rows(path: str, setup: dict, attack_records, keep_all: bool = False) -> list:
+def _kept_rows(path: str, setup: dict, attack_records=None) -> list:
     """The rows saved in ``path`` for this model and class: those with exactly these attacks
-    (``attack_records``), or every row (``keep_all``, for rewriting the file without losing any)."""
+    (``attack_records``), or with None every row (for rewriting the file without losing any)."""
     if not os.path.exists(path):
         return []
     saved = json.load(open(path))
@@ -117,7 +117,7 @@ def _kept_rows(path: str, setup: dict, attack_records, keep_all: bool = False) -
         return []
     for r in saved["rows"]:   # files from before per-row steps: the run's steps
         r.setdefault("steps", 0 if r["method"] == "retrain" else saved.get("steps"))
-    if keep_all:
+    if attack_records is None:
         return saved["rows"]
     return [r for r in saved["rows"]
             if [{k: a.get(k) for k in rec} for a, rec in zip(r["attacks"], attack_records)] == attack_records
@@ -195,7 +195,6 @@ def main(argv=None):
                          else "-".join(methods))
     path = os.path.join(args.out, f"{stem}.json")
     setup = dict(model=args.model, forget=args.forget)
-    rows = _kept_rows(path, setup, attack_records)
     for seed in args.seed:
         for name, settings, steps, parsed in plan:
             mine = dict(method=name, settings=settings, seed=seed, steps=steps)
@@ -209,19 +208,18 @@ def main(argv=None):
                      seed=seed, steps=steps, wall_seconds=round(time.perf_counter() - start, 1))
             if settings:
                 r["settings"] = settings
-            rows.append(r)
             print(f"{_label(r)} seed {seed}: FA {r['fa']:.2f}, retain {r['retain_acc']:.3f}, Fréchet "
                   f"{r['frechet']:.2f}, std {r['gaussian_std']:.2f}, train {r['train_seconds']:.0f} s; after the "
                   "attacks: " + ", ".join(f"{a['name']} -> FA {a['fa_after']:.2f} ({a['fa_classes_only_after']:.2f})"
                                           for a in r["attacks"]), flush=True)
             with _locked(path):   # after every row (an interruption loses one row at most), merged
                 # with the rows other lanes wrote meanwhile: several processes may share one --name
-                rows = _kept_rows(path, setup, None, keep_all=True)
-                rows = [x for x in rows if _key(x) != _key(r)] + [r]
+                every = [x for x in _kept_rows(path, setup) if _key(x) != _key(r)] + [r]
                 with open(path + ".tmp", "w") as f:
-                    json.dump(dict(setup, seeds=sorted({x.get("seed", 0) for x in rows}), rows=rows), f, indent=2)
+                    json.dump(dict(setup, seeds=sorted({x.get("seed", 0) for x in every}), rows=every), f, indent=2)
                 os.replace(path + ".tmp", path)
-            rows = _kept_rows(path, setup, attack_records)
+    with _locked(path):   # the table: every lane's rows with these attacks
+        rows = _kept_rows(path, setup, attack_records)
     text = table(rows, attack_names)
     with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write(text)
