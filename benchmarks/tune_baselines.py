@@ -18,7 +18,8 @@
 
 Every `safemax compare` (its results.md, curves.png, samples.png) is kept under ``OUT/sweep/<method>/``
 and ``OUT/head-to-head/class<N>/``, each finished method reused when the script runs again
-(nothing is lost on interruption). The head-to-head of one class is a plain
+and the one under way continued from its last measurement (an interruption costs at most one
+measurement interval). The head-to-head of one class is a plain
 `safemax compare --model M --forget N --methods <the tuned and published specs>`. A CPU run of the full plan takes many hours (each run is a 500-step `safemax compare`
 with its evaluations): run it in the background over several sessions, or on a GPU
 (``benchmarks/gpu_check.sh``'s opt-in part ``tune``).

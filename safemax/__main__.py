@@ -159,7 +159,8 @@ def _add_compare(sub):
                     "to forget (FA <= 1%% with retain accuracy within 2 points; preparation "
                     "included), run a relearning attack on each result, and write results.json, "
                     "results.md, curves.png and samples.png to --out. The defaults take about "
-                    "40 minutes on 2 CPU cores; finished methods are kept, --resume skips them.")
+                    "40 minutes on 2 CPU cores; finished methods are kept, --resume skips them and continues "
+                    "the one under way from its last measurement.")
     _add_dataset(p)
     p.add_argument("--forget", type=int, default=3, help="class id to forget (default 3)")
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), metavar="METHOD",
@@ -186,7 +187,8 @@ def _add_compare(sub):
     p.add_argument("--no-attack", action="store_true", help="skip the relearning attacks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="safemax-compare", help="output folder (default safemax-compare)")
-    p.add_argument("--resume", action="store_true", help="reuse methods already finished in --out")
+    p.add_argument("--resume", action="store_true", help="reuse methods already finished in --out; continue an interrupted one from its "
+                   "last measurement")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--quick", action="store_true",
                    help="tiny measurements and preparation: a smoke run of the whole pipeline, not a result")

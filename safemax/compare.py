@@ -9,7 +9,10 @@ attack fine-tunes each unlearned model on a few forget images and measures forge
 
 Writes ``results.json``, ``results.md``, ``curves.png`` (forget / retain accuracy against wall
 time) and ``samples.png`` (forget-class samples of every result) to ``out``; each finished method
-is also kept in ``out/methods/<name>.json`` so ``resume=True`` skips it after an interruption.
+is also kept in ``out/methods/<name>.json`` so ``resume=True`` skips it after an interruption, and
+the method under way checkpoints its fit and its curve at every measurement in
+``out/methods/<name>.partial/``, so ``resume=True`` continues it from there (a 45-minute run
+loses at most one measurement interval, not the whole run).
 """
 import copy
 import dataclasses
@@ -17,11 +20,12 @@ import json
 import os
 import platform
 import re
+import shutil
 import time
 
 import torch
 
-from . import __version__
+from . import __version__, checkpoint
 from .attacks import BREAK_FA, DEFAULT_ATTACKS, describe, draw_images, parse_attack, relearning_attack, run_attack  # noqa: F401 (relearning_attack: compare's API)
 from .data import split_by_class
 from .methods import METHODS, make_method
@@ -236,11 +240,13 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                 results[spec] = saved["result"]
                 samples[spec] = torch.tensor(saved["forget_samples"])
                 continue
+        partial = Partial(cache[:-len(".json")] + ".partial", config, resume)
         results[spec], samples[spec] = _run_method(
             spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
-            eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress)
+            eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial)
         write_json(cache, dict(config=config, result=results[spec],
                                forget_samples=samples[spec].tolist()))
+        partial.done()
 
     reference = results.get("safemax")
     if reference:
@@ -264,24 +270,92 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     return report
 
 
+class Partial:
+    """The method under way, on disk: its fit's checkpoint and its curve up to the checkpoint's step,
+    so that an interrupted comparison continues it (``resume``) instead of starting it again.
+
+    At every measurement the curve is written first, then the checkpoint: the checkpoint's step
+    never runs ahead of a measurement the curve lacks, except when the fit saved itself on Ctrl-C
+    in the middle of one (``resume_curve`` says so; the step is measured again)."""
+
+    CURVE = "curve.json"
+
+    def __init__(self, folder: str, config: dict, resume: bool):
+        self.folder, self.config = folder, config
+        if not (resume and self._matches()):   # another comparison's leftovers, or a fresh start
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _matches(self) -> bool:
+        try:
+            with open(os.path.join(self.folder, self.CURVE)) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return saved.get("config") == self.config and self.step() is not None
+
+    def step(self):
+        """The checkpoint's step; None without one."""
+        path = os.path.join(self.folder, checkpoint.FILENAME)
+        if not os.path.exists(path):
+            return None
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            return json.loads(f.metadata()["meta"])["step"]
+
+    def resume_curve(self):
+        """``(curve, step)`` to continue from — the saved curve up to the checkpoint's step — or
+        None when there is nothing to continue."""
+        step = self.step()
+        if step is None:
+            return None
+        with open(os.path.join(self.folder, self.CURVE)) as f:
+            curve = json.load(f)["curve"]
+        return [p for p in curve if p["step"] <= step], step
+
+    def save(self, curve: list, u=None, batch_size: int = None) -> None:
+        """The curve, then (``u``) the fit's checkpoint."""
+        os.makedirs(self.folder, exist_ok=True)
+        write_json(os.path.join(self.folder, self.CURVE), dict(config=self.config, curve=curve))
+        if u is not None:
+            checkpoint.save_fit(u, self.folder, batch_size)
+
+    def done(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _run_method(spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
-                eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress):
+                eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial: Partial = None):
     method = _build(name, options)
     u = Unlearner(copy.deepcopy(base), measure["scheduler"], forget=measure["forget"], lr=method_lr,
                   seed=seed, method=method)
     curve = [_point(0, 0.0, 0.0, original)]
     eval_at = evaluation_steps(steps, eval_every)
+    folder = partial.folder if partial is not None else None
+
+    def measure_now(u, seconds):
+        curve.append(_point(u.step, seconds, u.prep_seconds, evaluate(u.unet, **measure)))
+        if partial is not None:
+            partial.save(curve, u, batch_size)
 
     def track(u, record):
         if record["step"] in eval_at:
-            curve.append(_point(record["step"], record["seconds"], u.prep_seconds,
-                                evaluate(u.unet, **measure)))
+            measure_now(u, record["seconds"])
 
     print(f"\n{label(spec)} (lr {method_lr}, {steps} steps, batch {batch_size}+{batch_size})")
+    saved = partial.resume_curve() if partial is not None else None
+    if saved is not None:   # restore the fit at the checkpoint's step, then go on from there
+        curve, at = saved
+        print(f"{label(spec)}: continuing the interrupted run from step {at} ({partial.folder})")
+        u.fit(retain_data, forget_data, steps=at, batch_size=batch_size, progress=False,
+              checkpoint_dir=folder, resume=True)
+        if at in eval_at and curve[-1]["step"] != at:   # interrupted while measuring this step
+            measure_now(u, u.history[-1]["seconds"])
+    elif partial is not None:   # the config beside any checkpoint the fit writes (even on Ctrl-C)
+        partial.save(curve)
     diverged = None
     try:
         u.fit(retain_data, forget_data, steps=steps, batch_size=batch_size, progress=progress,
-              callback=track)
+              callback=track, checkpoint_dir=folder)
     except FloatingPointError as e:  # gradient ascent can blow up: that is a result too
         diverged = u.step + 1
         print(f"{label(spec)} diverged: {e}")

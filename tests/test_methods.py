@@ -274,6 +274,55 @@ def test_compare_quick_writes_every_result(tmp_path, capsys):
     assert lrs == {"ga:lr=3e-4": 3e-4, "ga": 1e-4}
 
 
+@pytest.mark.parametrize("stop, measuring", [(KeyboardInterrupt, 1), (RuntimeError, 2)])
+def test_compare_continues_an_interrupted_method_where_it_stopped(tmp_path, monkeypatch, stop, measuring):
+    """Stopped while measuring step ``measuring`` — by Ctrl-C (the fit saves that step; it is
+    measured again) or by a crash (no save: back to the last measured step) — ``--resume``
+    continues the method from its checkpoint, not from step 0, and ends with the uninterrupted
+    run's numbers."""
+    import safemax.compare as compare
+    from safemax.__main__ import main
+
+    args = ["compare", "--quick", "--no-attack", "--methods", "salun"]   # SalUn: a prepared mask to keep
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())["methods"]["salun"]
+
+    real, calls, fits = compare.evaluate, [], []
+
+    def stopped(*a, **k):   # the 1st evaluation is the original model's, then one per step
+        calls.append(1)
+        if len(calls) == measuring + 1:
+            raise stop
+        return real(*a, **k)
+
+    monkeypatch.setattr(compare, "evaluate", stopped)
+    out = tmp_path / "cut"
+    with pytest.raises(stop):
+        main(args + ["--out", str(out)])
+    monkeypatch.setattr(compare, "evaluate", real)
+    real_fit = compare.Unlearner.fit
+    monkeypatch.setattr(compare.Unlearner, "fit",
+                        lambda u, *a, **k: fits.append((u.step, k["steps"])) or real_fit(u, *a, **k))
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    restored = measuring if stop is KeyboardInterrupt else measuring - 1
+    assert fits == [(0, restored), (restored, 2)]   # restored at the checkpoint's step, then on from there
+    cut = json.loads((out / "results.json").read_text())["methods"]["salun"]
+    keys = ("step", "fa", "retain_acc", "frechet", "gaussian_std")
+    assert [[p[k] for k in keys] for p in cut["curve"]] == [[p[k] for k in keys] for p in whole["curve"]]
+    for k in ("fa_final", "retain_acc_final", "frechet_final", "steps"):
+        assert cut[k] == whole[k], k
+    assert not (out / "methods" / "salun.partial").exists()   # finished: the checkpoint is gone
+    if stop is KeyboardInterrupt:   # a fresh start (no --resume) ignores a leftover checkpoint
+        monkeypatch.setattr(compare, "evaluate", stopped)
+        calls.clear()
+        with pytest.raises(stop):
+            main(args + ["--out", str(out / "again")])
+        monkeypatch.setattr(compare, "evaluate", real)
+        fits.clear()
+        assert main(args + ["--out", str(out / "again")]) == 0
+        assert fits == [(0, 2)]
+
+
 def test_method_specs_with_options():
     from safemax.compare import label, parse_method
 
