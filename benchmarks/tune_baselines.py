@@ -6,7 +6,10 @@
    time to the bar (FA ≤ 1% with retain accuracy within 2 points, holding to the end of the
    budget), preparation included — ranked by steps, since within one method every grid point
    costs the same per step and to prepare (see `pick`); where no setting held it, the fastest
-   first time; where none ever met it, the published setting.
+   first time; where none ever met it, the published setting. The grid is *raced*
+   (`safemax compare`'s ``race``): once a setting holds the bar from step n, a later one stops at
+   its first measurement that fails the bar at or after step n — it can no longer hold it from
+   earlier, so the pick is the full sweep's; its row says where it stopped.
 2. *Head to head* — on each of ``--classes``, every method runs with its tuned setting and with its
    published one (`safemax compare`, relearning attack included), and the table gives each
    (method, setting) as mean ± 95% t-interval over the classes: held time and steps, preparation,
@@ -57,11 +60,11 @@ SWEEP_CLASS = {"digits": 2, "fashion-mnist": 7}            # sneaker: not among 
 CLASSES = {"digits": (1, 5, 8), "fashion-mnist": (2, 6, 9)}   # the seeded classes of classes.py
 
 
-def comparison(model: str, forget: int, specs: list, out: str, args, attack: bool) -> list:
+def comparison(model: str, forget: int, specs: list, out: str, args, attack: bool, race: bool = False) -> list:
     """`safemax compare` of ``specs`` on one class (finished methods reused): their results."""
     report = compare(forget=forget, methods=specs, steps=args.steps, eval_every=args.eval_every, out=out,
                      attack=attack, attacks=args.attacks, quick=args.quick, resume=True, progress=not args.quiet, model=model,
-                     n_forget=args.n_forget, n_per_class=args.n_per_class, device=args.device)
+                     n_forget=args.n_forget, n_per_class=args.n_per_class, device=args.device, race=race)
     return [dict(spec=spec, forget=forget, **report["methods"][spec]) for spec in dict.fromkeys(specs)]
 
 
@@ -94,8 +97,9 @@ def sweep_table(model: str, sweep: dict, chosen: dict) -> list:
     for m, results in sweep.items():
         for r in results:
             mark = "**yes**: " + chosen[m][1] if r["spec"] == chosen[m][0] else ""
-            held = r["steps_to_forget_held"]
-            out.append(f"| {m} | `{r['spec']}` | {'—' if held is None else held} | "
+            held, out_at = r["steps_to_forget_held"], r.get("raced_out_at")
+            held_text = f"— (stopped at {out_at}: out of the race)" if out_at is not None else "—" if held is None else held
+            out.append(f"| {m} | `{r['spec']}` | {held_text} | "
                        f"{'—' if held is None else format(r['seconds_to_forget_held'], '.1f')} | "
                        f"{'—' if r['steps_to_forget'] is None else r['steps_to_forget']} | {r['fa_final']:.2f} | "
                        f"{r['retain_acc_final']:.3f} | {r['frechet_final']:.2f} | {mark} |")
@@ -149,7 +153,8 @@ def main(argv=None):
     sweep, chosen = {}, {}
     for m in args.methods:   # one comparison per method: its grid on the sweep class
         grid = [spec or published(args.model, m) for spec in GRIDS[args.grid][m]]
-        sweep[m] = comparison(args.model, sweep_class, grid, os.path.join(args.out, "sweep", m), args, attack=False)
+        sweep[m] = comparison(args.model, sweep_class, grid, os.path.join(args.out, "sweep", m), args, attack=False,
+                              race=True)
         chosen[m] = pick(sweep[m], published(args.model, m))
         print(f"{m}: tuned {chosen[m][0]} — {chosen[m][1]}", flush=True)
     lines = [f"# Tuned baselines: {args.model}{' (--quick: a smoke run, not a result)' if args.quick else ''}\n",

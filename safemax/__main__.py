@@ -189,6 +189,10 @@ def _add_compare(sub):
     p.add_argument("--out", default="safemax-compare", help="output folder (default safemax-compare)")
     p.add_argument("--resume", action="store_true", help="reuse methods already finished in --out; continue an interrupted one from its "
                    "last measurement")
+    p.add_argument("--race", action="store_true",
+                   help="for a sweep of settings ranked by the fewest steps to the held bar: stop a "
+                        "method at its first measurement that fails the bar at or after the step from "
+                        "which an earlier finished method holds it (it can no longer hold it sooner)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--quick", action="store_true",
                    help="tiny measurements and preparation: a smoke run of the whole pipeline, not a result")
@@ -394,7 +398,8 @@ def main(argv=None) -> int:
         run(forget=args.forget, methods=args.methods, steps=args.steps, eval_every=args.eval_every,
             batch_size=args.batch_size, lr=args.lr, attack=not args.no_attack,
             attacks=args.attacks, attack_steps=args.attack_steps, attack_images=args.attack_images, seed=args.seed,
-            out=args.out, resume=args.resume, quick=args.quick, model=args.dataset, device=args.device)
+            out=args.out, resume=args.resume, quick=args.quick, model=args.dataset, device=args.device,
+            race=args.race)
         return 0
     {"unlearn": _unlearn, "sample": _sample, "evaluate": _evaluate, "probe": _probe}[args.command](args)
     return 0

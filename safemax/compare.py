@@ -171,13 +171,17 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         attack: bool = True, attack_images: int = 10, attack_steps: int = 50,
         attacks=DEFAULT_ATTACKS, n_forget: int = 100, n_per_class: int = 20,
         num_inference_steps: int = 25, quick: bool = False, resume: bool = False,
-        progress: bool = True, model: str = "digits", device: str = "cpu") -> dict:
+        progress: bool = True, model: str = "digits", device: str = "cpu", race: bool = False) -> dict:
     """Run the comparison on the embedded model ``model`` ("digits" or "fashion-mnist"); returns
     (and writes) the results. ``lr=None`` gives each method its own default (SAFEMax and robust
     SAFEMax: the demo's for the model — 5e-4 on the digits, 1e-4 on Fashion-MNIST; the baselines: their published 1e-4); ``device``: where the models run ("cuda": a GPU).
     ``attacks``: the relearning attacks run on every result, preset names or specs of
     ``safemax.attacks`` (``"weak"``, ``"lora:rank=4"``, ...); those that fix no steps or image count
-    take ``attack_steps`` and ``attack_images``."""
+    take ``attack_steps`` and ``attack_images``.
+
+    ``race``: for a sweep of settings ranked by the fewest steps to the held bar (see ``Race``) — a
+    method stops at the first measurement that fails the bar at or after the held step of the best
+    method already finished; its result ends there (``raced_out_at``)."""
     from .demo import method_settings
 
     methods = list(dict.fromkeys(methods))
@@ -235,15 +239,18 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         if resume and os.path.exists(cache):
             with open(cache) as f:
                 saved = json.load(f)
-            if saved.get("config") == config:
+            if saved.get("config") == config and (race or saved["result"].get("raced_out_at") is None):
                 print(f"{label(spec)}: reusing the finished run in {cache}")
                 results[spec] = saved["result"]
                 samples[spec] = torch.tensor(saved["forget_samples"])
                 continue
         partial = Partial(cache[:-len(".json")] + ".partial", config, resume)
+        held = [bar_points(r["curve"], retain_floor)[1] for r in results.values()]
+        best = min((r["curve"][i]["step"] for r, i in zip(results.values(), held) if i is not None), default=None)
         results[spec], samples[spec] = _run_method(
             spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
-            eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial)
+            eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial,
+            Race(best, retain_floor) if race else None)
         write_json(cache, dict(config=config, result=results[spec],
                                forget_samples=samples[spec].tolist()))
         partial.done()
@@ -323,8 +330,32 @@ class Partial:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class Race:
+    """Stops a method that can no longer be the fastest to hold the bar: one that fails it at a
+    measurement at or after step ``best`` — the held step of a method already finished (None: none
+    holds it yet) — holds it (if ever) only after that step. Used as the fit's ``stop_when``;
+    ``judge`` is called with every measurement."""
+
+    def __init__(self, best, retain_floor: float):
+        self.best, self.retain_floor, self.out_at = best, retain_floor, None
+
+    def judge(self, point: dict) -> bool:
+        if self.out_at is None and self.best is not None and point["step"] >= self.best \
+                and not meets_bar(point, self.retain_floor):
+            self.out_at = point["step"]
+        return self.out_at is not None
+
+    def __call__(self, history) -> bool:
+        return self.out_at is not None
+
+    def __repr__(self):
+        return (f"race: failed the bar at step {self.out_at}, at or after step {self.best} from which a "
+                "finished setting holds it")
+
+
 def _run_method(spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
-                eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial: Partial = None):
+                eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial: Partial = None,
+                race: Race = None):
     method = _build(name, options)
     u = Unlearner(copy.deepcopy(base), measure["scheduler"], forget=measure["forget"], lr=method_lr,
                   seed=seed, method=method)
@@ -340,6 +371,8 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
     def track(u, record):
         if record["step"] in eval_at:
             measure_now(u, record["seconds"])
+            if race is not None:
+                race.judge(curve[-1])
 
     print(f"\n{label(spec)} (lr {method_lr}, {steps} steps, batch {batch_size}+{batch_size})")
     saved = partial.resume_curve() if partial is not None else None
@@ -354,8 +387,9 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
         partial.save(curve)
     diverged = None
     try:
-        u.fit(retain_data, forget_data, steps=steps, batch_size=batch_size, progress=progress,
-              callback=track, checkpoint_dir=folder)
+        if race is None or not race.judge(curve[-1]):   # a resumed run may have been out already
+            u.fit(retain_data, forget_data, steps=steps, batch_size=batch_size, progress=progress,
+                  callback=track, checkpoint_dir=folder, stop_when=race)
     except FloatingPointError as e:  # gradient ascent can blow up: that is a result too
         diverged = u.step + 1
         print(f"{label(spec)} diverged: {e}")
@@ -373,6 +407,8 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
         retain_acc_final=final["retain_acc"], frechet_final=final["frechet"],
         gaussian_std_final=final["gaussian_std"], gaussian_mean_final=final["gaussian_mean"],
         entropy_final=final["entropy"], method_config=u.method.config(), curve=curve)
+    if race is not None:
+        result["raced_out_at"] = race.out_at
     if attacks:
         result["attack"] = []
         for a in attacks:

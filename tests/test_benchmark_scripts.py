@@ -241,3 +241,59 @@ def test_robust_attack_lanes_share_one_file(monkeypatch, tmp_path):
     saved = json.loads(path.read_text())
     assert sorted((r["method"], r["seed"]) for r in saved["rows"]) == [("sa", 0), ("sa", 1), ("safemax", 0), ("safemax", 1)]
     assert saved["seeds"] == [0, 1]
+
+
+def test_compare_race_stops_only_settings_that_can_no_longer_be_picked(tmp_path, monkeypatch):
+    """A sweep ranks its settings by the fewest steps to the held bar. With ``race`` a setting stops
+    at its first measurement that fails the bar at or after the best finished setting's held step
+    (it cannot hold from earlier any more); the rest run their whole budget, and the held steps —
+    so the pick — are those of the full sweep."""
+    import torch
+
+    import safemax.compare as compare
+    monkeypatch.syspath_prepend(BENCH)
+    from tune_baselines import pick
+
+    ok, bad = (0.0, 1.0), (1.0, 1.0)   # (FA, retain accuracy) at each measurement: steps 1 2 3 4 6
+    script = {"ga:lr=1e-5": [bad, bad, ok, ok, ok],    # held from 3: the mark
+              "ga:lr=2e-5": [ok, bad, ok, bad, ok],    # fails at 4 >= 3: out there
+              "ga:lr=3e-5": [bad, ok, ok, ok, ok],     # held from 2: runs on, and moves the mark to 2
+              "ga:lr=4e-5": [ok, bad, ok, ok, ok]}     # fails at 2 >= 2: out there (held from 3 in full)
+    state = {"spec": None, "k": 0}   # the setting under way (None: the original model), its measurement
+    real_run_method = compare._run_method
+
+    def run_method(spec, *a, **k):
+        state.update(spec=spec, k=0)
+        return real_run_method(spec, *a, **k)
+
+    def scripted(unet, return_samples=False, **k):
+        k = state["k"] - 1 if return_samples else state["k"]   # the final measurement repeats the last
+        fa, acc = (1.0, 1.0) if state["spec"] is None else script[state["spec"]][k]
+        state["k"] += not return_samples
+        m = dict(fa=fa, fa_digits=fa, retain_acc=acc, frechet=1.0, gaussian_std=0.5, gaussian_mean=0.0, entropy=0.0)
+        if return_samples:   # the original's, and each run's final measurement (a repeat of its last)
+            m["samples"] = {"forget": torch.zeros(4, 1, 16, 16)}
+        return m
+
+    monkeypatch.setattr(compare, "evaluate", scripted)
+    monkeypatch.setattr(compare, "_run_method", run_method)
+    settings = dict(forget=3, methods=list(script), steps=6, eval_every=2, batch_size=4, attack=False,
+                    n_forget=4, n_per_class=1, num_inference_steps=2, progress=False)
+    full = compare.run(out=str(tmp_path / "full"), **settings)["methods"]
+    state.update(spec=None)
+    raced = compare.run(out=str(tmp_path / "raced"), race=True, **settings)["methods"]
+    assert {s: r["raced_out_at"] for s, r in raced.items()} == \
+        {"ga:lr=1e-5": None, "ga:lr=2e-5": 4, "ga:lr=3e-5": None, "ga:lr=4e-5": 2}
+    assert [raced[s]["steps"] for s in script] == [6, 4, 6, 2] and all(r["steps"] == 6 for r in full.values())
+    assert [full[s]["steps_to_forget_held"] for s in script] == [3, 6, 2, 3]
+    assert [raced[s]["steps_to_forget_held"] for s in script] == [3, None, 2, None]
+    results = lambda rs: [dict(spec=s, **r) for s, r in rs.items()]
+    assert pick(results(raced), "ga")[0] == pick(results(full), "ga")[0] == "ga:lr=3e-5"
+    # a raced-out result is reused only by another race: a plain comparison runs it in full
+    state.update(spec=None)
+    again = compare.run(out=str(tmp_path / "raced"), resume=True, **settings)["methods"]
+    assert again["ga:lr=2e-5"]["steps"] == 6 and again["ga:lr=1e-5"]["steps"] == 6
+    monkeypatch.undo()   # the command line: `safemax compare --race` on the real model
+    from safemax.__main__ import main
+    assert main(["compare", "--quick", "--no-attack", "--race", "--methods", "ga", "--out", str(tmp_path / "cli")]) == 0
+    assert "raced_out_at" in json.loads((tmp_path / "cli" / "results.json").read_text())["methods"]["ga"]
