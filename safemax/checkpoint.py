@@ -108,6 +108,16 @@ def save_fit(u, checkpoint_dir: str, batch_size: int) -> None:
          only_trainable=u.lora is not None)
 
 
+def saved_step(checkpoint_dir: str):
+    """The step of the fit checkpointed in ``checkpoint_dir`` (read from its metadata, nothing
+    loaded); None without a checkpoint."""
+    path = os.path.join(checkpoint_dir, FILENAME)
+    if not os.path.exists(path):
+        return None
+    with safe_open(path, framework="pt") as f:
+        return json.loads(f.metadata()["meta"])["step"]
+
+
 def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
     """Restore an Unlearner's fit state from ``checkpoint_dir``; False if there is no checkpoint.
     Refuses a checkpoint of other settings or of another original model."""

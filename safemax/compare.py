@@ -298,21 +298,12 @@ class Partial:
                 saved = json.load(f)
         except (OSError, ValueError):
             return False
-        return saved.get("config") == self.config and self.step() is not None
-
-    def step(self):
-        """The checkpoint's step; None without one."""
-        path = os.path.join(self.folder, checkpoint.FILENAME)
-        if not os.path.exists(path):
-            return None
-        from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:
-            return json.loads(f.metadata()["meta"])["step"]
+        return saved.get("config") == self.config and checkpoint.saved_step(self.folder) is not None
 
     def resume_curve(self):
         """``(curve, step)`` to continue from — the saved curve up to the checkpoint's step — or
         None when there is nothing to continue."""
-        step = self.step()
+        step = checkpoint.saved_step(self.folder)
         if step is None:
             return None
         with open(os.path.join(self.folder, self.CURVE)) as f:
