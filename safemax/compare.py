@@ -245,12 +245,10 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                 samples[spec] = torch.tensor(saved["forget_samples"])
                 continue
         partial = Partial(cache[:-len(".json")] + ".partial", config, resume)
-        held = [bar_points(r["curve"], retain_floor)[1] for r in results.values()]
-        best = min((r["curve"][i]["step"] for r, i in zip(results.values(), held) if i is not None), default=None)
         results[spec], samples[spec] = _run_method(
             spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
             eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial,
-            Race(best, retain_floor) if race else None)
+            Race.behind(results.values(), retain_floor) if race else None)
         write_json(cache, dict(config=config, result=results[spec],
                                forget_samples=samples[spec].tolist()))
         partial.done()
@@ -283,32 +281,27 @@ class Partial:
 
     At every measurement the curve is written first, then the checkpoint: the checkpoint's step
     never runs ahead of a measurement the curve lacks, except when the fit saved itself on Ctrl-C
-    in the middle of one (``resume_curve`` says so; the step is measured again)."""
+    in the middle of one (the step is then measured again).
+
+    ``resumed``: ``(curve, step)`` to continue from — the saved curve up to the checkpoint's step —
+    or None (nothing to continue: any leftover of another comparison, or without ``resume``, is
+    removed)."""
 
     CURVE = "curve.json"
 
     def __init__(self, folder: str, config: dict, resume: bool):
-        self.folder, self.config = folder, config
-        if not (resume and self._matches()):   # another comparison's leftovers, or a fresh start
+        self.folder, self.config, self.resumed = folder, config, None
+        step = checkpoint.saved_step(folder) if resume else None
+        if step is not None:
+            try:
+                with open(os.path.join(folder, self.CURVE)) as f:
+                    saved = json.load(f)
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("config") == config:
+                self.resumed = [p for p in saved["curve"] if p["step"] <= step], step
+        if self.resumed is None:
             shutil.rmtree(folder, ignore_errors=True)
-
-    def _matches(self) -> bool:
-        try:
-            with open(os.path.join(self.folder, self.CURVE)) as f:
-                saved = json.load(f)
-        except (OSError, ValueError):
-            return False
-        return saved.get("config") == self.config and checkpoint.saved_step(self.folder) is not None
-
-    def resume_curve(self):
-        """``(curve, step)`` to continue from — the saved curve up to the checkpoint's step — or
-        None when there is nothing to continue."""
-        step = checkpoint.saved_step(self.folder)
-        if step is None:
-            return None
-        with open(os.path.join(self.folder, self.CURVE)) as f:
-            curve = json.load(f)["curve"]
-        return [p for p in curve if p["step"] <= step], step
 
     def save(self, curve: list, u=None, batch_size: int = None) -> None:
         """The curve, then (``u``) the fit's checkpoint."""
@@ -330,6 +323,12 @@ class Race:
     def __init__(self, best, retain_floor: float):
         self.best, self.retain_floor, self.out_at = best, retain_floor, None
 
+    @classmethod
+    def behind(cls, finished, retain_floor: float) -> "Race":
+        """The race a method runs after the ``finished`` results: behind the earliest held step."""
+        held = ((r["curve"], bar_points(r["curve"], retain_floor)[1]) for r in finished)
+        return cls(min((curve[i]["step"] for curve, i in held if i is not None), default=None), retain_floor)
+
     def judge(self, point: dict) -> bool:
         if self.out_at is None and self.best is not None and point["step"] >= self.best \
                 and not meets_bar(point, self.retain_floor):
@@ -345,19 +344,17 @@ class Race:
 
 
 def _run_method(spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
-                eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial: Partial = None,
+                eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial: Partial,
                 race: Race = None):
     method = _build(name, options)
     u = Unlearner(copy.deepcopy(base), measure["scheduler"], forget=measure["forget"], lr=method_lr,
                   seed=seed, method=method)
     curve = [_point(0, 0.0, 0.0, original)]
     eval_at = evaluation_steps(steps, eval_every)
-    folder = partial.folder if partial is not None else None
 
     def measure_now(u, seconds):
         curve.append(_point(u.step, seconds, u.prep_seconds, evaluate(u.unet, **measure)))
-        if partial is not None:
-            partial.save(curve, u, batch_size)
+        partial.save(curve, u, batch_size)
 
     def track(u, record):
         if record["step"] in eval_at:
@@ -366,21 +363,20 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
                 race.judge(curve[-1])
 
     print(f"\n{label(spec)} (lr {method_lr}, {steps} steps, batch {batch_size}+{batch_size})")
-    saved = partial.resume_curve() if partial is not None else None
-    if saved is not None:   # restore the fit at the checkpoint's step, then go on from there
-        curve, at = saved
+    if partial.resumed is not None:   # restore the fit at the checkpoint's step, then go on from there
+        curve, at = partial.resumed
         print(f"{label(spec)}: continuing the interrupted run from step {at} ({partial.folder})")
         u.fit(retain_data, forget_data, steps=at, batch_size=batch_size, progress=False,
-              checkpoint_dir=folder, resume=True)
+              checkpoint_dir=partial.folder, resume=True)
         if at in eval_at and curve[-1]["step"] != at:   # interrupted while measuring this step
             measure_now(u, u.history[-1]["seconds"])
-    elif partial is not None:   # the config beside any checkpoint the fit writes (even on Ctrl-C)
+    else:   # the config beside any checkpoint the fit writes (even on Ctrl-C)
         partial.save(curve)
     diverged = None
     try:
         if race is None or not race.judge(curve[-1]):   # a resumed run may have been out already
             u.fit(retain_data, forget_data, steps=steps, batch_size=batch_size, progress=progress,
-                  callback=track, checkpoint_dir=folder, stop_when=race)
+                  callback=track, checkpoint_dir=partial.folder, stop_when=race)
     except FloatingPointError as e:  # gradient ascent can blow up: that is a result too
         diverged = u.step + 1
         print(f"{label(spec)} diverged: {e}")
