@@ -13,3 +13,18 @@ def test_the_step_cost_benchmark_runs(tmp_path, capsys):
         assert r["ratio_to_plain"]["plain"] == 1.0
         assert r["counted_steps"] == {n: 2 for n in step_cost.TRAINERS}
     assert "vs plain" in capsys.readouterr().out
+
+
+def test_the_step_cost_benchmark_measures_a_subset_and_the_separate_contrast_is_the_same_loss(tmp_path):
+    """``--trainers`` measures those (and plain); the kept-contrast step batched into the step's
+    forwards and the one on forwards of its own take the same steps (their histories agree)."""
+    result = step_cost.main(["--reps", "1", "--batch-size", "2", "--trainers", "kept-contrast",
+                             "kept-contrast-separate"])
+    assert set(result["seconds_per_step"]) == {"plain", "kept-contrast", "kept-contrast-separate"}
+    trainers = step_cost.build(2)
+    a, b = trainers["kept-contrast"], trainers["kept-contrast-separate"]
+    for _ in range(3):
+        a.run(2), b.run(2)
+    for x, y in zip(a.u.history, b.u.history):
+        for key in ("loss", "kept_bowl", "forget_nats"):
+            assert abs(x[key] - y[key]) <= 1e-4 * max(1.0, abs(y[key])), (key, x[key], y[key])

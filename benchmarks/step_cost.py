@@ -18,8 +18,13 @@ retain rows per step (64 + 64 by default), lr 5e-4, three trainers side by side 
   retain rows, whose loss has no gradient there, are not computed.
 - ``rows-full-batch``: the same fit computing the retain rows and the teacher anyway (what it did
   before; the same weights to float tolerance, ``tests/test_class_rows.py``).
-- ``kept-contrast``: the default with ``kept_contrast=4`` (the retain dip's counter-term: one
-  more forward and backward over the forget rows under kept labels, one more teacher forward).
+- ``kept-contrast``: the default with ``kept_contrast=4`` (the retain dip's counter-term: the
+  forget rows under kept labels, 64 rows more in the step's student forward and backward and in
+  its teacher forward).
+- ``kept-contrast-separate``: the same loss with the term's rows in forwards of their own (a
+  student and a teacher forward more): how the step ran it before it batched them.
+
+``--trainers`` measures a subset (``plain`` always runs: the ratios are to it).
 
 The three run interleaved, one step at a time: ``--reps`` rounds, each one step of each trainer
 (the order rotates from round to round), so that the machine's slow and fast spells (on a shared
@@ -44,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 QUICK = os.environ.get("SAFEMAX_BENCH_QUICK") == "1"
-TRAINERS = ("plain", "safemax", "safemax-noise", "rows", "rows-full-batch", "kept-contrast")
+TRAINERS = ("plain", "safemax", "safemax-noise", "rows", "rows-full-batch", "kept-contrast",
+            "kept-contrast-separate")
 
 
 def _cpu_name() -> str:
@@ -129,6 +135,24 @@ def FullBatch():
     return FullBatch()
 
 
+def SeparateContrast(lam):
+    """``kept_contrast=λ`` on forwards of its own (the term's rows neither in the step's student
+    nor in its teacher forward): what the step did before it batched them; the same loss."""
+    from safemax.methods import SafeMax
+
+    class SeparateContrast(SafeMax):
+        def loss(self, u, retain, forget, batch_size):
+            self.kept_contrast = 0.0   # the step without the term, then the term on its own
+            try:
+                loss, stats = super().loss(u, retain, forget, batch_size)
+            finally:
+                self.kept_contrast = lam
+            bowl = self.kept_bowl(u, self.batch)
+            return loss + bowl, dict(stats, kept_bowl=bowl.item())
+
+    return SeparateContrast(kept_contrast=lam)
+
+
 def build(batch_size, lr=5e-4, seed=0):
     from safemax import Unlearner
     from safemax.data import digits_dataset, split_by_class
@@ -144,29 +168,33 @@ def build(batch_size, lr=5e-4, seed=0):
     full = Unlearner(load_default_unet(), default_scheduler(), forget=[3], seed=seed, train="class-embedding",
                      method=FullBatch())
     contrast = Unlearner(load_default_unet(), default_scheduler(), forget=[3], lr=lr, seed=seed, kept_contrast=4.0)
+    separate = Unlearner(load_default_unet(), default_scheduler(), forget=[3], lr=lr, seed=seed,
+                         method=SeparateContrast(4.0))
     return {"plain": plain, "safemax": Unlearning(safemax, retain, forget),
             "kept-contrast": Unlearning(contrast, retain, forget),
+            "kept-contrast-separate": Unlearning(separate, retain, forget),
             "safemax-noise": Unlearning(noise, retain, forget), "rows": Unlearning(rows, retain, forget),
             "rows-full-batch": Unlearning(full, retain, forget)}
 
 
-def measure(reps, batch_size, log=print):
+def measure(reps, batch_size, log=print, names=TRAINERS):
     """``({trainer: [seconds of each counted step]}, {trainer: [wall seconds of each call]})``,
     interleaved as the module says (round r's steps are entry r of every list)."""
+    names = tuple(n for n in TRAINERS if n in names or n == "plain")
     trainers = build(batch_size)
     for _ in range(2):  # warm-up: Adam's state, the allocator, the first-call paths
-        for name in TRAINERS:
+        for name in names:
             trainers[name].run(batch_size)
-    times = {name: [] for name in TRAINERS}
-    walls = {name: [] for name in TRAINERS}
+    times = {name: [] for name in names}
+    walls = {name: [] for name in names}
     for r in range(reps):
-        for name in TRAINERS[r % len(TRAINERS):] + TRAINERS[:r % len(TRAINERS)]:
+        for name in names[r % len(names):] + names[:r % len(names)]:
             step, wall = trainers[name].run(batch_size)
             times[name].append(step)
             walls[name].append(wall)
         if (r + 1) % 10 == 0 or r + 1 == reps:
             log(f"round {r + 1}/{reps}: " + ", ".join(
-                f"{n} {statistics.median(times[n]):.3f}" for n in TRAINERS) + " s/step (medians so far)")
+                f"{n} {statistics.median(times[n]):.3f}" for n in names) + " s/step (medians so far)")
     return times, walls
 
 
@@ -174,13 +202,13 @@ def summarize(times, walls) -> dict:
     med = {name: statistics.median(v) for name, v in times.items()}
     quartiles = lambda v: statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3  # noqa: E731
     return dict(
-        seconds_per_step={n: med[n] for n in TRAINERS},
-        ratio_to_plain={n: med[n] / med["plain"] for n in TRAINERS},
+        seconds_per_step={n: med[n] for n in times},
+        ratio_to_plain={n: med[n] / med["plain"] for n in times},
         paired_ratio_to_plain={n: statistics.median(a / b for a, b in zip(times[n], times["plain"]))
-                               for n in TRAINERS},
+                               for n in times},
         quartiles={n: quartiles(v) for n, v in times.items()},
         fit_call_overhead={n: statistics.median(w - t for w, t in zip(walls[n], times[n]))
-                           for n in TRAINERS if n != "plain"},
+                           for n in times if n != "plain"},
         counted_steps={n: len(v) for n, v in times.items()},
     )
 
@@ -290,6 +318,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=2 if QUICK else 64,
                    help="forget rows per step, and as many retain rows")
     p.add_argument("--out", help="folder for step_cost.json")
+    p.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(TRAINERS),
+                   help="the trainers to measure (plain always runs)")
     p.add_argument("--phases", type=int, default=0, metavar="STEPS",
                    help="instead: the median time of each phase of the plain and the SAFEMax "
                         "step over STEPS steps of each (a profile by timers)")
@@ -313,10 +343,10 @@ def main(argv=None):
         return result
 
     print(f"{args.reps} interleaved rounds")
-    times, walls = measure(args.reps, args.batch_size)
+    times, walls = measure(args.reps, args.batch_size, names=args.trainers)
     result = summarize(times, walls)
     print(f"{'trainer':14} {'s/step':>8} {'vs plain':>9} {'paired':>8}   quartiles (s)")
-    for n in TRAINERS:
+    for n in times:
         q = result["quartiles"][n]
         print(f"{n:14} {result['seconds_per_step'][n]:8.4f} {result['ratio_to_plain'][n]:8.2f}x "
               f"{result['paired_ratio_to_plain'][n]:7.2f}x   {q[0]:.4f} – {q[2]:.4f}")

@@ -186,12 +186,13 @@ class SafeMax(Method):
             a convex bowl (λ > 1) whose bottom lies (e₀ − ε*)/(λ − 1) beyond the original's
             prediction e₀, away from the halting target ε*, so the kept labels are held a bounded
             way off rather than pushed without end. Needs the original model
-            (``retain_target="distill"``); no effect on a row-only fit. Cost: a forward and
-            backward pass more over the forget rows, and a teacher forward — 1.8× the step.
+            (``retain_target="distill"``); no effect on a row-only fit. Cost: the forget rows
+            once more in the step's student forward and backward and in its teacher forward
+            (batched into them) — 1.35× the step on the digits model.
             Measured (digits 0, 3, 5, λ = 4, docs/results/retain-dip.md): the bar held from step
-            10, 35, 10 against the default's 30, 35, 45, Fréchet lower on all three — fewer
-            steps, about the same seconds on average (18.3 steps × 1.8 against 36.7). Off by
-            default.
+            10, 35, 10 against the default's 30, 35, 45, Fréchet lower on all three — half the
+            steps, two thirds of the seconds on average (18.3 steps × 1.35 against 36.7). Off
+            by default.
         kept_contrast_rows: the share of the forget rows that ``kept_contrast``'s term runs on
             (the first ⌈share·B⌉; its weight stays the forget rows' share of the batch, so the
             term's expected gradient is unchanged): its cost scales with it. Measured, a quarter
@@ -305,44 +306,73 @@ class SafeMax(Method):
                                       self.forget_weight, self.weighting, u.denoiser.parametrization)
             # (the op divides by its row count: scaled back, the gradient is the full batch's)
             return loss * (len(nats) / len(is_forget)), dict(forget_nats=nats.mean().item(), retain_nats=0.0)
+        # kept_contrast's rows ride along in the step's two forwards (one student, one teacher):
+        # per-row outputs are the same as in forwards of their own, at less cost than two more passes
+        extra = self.kept_rows(batch) if self.kept_contrast else None
+        k = 0 if extra is None else len(extra[1])
+        e0 = None
         if self.teacher is not None:  # retain rows: the original model's prediction
             with torch.no_grad():
                 r = batch.retain_rows
                 eps = eps.clone()
-                eps[r] = u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=self.teacher)
+                ins = (x_t[r], t[r], rows.take(cond, r))
+                out = u.denoiser.predict(*_joined(ins, extra), model=self.teacher)
+                eps[r], e0 = out[:len(out) - k], out[len(out) - k:]
         # the rows and the targets the loss uses (retain rows: the teacher's), for subclasses:
         # safemax-robust simulates its attack on the forget rows
         self.batch = batch._replace(eps=eps)
-        pred = u.denoiser.predict(x_t, t, cond)
+        out = u.denoiser.predict(*_joined((x_t, t, cond), extra))
+        pred, e = out[:len(t)], out[len(t):]
         loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.table, is_forget, self.t_min,
                                   self.forget_weight, self.weighting, u.denoiser.parametrization)
         stats = dict(forget_nats=nats[is_forget].mean().item(), retain_nats=nats[~is_forget].mean().item())
         if self.kept_contrast:
-            bowl = self.kept_bowl(u, batch)
+            bowl = self._bowl(u, batch, extra, e, e0)
             loss = loss + bowl
             stats["kept_bowl"] = bowl.item()
         return loss, stats
 
-    def kept_bowl(self, u, batch: Batch) -> torch.Tensor:
-        """``kept_contrast``'s term: the forget rows' x_t under the kept labels of the retain rows,
-        −(halting loss) + λ·(distance from the original), scaled by the forget rows' share of
-        the batch (as they enter SAFEMax's loss)."""
-        x_t, _, t, cond, _ = batch
+    def kept_rows(self, batch: Batch):
+        """``kept_contrast``'s rows, ``(x_t, t, cond)``: the first ⌈share·n⌉ forget rows' x_t and t
+        under the first retain rows' (kept) labels; None without forget rows."""
         f, r = batch.forget_rows, batch.retain_rows
-        n = f.stop - f.start
-        if n == 0:
-            return x_t.new_zeros(())
-        k = math.ceil(self.kept_contrast_rows * n)
-        # the first k forget rows under the first k retain rows' (kept) labels
-        x, tf, kept = x_t[f.start:f.start + k], t[f.start:f.start + k], rows.take(cond, slice(r.start, r.start + k))
-        e = u.denoiser.predict(x, tf, kept)
+        k = math.ceil(self.kept_contrast_rows * (f.stop - f.start))
+        if k == 0:
+            return None
+        return (batch.x_t[f.start:f.start + k], batch.t[f.start:f.start + k],
+                rows.take(batch.cond, slice(r.start, r.start + k)))
+
+    def kept_bowl(self, u, batch: Batch) -> torch.Tensor:
+        """``kept_contrast``'s term on its own forwards (the step batches them with its own):
+        the forget rows' x_t under the kept labels of the retain rows, −(halting loss) +
+        λ·(distance from the original), scaled by the forget rows' share of the batch (as they
+        enter SAFEMax's loss)."""
+        extra = self.kept_rows(batch)
+        if extra is None:
+            return batch.x_t.new_zeros(())
+        e = u.denoiser.predict(*extra)
         with torch.no_grad():
-            e0 = u.denoiser.predict(x, tf, kept, model=self.teacher)
+            e0 = u.denoiser.predict(*extra, model=self.teacher)
+        return self._bowl(u, batch, extra, e, e0)
+
+    def _bowl(self, u, batch: Batch, extra, e, e0) -> torch.Tensor:
+        """The term from its rows' predictions: ``e`` the student's, ``e0`` the original's."""
+        if extra is None:
+            return batch.x_t.new_zeros(())
+        x, tf, _ = extra
+        n = batch.forget_rows.stop - batch.forget_rows.start
         halt = torch.ones(len(tf), dtype=torch.bool, device=x.device)
         table, param = u.denoiser.table, u.denoiser.parametrization
         halting, _ = safemax_loss(e, e0, x, tf, table, halt, self.t_min, 1.0, self.weighting, param)
         anchor, _ = safemax_loss(e, e0, x, tf, table, ~halt, self.t_min, 1.0, self.weighting, param)
-        return (n / len(t)) * (self.kept_contrast * anchor - halting)   # the forget rows' share of the batch
+        return (n / len(batch.t)) * (self.kept_contrast * anchor - halting)   # the forget rows' share of the batch
+
+
+def _joined(rows_in: tuple, extra):
+    """``(x_t, t, cond)`` with ``extra``'s rows after them (one forward for both), or as they are."""
+    if extra is None:
+        return rows_in
+    return (torch.cat([rows_in[0], extra[0]]), torch.cat([rows_in[1], extra[1]]), rows.cat([rows_in[2], extra[2]]))
 
 
 # ---------------------------------------------------------------------------------- SalUn

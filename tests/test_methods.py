@@ -521,6 +521,35 @@ def test_kept_contrast_is_minus_the_kept_labels_halting_loss_plus_an_anchor():
     assert g.abs().max() < 1e-6
 
 
+def test_kept_contrast_in_the_step_is_the_loss_plus_the_term_on_forwards_of_its_own():
+    """The step runs the term's rows in its own two forwards (student and teacher): its loss and
+    gradient are SAFEMax's on the same batch plus ``kept_bowl`` on separate forwards, to float
+    tolerance — on class ids and on a text family's dict of conditions alike."""
+    for lam, share in ((4.0, 1.0), (2.0, 0.25)):
+        u, b = _bowl_setup(SafeMax(kept_contrast=lam, kept_contrast_rows=share))
+        u.method.draw = lambda *a: b   # the same rows for the step and for the reference
+        params = [p for _, p in u.trainable()]
+        got, stats = u.method.loss(u, None, None, None)
+        got_grads = torch.autograd.grad(got, params, allow_unused=True)
+        u.method.kept_contrast = 0.0
+        base, _ = u.method.loss(u, None, None, None)
+        u.method.kept_contrast = lam
+        bowl = u.method.kept_bowl(u, b)
+        want = base + bowl
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert abs(stats["kept_bowl"] - bowl.item()) <= 1e-5 * max(1.0, abs(bowl.item()))
+        for g, w in zip(got_grads, torch.autograd.grad(want, params, allow_unused=True)):
+            if w is not None:
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+    # a text family's conditions (a dict of per-row tensors) join row by row too
+    from safemax.methods import _joined
+    cond = {"prompt_embeds": torch.randn(3, 5, 4), "pooled_prompt_embeds": torch.randn(3, 2)}
+    extra = (torch.randn(2, 1, 4, 4), torch.tensor([7, 9]), {k: v[:2] + 1 for k, v in cond.items()})
+    x, t, c = _joined((torch.randn(3, 1, 4, 4), torch.tensor([1, 2, 3]), cond), extra)
+    assert x.shape[0] == 5 and t.tolist() == [1, 2, 3, 7, 9]
+    assert torch.equal(c["pooled_prompt_embeds"][3:], cond["pooled_prompt_embeds"][:2] + 1)
+
+
 def test_kept_contrast_starts_as_the_pure_contrast_and_its_checks():
     """At the original weights the anchor has no gradient: the term's first gradient is minus the
     kept labels' halting gradient alone (what cancels the shared 'halt everything' part). It runs
