@@ -21,6 +21,9 @@ LR, BATCH = 1e-3, 8
 def run(out: str, steps: int, checkpoint_dir: str = None, method: str = "safemax") -> Unlearner:
     torch.set_num_threads(1)  # two processes share two cores
     retain, forget = tiny_data()
+    if method == "kept-contrast":   # SAFEMax with the retain dip's term (its rows in the step's forwards)
+        from safemax.methods import SafeMax
+        method = SafeMax(kept_contrast=4.0)
     u = Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], lr=LR, seed=5, method=method)
     u.fit(retain=retain, forget=forget, steps=steps, batch_size=BATCH, progress=True,
           checkpoint_dir=checkpoint_dir, checkpoint_every=1 if checkpoint_dir else 0,

@@ -81,6 +81,14 @@ def test_a_baseline_with_a_prepared_mask_equals_its_single_process_run(tmp_path)
     assert_same_fit(result(tmp_path / "one"), result(tmp_path / "two"))
 
 
+def test_kept_contrast_equals_its_single_process_run(tmp_path):
+    # its rows ride in the step's one student forward, as DDP wants (one forward per backward),
+    # and pair forget and retain rows within each process's shard as in the whole batch
+    parallel_worker.run(str(tmp_path / "one"), 3, method="kept-contrast")
+    launch(tmp_path / "two", 3, "-", "kept-contrast")
+    assert_same_fit(result(tmp_path / "one"), result(tmp_path / "two"))
+
+
 def test_checkpoint_resumes_across_process_counts(single, tmp_path):
     ckpt = tmp_path / "ckpt"
     launch(tmp_path / "first", 2, ckpt)  # two processes, steps 1-2, checkpoint every step
