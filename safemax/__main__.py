@@ -98,6 +98,11 @@ def _add_unlearn(sub):
                    help="SAFEMax: share of the forget rows built from x0 ~ N(0, I), the states a halted "
                         "chain visits, for exact halting (default: the embedded model's demo setting, else 0); "
                         "1 with --data-free needs neither forget images nor sampling")
+    p.add_argument("--kept-contrast", type=float, default=None, metavar="LAMBDA",
+                   help="SAFEMax: against the retain dip — the kept classes' accuracy falls in the first "
+                        "steps and their recovery sets the time to forget — hold them near the original "
+                        "with a contrast anchored at weight LAMBDA > 1 (4: on the digits half the steps "
+                        "to the bar at 1.35x the step's cost; docs: results/retain-dip). Default off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the unlearned UNet")
     p.add_argument("--checkpoint-dir", help="folder for checkpoints (default: OUT/checkpoint)")
@@ -308,7 +313,8 @@ def _unlearn(args):
         lr = args.lr
     # SAFEMax's settings, where given: a baseline refuses them (they are not its settings)
     settings = {k: v for k, v in (("early_fraction", args.early_fraction), ("max_snr", args.max_snr),
-                                  ("forget_weight", args.forget_weight), ("gaussian_fraction", gaussian))
+                                  ("forget_weight", args.forget_weight), ("gaussian_fraction", gaussian),
+                                  ("kept_contrast", args.kept_contrast))
                 if v is not None}
     u = Unlearner(unet, scheduler, forget=args.forget, lr=lr, seed=args.seed, method=args.method,
                   mixed_precision=args.mixed_precision,

@@ -141,6 +141,19 @@ def test_unlearn_gaussian_fraction_one_data_free(tmp_path, monkeypatch):
     assert json.loads((out / "safemax.json").read_text())["gaussian_fraction"] == 1.0
 
 
+def test_unlearn_kept_contrast(tmp_path):
+    """--kept-contrast λ: SAFEMax with the retain dip's term, recorded; λ ≤ 1 and a baseline refuse it."""
+    out = tmp_path / "no3"
+    main(["unlearn", "--forget", "3", "--steps", "1", "--batch-size", "4", "--kept-contrast", "4",
+          "--out", str(out)])
+    assert json.loads((out / "safemax.json").read_text())["kept_contrast"] == 4.0
+    with pytest.raises(ValueError, match="kept_contrast must be 0 .off. or a finite λ > 1"):
+        main(["unlearn", "--forget", "3", "--steps", "1", "--kept-contrast", "1", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="kept_contrast is not a setting of method .ga."):
+        main(["unlearn", "--method", "ga", "--forget", "3", "--steps", "1", "--kept-contrast", "4",
+              "--out", str(tmp_path / "y")])
+
+
 def test_unlearn_with_a_baseline_method(tmp_path):
     out = tmp_path / "ga"
     main(["unlearn", "--method", "ga", "--forget", "3", "--steps", "1", "--batch-size", "4",
