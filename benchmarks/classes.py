@@ -34,7 +34,7 @@ import torch
 from safemax import Unlearner
 from safemax.compare import RETAIN_SLACK, bar_points
 from safemax.data import split_by_class
-from safemax.metrics import evaluate
+from safemax.metrics import FrechetReference, evaluate
 from safemax.probes import wilson
 from safemax.zoo import load_classifier, load_unet, model_info
 
@@ -73,7 +73,7 @@ def run_one(name: str, forget: int, seed: int, args) -> dict:
     reference, ref_labels = info.reference_images()
     measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=[c for c in range(10) if c != forget],
-                   real_retain=reference[ref_labels != forget], seed=seed)
+                   real_retain=FrechetReference(classifier, reference[ref_labels != forget].float()), seed=seed)
     full = dict(n_forget=args.n_forget, n_per_class=args.n_per_class, num_inference_steps=args.ddim_steps)
     light = dict(n_forget=args.curve_forget, n_per_class=args.curve_per_class,
                  num_inference_steps=max(1, args.ddim_steps // 2),

@@ -40,7 +40,7 @@ import torch
 from safemax import Unlearner, rows
 from safemax.data import split_by_class
 from safemax.methods import SafeMax, _mse, _Shifted
-from safemax.metrics import evaluate
+from safemax.metrics import FrechetReference, evaluate
 from safemax.reference import halting_target
 from safemax.zoo import load_classifier, load_unet, model_info
 
@@ -177,7 +177,8 @@ class Setup:
         self.classifier = load_classifier("digits")
         self.forget_data, self.retain_data = split_by_class(self.info.dataset("train"), [forget])
         reference, labels = self.info.reference_images()
-        self.real_retain, self.forget, self.args = reference[labels != forget], forget, args
+        self.real_retain = FrechetReference(self.classifier, reference[labels != forget].float())
+        self.forget, self.args = forget, args
 
     def measure(self, unet, scheduler) -> dict:
         a = self.args

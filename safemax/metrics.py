@@ -24,17 +24,34 @@ class _Features(nn.Module):
         return self.classifier.features(x)
 
 
-@torch.no_grad()
+class FrechetReference:
+    """The real images' side of the Fréchet distance, computed once: ``distance(fake)`` is
+    ``frechet_distance(classifier, real, fake)`` bit for bit, without running the classifier
+    over the real images again — a comparison measures against the same 9,000 real garments
+    29 times a method (13% of a measurement's time on one core)."""
+
+    @torch.no_grad()
+    def __init__(self, classifier, real: torch.Tensor):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.classifier = classifier
+        self.device = next(classifier.parameters()).device
+        # reset() then clears the fake side only
+        self._fid = FrechetInceptionDistance(feature=_Features(classifier), normalize=True,
+                                             reset_real_features=False).double()
+        self._fid.update(real.to(self.device), real=True)
+
+    @torch.no_grad()
+    def distance(self, fake: torch.Tensor) -> float:
+        self._fid.reset()
+        self._fid.update(fake.to(self.device), real=False)
+        return float(self._fid.compute())
+
+
 def frechet_distance(classifier, real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between the classifier features of two image sets (torchmetrics' FID
     with the classifier as feature extractor)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    fid = FrechetInceptionDistance(feature=_Features(classifier), normalize=True).double()
-    device = next(classifier.parameters()).device
-    fid.update(real.to(device), real=True)
-    fid.update(fake.to(device), real=False)
-    return float(fid.compute())
+    return FrechetReference(classifier, real).distance(fake)
 
 
 def gaussianity(x: torch.Tensor) -> dict:
@@ -55,7 +72,7 @@ def classify(classifier, images: torch.Tensor, batch_size: int = 512) -> torch.T
 
 
 @torch.no_grad()
-def evaluate(unet, scheduler, classifier, forget, retain_classes, real_retain: torch.Tensor,
+def evaluate(unet, scheduler, classifier, forget, retain_classes, real_retain,
              n_forget: int = 100, n_per_class: int = 50, num_inference_steps: int = 50,
              seed: int = 0, progress: bool = False, return_samples: bool = False) -> dict:
     """Sample ``n_forget`` images of the forgotten classes and ``n_per_class`` of each retained
@@ -67,9 +84,10 @@ def evaluate(unet, scheduler, classifier, forget, retain_classes, real_retain: t
       ``entropy``: mean classifier entropy (nats) on forget samples.
     - ``retain_acc``: share of retain samples labelled as their conditioning class.
     - ``frechet``: Fréchet distance between classifier features of the retain samples and of
-      ``real_retain`` images.
+      ``real_retain`` images (a tensor, or its ``FrechetReference`` for repeated measurements).
     - ``gaussian_mean``/``gaussian_std``/``gaussian_kurtosis`` of the raw forget samples.
     """
+    real = _reference(classifier, real_retain)   # (checked before any sampling)
     forget = list(forget)
     retain_classes = list(retain_classes)
     forget_labels = balanced_labels(forget, n_forget)
@@ -90,9 +108,18 @@ def evaluate(unet, scheduler, classifier, forget, retain_classes, real_retain: t
         p_forget=float(p_cond.mean()),
         entropy=float(entropy.mean()),
         retain_acc=float((logits_r.argmax(1) == retain_labels).float().mean()),
-        frechet=frechet_distance(classifier, real_retain.float(), rx.clamp(-1, 1)),
+        frechet=real.distance(rx.clamp(-1, 1)),
         **gaussianity(fx),
     )
     if return_samples:
         result["samples"] = dict(forget=fx, retain=rx, retain_labels=retain_labels)
     return result
+
+
+def _reference(classifier, real_retain) -> FrechetReference:
+    if not isinstance(real_retain, FrechetReference):
+        return FrechetReference(classifier, real_retain.float())
+    if real_retain.classifier is not classifier:
+        raise ValueError("real_retain is a FrechetReference of another classifier: build it with the "
+                         "classifier that measures the samples")
+    return real_retain

@@ -244,3 +244,38 @@ def test_zoo_training_without_a_class_never_sees_it(tmp_path):
     record = json.loads((tmp_path / "u" / "training.json").read_text())
     assert record["exclude"] == [3] and record["images"] == int((train.model_info("digits").dataset("train")
                                                                  .tensors[1] != 3).sum())
+
+
+def test_frechet_reference_measures_as_a_fresh_distance_in_any_order():
+    """``FrechetReference`` computes the real images' features once; each ``distance`` equals a
+    fresh torchmetrics FID over the same images bit for bit, in any order of calls, and the
+    written-out formula ‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) on the classifier's features."""
+    import numpy as np
+    from scipy import linalg
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from safemax.metrics import FrechetReference, _Features, evaluate, frechet_distance
+    from safemax.zoo import load_classifier, model_info
+    clf = load_classifier("digits")
+    images, labels = model_info("digits").reference_images()
+    real = images[labels != 3][:400].float()
+    g = torch.Generator().manual_seed(0)
+    fakes = [(images[labels == c][:60].float() + 0.3 * torch.randn(60, *images.shape[1:], generator=g)).clamp(-1, 1)
+             for c in (1, 5)]
+
+    def fresh(fake):
+        fid = FrechetInceptionDistance(feature=_Features(clf), normalize=True).double()
+        fid.update(real, real=True)
+        fid.update(fake, real=False)
+        return float(fid.compute())
+
+    ref = FrechetReference(clf, real)
+    for fake in fakes + fakes[::-1] + fakes:
+        assert ref.distance(fake) == fresh(fake) == frechet_distance(clf, real, fake)
+    with torch.no_grad():
+        a, b = clf.features(real).double().numpy(), clf.features(fakes[0]).double().numpy()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    want = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert ref.distance(fakes[0]) == pytest.approx(want, rel=1e-4)
+    with pytest.raises(ValueError, match="another classifier"):
+        evaluate(None, None, load_classifier("digits"), [3], [1], ref)
