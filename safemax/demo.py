@@ -76,7 +76,8 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
     retain_classes = [c for c in range(10) if c != forget]
     reference, reference_labels = info.reference_images()
-    real_retain = FrechetReference(classifier, reference[reference_labels != forget].float())   # once for every measurement
+    # the real kept images' features once, for every measurement
+    real_retain = FrechetReference(classifier, reference[reference_labels != forget].float())
     what = f"{'digit' if dataset == 'digits' else 'class'} {info.class_name(forget)}"
     measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=retain_classes, real_retain=real_retain, seed=seed)
