@@ -32,7 +32,7 @@ from safemax.attacks import PRESETS, draw_images
 from safemax.class_rows import DEFAULT_LR
 from safemax.compare import forget_accuracy, relearning_attack
 from safemax.data import split_by_class
-from safemax.metrics import FrechetReference, classify, evaluate, gaussianity
+from safemax.metrics import classify, evaluate, gaussianity
 from safemax.report import save_grid
 from safemax.sampling import sample
 from safemax.zoo import load_classifier, load_unet, model_info
@@ -50,8 +50,7 @@ class Setup:
         self.info = model_info(name)
         self.classifier = load_classifier(name)
         self.forget_data, self.retain_data = split_by_class(self.info.dataset("train"), [forget])
-        reference, labels = self.info.reference_images()
-        self.real_retain = FrechetReference(self.classifier, reference[labels != forget].float())
+        self.real_retain = self.info.kept_reference(self.classifier, forget)
         self.kept = [c for c in range(10) if c != forget]
 
     def fit(self, train: str, steps: int, lr: float):

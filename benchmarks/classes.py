@@ -34,7 +34,7 @@ import torch
 from safemax import Unlearner
 from safemax.compare import RETAIN_SLACK, bar_points
 from safemax.data import split_by_class
-from safemax.metrics import FrechetReference, evaluate
+from safemax.metrics import evaluate
 from safemax.probes import wilson
 from safemax.zoo import load_classifier, load_unet, model_info
 
@@ -70,10 +70,9 @@ def run_one(name: str, forget: int, seed: int, args) -> dict:
     info = model_info(name)
     (unet, scheduler), classifier = load_unet(name, args.device), load_classifier(name, args.device)
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
-    reference, ref_labels = info.reference_images()
     measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=[c for c in range(10) if c != forget],
-                   real_retain=FrechetReference(classifier, reference[ref_labels != forget].float()), seed=seed)
+                   real_retain=info.kept_reference(classifier, forget), seed=seed)
     full = dict(n_forget=args.n_forget, n_per_class=args.n_per_class, num_inference_steps=args.ddim_steps)
     light = dict(n_forget=args.curve_forget, n_per_class=args.curve_per_class,
                  num_inference_steps=max(1, args.ddim_steps // 2),

@@ -40,7 +40,7 @@ import torch
 from safemax import Unlearner, rows
 from safemax.data import split_by_class
 from safemax.methods import SafeMax, _mse, _Shifted
-from safemax.metrics import FrechetReference, evaluate
+from safemax.metrics import evaluate
 from safemax.reference import halting_target
 from safemax.zoo import load_classifier, load_unet, model_info
 
@@ -176,8 +176,7 @@ class Setup:
         self.info = model_info("digits")
         self.classifier = load_classifier("digits")
         self.forget_data, self.retain_data = split_by_class(self.info.dataset("train"), [forget])
-        reference, labels = self.info.reference_images()
-        self.real_retain = FrechetReference(self.classifier, reference[labels != forget].float())
+        self.real_retain = self.info.kept_reference(self.classifier, forget)
         self.forget, self.args = forget, args
 
     def measure(self, unet, scheduler) -> dict:

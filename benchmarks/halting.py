@@ -29,7 +29,7 @@ import torch
 
 from safemax import Unlearner
 from safemax.data import split_by_class
-from safemax.metrics import FrechetReference, evaluate
+from safemax.metrics import evaluate
 from safemax.reference import halting_target
 from safemax.sampling import sample
 from safemax.zoo import load_classifier, load_unet, model_info
@@ -77,10 +77,9 @@ def run_one(setting: str, digit: int, steps: int, seed: int, model: str = "digit
     info = model_info(model)
     (unet, scheduler), classifier = load_unet(model), load_classifier(model)
     forget_data, retain_data = split_by_class(info.dataset("train"), [digit])
-    reference, ref_labels = info.reference_images()
     measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[digit],
                    retain_classes=[c for c in range(10) if c != digit],
-                   real_retain=FrechetReference(classifier, reference[ref_labels != digit].float()), seed=seed)
+                   real_retain=info.kept_reference(classifier, digit), seed=seed)
     before_res = residuals(unet, scheduler, forget_data.tensors[0], digit)
     data_free = setting.startswith("data-free")
     u = Unlearner(unet, scheduler, forget=[digit], lr=lr, early_fraction=1.0, seed=seed, **parse_setting(setting))

@@ -29,7 +29,7 @@ from . import __version__, checkpoint
 from .attacks import BREAK_FA, DEFAULT_ATTACKS, describe, draw_images, parse_attack, relearning_attack, run_attack  # noqa: F401 (relearning_attack: compare's API)
 from .data import split_by_class
 from .methods import METHODS, make_method
-from .metrics import FrechetReference, classify, evaluate
+from .metrics import classify, evaluate
 from .report import save_comparison_curves, save_grid, write_json
 from .sampling import sample
 from .unlearner import Unlearner
@@ -211,9 +211,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
     retain_classes = [c for c in range(10) if c != forget]
     (base, scheduler), classifier = load_unet(model, device), load_classifier(model, device)
-    reference, reference_labels = info.reference_images()
-    # the real kept images' features once, for every measurement of every method
-    real_retain = FrechetReference(classifier, reference[reference_labels != forget].float())
+    real_retain = info.kept_reference(classifier, forget)   # once, for every measurement of every method
     measure = dict(scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=retain_classes, real_retain=real_retain, seed=seed,
                    n_forget=n_forget, n_per_class=n_per_class, num_inference_steps=num_inference_steps)

@@ -10,7 +10,7 @@ import time
 import torch
 
 from .data import split_by_class
-from .metrics import FrechetReference, evaluate
+from .metrics import evaluate
 from .report import console_table, metrics_table, save_curves, save_grid, write_json
 from .unlearner import Unlearner
 from .zoo import load_classifier, load_unet, model_info
@@ -75,9 +75,7 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
     (unet, scheduler), classifier = load_unet(dataset), load_classifier(dataset)
     forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
     retain_classes = [c for c in range(10) if c != forget]
-    reference, reference_labels = info.reference_images()
-    # the real kept images' features once, for every measurement
-    real_retain = FrechetReference(classifier, reference[reference_labels != forget].float())
+    real_retain = info.kept_reference(classifier, forget)   # once, for every measurement
     what = f"{'digit' if dataset == 'digits' else 'class'} {info.class_name(forget)}"
     measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[forget],
                    retain_classes=retain_classes, real_retain=real_retain, seed=seed)

@@ -39,7 +39,7 @@ class FrechetReference:
         # reset() then clears the fake side only
         self._fid = FrechetInceptionDistance(feature=_Features(classifier), normalize=True,
                                              reset_real_features=False).double()
-        self._fid.update(real.to(self.device), real=True)
+        self._fid.update(real.float().to(self.device), real=True)
 
     @torch.no_grad()
     def distance(self, fake: torch.Tensor) -> float:
@@ -118,7 +118,7 @@ def evaluate(unet, scheduler, classifier, forget, retain_classes, real_retain,
 
 def _reference(classifier, real_retain) -> FrechetReference:
     if not isinstance(real_retain, FrechetReference):
-        return FrechetReference(classifier, real_retain.float())
+        return FrechetReference(classifier, real_retain)
     if real_retain.classifier is not classifier:
         raise ValueError("real_retain is a FrechetReference of another classifier: build it with the "
                          "classifier that measures the samples")

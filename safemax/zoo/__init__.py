@@ -51,6 +51,13 @@ class ZooModel:
         Fashion-MNIST's 10,000 test images (the model never saw them)."""
         return self.dataset("train" if self.name == "digits" else "test").tensors
 
+    def kept_reference(self, classifier, forget: int):
+        """The Fréchet distance's real side when ``forget`` is forgotten: the reference images of
+        every other class, through ``classifier`` once (``metrics.FrechetReference``)."""
+        from ..metrics import FrechetReference
+        images, labels = self.reference_images()
+        return FrechetReference(classifier, images[labels != forget])
+
     def class_name(self, c: int) -> str:
         return self.class_names[c] if self.name == "digits" else f"{c} ({self.class_names[c]})"
 
