@@ -2,10 +2,15 @@
 
     python benchmarks/step_cost.py                                   # ~1.5 min on 2 cores (40 rounds)
     python benchmarks/step_cost.py --out benchmarks/results/step-cost   # also writes step_cost.json
+    OMP_NUM_THREADS=1 python benchmarks/step_cost.py --model fashion-mnist --trainers safemax kept-contrast \
+        --reps 30 --out benchmarks/results/step-cost-fashion-mnist   # the sweep's kept_contrast step cost
     SAFEMAX_BENCH_QUICK=1 python benchmarks/step_cost.py             # smoke run: tiny, seconds
 
 On the embedded digits model, forgetting digit 3, ``--batch-size`` forget rows plus as many
-retain rows per step (64 + 64 by default), lr 5e-4, three trainers side by side in one process:
+retain rows per step (64 + 64 by default), lr 5e-4, the trainers side by side in one process
+(``--model fashion-mnist``: the sneaker, at that model's demo settings — lr 1e-4, half the forget
+rows' x_0 Gaussian — as the tuned-baselines sweep runs SAFEMax; its ``kept-contrast`` /
+``safemax`` ratio is the step cost ``tune_baselines.py`` weighs ``kept_contrast`` points by):
 
 - ``plain``: what a diffusers training script does with the same 2·B rows — x_t from the data by
   ``scheduler.add_noise``, t ~ U[0, T), one forward, the MSE to ε, backward, an Adam step, the
@@ -125,17 +130,17 @@ class Unlearning:
         return h[-1]["seconds"] - (h[-2]["seconds"] if len(h) > 1 else 0.0), wall
 
 
-def FullBatch():
+def FullBatch(**options):
     """SAFEMax computing the retain rows (and keeping the teacher) in a row-only fit too."""
     from safemax.methods import SafeMax
 
     class FullBatch(SafeMax):
         skips_retain_rows_when_rows_alone = False
 
-    return FullBatch()
+    return FullBatch(**options)
 
 
-def SeparateContrast(lam):
+def SeparateContrast(lam, **options):
     """``kept_contrast=λ`` on forwards of its own (the term's rows neither in the step's student
     nor in its teacher forward): what the step did before it batched them; the same loss."""
     from safemax.methods import SafeMax
@@ -150,38 +155,57 @@ def SeparateContrast(lam):
             bowl = self.kept_bowl(u, self.batch)
             return loss + bowl, dict(stats, kept_bowl=bowl.item())
 
-    return SeparateContrast(kept_contrast=lam)
+    return SeparateContrast(kept_contrast=lam, **options)
 
 
-def build(batch_size, lr=5e-4, seed=0):
+FORGET = {"digits": 3, "fashion-mnist": 7}   # Fashion-MNIST: the tuned-baselines sweep's class (sneaker)
+
+
+def settings(model: str) -> tuple:
+    """``(lr, forget, method options)`` of the SAFEMax trainers on ``model``: its demo lr and
+    Gaussian share, as ``safemax compare`` runs it (digits: lr 5e-4; Fashion-MNIST: lr 1e-4 and
+    half the forget rows' x_0 Gaussian)."""
+    from safemax.demo import method_settings
+    lr, options = method_settings(model, "safemax")
+    return lr, [FORGET[model]], options
+
+
+def build(batch_size, model="digits", names=TRAINERS, seed=0):
+    """The trainers ``names`` on ``model``, each on its own copy of the embedded UNet."""
     from safemax import Unlearner
-    from safemax.data import digits_dataset, split_by_class
-    from safemax.zoo import default_scheduler, load_default_unet
+    from safemax.data import split_by_class
+    from safemax.methods import make_method
+    from safemax.zoo import load_unet, model_info
 
-    forget, retain = split_by_class(digits_dataset(), [3])
-    safemax = Unlearner(load_default_unet(), default_scheduler(), forget=[3], lr=lr, seed=seed)
-    noise = Unlearner(load_default_unet(), default_scheduler(), forget=[3], lr=lr, seed=seed,
-                      retain_target="noise")
-    plain = Plain(load_default_unet(), default_scheduler(), retain, forget, lr, seed,
-                  safemax.method.max_grad_norm)  # None: SAFEMax does not clip
-    rows = Unlearner(load_default_unet(), default_scheduler(), forget=[3], seed=seed, train="class-embedding")
-    full = Unlearner(load_default_unet(), default_scheduler(), forget=[3], seed=seed, train="class-embedding",
-                     method=FullBatch())
-    contrast = Unlearner(load_default_unet(), default_scheduler(), forget=[3], lr=lr, seed=seed, kept_contrast=4.0)
-    separate = Unlearner(load_default_unet(), default_scheduler(), forget=[3], lr=lr, seed=seed,
-                         method=SeparateContrast(4.0))
-    return {"plain": plain, "safemax": Unlearning(safemax, retain, forget),
-            "kept-contrast": Unlearning(contrast, retain, forget),
-            "kept-contrast-separate": Unlearning(separate, retain, forget),
-            "safemax-noise": Unlearning(noise, retain, forget), "rows": Unlearning(rows, retain, forget),
-            "rows-full-batch": Unlearning(full, retain, forget)}
+    lr, classes, options = settings(model)
+    forget, retain = split_by_class(model_info(model).dataset("train"), classes)
+
+    def unlearner(method=None, **k):
+        unet, scheduler = load_unet(model)
+        if method is None:
+            k = {**options, **k}
+        return Unlearner(unet, scheduler, forget=classes, seed=seed, **{"lr": lr, **k},
+                         **({} if method is None else dict(method=method)))
+
+    makers = {
+        "plain": lambda: Plain(*load_unet(model), retain, forget, lr, seed,
+                               make_method("safemax", **options).max_grad_norm),
+        "safemax": lambda: unlearner(),
+        "safemax-noise": lambda: unlearner(retain_target="noise"),
+        "rows": lambda: unlearner(train="class-embedding", lr=None),
+        "rows-full-batch": lambda: unlearner(train="class-embedding", lr=None, method=FullBatch(**options)),
+        "kept-contrast": lambda: unlearner(kept_contrast=4.0),
+        "kept-contrast-separate": lambda: unlearner(method=SeparateContrast(4.0, **options)),
+    }   # the plain loop clips only where the Unlearner does (SAFEMax: max_grad_norm None, no clipping)
+    built = {n: makers[n]() for n in TRAINERS if n in names}
+    return {n: t if n == "plain" else Unlearning(t, retain, forget) for n, t in built.items()}
 
 
-def measure(reps, batch_size, log=print, names=TRAINERS):
+def measure(reps, batch_size, log=print, names=TRAINERS, model="digits"):
     """``({trainer: [seconds of each counted step]}, {trainer: [wall seconds of each call]})``,
     interleaved as the module says (round r's steps are entry r of every list)."""
     names = tuple(n for n in TRAINERS if n in names or n == "plain")
-    trainers = build(batch_size)
+    trainers = build(batch_size, model, names)
     for _ in range(2):  # warm-up: Adam's state, the allocator, the first-call paths
         for name in names:
             trainers[name].run(batch_size)
@@ -269,12 +293,12 @@ def safemax_step(u, retain, forget, batch_size, mark=lambda phase: None, train=T
     return loss, numbers
 
 
-def phases(steps, batch_size):
+def phases(steps, batch_size, model="digits"):
     """Median seconds of each phase of the plain step and of the SAFEMax step (default
     settings), ``steps`` of each, alternating."""
     from safemax.data import Batches
 
-    trainers = build(batch_size)
+    trainers = build(batch_size, model, ("plain", "safemax"))
     plain, unlearning = trainers["plain"], trainers["safemax"]
     u = unlearning.u
     for _ in range(2):  # warm-up (and the Unlearner's preparation)
@@ -318,6 +342,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=2 if QUICK else 64,
                    help="forget rows per step, and as many retain rows")
     p.add_argument("--out", help="folder for step_cost.json")
+    p.add_argument("--model", choices=list(FORGET), default="digits",
+                   help="the embedded model (digits: forgetting 3; fashion-mnist: the sneaker, 7)")
     p.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(TRAINERS),
                    help="the trainers to measure (plain always runs)")
     p.add_argument("--phases", type=int, default=0, metavar="STEPS",
@@ -330,10 +356,10 @@ def main(argv=None):
                omp_num_threads=os.environ.get("OMP_NUM_THREADS"), quick=QUICK,
                safemax=safemax.__version__, safemax_from=os.path.dirname(safemax.__file__))
     print(f"step cost: safemax {env['safemax']} from {env['safemax_from']}")
-    print(f"step cost: torch {env['torch']}, {env['threads']} threads, {env['cpu']}; "
+    print(f"step cost: torch {env['torch']}, {env['threads']} threads, {env['cpu']}; the {args.model} model, "
           f"{args.batch_size} + {args.batch_size} rows per step")
     if args.phases:
-        result = phases(args.phases, args.batch_size)
+        result = phases(args.phases, args.batch_size, args.model)
         print_phases(result)
         if args.out:
             os.makedirs(args.out, exist_ok=True)
@@ -343,7 +369,7 @@ def main(argv=None):
         return result
 
     print(f"{args.reps} interleaved rounds")
-    times, walls = measure(args.reps, args.batch_size, names=args.trainers)
+    times, walls = measure(args.reps, args.batch_size, names=args.trainers, model=args.model)
     result = summarize(times, walls)
     print(f"{'trainer':14} {'s/step':>8} {'vs plain':>9} {'paired':>8}   quartiles (s)")
     for n in times:
@@ -355,7 +381,8 @@ def main(argv=None):
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "step_cost.json"), "w") as f:
-            json.dump(dict(settings=vars(args) | dict(lr=5e-4, seed=0, forget=[3]), environment=env,
+            lr, forget, options = settings(args.model)
+            json.dump(dict(settings=vars(args) | dict(lr=lr, seed=0, forget=forget, **options), environment=env,
                            **result, step_seconds=times), f, indent=1)
         print(f"wrote {os.path.join(args.out, 'step_cost.json')}")
     return result
