@@ -34,7 +34,7 @@ import statistics
 
 from classes import _cell   # benchmarks/classes.py: the same intervals
 from safemax.attacks import DEFAULT_ATTACKS, PRESETS
-from safemax.compare import RETAIN_SLACK, run as compare
+from safemax.compare import RETAIN_SLACK, parse_method, run as compare
 from safemax.demo import defaults
 from safemax.zoo import model_info
 
@@ -48,7 +48,10 @@ def published(model: str, method: str) -> str:
     return f"safemax:lr={defaults(model)['lr']:g}" if method == "safemax" else PUBLISHED[method]
 GRIDS = {
     "small": {
-        "safemax": [f"safemax:lr={lr:g}" for lr in (1e-4, 5e-4, 1e-3)],
+        # the retain dip's term (kept_contrast, off by default) as a second axis; run after the
+        # plain points, so that the race has their marks
+        "safemax": [f"safemax:lr={lr:g}" for lr in (1e-4, 5e-4, 1e-3)]
+        + [f"safemax:lr={lr:g},kept_contrast=4" for lr in (1e-4, 5e-4, 1e-3)],
         "salun": [f"salun:lr={lr:g},retain_weight={w:g},mask_fraction={m:g}"
                   for lr in (1e-4, 5e-4) for w in (1e-3, 1, 10) for m in (0.3, 0.5)],
         "sa": [f"sa:lr={lr:g},ewc_lambda={lam:g}" for lr in (1e-4, 5e-4) for lam in (1, 10, 100)],
@@ -60,46 +63,87 @@ SWEEP_CLASS = {"digits": 2, "fashion-mnist": 7}            # sneaker: not among 
 CLASSES = {"digits": (1, 5, 8), "fashion-mnist": (2, 6, 9)}   # the seeded classes of classes.py
 
 
-def comparison(model: str, forget: int, specs: list, out: str, args, attack: bool, race: bool = False) -> list:
+STEP_COSTS = {m: os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", folder, "step_cost.json")
+              for m, folder in (("digits", "step-cost-kept-contrast-batched"),
+                                ("fashion-mnist", "step-cost-fashion-mnist"))}
+
+
+def step_costs(model: str, specs: list, path: str = None) -> dict:
+    """``{spec: its step's cost relative to the method's plain step}`` — 1, except SAFEMax with
+    ``kept_contrast``, whose step also runs the term's rows: the ratio of the median step times of
+    the ``kept-contrast`` and ``safemax`` trainers that `benchmarks/step_cost.py --model ``model``` measured
+    (``path``, default ``STEP_COSTS[model]``), read only when the grid has such a point."""
+    costs, options = {}, {spec: parse_method(spec)[1] if spec else {} for spec in specs}
+    contrast = [spec for spec, o in options.items() if o.get("kept_contrast")]
+    if not contrast:
+        return {spec: 1.0 for spec in specs}
+    path = path or STEP_COSTS[model]
+    cmd = (f"python benchmarks/step_cost.py --model {model} --trainers safemax kept-contrast "
+           f"--out {os.path.dirname(path)}")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} is missing: the kept_contrast points' step cost is measured by\n    {cmd}")
+    with open(path) as f:
+        measured = json.load(f)
+    if measured["settings"].get("model", "digits") != model:
+        raise SystemExit(f"{path} measured the {measured['settings'].get('model', 'digits')} model, not {model}: {cmd}")
+    seconds = measured["seconds_per_step"]
+    if not {"safemax", "kept-contrast"} <= set(seconds):
+        raise SystemExit(f"{path} has no safemax and kept-contrast step times: {cmd}")
+    for spec in specs:
+        rows = options[spec].get("kept_contrast_rows", 1.0)
+        if spec in contrast and rows != 1.0:
+            raise SystemExit(f"{spec}: step_cost.py measured kept_contrast on all forget rows, not {rows} of them")
+        costs[spec] = seconds["kept-contrast"] / seconds["safemax"] if spec in contrast else 1.0
+    return costs
+
+
+def comparison(model: str, forget: int, specs: list, out: str, args, attack: bool, race: bool = False,
+               costs: dict = None) -> list:
     """`safemax compare` of ``specs`` on one class (finished methods reused): their results."""
     report = compare(forget=forget, methods=specs, steps=args.steps, eval_every=args.eval_every, out=out,
                      attack=attack, attacks=args.attacks, quick=args.quick, resume=True, progress=not args.quiet, model=model,
-                     n_forget=args.n_forget, n_per_class=args.n_per_class, device=args.device, race=race)
+                     n_forget=args.n_forget, n_per_class=args.n_per_class, device=args.device, race=race,
+                     step_costs=costs)
     return [dict(spec=spec, forget=forget, **report["methods"][spec]) for spec in dict.fromkeys(specs)]
 
 
-def pick(results: list, published: str) -> tuple:
+def pick(results: list, published: str, costs: dict = None) -> tuple:
     """(spec, why): the best result by the one rule. Within one method every grid point does the
-    same preparation and the same work per step, so its time to the bar is ranked by *steps*
-    (ties: the lower Fréchet) and priced at the grid's median preparation and step time: a CPU
-    sweep spans sessions and shared cores, and its raw seconds would rank the machine's load."""
+    same preparation, and its step costs ``costs[spec]`` (1 where missing) of the method's plain
+    step, so its time to the bar is ranked by *steps × cost* (ties: the lower Fréchet) and priced
+    at the grid's median preparation and plain-step time: a CPU sweep spans sessions and shared
+    cores, and its raw seconds would rank the machine's load."""
+    cost = lambda r: (costs or {}).get(r["spec"], 1.0)   # noqa: E731
     prep = statistics.median(r["prep_seconds"] for r in results)
-    steps = [r["step_seconds"] for r in results if r["step_seconds"]]
+    steps = [r["step_seconds"] / cost(r) for r in results if r["step_seconds"]]
     step = statistics.median(steps) if steps else 0.0
+
+    def why(r, n):
+        at = f" at {cost(r):.2f}× the step" if cost(r) != 1.0 else ""
+        return f"{n} steps{at}: {prep + n * cost(r) * step:.0f} s at the grid's median times"
+
     held = [r for r in results if r["steps_to_forget_held"] is not None]
     if held:
-        best = min(held, key=lambda r: (r["steps_to_forget_held"], r["frechet_final"]))
-        n = best["steps_to_forget_held"]
-        return best["spec"], f"fewest steps to the held bar ({n}: {prep + n * step:.0f} s at the grid's median times)"
+        best = min(held, key=lambda r: (r["steps_to_forget_held"] * cost(r), r["frechet_final"]))
+        return best["spec"], f"the least time to the held bar ({why(best, best['steps_to_forget_held'])})"
     first = [r for r in results if r["steps_to_forget"] is not None]
     if first:
-        best = min(first, key=lambda r: (r["steps_to_forget"], r["frechet_final"]))
-        n = best["steps_to_forget"]
-        return best["spec"], f"none held the bar; fewest steps to it ({n}: {prep + n * step:.0f} s)"
+        best = min(first, key=lambda r: (r["steps_to_forget"] * cost(r), r["frechet_final"]))
+        return best["spec"], f"none held the bar; the least time to it ({why(best, best['steps_to_forget'])})"
     return published, "no setting met the bar: the published one"
 
 
-def sweep_table(model: str, sweep: dict, chosen: dict) -> list:
+def sweep_table(model: str, sweep: dict, chosen: dict, costs: dict) -> list:
     info = model_info(model)
     out = [f"## Sweep (class {info.class_name(SWEEP_CLASS[model])})\n",
-           "| method | setting | held: steps | s | first: steps | final FA | retain acc | Fréchet | picked |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+           "| method | setting | step cost | held: steps | s | first: steps | final FA | retain acc | Fréchet | picked |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for m, results in sweep.items():
         for r in results:
             mark = "**yes**: " + chosen[m][1] if r["spec"] == chosen[m][0] else ""
             held, out_at = r["steps_to_forget_held"], r.get("raced_out_at")
             held_text = f"— (stopped at {out_at}: out of the race)" if out_at is not None else "—" if held is None else held
-            out.append(f"| {m} | `{r['spec']}` | {held_text} | "
+            out.append(f"| {m} | `{r['spec']}` | {costs[m][r['spec']]:.2f}× | {held_text} | "
                        f"{'—' if held is None else format(r['seconds_to_forget_held'], '.1f')} | "
                        f"{'—' if r['steps_to_forget'] is None else r['steps_to_forget']} | {r['fa_final']:.2f} | "
                        f"{r['retain_acc_final']:.3f} | {r['frechet_final']:.2f} | {mark} |")
@@ -140,6 +184,9 @@ def main(argv=None):
     p.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
                    help="the head to head's relearning attacks, as `safemax compare --attacks` "
                         f"(default: {' '.join(DEFAULT_ATTACKS)}; also {', '.join(n for n in PRESETS if n not in DEFAULT_ATTACKS)})")
+    p.add_argument("--step-costs", metavar="FILE",
+                   help="step_cost.py's step_cost.json for the kept_contrast points' step cost "
+                        "(default: benchmarks/results/step-cost-<model>'s; see step_costs)")
     p.add_argument("--quick", action="store_true", help="compare's smoke mode (seconds; not a result)")
     p.add_argument("--quiet", action="store_true", help="no progress bar per run (a run is ~45 min on one CPU core)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check runs it there)")
@@ -150,17 +197,18 @@ def main(argv=None):
     if sweep_class in classes:
         raise SystemExit(f"the sweep class {sweep_class} must not be one of the reported classes {classes}")
 
-    sweep, chosen = {}, {}
+    sweep, chosen, costs = {}, {}, {}
     for m in args.methods:   # one comparison per method: its grid on the sweep class
         grid = [spec or published(args.model, m) for spec in GRIDS[args.grid][m]]
+        costs[m] = step_costs(args.model, grid, args.step_costs)
         sweep[m] = comparison(args.model, sweep_class, grid, os.path.join(args.out, "sweep", m), args, attack=False,
-                              race=True)
-        chosen[m] = pick(sweep[m], published(args.model, m))
+                              race=True, costs=costs[m])
+        chosen[m] = pick(sweep[m], published(args.model, m), costs[m])
         print(f"{m}: tuned {chosen[m][0]} — {chosen[m][1]}", flush=True)
     lines = [f"# Tuned baselines: {args.model}{' (--quick: a smoke run, not a result)' if args.quick else ''}\n",
              f"{args.steps}-step budget at batch 64 + 64, measured every {args.eval_every} steps "
              f"({args.n_forget} forget samples, {args.n_per_class} per kept class, DDIM-25); the bar: FA ≤ 1% "
-             f"with retain accuracy ≥ the original's − {RETAIN_SLACK}.\n"] + sweep_table(args.model, sweep, chosen)
+             f"with retain accuracy ≥ the original's − {RETAIN_SLACK}.\n"] + sweep_table(args.model, sweep, chosen, costs)
     rows, attack_names = {}, []
     if args.only == "all":   # one comparison per class: every method, tuned and published
         plan = [(m, which, spec) for m in args.methods
@@ -176,7 +224,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "tuned.json"), "w") as f:
         json.dump(dict(model=args.model, sweep_class=sweep_class, classes=classes,
-                       chosen={m: dict(spec=spec, why=why) for m, (spec, why) in chosen.items()},
+                       chosen={m: dict(spec=spec, why=why) for m, (spec, why) in chosen.items()}, step_costs=costs,
                        sweep=sweep, head_to_head={f"{m}/{w}": rs for (m, w), rs in rows.items()}), f, indent=1)
     with open(os.path.join(args.out, "tuned.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -198,7 +198,9 @@ def _add_compare(sub):
     p.add_argument("--race", action="store_true",
                    help="for a sweep of settings ranked by the fewest steps to the held bar: stop a "
                         "method at its first measurement that fails the bar at or after the step from "
-                        "which an earlier finished method holds it (it can no longer hold it sooner)")
+                        "which an earlier finished method holds it (it can no longer hold it sooner); "
+                        "every step counts alike (benchmarks/tune_baselines.py also weighs settings "
+                        "whose steps cost more)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--quick", action="store_true",
                    help="tiny measurements and preparation: a smoke run of the whole pipeline, not a result")

@@ -17,6 +17,7 @@ loses at most one measurement interval, not the whole run).
 import copy
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -171,7 +172,8 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         attack: bool = True, attack_images: int = 10, attack_steps: int = 50,
         attacks=DEFAULT_ATTACKS, n_forget: int = 100, n_per_class: int = 20,
         num_inference_steps: int = 25, quick: bool = False, resume: bool = False,
-        progress: bool = True, model: str = "digits", device: str = "cpu", race: bool = False) -> dict:
+        progress: bool = True, model: str = "digits", device: str = "cpu", race: bool = False,
+        step_costs: dict = None) -> dict:
     """Run the comparison on the embedded model ``model`` ("digits" or "fashion-mnist"); returns
     (and writes) the results. ``lr=None`` gives each method its own default (SAFEMax and robust
     SAFEMax: the demo's for the model — 5e-4 on the digits, 1e-4 on Fashion-MNIST; the baselines: their published 1e-4); ``device``: where the models run ("cuda": a GPU).
@@ -181,12 +183,19 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
 
     ``race``: for a sweep of settings ranked by the fewest steps to the held bar (see ``Race``) — a
     method stops at the first measurement that fails the bar at or after the held step of the best
-    method already finished; its result ends there (``raced_out_at``)."""
+    method already finished; its result ends there (``raced_out_at``). ``step_costs``
+    (``{spec: relative cost of its step}``, 1 where missing) weights each method's steps in that
+    ranking, for settings whose steps cost differently (``kept_contrast`` adds rows to the step)."""
     from .demo import method_settings
 
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise ValueError(f"no methods: choose from {list(ALL_METHODS)}")
+    costs = {spec: 1.0 for spec in methods} | dict(step_costs or {})
+    if set(costs) - set(methods):
+        raise ValueError(f"step_costs names settings that are not compared: {sorted(set(costs) - set(methods))}")
+    if not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in costs.values()):
+        raise ValueError(f"step_costs must be positive numbers, got {step_costs}")
     parsed = {spec: parse_method(spec, quick) for spec in methods}
     info = model_info(model)
     if not 0 <= forget <= 9:
@@ -248,7 +257,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         results[spec], samples[spec] = _run_method(
             spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
             eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial,
-            Race.behind(results.values(), retain_floor) if race else None)
+            Race.behind([(r, costs[s]) for s, r in results.items()], retain_floor, costs[spec]) if race else None)
         write_json(cache, dict(config=config, result=results[spec],
                                forget_samples=samples[spec].tolist()))
         partial.done()
@@ -316,18 +325,24 @@ class Partial:
 
 class Race:
     """Stops a method that can no longer be the fastest to hold the bar: one that fails it at a
-    measurement at or after step ``best`` — the held step of a method already finished (None: none
-    holds it yet) — holds it (if ever) only after that step. Used as the fit's ``stop_when``;
-    ``judge`` is called with every measurement."""
+    measurement at or after step ``best`` — the earliest step from which holding still beats a
+    method already finished (None: none holds it yet) — holds it (if ever) only after that step.
+    Used as the fit's ``stop_when``; ``judge`` is called with every measurement."""
 
     def __init__(self, best, retain_floor: float):
         self.best, self.retain_floor, self.out_at = best, retain_floor, None
 
     @classmethod
-    def behind(cls, finished, retain_floor: float) -> "Race":
-        """The race a method runs after the ``finished`` results: behind the earliest held step."""
-        held = ((r["curve"], bar_points(r["curve"], retain_floor)[1]) for r in finished)
-        return cls(min((curve[i]["step"] for curve, i in held if i is not None), default=None), retain_floor)
+    def behind(cls, finished, retain_floor: float, cost: float = 1.0) -> "Race":
+        """The race a method whose step costs ``cost`` runs after the ``finished`` ``(result, its
+        step cost)`` pairs: one held from step n at cost c is beaten only by holding before
+        n·c/cost (equal costs: before n)."""
+        marks = []
+        for r, c in finished:
+            held = bar_points(r["curve"], retain_floor)[1]
+            if held is not None:
+                marks.append(r["curve"][held]["step"] * c / cost)
+        return cls(min(marks, default=None), retain_floor)
 
     def judge(self, point: dict) -> bool:
         if self.out_at is None and self.best is not None and point["step"] >= self.best \
@@ -339,8 +354,8 @@ class Race:
         return self.out_at is not None
 
     def __repr__(self):
-        return (f"race: failed the bar at step {self.out_at}, at or after step {self.best} from which a "
-                "finished setting holds it")
+        return (f"race: failed the bar at step {self.out_at}, at or after step {self.best:g}: a finished "
+                "setting holds it sooner")
 
 
 def _run_method(spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,

@@ -76,10 +76,79 @@ def test_tune_pick_ranks_steps_not_the_load():
                     step_seconds=2.0, frechet_final=frechet)
     loaded, quiet = r("a", 50, 25, 400.0), r("b", 75, 25, 160.0)
     assert pick([quiet, loaded], "p")[0] == "a"
-    assert "50: 110 s" in pick([quiet, loaded], "p")[1]   # priced at the median times: 10 + 50 x 2
+    assert "50 steps: 110 s" in pick([quiet, loaded], "p")[1]   # priced at the median times: 10 + 50 x 2
     assert pick([r("a", 50, 25, 1.0, 6.0), r("b", 50, 25, 1.0, 4.0)], "p")[0] == "b"
     assert pick([r("a", None, 75, 1.0), r("b", None, 50, 9.0)], "p")[0] == "b"
     assert pick([r("a", None, None, 1.0)], "p") == ("p", "no setting met the bar: the published one")
+
+
+def test_tune_pick_weighs_steps_by_their_cost():
+    """A setting whose step costs 1.35× (kept_contrast's) is picked by steps × cost: held from 25
+    (33.75) beats 40 at cost 1 and loses to 30; priced at the grid's median plain step."""
+    sys.path.insert(0, BENCH)
+    from tune_baselines import pick
+
+    def r(spec, held, step_seconds):
+        return dict(spec=spec, steps_to_forget_held=held, steps_to_forget=held, prep_seconds=0.0,
+                    step_seconds=step_seconds, frechet_final=5.0)
+    costs = {"kc": 1.35}
+    assert pick([r("plain", 40, 2.0), r("kc", 25, 2.7)], "p", costs)[0] == "kc"
+    assert pick([r("plain", 30, 2.0), r("kc", 25, 2.7)], "p", costs)[0] == "plain"
+    assert pick([r("plain", 30, 2.0), r("kc", 25, 2.7)], "p")[0] == "kc"   # unweighted: fewest steps
+    assert "25 steps at 1.35× the step: 68 s" in pick([r("plain", 40, 2.0), r("kc", 25, 2.7)], "p", costs)[1]
+
+
+def test_tune_step_costs_read_the_measured_ratio(tmp_path):
+    """Only kept_contrast points cost more, by the ratio of the measured median steps; a file of
+    another model, or none, is refused with the command that measures it."""
+    import pytest
+    sys.path.insert(0, BENCH)
+    from tune_baselines import GRIDS, step_costs
+    path = tmp_path / "step_cost.json"
+    path.write_text(json.dumps(dict(settings=dict(model="fashion-mnist"),
+                                    seconds_per_step={"plain": 3.0, "safemax": 4.0, "kept-contrast": 5.4})))
+    grid = GRIDS["small"]["safemax"]
+    costs = step_costs("fashion-mnist", grid, str(path))
+    assert costs == {spec: 1.35 if "kept_contrast" in spec else 1.0 for spec in grid} and len(grid) == 6
+    assert step_costs("fashion-mnist", GRIDS["small"]["salun"], str(tmp_path / "none")) == \
+        {spec: 1.0 for spec in GRIDS["small"]["salun"]}   # no kept_contrast point: no file needed
+    with pytest.raises(SystemExit, match="measured the fashion-mnist model, not digits"):
+        step_costs("digits", grid, str(path))
+    with pytest.raises(SystemExit, match="step_cost.py --model fashion-mnist"):
+        step_costs("fashion-mnist", grid, str(tmp_path / "none"))
+    with pytest.raises(SystemExit, match="not 0.5 of them"):
+        step_costs("fashion-mnist", ["safemax:kept_contrast=4,kept_contrast_rows=0.5"], str(path))
+
+
+def test_race_weighs_the_steps_by_their_cost():
+    """Behind a setting held from step 100 at cost 1, one whose step costs 1.35× can still win only by
+    holding before 100 / 1.35 ≈ 74: it is out at its first failed measurement from step 75 on, not
+    100; a cheaper one (cost 0.5) keeps running to 200. Unknown settings' costs are refused."""
+    import pytest
+
+    from safemax import compare
+    ok, bad = dict(fa=0.0, retain_acc=0.9), dict(fa=0.0, retain_acc=0.5)
+    done = dict(curve=[dict(step=s, **(ok if s >= 100 else bad)) for s in (0, 25, 50, 75, 100, 125)])
+    race = compare.Race.behind([(done, 1.0)], 0.8, 1.35)
+    assert race.best == pytest.approx(100 / 1.35)
+    assert not race.judge(dict(step=50, **bad)) and race.judge(dict(step=75, **bad)) and race.out_at == 75
+    cheap = compare.Race.behind([(done, 1.0)], 0.8, 0.5)
+    assert cheap.best == 200 and not cheap.judge(dict(step=175, **bad))
+    assert compare.Race.behind([(done, 1.0), (dict(curve=[dict(step=0, **ok)]), 1.35)], 0.8).best == 0
+    with pytest.raises(ValueError, match="not compared"):
+        compare.run(methods=["ga"], step_costs={"sa": 2.0}, out="/nonexistent")
+    with pytest.raises(ValueError, match="positive"):
+        compare.run(methods=["ga"], step_costs={"ga": 0.0}, out="/nonexistent")
+
+
+def test_step_cost_on_fashion_mnist_runs_the_sweeps_settings(tmp_path, fashion_mnist_dir):
+    """`step_cost.py --model fashion-mnist` times the sweep's SAFEMax: the sneaker, lr 1e-4, half
+    the forget rows' x_0 Gaussian (what `tune_baselines.step_costs` reads)."""
+    run("step_cost.py", "--model", "fashion-mnist", "--reps", 1, "--batch-size", 2, "--trainers", "kept-contrast",
+        "--out", tmp_path)
+    written = json.loads((tmp_path / "step_cost.json").read_text())
+    assert written["settings"] | dict(lr=1e-4, forget=[7], gaussian_fraction=0.5, model="fashion-mnist") == written["settings"]
+    assert set(written["seconds_per_step"]) == {"plain", "kept-contrast"}
 
 
 def test_retain_dip_script(tmp_path):
