@@ -28,3 +28,15 @@ def test_the_step_cost_benchmark_measures_a_subset_and_the_separate_contrast_is_
     for x, y in zip(a.u.history, b.u.history):
         for key in ("loss", "kept_bowl", "forget_nats"):
             assert abs(x[key] - y[key]) <= 1e-4 * max(1.0, abs(y[key])), (key, x[key], y[key])
+
+
+def test_the_step_cost_benchmark_prices_compare_specs(tmp_path):
+    """``--specs`` times `safemax compare`'s methods as compare builds them (their lr, their
+    objects) beside the plain step, and their preparations."""
+    result = step_cost.main(["--reps", "1", "--batch-size", "2", "--specs", "safemax", "salun:lr=5e-4,retain_weight=1",
+                             "--out", str(tmp_path)])
+    assert set(result["seconds_per_step"]) == {"plain", "safemax", "salun:lr=5e-4,retain_weight=1"}
+    assert result["prep_seconds"]["salun:lr=5e-4,retain_weight=1"] > 0   # its saliency mask
+    trainers = step_cost.build_specs(2, "digits", ["salun:lr=5e-4,retain_weight=1", "safemax"])
+    salun, safemax = trainers["salun:lr=5e-4,retain_weight=1"].u, trainers["safemax"].u
+    assert (salun.lr, salun.method.retain_weight, safemax.lr) == (5e-4, 1.0, 5e-4)

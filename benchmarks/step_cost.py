@@ -201,14 +201,41 @@ def build(batch_size, model="digits", names=TRAINERS, seed=0):
     return {n: t if n == "plain" else Unlearning(t, retain, forget) for n, t in built.items()}
 
 
-def measure(reps, batch_size, log=print, names=TRAINERS, model="digits"):
-    """``({trainer: [seconds of each counted step]}, {trainer: [wall seconds of each call]})``,
-    interleaved as the module says (round r's steps are entry r of every list)."""
-    names = tuple(n for n in TRAINERS if n in names or n == "plain")
-    trainers = build(batch_size, model, names)
-    for _ in range(2):  # warm-up: Adam's state, the allocator, the first-call paths
+def build_specs(batch_size, model, specs, seed=0):
+    """``plain`` and each of ``specs`` — `safemax compare`'s method specs (``"salun:lr=5e-4,retain_weight=1"``)
+    built as compare builds them on ``model`` (its settings, its method objects, the forgotten
+    class of ``FORGET``): what a comparison's steps and preparations cost, side by side."""
+    from safemax import Unlearner
+    from safemax.compare import _build, parse_method
+    from safemax.data import split_by_class
+    from safemax.demo import method_settings
+    from safemax.zoo import load_unet, model_info
+
+    lr, classes, _ = settings(model)
+    forget, retain = split_by_class(model_info(model).dataset("train"), classes)
+    trainers = {"plain": Plain(*load_unet(model), retain, forget, lr, seed, None)}
+    for spec in specs:
+        name, options = parse_method(spec, quick=QUICK)   # QUICK: Selective Amnesia's preparation shrunk
+        spec_lr, options = method_settings(model, name, options)
+        u = Unlearner(*load_unet(model), forget=classes, lr=spec_lr, seed=seed, method=_build(name, options))
+        trainers[spec] = Unlearning(u, retain, forget)
+    return trainers
+
+
+def measure(reps, batch_size, log=print, names=TRAINERS, model="digits", specs=None):
+    """``({trainer: [seconds of each counted step]}, {trainer: [wall seconds of each call]},
+    {trainer: its preparation's seconds})``, interleaved as the module says (round r's steps are
+    entry r of every list); ``specs``: compare's methods instead of ``names`` (see ``build_specs``)."""
+    if specs:
+        names = ("plain", *dict.fromkeys(specs))
+        trainers = build_specs(batch_size, model, names[1:])
+    else:
+        names = tuple(n for n in TRAINERS if n in names or n == "plain")
+        trainers = build(batch_size, model, names)
+    for _ in range(2):  # warm-up: Adam's state, the allocator, the first-call paths (and preparation)
         for name in names:
             trainers[name].run(batch_size)
+    preps = {n: t.u.prep_seconds or 0.0 for n, t in trainers.items() if n != "plain"}
     times = {name: [] for name in names}
     walls = {name: [] for name in names}
     for r in range(reps):
@@ -219,10 +246,10 @@ def measure(reps, batch_size, log=print, names=TRAINERS, model="digits"):
         if (r + 1) % 10 == 0 or r + 1 == reps:
             log(f"round {r + 1}/{reps}: " + ", ".join(
                 f"{n} {statistics.median(times[n]):.3f}" for n in names) + " s/step (medians so far)")
-    return times, walls
+    return times, walls, preps
 
 
-def summarize(times, walls) -> dict:
+def summarize(times, walls, preps=None) -> dict:
     med = {name: statistics.median(v) for name, v in times.items()}
     quartiles = lambda v: statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3  # noqa: E731
     return dict(
@@ -234,6 +261,7 @@ def summarize(times, walls) -> dict:
         fit_call_overhead={n: statistics.median(w - t for w, t in zip(walls[n], times[n]))
                            for n in times if n != "plain"},
         counted_steps={n: len(v) for n, v in times.items()},
+        prep_seconds=dict(preps or {}),
     )
 
 
@@ -346,6 +374,10 @@ def main(argv=None):
                    help="the embedded model (digits: forgetting 3; fashion-mnist: the sneaker, 7)")
     p.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(TRAINERS),
                    help="the trainers to measure (plain always runs)")
+    p.add_argument("--specs", nargs="+", metavar="SPEC",
+                   help="instead of --trainers: `safemax compare` methods (e.g. safemax:lr=1e-4 "
+                        "salun:lr=5e-4,retain_weight=1 sa), each built as compare builds it; their "
+                        "preparations are timed too")
     p.add_argument("--phases", type=int, default=0, metavar="STEPS",
                    help="instead: the median time of each phase of the plain and the SAFEMax "
                         "step over STEPS steps of each (a profile by timers)")
@@ -369,13 +401,16 @@ def main(argv=None):
         return result
 
     print(f"{args.reps} interleaved rounds")
-    times, walls = measure(args.reps, args.batch_size, names=args.trainers, model=args.model)
-    result = summarize(times, walls)
-    print(f"{'trainer':14} {'s/step':>8} {'vs plain':>9} {'paired':>8}   quartiles (s)")
+    times, walls, preps = measure(args.reps, args.batch_size, names=args.trainers, model=args.model,
+                                  specs=args.specs)
+    result = summarize(times, walls, preps)
+    w = max(14, *map(len, times))
+    print(f"{'trainer':{w}} {'s/step':>8} {'vs plain':>9} {'paired':>8}   quartiles (s)   preparation (s)")
     for n in times:
         q = result["quartiles"][n]
-        print(f"{n:14} {result['seconds_per_step'][n]:8.4f} {result['ratio_to_plain'][n]:8.2f}x "
-              f"{result['paired_ratio_to_plain'][n]:7.2f}x   {q[0]:.4f} – {q[2]:.4f}")
+        print(f"{n:{w}} {result['seconds_per_step'][n]:8.4f} {result['ratio_to_plain'][n]:8.2f}x "
+              f"{result['paired_ratio_to_plain'][n]:7.2f}x   {q[0]:.4f} – {q[2]:.4f}   "
+              f"{result['prep_seconds'].get(n, 0.0):.1f}")
     print("fit call overhead (not in the step times): " + ", ".join(
         f"{n} {s * 1e3:.1f} ms" for n, s in result["fit_call_overhead"].items()))
     if args.out:

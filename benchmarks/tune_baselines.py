@@ -12,8 +12,11 @@
    earlier, so the pick is the full sweep's; its row says where it stopped.
 2. *Head to head* — on each of ``--classes``, every method runs with its tuned setting and with its
    published one (`safemax compare`, relearning attack included), and the table gives each
-   (method, setting) as mean ± 95% t-interval over the classes: held time and steps, preparation,
-   final FA / retain accuracy / Fréchet, FA after each attack.
+   (method, setting) as mean ± 95% t-interval over the classes: first and held steps, held time
+   as run and *priced* (its preparation + held steps × its step, every setting's step and
+   preparation measured side by side in one process, `prices`: comparisons that ran hours apart
+   on shared cores would otherwise compare the load) and against SAFEMax's tuned setting, final
+   FA / retain accuracy / Fréchet, FA after each attack.
 
     python benchmarks/tune_baselines.py --model fashion-mnist --out benchmarks/results/tuned-fashion-mnist
     python benchmarks/tune_baselines.py --model digits --out benchmarks/results/tuned-digits
@@ -150,20 +153,81 @@ def sweep_table(model: str, sweep: dict, chosen: dict, costs: dict) -> list:
     return out
 
 
-def head_to_head_table(rows: dict, attack_names) -> list:
+def prices(args, specs: list) -> dict:
+    """What each of ``specs`` costs, measured side by side: ``benchmarks/step_cost.py``'s
+    interleaved steps (``--price-reps`` rounds, the comparison's batch) and each method's
+    preparation, on the model's ``step_cost.FORGET`` class, one process — so that the head to
+    head's times compare the methods, not the load of the hour each ran in (its comparisons span
+    sessions and shared cores). Kept in ``OUT/head-to-head/prices.json`` and reused while it has
+    every spec; None with ``--price-reps 0``."""
+    if not args.price_reps:
+        return None
+    import step_cost
+    path = os.path.join(args.out, "head-to-head", "prices.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["settings"]["model"] == args.model and set(specs) <= set(saved["seconds_per_step"]):
+            return saved
+    step_cost.QUICK = args.quick   # --quick: Selective Amnesia's preparation shrunk as compare shrinks it
+    batch = 2 if args.quick else 64
+    print(f"pricing {len(specs)} settings: {args.price_reps} interleaved rounds of their steps, and their "
+          "preparations (benchmarks/step_cost.py)", flush=True)
+    times, walls, preps = step_cost.measure(args.price_reps, batch, model=args.model, specs=specs)
+    saved = dict(settings=dict(model=args.model, forget=step_cost.FORGET[args.model], reps=args.price_reps,
+                               batch_size=batch, quick=args.quick, threads=torch_threads()),
+                 **step_cost.summarize(times, walls, preps))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(saved, f, indent=1)
+    return saved
+
+
+def torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+def priced(r: dict, price: dict, steps):
+    """A result's time to ``steps`` at the measured prices: preparation + steps × its step."""
+    return None if steps is None else price["prep_seconds"][r["spec"]] + steps * price["seconds_per_step"][r["spec"]]
+
+
+def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
+    """Mean ± 95% t-interval over the classes of every (method, setting)'s numbers; with ``price``
+    (``prices``) also its held time priced at the measured step and preparation, and that time
+    against SAFEMax's tuned setting's on the same class."""
+    ref = rows.get(("safemax", "tuned"))
+    cols = ["first: steps", "held: steps", "held s (as run)"] + (
+        ["held s (priced)", "× SAFEMax tuned (priced)", "prep s (priced)"] if price else ["prep s"])
     out = ["## Head to head\n",
            "Mean ± 95% t-interval over the classes. *held*: over the classes where the bar held "
-           "(how many, in brackets).\n",
-           "| method | setting | held s | held steps | prep s | final FA | retain acc | Fréchet | "
+           "(how many, in brackets). *as run*: the wall time the comparison measured (cores shared "
+           "with other jobs, sessions apart); *priced*: preparation + steps × the step, both measured "
+           "side by side in one process (`prices.json`)."
+           + (f" Prices: {price['settings']['reps']} interleaved rounds at {price['settings']['threads']} "
+              f"thread(s), forgetting class {price['settings']['forget']}." if price else "") + "\n",
+           "| method | setting | " + " | ".join(cols) + " | final FA | retain acc | Fréchet | "
            + " | ".join(f"FA after the {a} attack" for a in attack_names) + " |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in attack_names) + " |"]
+           "| --- | --- | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | "
+           + " | ".join("---:" for _ in attack_names) + " |"]
     for (m, which), rs in rows.items():
         held = [r["seconds_to_forget_held"] for r in rs if r["seconds_to_forget_held"] is not None]
         steps = [r["steps_to_forget_held"] for r in rs if r["steps_to_forget_held"] is not None]
+        first = [r["steps_to_forget"] for r in rs if r["steps_to_forget"] is not None]
+        cells = [f"{_cell(first, '.0f')} ({len(first)}/{len(rs)})", f"{_cell(steps, '.0f')} ({len(steps)}/{len(rs)})",
+                 _cell(held, '.1f')]
+        if price:
+            times = [priced(r, price, r["steps_to_forget_held"]) for r in rs]
+            ratios = [t / priced(q, price, q["steps_to_forget_held"]) for t, q in zip(times, ref or [])
+                      if t is not None and q["steps_to_forget_held"] is not None]
+            cells += [_cell([t for t in times if t is not None], '.1f'), _cell(ratios, '.2f'),
+                      format(price["prep_seconds"][rs[0]["spec"]], '.1f')]
+        else:
+            cells.append(_cell([r["prep_seconds"] for r in rs], '.1f'))
         attacks = [_cell([a["fa_after"] for r in rs for a in r.get("attack") or [] if a["name"] == name], ".2f")
                    for name in attack_names]
-        out.append(f"| {m} | {which}: `{rs[0]['spec']}` | {_cell(held, '.1f')} ({len(held)}/{len(rs)}) | "
-                   f"{_cell(steps, '.0f')} | {_cell([r['prep_seconds'] for r in rs], '.1f')} | "
+        out.append(f"| {m} | {which}: `{rs[0]['spec']}` | " + " | ".join(cells) + " | "
                    f"{_cell([r['fa_final'] for r in rs], '.2f')} | {_cell([r['retain_acc_final'] for r in rs], '.3f')} | "
                    f"{_cell([r['frechet_final'] for r in rs], '.2f')} | " + " | ".join(attacks) + " |")
     return out
@@ -187,11 +251,16 @@ def main(argv=None):
     p.add_argument("--step-costs", metavar="FILE",
                    help="step_cost.py's step_cost.json for the kept_contrast points' step cost "
                         "(default: benchmarks/results/step-cost-<model>'s; see step_costs)")
+    p.add_argument("--price-reps", type=int, default=None,
+                   help="interleaved rounds that price the head to head's settings (see prices; default "
+                        "20 on the CPU, 0 — no pricing — on a GPU; 0: none)")
     p.add_argument("--quick", action="store_true", help="compare's smoke mode (seconds; not a result)")
     p.add_argument("--quiet", action="store_true", help="no progress bar per run (a run is ~45 min on one CPU core)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check runs it there)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.price_reps is None:
+        args.price_reps = (1 if args.quick else 20) if args.device == "cpu" else 0
     sweep_class = SWEEP_CLASS[args.model] if args.sweep_class is None else args.sweep_class
     classes = list(CLASSES[args.model] if args.classes is None else args.classes)
     if sweep_class in classes:
@@ -209,10 +278,11 @@ def main(argv=None):
              f"{args.steps}-step budget at batch 64 + 64, measured every {args.eval_every} steps "
              f"({args.n_forget} forget samples, {args.n_per_class} per kept class, DDIM-25); the bar: FA ≤ 1% "
              f"with retain accuracy ≥ the original's − {RETAIN_SLACK}.\n"] + sweep_table(args.model, sweep, chosen, costs)
-    rows, attack_names = {}, []
+    rows, attack_names, price = {}, [], None
     if args.only == "all":   # one comparison per class: every method, tuned and published
         plan = [(m, which, spec) for m in args.methods
                 for which, spec in (("tuned", chosen[m][0]), ("published", published(args.model, m)))]
+        price = prices(args, list(dict.fromkeys(spec for _, _, spec in plan)))
         for c in classes:
             results = {r["spec"]: r for r in comparison(args.model, c, [spec for _, _, spec in plan],
                                                         os.path.join(args.out, "head-to-head", f"class{c}"), args,
@@ -220,12 +290,13 @@ def main(argv=None):
             for m, which, spec in plan:
                 rows.setdefault((m, which), []).append(results[spec])
                 attack_names = [a["name"] for a in results[spec].get("attack") or []] or attack_names
-        lines += [""] + head_to_head_table(rows, attack_names)
+        lines += [""] + head_to_head_table(rows, attack_names, price)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "tuned.json"), "w") as f:
         json.dump(dict(model=args.model, sweep_class=sweep_class, classes=classes,
                        chosen={m: dict(spec=spec, why=why) for m, (spec, why) in chosen.items()}, step_costs=costs,
-                       sweep=sweep, head_to_head={f"{m}/{w}": rs for (m, w), rs in rows.items()}), f, indent=1)
+                       sweep=sweep, head_to_head={f"{m}/{w}": rs for (m, w), rs in rows.items()}, prices=price),
+                  f, indent=1)
     with open(os.path.join(args.out, "tuned.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -61,6 +61,11 @@ def test_tune_baselines_script(tmp_path):
     assert set(report["head_to_head"]) == {"ga/tuned", "ga/published", "sa/tuned", "sa/published"}
     assert (out / "head-to-head" / "class1" / "results.md").exists()
     assert (out / "sweep" / "sa" / "curves.png").exists()
+    # the head to head's times priced side by side: each setting's step and preparation, one process
+    prices = json.loads((out / "head-to-head" / "prices.json").read_text())
+    assert set(prices["seconds_per_step"]) == {"plain", "ga:lr=1e-4", "sa:lr=1e-4"}
+    assert prices["prep_seconds"]["sa:lr=1e-4"] > prices["prep_seconds"]["ga:lr=1e-4"]   # SA: replay set and Fisher
+    assert "| held s (priced) |" in text and report["prices"]["settings"]["model"] == "digits"
 
 
 def test_tune_pick_ranks_steps_not_the_load():
