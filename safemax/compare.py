@@ -476,6 +476,8 @@ def markdown(report: dict, sample_rows: list) -> str:
            f"{o['gaussian_std']:.2f} |"]
     for name, r in report["methods"].items():
         note = f" (diverged at step {r['diverged_at_step']})" if r["diverged_at_step"] else ""
+        if r.get("raced_out_at") is not None:   # its final figures are that step's
+            note += f" (out of the race at step {r['raced_out_at']})"
         out.append(f"| {label(name)}{note} | {r['lr']:g} | {r['prep_seconds']:.1f} | "
                    f"{_fmt(r['step_seconds'], '.2f')} | {_fmt(r['steps_to_forget'], 'd')} | "
                    f"{_fmt(r['seconds_to_forget'], '.1f')} | {_fmt(r['frechet_at_forget'], '.1f')} | "

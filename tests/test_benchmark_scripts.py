@@ -359,6 +359,7 @@ def test_compare_race_stops_only_settings_that_can_no_longer_be_picked(tmp_path,
     assert {s: r["raced_out_at"] for s, r in raced.items()} == \
         {"ga:lr=1e-5": None, "ga:lr=2e-5": 4, "ga:lr=3e-5": None, "ga:lr=4e-5": 2}
     assert [raced[s]["steps"] for s in script] == [6, 4, 6, 2] and all(r["steps"] == 6 for r in full.values())
+    assert "(out of the race at step 4) |" in (tmp_path / "raced" / "results.md").read_text()
     assert [full[s]["steps_to_forget_held"] for s in script] == [3, 6, 2, 3]
     assert [raced[s]["steps_to_forget_held"] for s in script] == [3, None, 2, None]
     results = lambda rs: [dict(spec=s, **r) for s, r in rs.items()]
