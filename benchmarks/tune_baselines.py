@@ -37,7 +37,7 @@ import statistics
 
 from classes import _cell   # benchmarks/classes.py: the same intervals
 from safemax.attacks import DEFAULT_ATTACKS, PRESETS
-from safemax.compare import RETAIN_SLACK, parse_method, run as compare
+from safemax.compare import RETAIN_SLACK, meets_bar, parse_method, run as compare
 from safemax.demo import defaults
 from safemax.zoo import model_info
 
@@ -107,7 +107,7 @@ def comparison(model: str, forget: int, specs: list, out: str, args, attack: boo
                      attack=attack, attacks=args.attacks, quick=args.quick, resume=True, progress=not args.quiet, model=model,
                      n_forget=args.n_forget, n_per_class=args.n_per_class, device=args.device, race=race,
                      step_costs=costs)
-    return [dict(spec=spec, forget=forget, **report["methods"][spec]) for spec in dict.fromkeys(specs)]
+    return [dict(spec=spec, forget=forget, bar=report["bar"], **report["methods"][spec]) for spec in dict.fromkeys(specs)]
 
 
 def pick(results: list, published: str, costs: dict = None) -> tuple:
@@ -193,18 +193,37 @@ def priced(r: dict, price: dict, steps):
     return None if steps is None else price["prep_seconds"][r["spec"]] + steps * price["seconds_per_step"][r["spec"]]
 
 
+def stop_cells(rs: list, price: dict = None) -> list:
+    """The label-free stopping rule on SAFEMax's runs (``compare.stop_rule_replay``): the step it
+    stopped at, how many runs it stopped and in how many the first measurement from there meets the
+    bar — what a user without a classifier pays; with ``price`` also that step's priced time. "—"
+    for a method that logs no nats (the baselines: a user must guess their budget)."""
+    if not any(r.get("stop_rule") for r in rs):
+        return ["—"] * (2 if price else 1)
+    fired = [r for r in rs if r["stop_rule"]["step"] is not None]
+    good = sum(meets_bar(next((p for p in r["curve"] if p["step"] >= r["stop_rule"]["step"]), r["curve"][-1]),
+                         r["bar"]["retain_acc_min"]) for r in fired)
+    cells = [f"{_cell([r['stop_rule']['step'] for r in fired], '.0f')} ({len(fired)}/{len(rs)} stopped; bar met there: {good})"]
+    if price:
+        cells.append(_cell([priced(r, price, r["stop_rule"]["step"]) for r in fired], ".1f"))
+    return cells
+
+
 def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
     """Mean ± 95% t-interval over the classes of every (method, setting)'s numbers; with ``price``
     (``prices``) also its held time priced at the measured step and preparation, and that time
     against SAFEMax's tuned setting's on the same class."""
     ref = rows.get(("safemax", "tuned"))
     cols = ["first: steps", "held: steps", "held s (as run)"] + (
-        ["held s (priced)", "× SAFEMax tuned (priced)", "prep s (priced)"] if price else ["prep s"])
+        ["held s (priced)", "× SAFEMax tuned (priced)", "prep s (priced)"] if price else ["prep s"]) + (
+        ["stopping rule: steps", "stopping rule s (priced)"] if price else ["stopping rule: steps"])
     out = ["## Head to head\n",
            "Mean ± 95% t-interval over the classes. *held*: over the classes where the bar held "
            "(how many, in brackets). *as run*: the wall time the comparison measured (cores shared "
            "with other jobs, sessions apart); *priced*: preparation + steps × the step, both measured "
-           "side by side in one process (`prices.json`)."
+           "side by side in one process (`prices.json`). *Stopping rule*: where SAFEMax's label-free "
+           "rule (`nats:0.01:5`) would have stopped, and in how many runs the measurement there meets "
+           "the bar — what a user without a classifier pays; the baselines have no such rule."
            + (f" Prices: {price['settings']['reps']} interleaved rounds at {price['settings']['threads']} "
               f"thread(s), forgetting class {price['settings']['forget']}." if price else "") + "\n",
            "| method | setting | " + " | ".join(cols) + " | final FA | retain acc | Fréchet | "
@@ -225,6 +244,7 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
                       format(price["prep_seconds"][rs[0]["spec"]], '.1f')]
         else:
             cells.append(_cell([r["prep_seconds"] for r in rs], '.1f'))
+        cells += stop_cells(rs, price)
         attacks = [_cell([a["fa_after"] for r in rs for a in r.get("attack") or [] if a["name"] == name], ".2f")
                    for name in attack_names]
         out.append(f"| {m} | {which}: `{rs[0]['spec']}` | " + " | ".join(cells) + " | "

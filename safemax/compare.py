@@ -411,6 +411,7 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
         entropy_final=final["entropy"], method_config=u.method.config(), curve=curve)
     if race is not None:
         result["raced_out_at"] = race.out_at
+    result["stop_rule"] = stop_rule_replay(u.history)
     if attacks:
         result["attack"] = []
         for a in attacks:
@@ -424,6 +425,19 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
                                          fa_after=fa["fa"], fa_digits_after=fa["fa_digits"]))
             print(f"  {a.name} attack ({a.describe()}): FA {final['fa']:.2f} -> {fa['fa']:.2f}")
     return result, forget_samples
+
+
+def stop_rule_replay(history: list, rule=None):
+    """Where the label-free stopping rule (``safemax.stopping``; default ``nats:0.01:5``) would have
+    stopped this fit — what a user without a classifier pays: ``{"rule", "step", "train_seconds"}``
+    (``step`` None: it never fired), or None for a method that does not log SAFEMax's nats."""
+    from .stopping import NatsRule
+    rule = rule or NatsRule()
+    if not history or not all(k in history[0] for k in ("forget_nats", "retain_nats")):
+        return None
+    at = next((h for i, h in enumerate(history) if rule(history[:i + 1])), None)
+    return dict(rule=str(rule), step=None if at is None else at["step"],
+                train_seconds=None if at is None else at["seconds"])
 
 
 def _point(step: int, train_seconds: float, prep_seconds: float, m: dict) -> dict:

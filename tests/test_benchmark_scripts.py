@@ -146,6 +146,31 @@ def test_race_weighs_the_steps_by_their_cost():
         compare.run(methods=["ga"], step_costs={"ga": 0.0}, out="/nonexistent")
 
 
+def test_stopping_rule_replayed_on_a_comparisons_run():
+    """compare keeps where SAFEMax's label-free rule would have stopped (replayed on the fit's
+    history), and the head to head says how often the measurement there meets the bar."""
+    sys.path.insert(0, BENCH)
+    from safemax.compare import stop_rule_replay
+    from safemax.stopping import NatsRule
+    from tune_baselines import stop_cells
+
+    # forget nats 1 at the first step, both sides 0.001 from step 4 on: the 5-step window is under
+    # 0.01 x 1 once steps 4..8 are in it
+    history = [dict(step=i, seconds=2.0 * i, forget_nats=1.0 if i == 1 else 0.5 if i < 4 else 0.001,
+                    retain_nats=0.001) for i in range(1, 21)]
+    assert stop_rule_replay(history) == dict(rule="nats:0.01:5", step=8, train_seconds=16.0)
+    assert stop_rule_replay(history, NatsRule(0.01, 20))["step"] is None   # never fires
+    assert stop_rule_replay([dict(step=1, seconds=1.0, loss=2.0)]) is None   # a baseline: no nats
+    bar = dict(fa_max=0.01, retain_acc_min=0.8)
+    curve = [dict(step=s, fa=0.0, retain_acc=a) for s, a in ((0, 0.9), (5, 0.5), (10, 0.9), (15, 0.9))]
+    run = lambda stop: dict(spec="safemax", bar=bar, curve=curve, stop_rule=dict(rule="nats:0.01:5", step=stop))  # noqa: E731
+    # stops at 8 (the measurement at 10 meets the bar), at 3 (5 does not), never
+    assert stop_cells([run(8), run(3), run(None)]) == ["6 ± 32 (2/3 stopped; bar met there: 1)"]
+    price = dict(prep_seconds={"safemax": 1.0}, seconds_per_step={"safemax": 2.0})
+    assert stop_cells([run(8)], price) == ["8 (1/1 stopped; bar met there: 1)", "17.0"]
+    assert stop_cells([dict(spec="ga", stop_rule=None)], price) == ["—", "—"]
+
+
 def test_step_cost_on_fashion_mnist_runs_the_sweeps_settings(tmp_path, fashion_mnist_dir):
     """`step_cost.py --model fashion-mnist` times the sweep's SAFEMax: the sneaker, lr 1e-4, half
     the forget rows' x_0 Gaussian (what `tune_baselines.step_costs` reads)."""
@@ -370,5 +395,9 @@ def test_compare_race_stops_only_settings_that_can_no_longer_be_picked(tmp_path,
     assert again["ga:lr=2e-5"]["steps"] == 6 and again["ga:lr=1e-5"]["steps"] == 6
     monkeypatch.undo()   # the command line: `safemax compare --race` on the real model
     from safemax.__main__ import main
-    assert main(["compare", "--quick", "--no-attack", "--race", "--methods", "ga", "--out", str(tmp_path / "cli")]) == 0
-    assert "raced_out_at" in json.loads((tmp_path / "cli" / "results.json").read_text())["methods"]["ga"]
+    assert main(["compare", "--quick", "--no-attack", "--race", "--methods", "ga", "safemax", "--out", str(tmp_path / "cli")]) == 0
+    written = json.loads((tmp_path / "cli" / "results.json").read_text())["methods"]
+    assert "raced_out_at" in written["ga"]
+    # the stopping rule replayed on SAFEMax's history (2 steps: its 5-step window never filled), none for GA
+    assert written["safemax"]["stop_rule"] == dict(rule="nats:0.01:5", step=None, train_seconds=None)
+    assert written["ga"]["stop_rule"] is None
