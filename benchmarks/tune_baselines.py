@@ -21,6 +21,8 @@
     python benchmarks/tune_baselines.py --model fashion-mnist --out benchmarks/results/tuned-fashion-mnist
     python benchmarks/tune_baselines.py --model digits --out benchmarks/results/tuned-digits
     python benchmarks/tune_baselines.py --model digits --grid smoke --quick --out /tmp/t   # seconds
+    python benchmarks/tune_baselines.py --model fashion-mnist --status --out benchmarks/results/tuned-fashion-mnist
+                                     # what is done, under way (to which step) and not begun; runs nothing
 
 Every `safemax compare` (its results.md, curves.png, samples.png) is kept under ``OUT/sweep/<method>/``
 and ``OUT/head-to-head/class<N>/``, each finished method reused when the script runs again
@@ -37,7 +39,8 @@ import statistics
 
 from classes import _cell   # benchmarks/classes.py: the same intervals
 from safemax.attacks import DEFAULT_ATTACKS, PRESETS
-from safemax.compare import RETAIN_SLACK, meets_bar, parse_method, run as compare
+from safemax.compare import (RETAIN_SLACK, bar_points, meets_bar, method_cache, parse_method, run as compare,
+                             summarise)
 from safemax.demo import defaults
 from safemax.zoo import model_info
 
@@ -253,6 +256,62 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
     return out
 
 
+def status(args, sweep_class: int, classes: list) -> str:
+    """The plan's state from what is on disk, running nothing: per comparison, each setting done
+    (its first / held steps where the comparison's bar is known, or where the race stopped it),
+    under way (its last measured step) or not begun; a sweep's pick once its grid is done."""
+    out = []
+
+    def runs(folder, specs, floor):
+        done = []
+        for spec in specs:
+            cache = method_cache(folder, spec)
+            if os.path.exists(cache):
+                with open(cache) as f:
+                    r = json.load(f)["result"]
+                done.append(dict(spec=spec, **r, **(summarise(r, floor) if floor is not None else {})))
+                first, held = bar_points(r["curve"], floor) if floor is not None else (None, None)
+                at = lambda i: "—" if i is None else r["curve"][i]["step"]   # noqa: E731
+                text = (f"first {at(first)}, held {at(held)}" if floor is not None else "done") + (
+                    f", stopped by the race at {r['raced_out_at']}" if r.get("raced_out_at") is not None else "")
+                out.append(f"    {spec}: {text}; final FA {r['fa_final']:.2f}, retain {r['retain_acc_final']:.3f}")
+            elif os.path.exists(os.path.join(cache[:-len('.json')] + ".partial", "curve.json")):
+                with open(os.path.join(cache[:-len('.json')] + ".partial", "curve.json")) as f:
+                    curve = json.load(f)["curve"]
+                out.append(f"    {spec}: under way, measured to step {curve[-1]['step']}")
+            else:
+                out.append(f"    {spec}: not begun")
+        return done
+
+    def floor_of(folder):
+        path = os.path.join(folder, "results.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)["bar"]["retain_acc_min"]
+
+    info, chosen = model_info(args.model), {}
+    # one sweep class, one bar: any of its comparisons that finished says where the floor is
+    floor = next(filter(None, (floor_of(os.path.join(args.out, "sweep", k)) for k in PUBLISHED)), None)
+    out.append(f"sweep (class {info.class_name(sweep_class)}):")
+    for m in args.methods:
+        grid = [spec or published(args.model, m) for spec in GRIDS[args.grid][m]]
+        out.append(f"  {m}:")
+        head = len(out) - 1
+        done = runs(os.path.join(args.out, "sweep", m), grid, floor)
+        out[head] += f" {len(done)} of {len(grid)} done"
+        if len(done) == len(grid) and floor is not None:
+            chosen[m] = pick(done, published(args.model, m), step_costs(args.model, grid, args.step_costs))
+            out[head] += f"; tuned: {chosen[m][0]} — {chosen[m][1]}"
+    for c in classes:
+        folder = os.path.join(args.out, "head-to-head", f"class{c}")
+        specs = [spec for m in args.methods for spec in (chosen.get(m, (None,))[0], published(args.model, m)) if spec]
+        out.append(f"head to head, class {info.class_name(c)} (the tuned settings of the methods whose "
+                   "sweep is done, and every published one):")
+        runs(folder, list(dict.fromkeys(specs)), floor_of(folder))
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["digits", "fashion-mnist"], default="fashion-mnist")
@@ -274,6 +333,7 @@ def main(argv=None):
     p.add_argument("--price-reps", type=int, default=None,
                    help="interleaved rounds that price the head to head's settings (see prices; default "
                         "20 on the CPU, 0 — no pricing — on a GPU; 0: none)")
+    p.add_argument("--status", action="store_true", help="print the plan's state from the files on disk, run nothing")
     p.add_argument("--quick", action="store_true", help="compare's smoke mode (seconds; not a result)")
     p.add_argument("--quiet", action="store_true", help="no progress bar per run (a run is ~45 min on one CPU core)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check runs it there)")
@@ -285,6 +345,9 @@ def main(argv=None):
     classes = list(CLASSES[args.model] if args.classes is None else args.classes)
     if sweep_class in classes:
         raise SystemExit(f"the sweep class {sweep_class} must not be one of the reported classes {classes}")
+    if args.status:
+        print(status(args, sweep_class, classes))
+        return
 
     sweep, chosen, costs = {}, {}, {}
     for m in args.methods:   # one comparison per method: its grid on the sweep class

@@ -241,7 +241,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         name, options = parsed[spec]
         # the model's demo settings (SAFEMax and robust SAFEMax: its lr and Gaussian share)
         method_lr, options = method_settings(model, name, options, lr)
-        cache = os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
+        cache = method_cache(out, spec)
         config = dict(settings, method=spec, lr=method_lr)
         if "gaussian_fraction" in options and "gaussian_fraction" not in parsed[spec][1]:
             config["gaussian_fraction"] = options["gaussian_fraction"]   # the cache says so
@@ -425,6 +425,12 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
                                          fa_after=fa["fa"], fa_digits_after=fa["fa_digits"]))
             print(f"  {a.name} attack ({a.describe()}): FA {final['fa']:.2f} -> {fa['fa']:.2f}")
     return result, forget_samples
+
+
+def method_cache(out: str, spec: str) -> str:
+    """Where a comparison in ``out`` keeps ``spec``'s finished run (``resume`` reuses it); the run
+    under way is in the same path with ``.partial`` for ``.json``."""
+    return os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
 
 
 def stop_rule_replay(history: list, rule=None):

@@ -66,6 +66,11 @@ def test_tune_baselines_script(tmp_path):
     assert set(prices["seconds_per_step"]) == {"plain", "ga:lr=1e-4", "sa:lr=1e-4"}
     assert prices["prep_seconds"]["sa:lr=1e-4"] > prices["prep_seconds"]["ga:lr=1e-4"]   # SA: replay set and Fisher
     assert "| held s (priced) |" in text and report["prices"]["settings"]["model"] == "digits"
+    # --status reads the same files and runs nothing: both sweeps done and picked, the head to head done
+    state = run("tune_baselines.py", "--model", "digits", "--grid", "smoke", "--quick", "--methods", "ga", "sa",
+                "--classes", 1, "--out", out, "--status")
+    assert "ga: 1 of 1 done; tuned: ga:lr=1e-4" in state and "sa: 1 of 1 done; tuned: sa:lr=1e-4" in state
+    assert "head to head, class 1" in state and "not begun" not in state and "under way" not in state
 
 
 def test_tune_pick_ranks_steps_not_the_load():
