@@ -44,14 +44,24 @@ from safemax.compare import (RETAIN_SLACK, bar_points, meets_bar, method_cache, 
 from safemax.demo import defaults
 from safemax.zoo import model_info
 
-# each baseline as its authors publish it, as `safemax compare` specs; SAFEMax: see `published`
-PUBLISHED = {"safemax": None, "salun": "salun:lr=1e-4", "sa": "sa:lr=1e-4", "ga": "ga:lr=1e-4"}
+# the options each method's grid varies besides its learning rate
+AXES = {"safemax": ("kept_contrast",), "salun": ("retain_weight", "mask_fraction"), "sa": ("ewc_lambda",), "ga": ()}
+PUBLISHED = tuple(AXES)
 
 
 def published(model: str, method: str) -> str:
-    """``method``'s published spec; SAFEMax's is the model's demo lr (5e-4 digits, 1e-4 Fashion-MNIST),
-    written as the grid writes it so that the same run is not made twice."""
-    return f"safemax:lr={defaults(model)['lr']:g}" if method == "safemax" else PUBLISHED[method]
+    """``method``'s published spec — its authors' learning rate and the defaults of the options its
+    grid varies (SalUn: retain weight 1e-3, mask 0.5; Selective Amnesia: λ 10); SAFEMax's: the
+    model's demo lr (5e-4 digits, 1e-4 Fashion-MNIST) — written as the grid writes it, so that a
+    tuned setting that is the published one is run once, not twice under two names."""
+    from safemax.methods import METHODS, make_method
+    if method == "safemax":
+        return f"safemax:lr={defaults(model)['lr']:g}"
+    defaults_of = make_method(method)
+    return f"{method}:lr={METHODS[method].default_lr:g}" + "".join(
+        f",{k}={getattr(defaults_of, k):g}" for k in AXES[method])
+
+
 GRIDS = {
     "small": {
         # the retain dip's term (kept_contrast, off by default) as a second axis; run after the

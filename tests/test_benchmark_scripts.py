@@ -57,19 +57,19 @@ def test_tune_baselines_script(tmp_path):
                "--classes", 1, "--out", out)
     assert "## Sweep (class 2)" in text and "## Head to head" in text
     report = json.loads((out / "tuned.json").read_text())
-    assert set(report["chosen"]) == {"ga", "sa"} and report["chosen"]["ga"]["spec"] == "ga:lr=1e-4"
+    assert set(report["chosen"]) == {"ga", "sa"} and report["chosen"]["ga"]["spec"] == "ga:lr=0.0001"
     assert set(report["head_to_head"]) == {"ga/tuned", "ga/published", "sa/tuned", "sa/published"}
     assert (out / "head-to-head" / "class1" / "results.md").exists()
     assert (out / "sweep" / "sa" / "curves.png").exists()
     # the head to head's times priced side by side: each setting's step and preparation, one process
     prices = json.loads((out / "head-to-head" / "prices.json").read_text())
-    assert set(prices["seconds_per_step"]) == {"plain", "ga:lr=1e-4", "sa:lr=1e-4"}
-    assert prices["prep_seconds"]["sa:lr=1e-4"] > prices["prep_seconds"]["ga:lr=1e-4"]   # SA: replay set and Fisher
+    assert set(prices["seconds_per_step"]) == {"plain", "ga:lr=0.0001", "sa:lr=0.0001,ewc_lambda=10"}
+    assert prices["prep_seconds"]["sa:lr=0.0001,ewc_lambda=10"] > prices["prep_seconds"]["ga:lr=0.0001"]   # SA: replay, Fisher
     assert "| held s (priced) |" in text and report["prices"]["settings"]["model"] == "digits"
     # --status reads the same files and runs nothing: both sweeps done and picked, the head to head done
     state = run("tune_baselines.py", "--model", "digits", "--grid", "smoke", "--quick", "--methods", "ga", "sa",
                 "--classes", 1, "--out", out, "--status")
-    assert "ga: 1 of 1 done; tuned: ga:lr=1e-4" in state and "sa: 1 of 1 done; tuned: sa:lr=1e-4" in state
+    assert "ga: 1 of 1 done; tuned: ga:lr=0.0001" in state and "sa: 1 of 1 done; tuned: sa:lr=0.0001,ewc_lambda=10" in state
     assert "head to head, class 1" in state and "not begun" not in state and "under way" not in state
 
 
@@ -90,6 +90,21 @@ def test_tune_pick_ranks_steps_not_the_load():
     assert pick([r("a", 50, 25, 1.0, 6.0), r("b", 50, 25, 1.0, 4.0)], "p")[0] == "b"
     assert pick([r("a", None, 75, 1.0), r("b", None, 50, 9.0)], "p")[0] == "b"
     assert pick([r("a", None, None, 1.0)], "p") == ("p", "no setting met the bar: the published one")
+
+
+def test_tune_published_settings_are_grid_points():
+    """Each method's published setting is written as its grid writes it — a tuned setting that is
+    the published one is one run in the head to head, not two under two names — and is what the
+    method object defaults to."""
+    sys.path.insert(0, BENCH)
+    from tune_baselines import GRIDS, PUBLISHED, published
+
+    from safemax.compare import parse_method
+    for model in ("digits", "fashion-mnist"):
+        for m in PUBLISHED:
+            assert published(model, m) in GRIDS["small"][m], (model, m)
+    assert published("fashion-mnist", "sa") == "sa:lr=0.0001,ewc_lambda=10"
+    assert parse_method(published("digits", "salun"))[1] == dict(lr=1e-4, retain_weight=1e-3, mask_fraction=0.5)
 
 
 def test_tune_pick_weighs_steps_by_their_cost():
