@@ -76,29 +76,34 @@ def write_json(path: str, obj: dict):
 
 def save_comparison_curves(results: dict, original: dict, path: str, labels: dict, title: str,
                            bar: dict = None):
-    """Forget accuracy and retain accuracy against wall time (preparation included), one curve
-    per method, on a log time axis (the methods differ by orders of magnitude); ``bar``
-    (``fa_max``, ``retain_acc_min``) is drawn as dashed lines."""
+    """Forget accuracy and retain accuracy against wall time (preparation included; a log axis:
+    the methods differ by orders of magnitude) and, below, against steps (which the machine's load
+    does not move: comparisons made hours apart on shared cores are read here), one curve per
+    method; ``bar`` (``fa_max``, ``retain_acc_min``) is drawn as dashed lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=120)
-    for (key, ylabel), ax in zip((("fa", "forget accuracy"), ("retain_acc", "retain accuracy")), axes):
-        for name, r in results.items():
-            curve = r["curve"]
-            ax.plot([max(p["seconds"], 0.1) for p in curve], [p[key] for p in curve], "o-", ms=3,
-                    label=labels.get(name, name))
-        ax.axhline(original[key], color="grey", lw=0.8, ls=":", label="original")
-        if bar:
-            ax.axhline(bar["fa_max" if key == "fa" else "retain_acc_min"], color="black", lw=0.8,
-                       ls="--", label="bar")
-        ax.set_xscale("log")
-        ax.set_xlabel("wall time, s (log; preparation included)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=8)
+    fig, grid = plt.subplots(2, 2, figsize=(11, 7.2), dpi=120)
+    for row, (x_of, xlabel, scale) in zip(grid, (
+            (lambda p: max(p["seconds"], 0.1), "wall time, s (log; preparation included)", dict(value="log")),
+            (lambda p: p["step"], "steps (symmetric log: linear to 10)", dict(value="symlog", linthresh=10)))):
+        for (key, ylabel), ax in zip((("fa", "forget accuracy"), ("retain_acc", "retain accuracy")), row):
+            for name, r in results.items():
+                curve = r["curve"]
+                ax.plot([x_of(p) for p in curve], [p[key] for p in curve], "o-", ms=3, label=labels.get(name, name))
+            ax.axhline(original[key], color="grey", lw=0.8, ls=":", label="original")
+            if bar:
+                ax.axhline(bar["fa_max" if key == "fa" else "retain_acc_min"], color="black", lw=0.8,
+                           ls="--", label="bar")
+            ax.set_xscale(**scale)
+            if scale["value"] == "symlog":
+                ax.set_xlim(left=0)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3, which="both")
+        row[0].set_ylim(-0.02, 1.02)
+    grid[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
