@@ -188,12 +188,13 @@ class SafeMax(Method):
             way off rather than pushed without end. Needs the original model
             (``retain_target="distill"``); no effect on a row-only fit. Cost: the forget rows
             once more in the step's student forward and backward and in its teacher forward
-            (batched into them) — 1.35× the step on the digits model.
+            (batched into them) — 1.35× the step on the digits model, 1.70× on Fashion-MNIST's.
             Measured (λ = 4, docs/results/retain-dip.md): on the ten digits the bar held from
             step 26.5 on average (10 of 10) against the default's 45.0 (9 of 10) — 0.70× the
             time — with the same Fréchet on average; on Fashion-MNIST's sneaker from step 25
-            against 125, final Fréchet 125.5 against 121.8. Off by default (one seed; a
-            collapse of its own at step 5 on half the digits).
+            against 125, final Fréchet 125.5 against 121.8 (at lr 5e-4 or 1e-3 instead of 1e-4
+            the kept garments collapsed). Off by default (one seed; a collapse of its own at
+            step 5 on half the digits).
         kept_contrast_rows: the share of the forget rows that ``kept_contrast``'s term runs on
             (the first ⌈share·B⌉; its weight stays the forget rows' share of the batch, so the
             term's expected gradient is unchanged): its cost scales with it. Measured, a quarter
