@@ -180,12 +180,9 @@ def build(batch_size, model="digits", names=TRAINERS, seed=0):
     lr, classes, options = settings(model)
     forget, retain = split_by_class(model_info(model).dataset("train"), classes)
 
-    def unlearner(method=None, **k):
-        unet, scheduler = load_unet(model)
-        if method is None:
-            k = {**options, **k}
-        return Unlearner(unet, scheduler, forget=classes, seed=seed, **{"lr": lr, **k},
-                         **({} if method is None else dict(method=method)))
+    def unlearner(method=None, **k):   # a method object carries its own options
+        base = dict(lr=lr, **options) if method is None else dict(lr=lr, method=method)
+        return Unlearner(*load_unet(model), forget=classes, seed=seed, **{**base, **k})
 
     makers = {
         "plain": lambda: Plain(*load_unet(model), retain, forget, lr, seed,
