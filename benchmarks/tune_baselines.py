@@ -269,7 +269,9 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
 def status(args, sweep_class: int, classes: list) -> str:
     """The plan's state from what is on disk, running nothing: per comparison, each setting done
     (its first / held steps where the comparison's bar is known, or where the race stopped it),
-    under way (its last measured step) or not begun; a sweep's pick once its grid is done."""
+    under way (its last measured step) or not begun; a sweep's pick once its grid is done. It
+    reads the files, not their settings: a run made with other settings (steps, attacks) shows as
+    done, though the comparison would run it again."""
     out = []
 
     def runs(folder, specs, floor):
