@@ -198,7 +198,7 @@ def build(batch_size, model="digits", names=TRAINERS, seed=0):
     return {n: t if n == "plain" else Unlearning(t, retain, forget) for n, t in built.items()}
 
 
-def build_specs(batch_size, model, specs, seed=0):
+def build_specs(batch_size, model, specs, seed=0, quick=QUICK):
     """``plain`` and each of ``specs`` — `safemax compare`'s method specs (``"salun:lr=5e-4,retain_weight=1"``)
     built as compare builds them on ``model`` (its settings, its method objects, the forgotten
     class of ``FORGET``): what a comparison's steps and preparations cost, side by side."""
@@ -212,20 +212,21 @@ def build_specs(batch_size, model, specs, seed=0):
     forget, retain = split_by_class(model_info(model).dataset("train"), classes)
     trainers = {"plain": Plain(*load_unet(model), retain, forget, lr, seed, None)}
     for spec in specs:
-        name, options = parse_method(spec, quick=QUICK)   # QUICK: Selective Amnesia's preparation shrunk
+        name, options = parse_method(spec, quick=quick)   # quick: Selective Amnesia's preparation shrunk
         spec_lr, options = method_settings(model, name, options)
         u = Unlearner(*load_unet(model), forget=classes, lr=spec_lr, seed=seed, method=_build(name, options))
         trainers[spec] = Unlearning(u, retain, forget)
     return trainers
 
 
-def measure(reps, batch_size, log=print, names=TRAINERS, model="digits", specs=None):
+def measure(reps, batch_size, log=print, names=TRAINERS, model="digits", specs=None, quick=QUICK):
     """``({trainer: [seconds of each counted step]}, {trainer: [wall seconds of each call]},
     {trainer: its preparation's seconds})``, interleaved as the module says (round r's steps are
-    entry r of every list); ``specs``: compare's methods instead of ``names`` (see ``build_specs``)."""
+    entry r of every list); ``specs``: compare's methods instead of ``names`` (see ``build_specs``,
+    and ``quick``)."""
     if specs:
         names = ("plain", *dict.fromkeys(specs))
-        trainers = build_specs(batch_size, model, names[1:])
+        trainers = build_specs(batch_size, model, names[1:], quick=quick)
     else:
         names = tuple(n for n in TRAINERS if n in names or n == "plain")
         trainers = build(batch_size, model, names)

@@ -39,9 +39,12 @@ import statistics
 
 from classes import _cell   # benchmarks/classes.py: the same intervals
 from safemax.attacks import DEFAULT_ATTACKS, PRESETS
-from safemax.compare import (RETAIN_SLACK, bar_points, meets_bar, method_cache, parse_method, run as compare,
-                             summarise)
+import torch
+
+from safemax.compare import (RETAIN_SLACK, Partial, meets_bar, method_cache, parse_method, partial_folder,
+                             run as compare, summarise)
 from safemax.demo import defaults
+from safemax.methods import METHODS, make_method
 from safemax.zoo import model_info
 
 # the options each method's grid varies besides its learning rate
@@ -54,7 +57,6 @@ def published(model: str, method: str) -> str:
     grid varies (SalUn: retain weight 1e-3, mask 0.5; Selective Amnesia: λ 10); SAFEMax's: the
     model's demo lr (5e-4 digits, 1e-4 Fashion-MNIST) — written as the grid writes it, so that a
     tuned setting that is the published one is run once, not twice under two names."""
-    from safemax.methods import METHODS, make_method
     if method == "safemax":
         return f"safemax:lr={defaults(model)['lr']:g}"
     defaults_of = make_method(method)
@@ -89,7 +91,7 @@ def step_costs(model: str, specs: list, path: str = None) -> dict:
     ``kept_contrast``, whose step also runs the term's rows: the ratio of the median step times of
     the ``kept-contrast`` and ``safemax`` trainers that `benchmarks/step_cost.py --model ``model``` measured
     (``path``, default ``STEP_COSTS[model]``), read only when the grid has such a point."""
-    costs, options = {}, {spec: parse_method(spec)[1] if spec else {} for spec in specs}
+    costs, options = {}, {spec: parse_method(spec)[1] for spec in specs}
     contrast = [spec for spec, o in options.items() if o.get("kept_contrast")]
     if not contrast:
         return {spec: 1.0 for spec in specs}
@@ -182,23 +184,18 @@ def prices(args, specs: list) -> dict:
             saved = json.load(f)
         if saved["settings"]["model"] == args.model and set(specs) <= set(saved["seconds_per_step"]):
             return saved
-    step_cost.QUICK = args.quick   # --quick: Selective Amnesia's preparation shrunk as compare shrinks it
     batch = 2 if args.quick else 64
     print(f"pricing {len(specs)} settings: {args.price_reps} interleaved rounds of their steps, and their "
           "preparations (benchmarks/step_cost.py)", flush=True)
-    times, walls, preps = step_cost.measure(args.price_reps, batch, model=args.model, specs=specs)
+    # --quick: Selective Amnesia's preparation shrunk as compare shrinks it
+    times, walls, preps = step_cost.measure(args.price_reps, batch, model=args.model, specs=specs, quick=args.quick)
     saved = dict(settings=dict(model=args.model, forget=step_cost.FORGET[args.model], reps=args.price_reps,
-                               batch_size=batch, quick=args.quick, threads=torch_threads()),
+                               batch_size=batch, quick=args.quick, threads=torch.get_num_threads()),
                  **step_cost.summarize(times, walls, preps))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(saved, f, indent=1)
     return saved
-
-
-def torch_threads() -> int:
-    import torch
-    return torch.get_num_threads()
 
 
 def priced(r: dict, price: dict, steps):
@@ -228,8 +225,8 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
     against SAFEMax's tuned setting's on the same class."""
     ref = rows.get(("safemax", "tuned"))
     cols = ["first: steps", "held: steps", "held s (as run)"] + (
-        ["held s (priced)", "× SAFEMax tuned (priced)", "prep s (priced)"] if price else ["prep s"]) + (
-        ["stopping rule: steps", "stopping rule s (priced)"] if price else ["stopping rule: steps"])
+        ["held s (priced)", "× SAFEMax tuned (priced)", "prep s (priced)", "stopping rule: steps",
+         "stopping rule s (priced)"] if price else ["prep s", "stopping rule: steps"])
     out = ["## Head to head\n",
            "Mean ± 95% t-interval over the classes. *held*: over the classes where the bar held "
            "(how many, in brackets). *as run*: the wall time the comparison measured (cores shared "
@@ -278,17 +275,18 @@ def status(args, sweep_class: int, classes: list) -> str:
         done = []
         for spec in specs:
             cache = method_cache(folder, spec)
+            under_way = os.path.join(partial_folder(cache), Partial.CURVE)
             if os.path.exists(cache):
                 with open(cache) as f:
                     r = json.load(f)["result"]
                 done.append(dict(spec=spec, **r, **(summarise(r, floor) if floor is not None else {})))
-                first, held = bar_points(r["curve"], floor) if floor is not None else (None, None)
-                at = lambda i: "—" if i is None else r["curve"][i]["step"]   # noqa: E731
-                text = (f"first {at(first)}, held {at(held)}" if floor is not None else "done") + (
+                at = lambda k: "—" if done[-1][k] is None else done[-1][k]   # noqa: E731
+                text = (f"first {at('steps_to_forget')}, held {at('steps_to_forget_held')}" if floor is not None
+                        else "done") + (
                     f", stopped by the race at {r['raced_out_at']}" if r.get("raced_out_at") is not None else "")
                 out.append(f"    {spec}: {text}; final FA {r['fa_final']:.2f}, retain {r['retain_acc_final']:.3f}")
-            elif os.path.exists(os.path.join(cache[:-len('.json')] + ".partial", "curve.json")):
-                with open(os.path.join(cache[:-len('.json')] + ".partial", "curve.json")) as f:
+            elif os.path.exists(under_way):
+                with open(under_way) as f:
                     curve = json.load(f)["curve"]
                 out.append(f"    {spec}: under way, measured to step {curve[-1]['step']}")
             else:

@@ -253,7 +253,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                 results[spec] = saved["result"]
                 samples[spec] = torch.tensor(saved["forget_samples"])
                 continue
-        partial = Partial(cache[:-len(".json")] + ".partial", config, resume)
+        partial = Partial(partial_folder(cache), config, resume)
         results[spec], samples[spec] = _run_method(
             spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
             eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial,
@@ -429,8 +429,13 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
 
 def method_cache(out: str, spec: str) -> str:
     """Where a comparison in ``out`` keeps ``spec``'s finished run (``resume`` reuses it); the run
-    under way is in the same path with ``.partial`` for ``.json``."""
+    under way is in ``partial_folder`` of it."""
     return os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
+
+
+def partial_folder(cache: str) -> str:
+    """The folder of the run under way (its checkpoint and ``Partial.CURVE``) beside ``cache``."""
+    return cache[:-len(".json")] + ".partial"
 
 
 def stop_rule_replay(history: list, rule=None):
