@@ -584,3 +584,28 @@ def test_kept_contrast_starts_as_the_pure_contrast_and_its_checks():
     from diffusers import FlowMatchEulerDiscreteScheduler
     flow, fb = _bowl_setup(SafeMax(kept_contrast=4.0), FlowMatchEulerDiscreteScheduler(num_train_timesteps=T))
     assert flow.denoiser.parametrization == "flow" and torch.isfinite(flow.method.kept_bowl(flow, fb))
+
+
+def test_a_finished_runs_cache_is_small_and_shows_the_same_samples(tmp_path):
+    """A finished method's cache (``methods/<spec>.json``) keeps the forget samples samples.png
+    shows in that PNG's own 8 bits: small enough to commit (a sweep spans sessions, and a fresh
+    machine keeps only what git has), and a resumed comparison draws the very same grid. A cache
+    written before (the samples as a float list) still loads."""
+    import safemax.compare as compare
+    from safemax.__main__ import main
+
+    x = torch.randn(12, 1, 5, 5) * 0.7
+    quantised = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round()   # noqa: E731 — as save_grid does
+    packed = compare.pack_samples(x)
+    assert packed["shape"] == [compare.SAMPLE_ROWS, 1, 5, 5]
+    assert torch.equal(quantised(compare.unpack_samples(packed)), quantised(x[:compare.SAMPLE_ROWS]))
+    assert torch.equal(compare.unpack_samples(x.tolist()), x)
+
+    args = ["compare", "--quick", "--no-attack", "--methods", "ga", "--out", str(tmp_path)]
+    assert main(args) == 0
+    cache = tmp_path / "methods" / "ga.json"
+    first = (tmp_path / "samples.png").read_bytes()
+    assert cache.stat().st_size < 20_000 and isinstance(json.loads(cache.read_text())["forget_samples"], dict)
+    (tmp_path / "samples.png").unlink()
+    assert main(args + ["--resume"]) == 0   # reuses the cache: no fit
+    assert (tmp_path / "samples.png").read_bytes() == first
