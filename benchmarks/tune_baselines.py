@@ -279,7 +279,7 @@ def status(args, sweep_class: int, classes: list) -> str:
             if os.path.exists(cache):
                 with open(cache) as f:
                     r = json.load(f)["result"]
-                done.append(dict(spec=spec, **r, **(summarise(r, floor) if floor is not None else {})))
+                done.append(dict(spec=spec, **(r | (summarise(r, floor) if floor is not None else {}))))
                 at = lambda k: "—" if done[-1][k] is None else done[-1][k]   # noqa: E731
                 text = (f"first {at('steps_to_forget')}, held {at('steps_to_forget_held')}" if floor is not None
                         else "done") + (
