@@ -261,6 +261,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
             spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
             eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial,
             Race.behind([(r, costs[s]) for s, r in results.items()], retain_floor, costs[spec]) if race else None)
+        results[spec]["machine"] = _machine()   # a comparison resumed elsewhere mixes machines
         write_json(cache, dict(config=config, result=results[spec],
                                forget_samples=pack_samples(samples[spec])))
         partial.done()
@@ -502,6 +503,18 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _elsewhere(report: dict) -> str:
+    """The methods that ran on another machine than the report's (a comparison resumed on another
+    machine reuses the finished ones): their wall times do not compare with the others'."""
+    here = report["machine"]
+    other = {}
+    for name, r in report["methods"].items():
+        m = r.get("machine", here)
+        if (m["cpu"], m["threads"]) != (here["cpu"], here["threads"]):
+            other.setdefault(f"{m['cpu']}, {m['threads']} threads", []).append(label(name))
+    return "".join(f"; {', '.join(names)} ran on {where} (times not comparable)" for where, names in other.items())
+
+
 def markdown(report: dict, sample_rows: list) -> str:
     s, o, m = report["settings"], report["original"], report["machine"]
     info = model_info(s.get("model", "digits"))
@@ -512,7 +525,8 @@ def markdown(report: dict, sample_rows: list) -> str:
            f"forget samples, {s['n_per_class']} per kept class, DDIM {s['num_inference_steps']}). "
            f"Forgotten = FA ≤ {report['bar']['fa_max']:.0%} with retain accuracy ≥ "
            f"{report['bar']['retain_acc_min']:.3f} (original {o['retain_acc']:.3f} − 0.02). Times include "
-           f"preparation. Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}.\n",
+           f"preparation. Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
+           f"{_elsewhere(report)}.\n",
            "*First*: the first measurement that meets the bar; *held*: the first from which every "
            "later measurement meets it. Ratios: time to forget (held) over SAFEMax's; \"> x\" where "
            "a method never got there (its whole budget over SAFEMax's time).\n",

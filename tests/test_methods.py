@@ -607,5 +607,10 @@ def test_a_finished_runs_cache_is_small_and_shows_the_same_samples(tmp_path):
     first = (tmp_path / "samples.png").read_bytes()
     assert cache.stat().st_size < 20_000 and isinstance(json.loads(cache.read_text())["forget_samples"], dict)
     (tmp_path / "samples.png").unlink()
+    saved = json.loads(cache.read_text())
+    assert "machine: another cpu" not in (tmp_path / "results.md").read_text().lower()
+    saved["result"]["machine"]["cpu"] = "Another CPU"   # as if it had finished on another machine
+    cache.write_text(json.dumps(saved))
     assert main(args + ["--resume"]) == 0   # reuses the cache: no fit
     assert (tmp_path / "samples.png").read_bytes() == first
+    assert "gradient ascent ran on Another CPU, 2 threads (times not comparable)" in (tmp_path / "results.md").read_text()
