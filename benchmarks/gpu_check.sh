@@ -18,7 +18,10 @@
 #     PARTS="build tune" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
 #         the tuned baselines on Fashion-MNIST (benchmarks/tune_baselines.py: the sweep, then the
 #         head to head on three classes, every relearning attack: the methods x attacks table with
-#         intervals); resumable, so a run cut by the budget continues next time.
+#         intervals); resumable, so a run cut by the budget continues next time. It reuses the
+#         finished runs committed in the results folder; to bring its results back through the
+#         device's $OUT, start from a copy there:
+#         cp -r benchmarks/results/tuned-fashion-mnist "$OUT/tuned" && TUNE_OUT="$OUT/tuned" PARTS="build tune" ...
 #     PARTS="build retrain" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
 #         the Fashion-MNIST model trained without the T-shirt, and the relearning attacks on it and
 #         on SAFEMax: docs/results/robust.md's reference on the second benchmark
