@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from problems import tiny_data, tiny_scheduler, tiny_unet
+from safemax.compare import _machine
 
 PATH = os.path.join(os.path.dirname(__file__), "data", "fit_fingerprints.json")
 
@@ -77,5 +78,5 @@ if __name__ == "__main__":
     os.makedirs(os.path.dirname(PATH), exist_ok=True)
     out = {case: fingerprint(case) for case in CASES}
     with open(PATH, "w") as f:
-        json.dump(dict(torch=torch.__version__, cases=out), f, indent=1)
-    print(f"wrote {PATH} ({len(out)} cases, torch {torch.__version__})")
+        json.dump(dict(torch=torch.__version__, cpu=_machine()["cpu"], cases=out), f, indent=1)
+    print(f"wrote {PATH} ({len(out)} cases, torch {torch.__version__}, {_machine()['cpu']})")
