@@ -16,13 +16,18 @@ METRIC_LABELS = [
 ]
 
 
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (clipped here) as 8-bit pixels: what a saved picture holds."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def save_grid(images: torch.Tensor, rows: int, path: str, scale: int = 4, pad: int = 1):
     """Images ``[N, C, H, W]`` in [-1, 1] (clipped here) as a ``rows``-row PNG grid."""
     from PIL import Image
 
     n, c, h, w = images.shape
     cols = -(-n // rows)
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = to_pixels(images)
     canvas = torch.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 255, dtype=torch.uint8)
     for i in range(n):
         r, k = divmod(i, cols)
