@@ -42,7 +42,7 @@ from safemax.attacks import DEFAULT_ATTACKS, PRESETS
 import torch
 
 from safemax.compare import (RETAIN_SLACK, Partial, meets_bar, method_cache, parse_method, partial_folder,
-                             run as compare, summarise)
+                             retain_sample, run as compare, summarise)
 from safemax.demo import defaults
 from safemax.methods import METHODS, make_method
 from safemax.zoo import model_info
@@ -125,12 +125,13 @@ def comparison(model: str, forget: int, specs: list, out: str, args, attack: boo
     return [dict(spec=spec, forget=forget, bar=report["bar"], **report["methods"][spec]) for spec in dict.fromkeys(specs)]
 
 
-def pick(results: list, published: str, costs: dict = None) -> tuple:
+def pick(results: list, published: str, costs: dict = None, held_key: str = "steps_to_forget_held") -> tuple:
     """(spec, why): the best result by the one rule. Within one method every grid point does the
     same preparation, and its step costs ``costs[spec]`` (1 where missing) of the method's plain
     step, so its time to the bar is ranked by *steps × cost* (ties: the lower Fréchet) and priced
     at the grid's median preparation and plain-step time: a CPU sweep spans sessions and shared
-    cores, and its raw seconds would rank the machine's load."""
+    cores, and its raw seconds would rank the machine's load. ``held_key``: which held step ranks
+    (``steps_to_forget_held_within_one``: does the pick survive one retain sample's flip?)."""
     cost = lambda r: (costs or {}).get(r["spec"], 1.0)   # noqa: E731
     prep = statistics.median(r["prep_seconds"] for r in results)
     steps = [r["step_seconds"] / cost(r) for r in results if r["step_seconds"]]
@@ -140,10 +141,10 @@ def pick(results: list, published: str, costs: dict = None) -> tuple:
         at = f" at {cost(r):.2f}× the step" if cost(r) != 1.0 else ""
         return f"{n} steps{at}: {prep + n * cost(r) * step:.0f} s at the grid's median times"
 
-    held = [r for r in results if r["steps_to_forget_held"] is not None]
+    held = [r for r in results if r.get(held_key) is not None]
     if held:
-        best = min(held, key=lambda r: (r["steps_to_forget_held"] * cost(r), r["frechet_final"]))
-        return best["spec"], f"the least time to the held bar ({why(best, best['steps_to_forget_held'])})"
+        best = min(held, key=lambda r: (r[held_key] * cost(r), r["frechet_final"]))
+        return best["spec"], f"the least time to the held bar ({why(best, best[held_key])})"
     first = [r for r in results if r["steps_to_forget"] is not None]
     if first:
         best = min(first, key=lambda r: (r["steps_to_forget"] * cost(r), r["frechet_final"]))
@@ -151,11 +152,16 @@ def pick(results: list, published: str, costs: dict = None) -> tuple:
     return published, "no setting met the bar: the published one"
 
 
-def sweep_table(model: str, sweep: dict, chosen: dict, costs: dict) -> list:
+def sweep_table(model: str, sweep: dict, chosen: dict, costs: dict, loose: dict = None) -> list:
+    """The sweep's rows; ``loose``: each method's pick by *held ±1* (``pick``'s ``held_key``),
+    named under the table where it differs from the pick."""
     info = model_info(model)
     out = [f"## Sweep (class {info.class_name(SWEEP_CLASS[model])})\n",
-           "| method | setting | step cost | held: steps | s | first: steps | final FA | retain acc | Fréchet | picked |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+           "*held ±1*: the held step where a later measurement may miss the retain floor by one retain "
+           "sample (`compare.retain_sample`).\n",
+           "| method | setting | step cost | held: steps | s | held ±1: steps | first: steps | final FA | "
+           "retain acc | Fréchet | picked |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for m, results in sweep.items():
         for r in results:
             mark = "**yes**: " + chosen[m][1] if r["spec"] == chosen[m][0] else ""
@@ -163,9 +169,17 @@ def sweep_table(model: str, sweep: dict, chosen: dict, costs: dict) -> list:
             held_text = f"— (stopped at {out_at}: out of the race)" if out_at is not None else "—" if held is None else held
             out.append(f"| {m} | `{r['spec']}` | {costs[m][r['spec']]:.2f}× | {held_text} | "
                        f"{'—' if held is None else format(r['seconds_to_forget_held'], '.1f')} | "
+                       f"{_or_dash(r.get('steps_to_forget_held_within_one'))} | "
                        f"{'—' if r['steps_to_forget'] is None else r['steps_to_forget']} | {r['fa_final']:.2f} | "
                        f"{r['retain_acc_final']:.3f} | {r['frechet_final']:.2f} | {mark} |")
+    differ = [f"{m}: `{loose[m][0]}`" for m in sweep if loose and loose[m][0] != chosen[m][0]]
+    out.append("\nBy *held ±1* the picks are the same." if loose and not differ else
+               f"\nBy *held ±1* the pick would differ — {'; '.join(differ)}." if differ else "")
     return out
+
+
+def _or_dash(v) -> str:
+    return "—" if v is None else str(v)
 
 
 def prices(args, specs: list) -> dict:
@@ -224,12 +238,13 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
     (``prices``) also its held time priced at the measured step and preparation, and that time
     against SAFEMax's tuned setting's on the same class."""
     ref = rows.get(("safemax", "tuned"))
-    cols = ["first: steps", "held: steps", "held s (as run)"] + (
+    cols = ["first: steps", "held: steps", "held ±1: steps", "held s (as run)"] + (
         ["held s (priced)", "× SAFEMax tuned (priced)", "prep s (priced)", "stopping rule: steps",
          "stopping rule s (priced)"] if price else ["prep s", "stopping rule: steps"])
     out = ["## Head to head\n",
            "Mean ± 95% t-interval over the classes. *held*: over the classes where the bar held "
-           "(how many, in brackets). *as run*: the wall time the comparison measured (cores shared "
+           "(how many, in brackets); *held ±1*: the same where a later measurement may miss the retain "
+           "floor by one retain sample. *as run*: the wall time the comparison measured (cores shared "
            "with other jobs, sessions apart); *priced*: preparation + steps × the step, both measured "
            "side by side in one process (`prices.json`). *Stopping rule*: where SAFEMax's label-free "
            "rule (`nats:0.01:5`) would have stopped, and in how many runs the measurement there meets "
@@ -244,8 +259,9 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
         held = [r["seconds_to_forget_held"] for r in rs if r["seconds_to_forget_held"] is not None]
         steps = [r["steps_to_forget_held"] for r in rs if r["steps_to_forget_held"] is not None]
         first = [r["steps_to_forget"] for r in rs if r["steps_to_forget"] is not None]
+        loose = [r["steps_to_forget_held_within_one"] for r in rs if r.get("steps_to_forget_held_within_one") is not None]
         cells = [f"{_cell(first, '.0f')} ({len(first)}/{len(rs)})", f"{_cell(steps, '.0f')} ({len(steps)}/{len(rs)})",
-                 _cell(held, '.1f')]
+                 f"{_cell(loose, '.0f')} ({len(loose)}/{len(rs)})", _cell(held, '.1f')]
         if price:
             times = [priced(r, price, r["steps_to_forget_held"]) for r in rs]
             ratios = [t / priced(q, price, q["steps_to_forget_held"]) for t, q in zip(times, ref or [])
@@ -271,7 +287,7 @@ def status(args, sweep_class: int, classes: list) -> str:
     done, though the comparison would run it again."""
     out = []
 
-    def runs(folder, specs, floor):
+    def runs(folder, specs, bar):
         done = []
         for spec in specs:
             cache = method_cache(folder, spec)
@@ -279,10 +295,10 @@ def status(args, sweep_class: int, classes: list) -> str:
             if os.path.exists(cache):
                 with open(cache) as f:
                     r = json.load(f)["result"]
-                done.append(dict(spec=spec, **(r | (summarise(r, floor) if floor is not None else {}))))
+                done.append(dict(spec=spec, **(r | (summarise(r, *bar) if bar else {}))))
                 at = lambda k: "—" if done[-1][k] is None else done[-1][k]   # noqa: E731
-                text = (f"first {at('steps_to_forget')}, held {at('steps_to_forget_held')}" if floor is not None
-                        else "done") + (
+                text = (f"first {at('steps_to_forget')}, held {at('steps_to_forget_held')} "
+                        f"(±1 sample: {at('steps_to_forget_held_within_one')})" if bar else "done") + (
                     f", stopped by the race at {r['raced_out_at']}" if r.get("raced_out_at") is not None else "")
                 out.append(f"    {spec}: {text}; final FA {r['fa_final']:.2f}, retain {r['retain_acc_final']:.3f}")
             elif os.path.exists(under_way):
@@ -293,24 +309,26 @@ def status(args, sweep_class: int, classes: list) -> str:
                 out.append(f"    {spec}: not begun")
         return done
 
-    def floor_of(folder):
+    def bar_of(folder):
+        """(retain floor, one retain sample) of a comparison that has finished (None: none has)."""
         path = os.path.join(folder, "results.json")
         if not os.path.exists(path):
             return None
         with open(path) as f:
-            return json.load(f)["bar"]["retain_acc_min"]
+            report = json.load(f)
+        return report["bar"]["retain_acc_min"], None, retain_sample(report["settings"])
 
     info, chosen = model_info(args.model), {}
     # one sweep class, one bar: any of its comparisons that finished says where the floor is
-    floor = next(filter(None, (floor_of(os.path.join(args.out, "sweep", k)) for k in PUBLISHED)), None)
+    bar = next(filter(None, (bar_of(os.path.join(args.out, "sweep", k)) for k in PUBLISHED)), None)
     out.append(f"sweep (class {info.class_name(sweep_class)}):")
     for m in args.methods:
         grid = [spec or published(args.model, m) for spec in GRIDS[args.grid][m]]
         out.append(f"  {m}:")
         head = len(out) - 1
-        done = runs(os.path.join(args.out, "sweep", m), grid, floor)
+        done = runs(os.path.join(args.out, "sweep", m), grid, bar)
         out[head] += f" {len(done)} of {len(grid)} done"
-        if len(done) == len(grid) and floor is not None:
+        if len(done) == len(grid) and bar is not None:
             chosen[m] = pick(done, published(args.model, m), step_costs(args.model, grid, args.step_costs))
             out[head] += f"; tuned: {chosen[m][0]} — {chosen[m][1]}"
     for c in classes:
@@ -318,7 +336,7 @@ def status(args, sweep_class: int, classes: list) -> str:
         specs = [spec for m in args.methods for spec in (chosen.get(m, (None,))[0], published(args.model, m)) if spec]
         out.append(f"head to head, class {info.class_name(c)} (the tuned settings of the methods whose "
                    "sweep is done, and every published one):")
-        runs(folder, list(dict.fromkeys(specs)), floor_of(folder))
+        runs(folder, list(dict.fromkeys(specs)), bar_of(folder))
     return "\n".join(out)
 
 
@@ -359,18 +377,19 @@ def main(argv=None):
         print(status(args, sweep_class, classes))
         return
 
-    sweep, chosen, costs = {}, {}, {}
+    sweep, chosen, costs, loose = {}, {}, {}, {}
     for m in args.methods:   # one comparison per method: its grid on the sweep class
         grid = [spec or published(args.model, m) for spec in GRIDS[args.grid][m]]
         costs[m] = step_costs(args.model, grid, args.step_costs)
         sweep[m] = comparison(args.model, sweep_class, grid, os.path.join(args.out, "sweep", m), args, attack=False,
                               race=True, costs=costs[m])
         chosen[m] = pick(sweep[m], published(args.model, m), costs[m])
+        loose[m] = pick(sweep[m], published(args.model, m), costs[m], held_key="steps_to_forget_held_within_one")
         print(f"{m}: tuned {chosen[m][0]} — {chosen[m][1]}", flush=True)
     lines = [f"# Tuned baselines: {args.model}{' (--quick: a smoke run, not a result)' if args.quick else ''}\n",
              f"{args.steps}-step budget at batch 64 + 64, measured every {args.eval_every} steps "
              f"({args.n_forget} forget samples, {args.n_per_class} per kept class, DDIM-25); the bar: FA ≤ 1% "
-             f"with retain accuracy ≥ the original's − {RETAIN_SLACK}.\n"] + sweep_table(args.model, sweep, chosen, costs)
+             f"with retain accuracy ≥ the original's − {RETAIN_SLACK}.\n"] + sweep_table(args.model, sweep, chosen, costs, loose)
     rows, attack_names, price = {}, [], None
     if args.only == "all":   # one comparison per class: every method, tuned and published
         plan = [(m, which, spec) for m in args.methods

@@ -66,6 +66,7 @@ def test_tune_baselines_script(tmp_path):
     assert set(prices["seconds_per_step"]) == {"plain", "ga:lr=0.0001", "sa:lr=0.0001,ewc_lambda=10"}
     assert prices["prep_seconds"]["sa:lr=0.0001,ewc_lambda=10"] > prices["prep_seconds"]["ga:lr=0.0001"]   # SA: replay, Fisher
     assert "| held s (priced) |" in text and report["prices"]["settings"]["model"] == "digits"
+    assert "| held ±1: steps |" in text and "By *held ±1* the pick" in text
     # --status reads the same files and runs nothing: both sweeps done and picked, the head to head done
     state = run("tune_baselines.py", "--model", "digits", "--grid", "smoke", "--quick", "--methods", "ga", "sa",
                 "--classes", 1, "--out", out, "--status")
@@ -90,6 +91,28 @@ def test_tune_pick_ranks_steps_not_the_load():
     assert pick([r("a", 50, 25, 1.0, 6.0), r("b", 50, 25, 1.0, 4.0)], "p")[0] == "b"
     assert pick([r("a", None, 75, 1.0), r("b", None, 50, 9.0)], "p")[0] == "b"
     assert pick([r("a", None, None, 1.0)], "p") == ("p", "no setting met the bar: the published one")
+
+
+def test_tune_sweep_table_says_whether_the_pick_survives_one_sample():
+    """The sweep table shows each setting's held ±1 and says whether picking by it would change
+    a method's pick (one retain sample's flip must not be what decides a tuned setting)."""
+    sys.path.insert(0, BENCH)
+    from tune_baselines import pick, sweep_table
+
+    def r(spec, held, loose):
+        return dict(spec=spec, steps_to_forget_held=held, steps_to_forget_held_within_one=loose,
+                    seconds_to_forget_held=float(held), steps_to_forget=loose, prep_seconds=0.0, step_seconds=1.0,
+                    fa_final=0.0, retain_acc_final=0.85, frechet_final=5.0)
+    sweep = {"safemax": [r("a", 125, 40), r("b", 100, 100)]}
+    costs = {"safemax": {"a": 1.0, "b": 1.0}}
+    chosen = {m: pick(rs, "p") for m, rs in sweep.items()}
+    loose = {m: pick(rs, "p", held_key="steps_to_forget_held_within_one") for m, rs in sweep.items()}
+    assert chosen["safemax"][0] == "b" and loose["safemax"][0] == "a"
+    text = "\n".join(sweep_table("fashion-mnist", sweep, chosen, costs, loose))
+    assert "| safemax | `a` | 1.00× | 125 | 125.0 | 40 | 40 |" in text
+    assert "By *held ±1* the pick would differ — safemax: `a`." in text
+    same = "\n".join(sweep_table("fashion-mnist", sweep, chosen, costs, chosen))
+    assert "By *held ±1* the picks are the same." in same
 
 
 def test_tune_published_settings_are_grid_points():
