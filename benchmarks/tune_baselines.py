@@ -284,10 +284,10 @@ def status(args, sweep_class: int, classes: list) -> str:
     (its first / held steps where the comparison's bar is known, or where the race stopped it),
     under way (its last measured step) or not begun; a sweep's pick once its grid is done. It
     reads the files, not their settings: a run made with other settings (steps, attacks) shows as
-    done, though the comparison would run it again."""
-    out = []
+    done, though the comparison would run it again. Its last line counts the runs left."""
+    out, left = [], {"sweep": 0, "head to head": 0}
 
-    def runs(folder, specs, bar):
+    def runs(folder, specs, bar, part="sweep"):
         done = []
         for spec in specs:
             cache = method_cache(folder, spec)
@@ -307,6 +307,7 @@ def status(args, sweep_class: int, classes: list) -> str:
                 out.append(f"    {spec}: under way, measured to step {curve[-1]['step']}")
             else:
                 out.append(f"    {spec}: not begun")
+            left[part] += not os.path.exists(cache)
         return done
 
     def bar_of(folder):
@@ -336,7 +337,12 @@ def status(args, sweep_class: int, classes: list) -> str:
         specs = [spec for m in args.methods for spec in (chosen.get(m, (None,))[0], published(args.model, m)) if spec]
         out.append(f"head to head, class {info.class_name(c)} (the tuned settings of the methods whose "
                    "sweep is done, and every published one):")
-        runs(folder, list(dict.fromkeys(specs)), bar_of(folder))
+        runs(folder, list(dict.fromkeys(specs)), bar_of(folder), "head to head")
+    # a method whose sweep is not done has a tuned setting to come on each class (none if it is the published one)
+    unknown = len(classes) * sum(m not in chosen for m in args.methods)
+    out.append(f"left: {left['sweep']} sweep runs and {left['head to head']}"
+               + (f" to {left['head to head'] + unknown}" if unknown else "")
+               + " head-to-head runs (counting any run in progress)")
     return "\n".join(out)
 
 

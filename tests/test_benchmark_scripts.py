@@ -72,6 +72,7 @@ def test_tune_baselines_script(tmp_path):
                 "--classes", 1, "--out", out, "--status")
     assert "ga: 1 of 1 done; tuned: ga:lr=0.0001" in state and "sa: 1 of 1 done; tuned: sa:lr=0.0001,ewc_lambda=10" in state
     assert "head to head, class 1" in state and "not begun" not in state and "under way" not in state
+    assert state.rstrip().endswith("left: 0 sweep runs and 0 head-to-head runs (counting any run in progress)")
 
 
 def test_tune_pick_ranks_steps_not_the_load():
