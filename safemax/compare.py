@@ -164,7 +164,8 @@ def summarise(result: dict, retain_floor: float, safemax: dict = None, leeway: f
       again (gradient ascent does) has not forgotten in a usable way.
     - with ``leeway`` (``retain_sample``): ``steps_to_forget_held_within_one`` /
       ``seconds_to_forget_held_within_one``: the same, where a later measurement may miss the
-      retain floor by up to ``leeway`` (one retain sample) — how much of *held* is one sample.
+      retain floor by up to ``leeway`` (one retain sample) — how much of *held* is one sample;
+      None for a run the race stopped (``raced_out_at``: its curve ends where the strict bar failed).
     - ``time_to_forget_vs_safemax`` / ``held_time_to_forget_vs_safemax``: ratios to SAFEMax's
       (``{">": x}``, a lower bound from the method's whole budget, where it never got there;
       null without a SAFEMax run that got there).
@@ -176,8 +177,8 @@ def summarise(result: dict, retain_floor: float, safemax: dict = None, leeway: f
                frechet_at_forget=curve[first]["frechet"] if first is not None else None,
                steps_to_forget_held=curve[held]["step"] if held is not None else None,
                seconds_to_forget_held=curve[held]["seconds"] if held is not None else None)
-    if leeway is not None:
-        held = bar_points(curve, retain_floor, leeway)[1]
+    if leeway is not None:   # a raced-out run's curve ends where the strict bar failed: unknown
+        held = None if result.get("raced_out_at") is not None else bar_points(curve, retain_floor, leeway)[1]
         out.update(steps_to_forget_held_within_one=curve[held]["step"] if held is not None else None,
                    seconds_to_forget_held_within_one=curve[held]["seconds"] if held is not None else None)
     budget = result["prep_seconds"] + result["train_seconds"]

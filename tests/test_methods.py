@@ -271,6 +271,8 @@ def test_held_within_one_retain_sample():
     assert (out["steps_to_forget_held"], out["steps_to_forget_held_within_one"]) == (25, 5)
     assert out["seconds_to_forget_held_within_one"] == 5.0
     assert "steps_to_forget_held_within_one" not in summarise(r, floor)
+    # the race stopped it where the strict bar failed: what came after is unknown
+    assert summarise(dict(r, raced_out_at=25), floor, leeway=one)["steps_to_forget_held_within_one"] is None
 
 
 def test_compare_quick_writes_every_result(tmp_path, capsys):
