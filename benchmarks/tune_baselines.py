@@ -281,24 +281,26 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
 
 def status(args, sweep_class: int, classes: list) -> str:
     """The plan's state from what is on disk, running nothing: per comparison, each setting done
-    (its first / held steps where the comparison's bar is known, or where the race stopped it),
-    under way (its last measured step) or not begun; a sweep's pick once its grid is done. It
+    (its first / held steps — the bar from the run's own step 0, the original's measurement, so
+    known before its comparison has finished — and where the race stopped it), under way (its last measured step) or not begun; a sweep's pick once its grid is done. It
     reads the files, not their settings: a run made with other settings (steps, attacks) shows as
     done, though the comparison would run it again. Its last line counts the runs left."""
     out, left = [], {"sweep": 0, "head to head": 0}
 
-    def runs(folder, specs, bar, part="sweep"):
+    def runs(folder, specs, part="sweep"):
         done = []
         for spec in specs:
             cache = method_cache(folder, spec)
             under_way = os.path.join(partial_folder(cache), Partial.CURVE)
             if os.path.exists(cache):
                 with open(cache) as f:
-                    r = json.load(f)["result"]
-                done.append(dict(spec=spec, **(r | (summarise(r, *bar) if bar else {}))))
+                    saved = json.load(f)
+                r, config = saved["result"], saved["config"]
+                floor = r["curve"][0]["retain_acc"] - RETAIN_SLACK   # step 0: the original model
+                done.append(dict(spec=spec, **(r | summarise(r, floor, leeway=retain_sample(config)))))
                 at = lambda k: "—" if done[-1][k] is None else done[-1][k]   # noqa: E731
                 text = (f"first {at('steps_to_forget')}, held {at('steps_to_forget_held')} "
-                        f"(±1 sample: {at('steps_to_forget_held_within_one')})" if bar else "done") + (
+                        f"(±1 sample: {at('steps_to_forget_held_within_one')})") + (
                     f", stopped by the race at {r['raced_out_at']}" if r.get("raced_out_at") is not None else "")
                 out.append(f"    {spec}: {text}; final FA {r['fa_final']:.2f}, retain {r['retain_acc_final']:.3f}")
             elif os.path.exists(under_way):
@@ -310,26 +312,15 @@ def status(args, sweep_class: int, classes: list) -> str:
             left[part] += not os.path.exists(cache)
         return done
 
-    def bar_of(folder):
-        """(retain floor, one retain sample) of a comparison that has finished (None: none has)."""
-        path = os.path.join(folder, "results.json")
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            report = json.load(f)
-        return report["bar"]["retain_acc_min"], None, retain_sample(report["settings"])
-
     info, chosen = model_info(args.model), {}
-    # one sweep class, one bar: any of its comparisons that finished says where the floor is
-    bar = next(filter(None, (bar_of(os.path.join(args.out, "sweep", k)) for k in PUBLISHED)), None)
     out.append(f"sweep (class {info.class_name(sweep_class)}):")
     for m in args.methods:
         grid = [spec or published(args.model, m) for spec in GRIDS[args.grid][m]]
         out.append(f"  {m}:")
         head = len(out) - 1
-        done = runs(os.path.join(args.out, "sweep", m), grid, bar)
+        done = runs(os.path.join(args.out, "sweep", m), grid)
         out[head] += f" {len(done)} of {len(grid)} done"
-        if len(done) == len(grid) and bar is not None:
+        if len(done) == len(grid):
             chosen[m] = pick(done, published(args.model, m), step_costs(args.model, grid, args.step_costs))
             out[head] += f"; tuned: {chosen[m][0]} — {chosen[m][1]}"
     for c in classes:
@@ -337,7 +328,7 @@ def status(args, sweep_class: int, classes: list) -> str:
         specs = [spec for m in args.methods for spec in (chosen.get(m, (None,))[0], published(args.model, m)) if spec]
         out.append(f"head to head, class {info.class_name(c)} (the tuned settings of the methods whose "
                    "sweep is done, and every published one):")
-        runs(folder, list(dict.fromkeys(specs)), bar_of(folder), "head to head")
+        runs(folder, list(dict.fromkeys(specs)), "head to head")
     # a method whose sweep is not done has a tuned setting to come on each class (none if it is the published one)
     unknown = len(classes) * sum(m not in chosen for m in args.methods)
     out.append(f"left: {left['sweep']} sweep runs and {left['head to head']}"
