@@ -282,9 +282,10 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
 def status(args, sweep_class: int, classes: list) -> str:
     """The plan's state from what is on disk, running nothing: per comparison, each setting done
     (its first / held steps — the bar from the run's own step 0, the original's measurement, so
-    known before its comparison has finished — and where the race stopped it), under way (its last measured step) or not begun; a sweep's pick once its grid is done. It
-    reads the files, not their settings: a run made with other settings (steps, attacks) shows as
-    done, though the comparison would run it again. Its last line counts the runs left."""
+    known before its comparison has finished — and where the race stopped it), under way (its
+    last measured step) or not begun; a sweep's pick once its grid is done. It reads the files,
+    not their settings: a run made with other settings (steps, attacks) shows as done, though the
+    comparison would run it again. Its last line counts the runs left."""
     out, left = [], {"sweep": 0, "head to head": 0}
 
     def runs(folder, specs, part="sweep"):
