@@ -141,7 +141,7 @@ def pick(results: list, published: str, costs: dict = None, held_key: str = "ste
         at = f" at {cost(r):.2f}× the step" if cost(r) != 1.0 else ""
         return f"{n} steps{at}: {prep + n * cost(r) * step:.0f} s at the grid's median times"
 
-    held = [r for r in results if r.get(held_key) is not None]
+    held = [r for r in results if r[held_key] is not None]
     if held:
         best = min(held, key=lambda r: (r[held_key] * cost(r), r["frechet_final"]))
         return best["spec"], f"the least time to the held bar ({why(best, best[held_key])})"

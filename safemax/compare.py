@@ -535,11 +535,6 @@ def _elsewhere(report: dict) -> str:
     return "".join(f"; {', '.join(names)} ran on {where} (times not comparable)" for where, names in other.items())
 
 
-def _leeway(report: dict) -> float:
-    """The report's one-retain-sample leeway (reports written before it kept one: from settings)."""
-    return report["bar"].get("retain_sample") or retain_sample(report["settings"])
-
-
 def markdown(report: dict, sample_rows: list) -> str:
     s, o, m = report["settings"], report["original"], report["machine"]
     info = model_info(s.get("model", "digits"))
@@ -554,7 +549,7 @@ def markdown(report: dict, sample_rows: list) -> str:
            f"{_elsewhere(report)}.\n",
            "*First*: the first measurement that meets the bar; *held*: the first from which every "
            "later measurement meets it; *held ±1*: the same where a later measurement may miss the "
-           f"retain floor by one retain sample ({_leeway(report):.4f}) — a held time far above its ±1 "
+           f"retain floor by one retain sample ({retain_sample(s):.4f}) — a held time far above its ±1 "
            "is one sample's flip, not forgetting undone. Ratios: time to forget (held) over "
            "SAFEMax's; \"> x\" where a method never got there (its whole budget over SAFEMax's time).\n",
            "| method | lr | prep s | s / step | first: steps | s | Fréchet there | held: steps | s | "
