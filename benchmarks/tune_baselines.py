@@ -25,7 +25,8 @@
                                      # what is done, under way (to which step) and not begun; runs nothing
 
 Every `safemax compare` (its results.md, curves.png, samples.png) is kept under ``OUT/sweep/<method>/``
-and ``OUT/head-to-head/class<N>/``, each finished method reused when the script runs again
+and ``OUT/head-to-head/class<N>/``, the tables in ``OUT/tuned.md`` and ``tuned.json``
+(``tuned-<methods>.*`` when ``--methods`` names only some), each finished method reused when the script runs again
 and the one under way continued from its last measurement (an interruption costs at most one
 measurement interval). The head-to-head of one class is a plain
 `safemax compare --model M --forget N --methods <the tuned and published specs>`. A CPU run of the full plan takes many hours (each run is a 500-step `safemax compare`
@@ -279,6 +280,12 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
     return out
 
 
+def report_name(methods) -> str:
+    """The report's file name: ``tuned`` for every method, ``tuned-<methods>`` for some — lanes
+    that run one method each write their own report instead of overwriting each other's."""
+    return "tuned" if set(methods) == set(PUBLISHED) else "tuned-" + "-".join(m for m in PUBLISHED if m in methods)
+
+
 def status(args, sweep_class: int, classes: list) -> str:
     """The plan's state from what is on disk, running nothing: per comparison, each setting done
     (its first / held steps — the bar from the run's own step 0, the original's measurement, so
@@ -402,12 +409,13 @@ def main(argv=None):
                 attack_names = [a["name"] for a in results[spec].get("attack") or []] or attack_names
         lines += [""] + head_to_head_table(rows, attack_names, price)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "tuned.json"), "w") as f:
+    name = report_name(args.methods)
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(dict(model=args.model, sweep_class=sweep_class, classes=classes,
                        chosen={m: dict(spec=spec, why=why) for m, (spec, why) in chosen.items()}, step_costs=costs,
                        sweep=sweep, head_to_head={f"{m}/{w}": rs for (m, w), rs in rows.items()}, prices=price),
                   f, indent=1)
-    with open(os.path.join(args.out, "tuned.md"), "w") as f:
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
