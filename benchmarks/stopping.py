@@ -14,6 +14,8 @@ original, measured every ``--curve-every`` steps):
         --out benchmarks/results/stopping
 
 A grid of ratios and windows is replayed; the table shows each, and the rule's default is marked.
+A last table tells, per run folder, which side (the forget rows' nats or the retain rows') holds
+the default rule back: with ``kept_contrast`` it is the forget side (docs/results/stopping.md).
 """
 import argparse
 import glob
@@ -60,12 +62,60 @@ def replay(runs, rule) -> dict:
                 rows=rows)
 
 
+SIDE_STEPS = (25, 50, 100, 200)
+
+
+def side_step(rule, history, key):
+    """The first step from which ``key``'s mean over ``rule``'s window is under its bound (the rule
+    fires once both sides are, at the same step; None: not within the fit)."""
+    w, bound = rule.window, rule.ratio * history[0]["forget_nats"]
+    return next((history[i]["step"] for i in range(w - 1, len(history))
+                 if sum(h[key] for h in history[i - w + 1:i + 1]) / w <= bound), None)
+
+
+def sides(runs, rule) -> dict:
+    """Which side holds the rule back: per side, where each run first got under the bound, and
+    both sides' nats (window means, relative to the first step's forget nats) at SIDE_STEPS."""
+    out = dict(runs=len(runs), steps=min(len(r["history"]) for r in runs))
+    for key in ("forget_nats", "retain_nats"):
+        at = [side_step(rule, r["history"], key) for r in runs]
+        rel = {}
+        for s in SIDE_STEPS:
+            vals = [sum(h[key] for h in r["history"][s - rule.window:s]) / rule.window / r["history"][0]["forget_nats"]
+                    for r in runs if len(r["history"]) >= s]
+            if len(vals) == len(runs):
+                rel[s] = sum(vals) / len(vals)
+        out[key] = dict(under=[a for a in at if a is not None], relative=rel)
+    return out
+
+
+def sides_table(groups, rule) -> list:
+    """``groups``: {name: runs}. One row per group and side."""
+    lines = [f"Which side holds the rule ({rule}) back — each side's nats over the last {rule.window} steps "
+             "relative to the first step's forget nats (mean over the runs), and the step from which it is "
+             f"under the bound {rule.ratio:g} (mean over the runs that got there):\n",
+             "| runs | side | under the bound from | " + " | ".join(f"at step {s}" for s in SIDE_STEPS) + " |",
+             "| --- | --- | ---: |" + " ---: |" * len(SIDE_STEPS)]
+    for name, runs in groups.items():
+        res = sides(runs, rule)
+        for key in ("forget_nats", "retain_nats"):
+            under = res[key]["under"]
+            when = (f"{sum(under) / len(under):.0f} ({len(under)} of {res['runs']})" if under
+                    else f"— (0 of {res['runs']} within {res['steps']} steps)")
+            cells = [f"{res[key]['relative'][s]:.3f}" if s in res[key]["relative"] else "—" for s in SIDE_STEPS]
+            lines.append(f"| {name} | {key.split('_')[0]} | {when} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", help="output folders of benchmarks/classes.py")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    runs = [json.load(open(f)) for d in args.folders for f in sorted(glob.glob(os.path.join(d, "runs", "*.json")))]
+    groups = {os.path.basename(os.path.normpath(d)): [json.load(open(f)) for f in
+                                                      sorted(glob.glob(os.path.join(d, "runs", "*.json")))]
+              for d in args.folders}
+    runs = [r for g in groups.values() for r in g]
     if not runs:
         raise SystemExit(f"no runs in {args.folders}: run benchmarks/classes.py first")
     default = NatsRule()
@@ -89,14 +139,18 @@ def main(argv=None):
                      f"{res['missed']} | {ms} | {mw} "
                      f"| {mss} |")
     dflt = next(r for r in results if r["rule"] == str(default))
+    # with several folders, each run's row says which (the rows follow the folders' order)
+    folder = [name for name, g in groups.items() for _ in g] if len(groups) > 1 else None
     lines += ["", f"Per run, the default rule ({default}):\n",
-              "| model | class | seed | bar held from step (training s) | rule stopped at (training s) |",
-              "| --- | ---: | ---: | ---: | ---: |"]
-    for x in dflt["rows"]:
+              ("| runs " if folder else "") + "| model | class | seed | bar held from step (training s) | "
+              "rule stopped at (training s) |",
+              ("| --- " if folder else "") + "| --- | ---: | ---: | ---: | ---: |"]
+    for i, x in enumerate(dflt["rows"]):
         held = "—" if x["held"] is None else f"{x['held']} ({x['held_seconds']:.1f})"
         stop = "—" if x["stop"] is None else f"{x['stop']} ({x['stop_seconds']:.1f})"
-        lines.append(f"| {x['model']} | {x['forget']} | {x['seed']} | {held} | "
-                     f"{stop}{' (too early)' if x['too_early'] else ''} |")
+        lines.append((f"| {folder[i]} " if folder else "") + f"| {x['model']} | {x['forget']} | {x['seed']} | "
+                     f"{held} | {stop}{' (too early)' if x['too_early'] else ''} |")
+    lines += [""] + sides_table({k: v for k, v in groups.items() if v}, default)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "stopping.json"), "w") as f:
         json.dump(results, f, indent=2)

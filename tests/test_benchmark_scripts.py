@@ -37,6 +37,23 @@ def test_classes_then_stopping(tmp_path):
     text = run("stopping.py", out, "--out", tmp_path / "stop")
     assert "Replayed on 3 runs (digits)" in text and "nats:0.01:5 (default)" in text
     assert len(json.loads((tmp_path / "stop" / "stopping.json").read_text())) == 15
+    assert "| classes | forget | " in text and "| classes | retain | " in text   # which side holds it back
+
+
+def test_which_side_holds_the_stopping_rule_back():
+    """Each side is read on its own with the rule's window and bound (the forget rows' first nats)."""
+    sys.path.insert(0, BENCH)
+    from stopping import side_step, sides
+    from safemax.stopping import NatsRule
+
+    # forget nats: 1 at step 1, then 0.5 until step 9, 0.001 after; retain: 0.001 from step 3
+    history = [dict(step=i, forget_nats=1.0 if i == 1 else 0.5 if i < 10 else 0.001,
+                    retain_nats=0.5 if i < 3 else 0.001) for i in range(1, 31)]
+    rule = NatsRule(0.01, 5)
+    assert side_step(rule, history, "retain_nats") == 7 and side_step(rule, history, "forget_nats") == 14
+    res = sides([dict(history=history)], rule)
+    assert res["forget_nats"]["under"] == [14] and res["retain_nats"]["under"] == [7]
+    assert res["forget_nats"]["relative"] == {25: 0.001} and res["steps"] == 30   # only the steps within the fit
 
 
 def test_probes_script(tmp_path):
