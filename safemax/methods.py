@@ -194,7 +194,8 @@ class SafeMax(Method):
             time — with the same Fréchet on average; on Fashion-MNIST's sneaker from step 25
             against 125, final Fréchet 125.5 against 121.8 (at lr 5e-4 or 1e-3 instead of 1e-4
             the kept garments collapsed). Off by default (one seed; a collapse of its own at
-            step 5 on half the digits).
+            step 5 on half the digits). The label-free stopping rule waits longer with it: the
+            forget rows' nats fall 2–3× more slowly (docs/results/stopping.md).
         kept_contrast_rows: the share of the forget rows that ``kept_contrast``'s term runs on
             (the first ⌈share·B⌉; its weight stays the forget rows' share of the batch, so the
             term's expected gradient is unchanged): its cost scales with it. Measured, a quarter
