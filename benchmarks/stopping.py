@@ -80,11 +80,11 @@ def sides(runs, rule) -> dict:
     for key in ("forget_nats", "retain_nats"):
         at = [side_step(rule, r["history"], key) for r in runs]
         rel = {}
-        for s in SIDE_STEPS:
-            vals = [sum(h[key] for h in r["history"][s - rule.window:s]) / rule.window / r["history"][0]["forget_nats"]
-                    for r in runs if len(r["history"]) >= s]
-            if len(vals) == len(runs):
-                rel[s] = sum(vals) / len(vals)
+        for s in SIDE_STEPS:   # the window of steps s-window+1 .. s, where every run has them
+            windows = [[h[key] for h in r["history"] if s - rule.window < h["step"] <= s] for r in runs]
+            if all(len(w) == rule.window for w in windows):
+                rel[s] = sum(sum(w) / rule.window / r["history"][0]["forget_nats"]
+                             for w, r in zip(windows, runs)) / len(runs)
         out[key] = dict(under=[a for a in at if a is not None], relative=rel)
     return out
 
@@ -112,9 +112,11 @@ def main(argv=None):
     p.add_argument("folders", nargs="+", help="output folders of benchmarks/classes.py")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    groups = {os.path.basename(os.path.normpath(d)): [json.load(open(f)) for f in
-                                                      sorted(glob.glob(os.path.join(d, "runs", "*.json")))]
-              for d in args.folders}
+    names = [os.path.basename(os.path.normpath(d)) for d in args.folders]
+    if len(set(names)) < len(names):   # folders with the same last name: name each by its path
+        names = list(args.folders)
+    groups = {name: [json.load(open(f)) for f in sorted(glob.glob(os.path.join(d, "runs", "*.json")))]
+              for name, d in zip(names, args.folders)}
     runs = [r for g in groups.values() for r in g]
     if not runs:
         raise SystemExit(f"no runs in {args.folders}: run benchmarks/classes.py first")
