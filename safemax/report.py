@@ -1,5 +1,6 @@
 """Pictures and tables: sample grids, curves, and the markdown summary of a measurement."""
 import json
+import math
 
 import torch
 
@@ -89,14 +90,20 @@ def save_comparison_curves(results: dict, original: dict, path: str, labels: dic
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, grid = plt.subplots(2, 2, figsize=(11, 7.2), dpi=120)
+    # the legend goes under the panels (a sweep's dozen settings would cover the curves), and past
+    # the ten default colours each round of them gets its own line style and marker
+    ncol = 2 if len(results) > 4 else 1
+    legend_in = 0.22 * math.ceil((len(results) + 2) / ncol) + 0.1
+    fig, grid = plt.subplots(2, 2, figsize=(11, 7.2 + legend_in), dpi=120)
+    looks = [dict(color=f"C{i % 10}", ls=("-", "--", ":")[i // 10 % 3], marker="os^"[i // 10 % 3])
+             for i in range(len(results))]
     for row, (x_of, xlabel, scale) in zip(grid, (
             (lambda p: max(p["seconds"], 0.1), "wall time, s (log; preparation included)", dict(value="log")),
             (lambda p: p["step"], "steps (symmetric log: linear to 10)", dict(value="symlog", linthresh=10)))):
         for (key, ylabel), ax in zip((("fa", "forget accuracy"), ("retain_acc", "retain accuracy")), row):
-            for name, r in results.items():
+            for look, (name, r) in zip(looks, results.items()):
                 curve = r["curve"]
-                ax.plot([x_of(p) for p in curve], [p[key] for p in curve], "o-", ms=3, label=labels.get(name, name))
+                ax.plot([x_of(p) for p in curve], [p[key] for p in curve], ms=3, label=labels.get(name, name), **look)
             ax.axhline(original[key], color="grey", lw=0.8, ls=":", label="original")
             if bar:
                 ax.axhline(bar["fa_max" if key == "fa" else "retain_acc_min"], color="black", lw=0.8,
@@ -108,8 +115,8 @@ def save_comparison_curves(results: dict, original: dict, path: str, labels: dic
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3, which="both")
         row[0].set_ylim(-0.02, 1.02)
-    grid[0][0].legend(fontsize=8)
+    fig.legend(*grid[0][0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_in / (7.2 + legend_in), 1, 1))
     fig.savefig(path)
     plt.close(fig)
