@@ -280,10 +280,14 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
     return out
 
 
-def report_name(methods) -> str:
-    """The report's file name: ``tuned`` for every method, ``tuned-<methods>`` for some — lanes
-    that run one method each write their own report instead of overwriting each other's."""
-    return "tuned" if set(methods) == set(PUBLISHED) else "tuned-" + "-".join(m for m in PUBLISHED if m in methods)
+def report_name(methods, classes=None, planned=None) -> str:
+    """The report's file name: ``tuned`` for every method on the planned head-to-head classes;
+    ``tuned-<methods>`` for some methods, ``-class<c>-<c>`` added for other classes — lanes that
+    split the plan by method or by class write their own reports instead of overwriting each other's."""
+    name = "tuned" if set(methods) == set(PUBLISHED) else "tuned-" + "-".join(m for m in PUBLISHED if m in methods)
+    if classes is not None and planned is not None and list(classes) != list(planned):
+        name += "-class" + "-".join(map(str, classes))
+    return name
 
 
 def status(args, sweep_class: int, classes: list) -> str:
@@ -409,7 +413,7 @@ def main(argv=None):
                 attack_names = [a["name"] for a in results[spec].get("attack") or []] or attack_names
         lines += [""] + head_to_head_table(rows, attack_names, price)
     os.makedirs(args.out, exist_ok=True)
-    name = report_name(args.methods)
+    name = report_name(args.methods, classes, CLASSES[args.model])
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(dict(model=args.model, sweep_class=sweep_class, classes=classes,
                        chosen={m: dict(spec=spec, why=why) for m, (spec, why) in chosen.items()}, step_costs=costs,

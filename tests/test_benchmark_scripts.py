@@ -73,8 +73,9 @@ def test_tune_baselines_script(tmp_path):
     text = run("tune_baselines.py", "--model", "digits", "--grid", "smoke", "--quick", "--methods", "ga", "sa",
                "--classes", 1, "--out", out)
     assert "## Sweep (class 2)" in text and "## Head to head" in text
-    report = json.loads((out / "tuned-sa-ga.json").read_text())   # some methods: their own report
-    assert not (out / "tuned.json").exists() and (out / "tuned-sa-ga.md").read_text().startswith("# Tuned baselines")
+    # some methods, one of the planned classes (digits: 1, 5, 8): their own report
+    report = json.loads((out / "tuned-sa-ga-class1.json").read_text())
+    assert not (out / "tuned.json").exists() and (out / "tuned-sa-ga-class1.md").read_text().startswith("# Tuned baselines")
     assert set(report["chosen"]) == {"ga", "sa"} and report["chosen"]["ga"]["spec"] == "ga:lr=0.0001"
     assert set(report["head_to_head"]) == {"ga/tuned", "ga/published", "sa/tuned", "sa/published"}
     assert (out / "head-to-head" / "class1" / "results.md").exists()
@@ -206,6 +207,17 @@ def test_race_weighs_the_steps_by_their_cost():
         compare.run(methods=["ga"], step_costs={"sa": 2.0}, out="/nonexistent")
     with pytest.raises(ValueError, match="positive"):
         compare.run(methods=["ga"], step_costs={"ga": 0.0}, out="/nonexistent")
+
+
+def test_tune_report_names_say_which_part_of_the_plan_they_hold():
+    sys.path.insert(0, BENCH)
+    from tune_baselines import report_name
+
+    every = ["safemax", "salun", "sa", "ga"]
+    assert report_name(every, [1, 5, 8], [1, 5, 8]) == "tuned" and report_name(every) == "tuned"
+    assert report_name(["ga", "salun"], [1, 5, 8], [1, 5, 8]) == "tuned-salun-ga"   # the published order
+    assert report_name(["salun"], [2, 6], [2, 6, 9]) == "tuned-salun-class2-6"   # a lane's share of the classes
+    assert report_name(every, [9], [2, 6, 9]) == "tuned-class9"
 
 
 def test_stopping_rule_replayed_on_a_comparisons_run():
