@@ -66,11 +66,10 @@ SIDE_STEPS = (25, 50, 100, 200)
 
 
 def side_step(rule, history, key):
-    """The first step from which ``key``'s mean over ``rule``'s window is under its bound (the rule
-    fires once both sides are, at the same step; None: not within the fit)."""
-    w, bound = rule.window, rule.ratio * history[0]["forget_nats"]
-    return next((history[i]["step"] for i in range(w - 1, len(history))
-                 if sum(h[key] for h in history[i - w + 1:i + 1]) / w <= bound), None)
+    """The first step at which ``key`` alone passes ``rule``'s test (``NatsRule.under``; the rule
+    fires once both sides do, at the same step; None: not within the fit)."""
+    return next((history[i]["step"] for i in range(rule.window - 1, len(history))
+                 if rule.under(history[:i + 1], key)), None)
 
 
 def sides(runs, rule) -> dict:

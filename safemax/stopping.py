@@ -47,13 +47,15 @@ class NatsRule:
     def __call__(self, history: list) -> bool:
         if len(history) < self.window:
             return False
-        start = history[0]["forget_nats"]
-        if not start > 0:
+        if not history[0]["forget_nats"] > 0:
             return True   # nothing to forget: already at the target
+        return self.under(history, "forget_nats") and self.under(history, "retain_nats")
+
+    def under(self, history: list, key: str) -> bool:
+        """One side's test: the mean of ``key`` over the last ``window`` steps is ≤ ``ratio`` × the
+        first step's ``forget_nats`` (the rule fires once both sides pass at the same step)."""
         recent = history[-self.window:]
-        bound = self.ratio * start
-        return (sum(h["forget_nats"] for h in recent) / self.window <= bound
-                and sum(h["retain_nats"] for h in recent) / self.window <= bound)
+        return sum(h[key] for h in recent) / self.window <= self.ratio * history[0]["forget_nats"]
 
     def __str__(self):
         return f"nats:{self.ratio:g}:{self.window}"
