@@ -93,8 +93,8 @@ def save_comparison_curves(results: dict, original: dict, path: str, labels: dic
     # the legend goes under the panels (a sweep's dozen settings would cover the curves), and past
     # the ten default colours each round of them gets its own line style and marker
     ncol = 2 if len(results) > 4 else 1
-    legend_in = 0.22 * math.ceil((len(results) + 2) / ncol) + 0.1
-    fig, grid = plt.subplots(2, 2, figsize=(11, 7.2 + legend_in), dpi=120)
+    panels_in, legend_in = 7.2, 0.22 * math.ceil((len(results) + 2) / ncol) + 0.1   # inches
+    fig, grid = plt.subplots(2, 2, figsize=(11, panels_in + legend_in), dpi=120)
     looks = [dict(color=f"C{i % 10}", ls=("-", "--", ":")[i // 10 % 3], marker="os^"[i // 10 % 3])
              for i in range(len(results))]
     for row, (x_of, xlabel, scale) in zip(grid, (
@@ -117,6 +117,6 @@ def save_comparison_curves(results: dict, original: dict, path: str, labels: dic
         row[0].set_ylim(-0.02, 1.02)
     fig.legend(*grid[0][0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, legend_in / (7.2 + legend_in), 1, 1))
+    fig.tight_layout(rect=(0, legend_in / (panels_in + legend_in), 1, 1))
     fig.savefig(path)
     plt.close(fig)
