@@ -117,12 +117,14 @@ def step_costs(model: str, specs: list, path: str = None) -> dict:
 
 
 def comparison(model: str, forget: int, specs: list, out: str, args, attack: bool, race: bool = False,
-               costs: dict = None) -> list:
-    """`safemax compare` of ``specs`` on one class (finished methods reused): their results."""
+               costs: dict = None, keep_finished: bool = False) -> list:
+    """`safemax compare` of ``specs`` on one class (finished methods reused): their results.
+    ``keep_finished``: the class's report also holds the other methods' finished runs (a lane
+    running one method must not drop the others' rows)."""
     report = compare(forget=forget, methods=specs, steps=args.steps, eval_every=args.eval_every, out=out,
                      attack=attack, attacks=args.attacks, quick=args.quick, resume=True, progress=not args.quiet, model=model,
                      n_forget=args.n_forget, n_per_class=args.n_per_class, device=args.device, race=race,
-                     step_costs=costs)
+                     step_costs=costs, keep_finished=keep_finished)
     return [dict(spec=spec, forget=forget, bar=report["bar"], **report["methods"][spec]) for spec in dict.fromkeys(specs)]
 
 
@@ -407,7 +409,7 @@ def main(argv=None):
         for c in classes:
             results = {r["spec"]: r for r in comparison(args.model, c, [spec for _, _, spec in plan],
                                                         os.path.join(args.out, "head-to-head", f"class{c}"), args,
-                                                        attack=True)}
+                                                        attack=True, keep_finished=True)}
             for m, which, spec in plan:
                 rows.setdefault((m, which), []).append(results[spec])
                 attack_names = [a["name"] for a in results[spec].get("attack") or []] or attack_names

@@ -195,7 +195,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         attacks=DEFAULT_ATTACKS, n_forget: int = 100, n_per_class: int = 20,
         num_inference_steps: int = 25, quick: bool = False, resume: bool = False,
         progress: bool = True, model: str = "digits", device: str = "cpu", race: bool = False,
-        step_costs: dict = None) -> dict:
+        step_costs: dict = None, keep_finished: bool = False) -> dict:
     """Run the comparison on the embedded model ``model`` ("digits" or "fashion-mnist"); returns
     (and writes) the results. ``lr=None`` gives each method its own default (SAFEMax and robust
     SAFEMax: the demo's for the model — 5e-4 on the digits, 1e-4 on Fashion-MNIST; the baselines: their published 1e-4); ``device``: where the models run ("cuda": a GPU).
@@ -207,7 +207,12 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     method stops at the first measurement that fails the bar at or after the held step of the best
     method already finished; its result ends there (``raced_out_at``). ``step_costs``
     (``{spec: relative cost of its step}``, 1 where missing) weights each method's steps in that
-    ranking, for settings whose steps cost differently (``kept_contrast`` adds rows to the step)."""
+    ranking, for settings whose steps cost differently (``kept_contrast`` adds rows to the step).
+
+    ``keep_finished``: the report also holds every other finished run in ``out/methods/`` of the
+    same comparison (same settings; a raced-out run only in a race), rows ordered by method — so
+    runs of one method at a time into one folder (two processes sharing the work) each leave the
+    folder's report whole instead of only their own rows."""
     from .demo import method_settings
 
     methods = list(dict.fromkeys(methods))
@@ -284,6 +289,15 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         write_json(cache, dict(config=config, result=results[spec],
                                forget_samples=pack_samples(samples[spec])))
         partial.done()
+
+    if keep_finished:
+        for spec, saved in finished_runs(out, settings, race).items():
+            if spec not in results:
+                print(f"{label(spec)}: reporting the finished run in {method_cache(out, spec)}")
+                results[spec], samples[spec] = saved["result"], unpack_samples(saved["forget_samples"])
+        family = {name: i for i, name in enumerate(LABELS)}
+        results = dict(sorted(results.items(), key=lambda kv: family.get(kv[0].partition(":")[0], len(family))))
+        samples = {"original": samples["original"]} | {spec: samples[spec] for spec in results}
 
     reference, leeway = results.get("safemax"), retain_sample(settings)
     if reference:
@@ -473,6 +487,28 @@ def method_cache(out: str, spec: str) -> str:
     """Where a comparison in ``out`` keeps ``spec``'s finished run (``resume`` reuses it); the run
     under way is in ``partial_folder`` of it."""
     return os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
+
+
+def finished_runs(out: str, settings: dict, race: bool) -> dict:
+    """``{spec: saved run}``: the finished runs in ``out/methods/`` that a comparison with
+    ``settings`` would reuse (their config is these settings plus the method's own keys; one
+    that the race stopped, only for another race)."""
+    own = {"method", "lr", "gaussian_fraction"}   # what each method's config adds to the settings
+    found, folder = {}, os.path.join(out, "methods")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if not name.endswith(".json") or not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            saved = json.load(f)
+        config = saved.get("config") or {}
+        spec = config.get("method")
+        if (spec is None or method_cache(out, spec) != path
+                or {k: v for k, v in config.items() if k not in own} != settings):
+            continue
+        if race or saved["result"].get("raced_out_at") is None:
+            found[spec] = saved
+    return found
 
 
 def partial_folder(cache: str) -> str:

@@ -92,6 +92,11 @@ def test_tune_baselines_script(tmp_path):
     assert "ga: 1 of 1 done; tuned: ga:lr=0.0001" in state and "sa: 1 of 1 done; tuned: sa:lr=0.0001,ewc_lambda=10" in state
     assert "head to head, class 1" in state and "not begun" not in state and "under way" not in state
     assert state.rstrip().endswith("left: 0 sweep runs and 0 head-to-head runs (counting any run in progress)")
+    # one method again (as a lane sharing the plan runs it): the class's report keeps the other's rows
+    run("tune_baselines.py", "--model", "digits", "--grid", "smoke", "--quick", "--methods", "ga",
+        "--classes", 1, "--out", out)
+    kept = json.loads((out / "head-to-head" / "class1" / "results.json").read_text())["methods"]
+    assert set(kept) == {"ga:lr=0.0001", "sa:lr=0.0001,ewc_lambda=10"}
 
 
 def test_tune_pick_ranks_steps_not_the_load():
@@ -463,8 +468,19 @@ def test_compare_race_stops_only_settings_that_can_no_longer_be_picked(tmp_path,
     assert [raced[s]["steps_to_forget_held"] for s in script] == [3, None, 2, None]
     results = lambda rs: [dict(spec=s, **r) for s, r in rs.items()]
     assert pick(results(raced), "ga")[0] == pick(results(full), "ga")[0] == "ga:lr=3e-5"
-    # a raced-out result is reused only by another race: a plain comparison runs it in full
+    # keep_finished: a comparison of one setting reports the folder's other finished runs of the
+    # same comparison — not those the race stopped (outside a race), nor another comparison's
     state.update(spec=None)
+    cache = tmp_path / "raced" / "methods" / "ga_lr_3e-5.json"
+    other = json.loads(cache.read_text())
+    other["config"].update(method="ga:lr=5e-5", seed=1)
+    (tmp_path / "raced" / "methods" / "ga_lr_5e-5.json").write_text(json.dumps(other))
+    kept = compare.run(out=str(tmp_path / "raced"), resume=True, keep_finished=True,
+                       **dict(settings, methods=["ga:lr=3e-5"]))["methods"]
+    assert list(kept) == ["ga:lr=3e-5", "ga:lr=1e-5"] and state["spec"] is None   # reused, nothing run
+    assert "gradient ascent (lr=1e-5)" in (tmp_path / "raced" / "results.md").read_text()
+    (tmp_path / "raced" / "methods" / "ga_lr_5e-5.json").unlink()
+    # a raced-out result is reused only by another race: a plain comparison runs it in full
     again = compare.run(out=str(tmp_path / "raced"), resume=True, **settings)["methods"]
     assert again["ga:lr=2e-5"]["steps"] == 6 and again["ga:lr=1e-5"]["steps"] == 6
     monkeypatch.undo()   # the command line: `safemax compare --race` on the real model
