@@ -1,6 +1,7 @@
 """The ``safemax`` command line (also ``python -m safemax``)."""
 import argparse
 import json
+import os
 import sys
 
 EXAMPLES = """examples:
@@ -414,5 +415,24 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    """The ``safemax`` command: ``main``, with a mistake in what it was given — a bad option value,
+    class id, spec or missing file or data set (``ValueError``, ``FileNotFoundError``: their
+    messages say what to do) — told in one line, exit status 2, instead of a traceback; Ctrl-C
+    ends with status 130 after what the fit saved. ``SAFEMAX_TRACEBACK=1`` shows the traceback."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("SAFEMAX_TRACEBACK"):
+            raise
+        print(f"safemax: error: {e}\n(SAFEMAX_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if os.environ.get("SAFEMAX_TRACEBACK"):
+            raise
+        print("safemax: interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

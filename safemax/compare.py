@@ -102,6 +102,9 @@ def parse_method(spec: str, quick: bool = False):
     try:  # fail now, not after the other methods have run
         _build(name, options)
     except (TypeError, ValueError) as e:
+        words = [f"{k}={v}" for k, v in options.items() if isinstance(v, str)]
+        if words and isinstance(e, TypeError):   # a word where the method compares a number
+            raise ValueError(f"{spec!r}: {', '.join(words)}: not a number ({e})") from None
         raise ValueError(f"{spec!r}: {e}") from None
     return name, options
 

@@ -188,6 +188,29 @@ def test_unlearn_refuses_a_missing_model(tmp_path):
         main(["unlearn", "--model", str(tmp_path / "nope"), "--forget", "1", "--out", str(tmp_path / "o")])
 
 
+def test_the_command_tells_a_mistake_in_one_line(tmp_path, capsys, monkeypatch):
+    """`safemax` (the console script: cli) says a bad input's message, exit status 2, no traceback;
+    SAFEMAX_TRACEBACK=1 raises it as main does; a method option that is no number says which."""
+    import tomllib
+
+    from safemax.__main__ import cli
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["safemax"] == "safemax.__main__:cli"
+    monkeypatch.delenv("SAFEMAX_TRACEBACK", raising=False)
+    args = ["unlearn", "--model", str(tmp_path / "nope"), "--forget", "1", "--out", str(tmp_path / "o")]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("safemax: error: ") and "nor a local folder" in err and "Traceback" not in err
+    assert cli(["compare", "--quick", "--methods", "salun:retain_weight=abc", "--out", str(tmp_path / "c")]) == 2
+    assert "'salun:retain_weight=abc': retain_weight=abc: not a number" in capsys.readouterr().err
+    monkeypatch.setenv("SAFEMAX_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="nor a local folder"):
+        cli(args)
+    done = subprocess.run([sys.executable, "-m", "safemax", "compare", "--forget", "12", "--quick"],
+                          capture_output=True, text=True, env={**os.environ, "SAFEMAX_TRACEBACK": ""})
+    assert done.returncode == 2 and "--forget must be a class id 0..9" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_zoo_training_resumes_bit_for_bit(tmp_path, monkeypatch):
     """python -m safemax.zoo.train: Ctrl-C saves the training state, --resume continues it and
     ends where an uninterrupted run ends (tiny: 4 steps at batch 4)."""
