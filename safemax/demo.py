@@ -70,6 +70,8 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
     gaussian_fraction = own["gaussian_fraction"] if gaussian_fraction is None else gaussian_fraction
     if not 0 <= forget <= 9:
         raise ValueError(f"--forget must be a class id 0..9 of {dataset}, got {forget}")
+    if steps < 0 or batch_size < 1:   # before minutes of measuring the original model
+        raise ValueError(f"--steps must be >= 0 and --batch-size >= 1, got {steps}, {batch_size}")
     os.makedirs(out, exist_ok=True)
     start = time.time()
     (unet, scheduler), classifier = load_unet(dataset), load_classifier(dataset)
@@ -83,6 +85,10 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
     gaussian = f", Gaussian fraction {gaussian_fraction:g}" if gaussian_fraction else ""   # (said where set)
     print(f"safemax demo: forgetting {what} of the embedded {dataset} model "
           f"({steps} steps, batch {batch_size}+{batch_size}, early fraction {early_fraction}, lr {lr}{gaussian})")
+    # built first: a bad early fraction or lr fails now, not after the measurement (its own
+    # generator and a frozen teacher: the original model's samples are the same)
+    u = Unlearner(unet, scheduler, forget=[forget], early_fraction=early_fraction, lr=lr, seed=seed,
+                  gaussian_fraction=gaussian_fraction)
     before = evaluate(**measure, n_forget=n_forget, n_per_class=n_per_class,
                       num_inference_steps=num_inference_steps, return_samples=True, progress=progress)
     curve = [_curve_point(0, before)]
@@ -92,8 +98,6 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
             m = evaluate(**measure, n_forget=50, n_per_class=10, num_inference_steps=25)
             curve.append(_curve_point(record["step"], m))
 
-    u = Unlearner(unet, scheduler, forget=[forget], early_fraction=early_fraction, lr=lr, seed=seed,
-                  gaussian_fraction=gaussian_fraction)
     history = u.fit(retain_data, forget_data, steps=steps, batch_size=batch_size, progress=progress,
                     callback=track)
     unlearn_seconds = history[-1]["seconds"] if history else 0.0

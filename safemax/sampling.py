@@ -66,7 +66,8 @@ def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str =
            guidance_scale: float = 1.0, uncond=None, shape=None) -> torch.Tensor:
     """Generate one image (or latent) per row of ``labels``, ``[N, C, H, W]``, unclipped.
 
-    ``labels``: class ids ``[N]``; prompt embeddings ``[N, L, D]`` for a Stable Diffusion UNet;
+    ``labels``: class ids ``[N]`` (an id outside the model's classes is a ValueError; a DiT's
+    null class, id = its class count, is one); prompt embeddings ``[N, L, D]`` for a Stable Diffusion UNet;
     a text family's dict of conditions with N rows (``safemax.pipelines.prompt_embeddings``).
     ``shape``: ``(C, H, W)`` of one sample; by default the model's ``in_channels`` and
     ``sample_size`` (a Flux transformer has none: give it). ``guidance_scale`` w ≠ 1 samples with
@@ -76,6 +77,15 @@ def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str =
     generator, whatever the device.
     """
     labels = _as_labels(labels)
+    if not isinstance(labels, dict) and not labels.is_floating_point() and labels.numel():
+        from .conditions import class_count   # (conditions imports this module)
+        n = class_count(unet)
+        # a DiT's embedding has one more row, the null class n (classifier-free guidance's uncond)
+        top = n if getattr(unet.config, "norm_type", None) == "ada_norm_zero" else n and n - 1
+        if n is not None and not 0 <= int(labels.min()) <= int(labels.max()) <= top:
+            bad = sorted({int(c) for c in labels.unique() if not 0 <= c <= top})
+            raise ValueError(f"labels {bad} are not class ids of this model ({n} classes: ids 0..{top}"
+                             f"{f', {n} the null class' if top == n else ''})")
     if guidance_scale != 1 and uncond is None:
         raise ValueError("guidance_scale != 1 needs uncond: the empty prompt's embedding (or the "
                          "unconditional class id) the model was trained with")

@@ -203,6 +203,12 @@ def test_the_command_tells_a_mistake_in_one_line(tmp_path, capsys, monkeypatch):
     assert err.startswith("safemax: error: ") and "nor a local folder" in err and "Traceback" not in err
     assert cli(["compare", "--quick", "--methods", "salun:retain_weight=abc", "--out", str(tmp_path / "c")]) == 2
     assert "'salun:retain_weight=abc': retain_weight=abc: not a number" in capsys.readouterr().err
+    assert cli(["sample", "--model", "digits", "--label", "15", "3", "-1", "--out", str(tmp_path / "s.png")]) == 2
+    assert "labels [-1, 15] are not class ids of this model (10 classes: ids 0..9)" in capsys.readouterr().err
+    for bad, said in ((["--steps", "-3"], "--steps must be >= 0"), (["--early-fraction", "2"], "early_fraction must be")):
+        assert cli(["demo", "--quick", "--out", str(tmp_path / "d"), *bad]) == 2   # before measuring anything
+        err = capsys.readouterr().err
+        assert said in err and "sampling" not in err
     monkeypatch.setenv("SAFEMAX_TRACEBACK", "1")
     with pytest.raises(ValueError, match="nor a local folder"):
         cli(args)

@@ -26,6 +26,17 @@ def test_class_count_of_each_family():
     assert class_count(tiny_unet(num_classes=None)) is None
 
 
+def test_sampling_refuses_labels_outside_the_models_classes():
+    """An out-of-range class id is a clear error, not an embedding's IndexError; a DiT's null
+    class (id = its class count, the unconditional row of classifier-free guidance) samples."""
+    with pytest.raises(ValueError, match=r"labels \[-1, 4\] are not class ids of this model \(4 classes: ids 0..3\)"):
+        sample(tiny_unet(num_classes=4), tiny_scheduler(), [0, 4, -1], num_inference_steps=2)
+    dit = tiny_dit(num_classes=4)
+    assert sample(dit, tiny_scheduler(), [0, 4], num_inference_steps=2).shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"labels \[5\] .* ids 0..4, 4 the null class"):
+        sample(dit, tiny_scheduler(), [5], num_inference_steps=2)
+
+
 @pytest.mark.parametrize("method", ["safemax", "salun", "sa", "ga", "safemax-robust"])
 def test_every_method_trains_a_dit(method):
     dit = tiny_dit()
