@@ -29,6 +29,11 @@ import time
 
 import torch
 
+try:
+    import fcntl   # RunLock (POSIX)
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 from . import __version__, checkpoint
 from .attacks import BREAK_FA, DEFAULT_ATTACKS, describe, draw_images, parse_attack, relearning_attack, run_attack  # noqa: F401 (relearning_attack: compare's API)
 from .data import split_by_class
@@ -275,23 +280,26 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         config = dict(settings, method=spec, lr=method_lr)
         if "gaussian_fraction" in options and "gaussian_fraction" not in parsed[spec][1]:
             config["gaussian_fraction"] = options["gaussian_fraction"]   # the cache says so
-        if resume and os.path.exists(cache):
-            with open(cache) as f:
-                saved = json.load(f)
-            if saved.get("config") == config and (race or saved["result"].get("raced_out_at") is None):
-                print(f"{label(spec)}: reusing the finished run in {cache}")
-                results[spec] = saved["result"]
-                samples[spec] = unpack_samples(saved["forget_samples"])
-                continue
-        partial = Partial(partial_folder(cache), config, resume)
-        results[spec], samples[spec] = _run_method(
-            spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
-            eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial,
-            Race.behind([(r, costs[s]) for s, r in results.items()], retain_floor, costs[spec]) if race else None)
-        results[spec]["machine"] = _machine()   # a comparison resumed elsewhere mixes machines
-        write_json(cache, dict(config=config, result=results[spec],
-                               forget_samples=pack_samples(samples[spec])))
-        partial.done()
+        saved = _reusable(cache, config, race) if resume else None
+        if saved is None:
+            with RunLock(cache, label(spec)):
+                # another process may have finished it while this one measured or ran others
+                saved = _reusable(cache, config, race) if resume else None
+                if saved is None:
+                    partial = Partial(partial_folder(cache), config, resume)
+                    results[spec], samples[spec] = _run_method(
+                        spec, name, options, method_lr, base, original, measure, retain_data, forget_data,
+                        batch_size, steps, eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress,
+                        partial,
+                        Race.behind([(r, costs[s]) for s, r in results.items()], retain_floor, costs[spec])
+                        if race else None)
+                    results[spec]["machine"] = _machine()   # a comparison resumed elsewhere mixes machines
+                    write_json(cache, dict(config=config, result=results[spec],
+                                           forget_samples=pack_samples(samples[spec])))
+                    partial.done()
+        if saved is not None:
+            print(f"{label(spec)}: reusing the finished run in {cache}")
+            results[spec], samples[spec] = saved["result"], unpack_samples(saved["forget_samples"])
 
     if keep_finished:
         for spec, saved in finished_runs(out, settings, race).items():
@@ -490,6 +498,45 @@ def method_cache(out: str, spec: str) -> str:
     """Where a comparison in ``out`` keeps ``spec``'s finished run (``resume`` reuses it); the run
     under way is in ``partial_folder`` of it."""
     return os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
+
+
+def _reusable(cache: str, config: dict, race: bool):
+    """The finished run in ``cache`` if a comparison with ``config`` may reuse it (a raced-out
+    one only in a race), else None."""
+    if not os.path.exists(cache):
+        return None
+    with open(cache) as f:
+        saved = json.load(f)
+    ok = saved.get("config") == config and (race or saved["result"].get("raced_out_at") is None)
+    return saved if ok else None
+
+
+class RunLock:
+    """One process at a time on a setting's run: an exclusive lock on ``<cache>.lock``, held while
+    it runs, so that two comparisons writing into one folder (lanes sharing a plan) cannot resume,
+    or remove, the same checkpoint at once. The second is refused at once with what to do. The
+    operating system lets go of the lock when the process ends, however it ends; the empty lock
+    file stays (git ignores ``*.json.lock``). Without ``fcntl`` (Windows) it does not lock."""
+
+    def __init__(self, cache: str, what: str):
+        self.path, self.what, self.file = cache + ".lock", what, None
+
+    def __enter__(self):
+        if fcntl is None:
+            return self
+        self.file = open(self.path, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise RuntimeError(f"{self.what}: another process is running this setting (it holds "
+                               f"{self.path}); wait for it — run again with resume=True (--resume) to "
+                               "reuse its result — or compare into another folder") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()   # (the lock goes with it)
 
 
 def finished_runs(out: str, settings: dict, race: bool) -> dict:

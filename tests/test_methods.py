@@ -1,5 +1,7 @@
 """The baselines behind the Unlearner's one interface, and ``safemax compare`` (tiny, fast)."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -353,6 +355,30 @@ def test_compare_continues_an_interrupted_method_where_it_stopped(tmp_path, monk
         fits.clear()
         assert main(args + ["--out", str(out / "again")]) == 0
         assert fits == [(0, 2)]
+
+
+def test_compare_refuses_a_setting_another_process_is_running(tmp_path):
+    """Two comparisons into one folder (lanes sharing a plan) never run one setting at once: while
+    another process holds the setting's lock, a comparison that would run it stops at once and
+    says so; once that process has ended — here killed, as a lost session kills it — it runs."""
+    from safemax.__main__ import main
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--quick", "--no-attack", "--methods", "ga", "--out", str(out), "--resume"]
+    (out / "methods").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
+                               str(out / "methods" / "ga.json.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=r"gradient ascent: another process is running this setting .*ga\.json\.lock"):
+            main(args)
+        assert not (out / "methods" / "ga.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0 and (out / "methods" / "ga.json").exists()
+    assert main(args) == 0   # finished: reused without the lock's question
 
 
 def test_method_specs_with_options():
