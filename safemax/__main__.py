@@ -415,23 +415,28 @@ def main(argv=None) -> int:
     return 0
 
 
-def cli(argv=None) -> int:
-    """The ``safemax`` command: ``main``, with a mistake in what it was given — a bad option value,
-    class id, spec or missing file or data set (``ValueError``, ``FileNotFoundError``: their
-    messages say what to do) — told in one line, exit status 2, instead of a traceback; Ctrl-C
-    ends with status 130 after what the fit saved. ``SAFEMAX_TRACEBACK=1`` shows the traceback."""
+def one_line_errors(command, prog: str, argv=None) -> int:
+    """Run ``command(argv)`` for a command line: a mistake in what it was given — a bad option
+    value, class id, spec, or a missing file or data set (``ValueError``, ``FileNotFoundError``:
+    their messages say what to do) — is told in one line, exit status 2, instead of a traceback;
+    Ctrl-C ends with status 130 after what a fit saved. ``SAFEMAX_TRACEBACK=1`` shows the traceback."""
     try:
-        return main(argv)
+        return command(argv) or 0
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("SAFEMAX_TRACEBACK"):
             raise
-        print(f"safemax: error: {e}\n(SAFEMAX_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        print(f"{prog}: error: {e}\n(SAFEMAX_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if os.environ.get("SAFEMAX_TRACEBACK"):
             raise
-        print("safemax: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def cli(argv=None) -> int:
+    """The ``safemax`` command: ``main`` with ``one_line_errors`` (``main`` itself raises)."""
+    return one_line_errors(main, "safemax", argv)
 
 
 if __name__ == "__main__":

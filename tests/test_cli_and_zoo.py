@@ -215,6 +215,11 @@ def test_the_command_tells_a_mistake_in_one_line(tmp_path, capsys, monkeypatch):
     done = subprocess.run([sys.executable, "-m", "safemax", "compare", "--forget", "12", "--quick"],
                           capture_output=True, text=True, env={**os.environ, "SAFEMAX_TRACEBACK": ""})
     assert done.returncode == 2 and "--forget must be a class id 0..9" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-m", "safemax.zoo.train", "--dataset", "fashion-mnist", "--work",
+                           str(tmp_path / "w"), "--out", str(tmp_path / "z")], capture_output=True, text=True,
+                          env={**os.environ, "SAFEMAX_TRACEBACK": "", "FASHION_MNIST_DIR": str(tmp_path / "none")})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("python -m safemax.zoo.train: error: Fashion-MNIST not found")
 
 
 def test_zoo_training_resumes_bit_for_bit(tmp_path, monkeypatch):

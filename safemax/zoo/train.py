@@ -295,4 +295,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from ..__main__ import one_line_errors
+    sys.exit(one_line_errors(main, "python -m safemax.zoo.train"))
