@@ -81,11 +81,11 @@ def sample(unet, scheduler, labels, num_inference_steps: int = 50, method: str =
         from .conditions import class_count   # (conditions imports this module)
         n = class_count(unet)
         # a DiT's embedding has one more row, the null class n (classifier-free guidance's uncond)
-        top = n if getattr(unet.config, "norm_type", None) == "ada_norm_zero" else n and n - 1
-        if n is not None and not 0 <= int(labels.min()) <= int(labels.max()) <= top:
-            bad = sorted({int(c) for c in labels.unique() if not 0 <= c <= top})
-            raise ValueError(f"labels {bad} are not class ids of this model ({n} classes: ids 0..{top}"
-                             f"{f', {n} the null class' if top == n else ''})")
+        dit = n is not None and getattr(unet.config, "norm_type", None) == "ada_norm_zero"
+        if n is not None and not 0 <= int(labels.min()) <= int(labels.max()) <= n - 1 + dit:
+            bad = sorted({int(c) for c in labels.unique() if not 0 <= c <= n - 1 + dit})
+            raise ValueError(f"labels {bad} are not class ids of this model ({n} classes: ids 0..{n - 1 + dit}"
+                             f"{f', {n} the null class' if dit else ''})")
     if guidance_scale != 1 and uncond is None:
         raise ValueError("guidance_scale != 1 needs uncond: the empty prompt's embedding (or the "
                          "unconditional class id) the model was trained with")
