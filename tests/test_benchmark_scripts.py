@@ -214,6 +214,19 @@ def test_race_weighs_the_steps_by_their_cost():
         compare.run(methods=["ga"], step_costs={"ga": 0.0}, out="/nonexistent")
 
 
+def test_the_head_to_heads_steps_do_not_drop_a_class_that_never_held_the_bar(monkeypatch):
+    """A class where a method never held the bar is counted, not dropped: beside the mean over
+    those that held, a lower bound with it at its whole budget."""
+    monkeypatch.syspath_prepend(BENCH)
+    from tune_baselines import steps_cell
+    rs = [dict(steps=500, steps_to_forget_held=100), dict(steps=500, steps_to_forget_held=200),
+          dict(steps=500, steps_to_forget_held=None)]
+    cell = steps_cell(rs, "steps_to_forget_held")
+    assert cell.startswith("150 ± ") and cell.endswith("(2/3); ≥ 267 with the rest at the budget")
+    assert steps_cell(rs[:2], "steps_to_forget_held").endswith("(2/2)")
+    assert steps_cell(rs[2:], "steps_to_forget_held") == "— (0/1); ≥ 500 with the rest at the budget"
+
+
 def test_tune_report_names_say_which_part_of_the_plan_they_hold():
     sys.path.insert(0, BENCH)
     from tune_baselines import report_name
