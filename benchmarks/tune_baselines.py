@@ -42,7 +42,7 @@ from classes import _cell   # benchmarks/classes.py: the same intervals
 from safemax.attacks import DEFAULT_ATTACKS, PRESETS
 import torch
 
-from safemax.compare import (RETAIN_SLACK, Partial, meets_bar, method_cache, parse_method, partial_folder,
+from safemax.compare import (RETAIN_SLACK, Partial, RunLock, meets_bar, method_cache, parse_method, partial_folder,
                              retain_sample, run as compare, summarise)
 from safemax.demo import defaults
 from safemax.methods import METHODS, make_method
@@ -305,7 +305,7 @@ def status(args, sweep_class: int, classes: list) -> str:
     """The plan's state from what is on disk, running nothing: per comparison, each setting done
     (its first / held steps — the bar from the run's own step 0, the original's measurement, so
     known before its comparison has finished — and where the race stopped it), under way (its
-    last measured step) or not begun; a sweep's pick once its grid is done. It reads the files,
+    last measured step; "running now" where a process holds its lock) or not begun; a sweep's pick once its grid is done. It reads the files,
     not their settings: a run made with other settings (steps, attacks) shows as done, though the
     comparison would run it again. Its last line counts the runs left."""
     out, left = [], {"sweep": 0, "head to head": 0}
@@ -329,7 +329,10 @@ def status(args, sweep_class: int, classes: list) -> str:
             elif os.path.exists(under_way):
                 with open(under_way) as f:
                     curve = json.load(f)["curve"]
-                out.append(f"    {spec}: under way, measured to step {curve[-1]['step']}")
+                now = " (running now)" if RunLock.held(cache) else ""
+                out.append(f"    {spec}: under way, measured to step {curve[-1]['step']}{now}")
+            elif RunLock.held(cache):
+                out.append(f"    {spec}: under way, running now (before its first measurement)")
             else:
                 out.append(f"    {spec}: not begun")
             left[part] += not os.path.exists(cache)

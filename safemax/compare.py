@@ -538,6 +538,19 @@ class RunLock:
         if self.file is not None:
             self.file.close()   # (the lock goes with it)
 
+    @staticmethod
+    def held(cache: str) -> bool:
+        """Whether a process is running ``cache``'s setting now (False without ``fcntl``)."""
+        if fcntl is None or not os.path.exists(cache + ".lock"):
+            return False
+        with open(cache + ".lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
 
 def finished_runs(out: str, settings: dict, race: bool) -> dict:
     """``{spec: saved run}``: the finished runs in ``out/methods/`` that a comparison with

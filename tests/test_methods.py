@@ -362,6 +362,7 @@ def test_compare_refuses_a_setting_another_process_is_running(tmp_path):
     another process holds the setting's lock, a comparison that would run it stops at once and
     says so; once that process has ended — here killed, as a lost session kills it — it runs."""
     from safemax.__main__ import main
+    from safemax.compare import RunLock
 
     out = tmp_path / "cmp"
     args = ["compare", "--quick", "--no-attack", "--methods", "ga", "--out", str(out), "--resume"]
@@ -371,12 +372,14 @@ def test_compare_refuses_a_setting_another_process_is_running(tmp_path):
                                str(out / "methods" / "ga.json.lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        assert RunLock.held(str(out / "methods" / "ga.json"))   # what tune_baselines --status says
         with pytest.raises(RuntimeError, match=r"gradient ascent: another process is running this setting .*ga\.json\.lock"):
             main(args)
         assert not (out / "methods" / "ga.json").exists()
     finally:
         holder.kill()
         holder.wait()
+    assert not RunLock.held(str(out / "methods" / "ga.json"))
     assert main(args) == 0 and (out / "methods" / "ga.json").exists()
     assert main(args) == 0   # finished: reused without the lock's question
 
