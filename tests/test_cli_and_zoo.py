@@ -212,12 +212,15 @@ def test_the_command_tells_a_mistake_in_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SAFEMAX_TRACEBACK", "1")
     with pytest.raises(ValueError, match="nor a local folder"):
         cli(args)
+    # (from the tests' folder: the repository root's safemax/ has no built extension when installed)
+    here = os.path.dirname(__file__)
     done = subprocess.run([sys.executable, "-m", "safemax", "compare", "--forget", "12", "--quick"],
-                          capture_output=True, text=True, env={**os.environ, "SAFEMAX_TRACEBACK": ""})
+                          capture_output=True, text=True, env={**os.environ, "SAFEMAX_TRACEBACK": ""}, cwd=here)
     assert done.returncode == 2 and "--forget must be a class id 0..9" in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run([sys.executable, "-m", "safemax.zoo.train", "--dataset", "fashion-mnist", "--work",
                            str(tmp_path / "w"), "--out", str(tmp_path / "z")], capture_output=True, text=True,
-                          env={**os.environ, "SAFEMAX_TRACEBACK": "", "FASHION_MNIST_DIR": str(tmp_path / "none")})
+                          env={**os.environ, "SAFEMAX_TRACEBACK": "", "FASHION_MNIST_DIR": str(tmp_path / "none")},
+                          cwd=here)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("python -m safemax.zoo.train: error: Fashion-MNIST not found")
 
