@@ -418,12 +418,14 @@ def main(argv=None) -> int:
 def one_line_errors(command, prog: str, argv=None) -> int:
     """Run ``command(argv)`` for a command line: a mistake in what it was given — a bad option
     value, class id, spec, or a missing file or data set (``ValueError``, ``FileNotFoundError``:
-    their messages say what to do) — is told in one line, exit status 2, instead of a traceback;
+    their messages say what to do), or a comparison's setting another process is running
+    (``compare.SettingBusy``) — is told in one line, exit status 2, instead of a traceback;
     Ctrl-C ends with status 130 after what a fit saved. ``SAFEMAX_TRACEBACK=1`` shows the traceback."""
     try:
         return command(argv) or 0
-    except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("SAFEMAX_TRACEBACK"):
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        from .compare import SettingBusy   # of RuntimeErrors only this one: torch's want their traceback
+        if os.environ.get("SAFEMAX_TRACEBACK") or (isinstance(e, RuntimeError) and not isinstance(e, SettingBusy)):
             raise
         print(f"{prog}: error: {e}\n(SAFEMAX_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         return 2

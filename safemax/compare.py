@@ -511,6 +511,10 @@ def _reusable(cache: str, config: dict, race: bool):
     return saved if ok else None
 
 
+class SettingBusy(RuntimeError):
+    """Another process is running this setting of a comparison (``RunLock``)."""
+
+
 class RunLock:
     """One process at a time on a setting's run: an exclusive lock on ``<cache>.lock``, held while
     it runs, so that two comparisons writing into one folder (lanes sharing a plan) cannot resume,
@@ -529,7 +533,7 @@ class RunLock:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.close()
-            raise RuntimeError(f"{self.what}: another process is running this setting (it holds "
+            raise SettingBusy(f"{self.what}: another process is running this setting (it holds "
                                f"{self.path}); wait for it — run again with resume=True (--resume) to "
                                "reuse its result — or compare into another folder") from None
         return self

@@ -193,7 +193,7 @@ def test_the_command_tells_a_mistake_in_one_line(tmp_path, capsys, monkeypatch):
     SAFEMAX_TRACEBACK=1 raises it as main does; a method option that is no number says which."""
     import tomllib
 
-    from safemax.__main__ import cli
+    from safemax.__main__ import cli, one_line_errors
     with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
         assert tomllib.load(f)["project"]["scripts"]["safemax"] == "safemax.__main__:cli"
     monkeypatch.delenv("SAFEMAX_TRACEBACK", raising=False)
@@ -209,6 +209,10 @@ def test_the_command_tells_a_mistake_in_one_line(tmp_path, capsys, monkeypatch):
         assert cli(["demo", "--quick", "--out", str(tmp_path / "d"), *bad]) == 2   # before measuring anything
         err = capsys.readouterr().err
         assert said in err and "sampling" not in err
+    def fails(argv):   # a failure that is no mistake of the user's (torch's own) keeps its traceback
+        raise RuntimeError("a kernel failed")
+    with pytest.raises(RuntimeError, match="a kernel failed"):
+        one_line_errors(fails, "safemax")
     monkeypatch.setenv("SAFEMAX_TRACEBACK", "1")
     with pytest.raises(ValueError, match="nor a local folder"):
         cli(args)

@@ -357,12 +357,14 @@ def test_compare_continues_an_interrupted_method_where_it_stopped(tmp_path, monk
         assert fits == [(0, 2)]
 
 
-def test_compare_refuses_a_setting_another_process_is_running(tmp_path):
+def test_compare_refuses_a_setting_another_process_is_running(tmp_path, capsys, monkeypatch):
     """Two comparisons into one folder (lanes sharing a plan) never run one setting at once: while
     another process holds the setting's lock, a comparison that would run it stops at once and
     says so; once that process has ended — here killed, as a lost session kills it — it runs."""
-    from safemax.__main__ import main
-    from safemax.compare import RunLock
+    from safemax.__main__ import cli, main
+    from safemax.compare import RunLock, SettingBusy
+
+    monkeypatch.delenv("SAFEMAX_TRACEBACK", raising=False)
 
     out = tmp_path / "cmp"
     args = ["compare", "--quick", "--no-attack", "--methods", "ga", "--out", str(out), "--resume"]
@@ -373,8 +375,10 @@ def test_compare_refuses_a_setting_another_process_is_running(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         assert RunLock.held(str(out / "methods" / "ga.json"))   # what tune_baselines --status says
-        with pytest.raises(RuntimeError, match=r"gradient ascent: another process is running this setting .*ga\.json\.lock"):
+        with pytest.raises(SettingBusy, match=r"gradient ascent: another process is running this setting .*ga\.json\.lock"):
             main(args)
+        assert cli(args) == 2   # the command: one line, no traceback
+        assert "safemax: error: gradient ascent: another process" in capsys.readouterr().err
         assert not (out / "methods" / "ga.json").exists()
     finally:
         holder.kill()
