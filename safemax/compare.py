@@ -280,11 +280,11 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         config = dict(settings, method=spec, lr=method_lr)
         if "gaussian_fraction" in options and "gaussian_fraction" not in parsed[spec][1]:
             config["gaussian_fraction"] = options["gaussian_fraction"]   # the cache says so
-        saved = _reusable(cache, config, race) if resume else None
+        saved = _finished(cache, config, race) if resume else None
         if saved is None:
             with RunLock(cache, label(spec)):
                 # another process may have finished it while this one measured or ran others
-                saved = _reusable(cache, config, race) if resume else None
+                saved = _finished(cache, config, race) if resume else None
                 if saved is None:
                     partial = Partial(partial_folder(cache), config, resume)
                     results[spec], samples[spec] = _run_method(
@@ -500,15 +500,19 @@ def method_cache(out: str, spec: str) -> str:
     return os.path.join(out, "methods", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec) + ".json")
 
 
-def _reusable(cache: str, config: dict, race: bool):
-    """The finished run in ``cache`` if a comparison with ``config`` may reuse it (a raced-out
-    one only in a race), else None."""
+def _reusable(saved: dict, config: dict, race: bool) -> bool:
+    """Whether a comparison with ``config`` may reuse the finished run ``saved`` (a raced-out one
+    only in a race)."""
+    return saved.get("config") == config and (race or saved["result"].get("raced_out_at") is None)
+
+
+def _finished(cache: str, config: dict, race: bool):
+    """The finished run in ``cache`` if a comparison with ``config`` may reuse it, else None."""
     if not os.path.exists(cache):
         return None
     with open(cache) as f:
         saved = json.load(f)
-    ok = saved.get("config") == config and (race or saved["result"].get("raced_out_at") is None)
-    return saved if ok else None
+    return saved if _reusable(saved, config, race) else None
 
 
 class SettingBusy(RuntimeError):
@@ -547,13 +551,11 @@ class RunLock:
         """Whether a process is running ``cache``'s setting now (False without ``fcntl``)."""
         if fcntl is None or not os.path.exists(cache + ".lock"):
             return False
-        with open(cache + ".lock", "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
+        try:
+            with RunLock(cache, "--status"):   # taken and let go at once
+                return False
+        except SettingBusy:
+            return True
 
 
 def finished_runs(out: str, settings: dict, race: bool) -> dict:
@@ -570,10 +572,8 @@ def finished_runs(out: str, settings: dict, race: bool) -> dict:
             saved = json.load(f)
         config = saved.get("config") or {}
         spec = config.get("method")
-        if (spec is None or method_cache(out, spec) != path
-                or {k: v for k, v in config.items() if k not in own} != settings):
-            continue
-        if race or saved["result"].get("raced_out_at") is None:
+        if spec is not None and method_cache(out, spec) == path and \
+                _reusable(saved, settings | {k: v for k, v in config.items() if k in own}, race):
             found[spec] = saved
     return found
 
