@@ -218,7 +218,8 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     ranking, for settings whose steps cost differently (``kept_contrast`` adds rows to the step).
 
     ``keep_finished``: the report also holds every other finished run in ``out/methods/`` of the
-    same comparison (same settings; a raced-out run only in a race), rows ordered by method — so
+    same comparison (same settings; a raced-out run only in a race), rows ordered by method and then
+    by spec, whichever settings this call ran — so
     runs of one method at a time into one folder (two processes sharing the work) each leave the
     folder's report whole instead of only their own rows."""
     from .demo import method_settings
@@ -307,7 +308,8 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                 print(f"{label(spec)}: reporting the finished run in {method_cache(out, spec)}")
                 results[spec], samples[spec] = saved["result"], unpack_samples(saved["forget_samples"])
         family = {name: i for i, name in enumerate(LABELS)}
-        results = dict(sorted(results.items(), key=lambda kv: family.get(kv[0].partition(":")[0], len(family))))
+        # by method, then by spec: the same order whichever lane's run wrote the report last
+        results = dict(sorted(results.items(), key=lambda kv: (family.get(kv[0].partition(":")[0], len(family)), kv[0])))
         samples = {"original": samples["original"]} | {spec: samples[spec] for spec in results}
 
     reference, leeway = results.get("safemax"), retain_sample(settings)
