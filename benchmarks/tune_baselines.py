@@ -271,6 +271,10 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
            "| --- | --- | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: | "
            + " | ".join("---:" for _ in attack_names) + " |"]
     for (m, which), rs in rows.items():
+        same = [r["spec"] for r in rows.get((m, "tuned"), [])] == [r["spec"] for r in rows.get((m, "published"), [])]
+        if same and which == "published":
+            continue   # the tuned row is this one: the same runs
+        which = "tuned = published" if same else which
         held = [r["seconds_to_forget_held"] for r in rs if r["seconds_to_forget_held"] is not None]
         cells = [steps_cell(rs, key) for key in ("steps_to_forget", "steps_to_forget_held",
                                                  "steps_to_forget_held_within_one")] + [_cell(held, '.1f')]

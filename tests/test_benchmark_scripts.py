@@ -78,6 +78,8 @@ def test_tune_baselines_script(tmp_path):
     assert not (out / "tuned.json").exists() and (out / "tuned-sa-ga-class1.md").read_text().startswith("# Tuned baselines")
     assert set(report["chosen"]) == {"ga", "sa"} and report["chosen"]["ga"]["spec"] == "ga:lr=0.0001"
     assert set(report["head_to_head"]) == {"ga/tuned", "ga/published", "sa/tuned", "sa/published"}
+    # a tuned setting that is the published one: one row in the table, said so
+    assert "| ga | tuned = published: `ga:lr=0.0001` |" in text and "| ga | published:" not in text
     assert (out / "head-to-head" / "class1" / "results.md").exists()
     assert (out / "sweep" / "sa" / "curves.png").exists()
     # the head to head's times priced side by side: each setting's step and preparation, one process
