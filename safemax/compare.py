@@ -218,10 +218,9 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     ranking, for settings whose steps cost differently (``kept_contrast`` adds rows to the step).
 
     ``keep_finished``: the report also holds every other finished run in ``out/methods/`` of the
-    same comparison (same settings; a raced-out run only in a race), rows ordered by method and then
-    by spec, whichever settings this call ran — so
-    runs of one method at a time into one folder (two processes sharing the work) each leave the
-    folder's report whole instead of only their own rows."""
+    same comparison (same settings; a raced-out run only in a race), rows ordered by method, then
+    by spec (whichever settings this call ran) — so runs of one method at a time into one folder
+    (two processes sharing the work) each leave the folder's report whole, and in one order."""
     from .demo import method_settings
 
     methods = list(dict.fromkeys(methods))
