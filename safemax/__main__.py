@@ -421,11 +421,11 @@ def one_line_errors(command, prog: str, argv=None) -> int:
     their messages say what to do), or a comparison's setting another process is running
     (``compare.SettingBusy``) — is told in one line, exit status 2, instead of a traceback;
     Ctrl-C ends with status 130 after what a fit saved. ``SAFEMAX_TRACEBACK=1`` shows the traceback."""
+    from .compare import SettingBusy   # the one RuntimeError that is told in one line: torch's keep their traceback
     try:
         return command(argv) or 0
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        from .compare import SettingBusy   # of RuntimeErrors only this one: torch's want their traceback
-        if os.environ.get("SAFEMAX_TRACEBACK") or (isinstance(e, RuntimeError) and not isinstance(e, SettingBusy)):
+    except (ValueError, FileNotFoundError, SettingBusy) as e:
+        if os.environ.get("SAFEMAX_TRACEBACK"):
             raise
         print(f"{prog}: error: {e}\n(SAFEMAX_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         return 2
