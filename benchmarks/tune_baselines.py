@@ -241,9 +241,12 @@ def steps_cell(rs: list, key: str) -> str:
     did not, also "≥": the mean with those counted at their whole budget — a lower bound, since
     they had not got there by then (leaving them out would flatter the method)."""
     got = [r[key] for r in rs if r.get(key) is not None]
+    if not got:   # a mean at the budget would read as a measurement: say it never got there
+        budgets = sorted({r["steps"] for r in rs})
+        return f"never within {'/'.join(map(str, budgets))} (0/{len(rs)})"
     cell = f"{_cell(got, '.0f')} ({len(got)}/{len(rs)})"
     if len(got) < len(rs):
-        cell += f"; ≥ {statistics.mean(r[key] if r.get(key) is not None else r['steps'] for r in rs):.0f} with the rest at the budget"
+        cell += f"; ≥ {statistics.mean(r[key] if r.get(key) is not None else r['steps'] for r in rs):.0f} counting the rest at the budget"
     return cell
 
 
@@ -258,7 +261,7 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
     out = ["## Head to head\n",
            "Mean ± 95% t-interval over the classes. *held*: over the classes where the bar held "
            "(how many, in brackets; where not every class held, ≥ is the mean with the others counted at "
-           "their whole budget, a lower bound); *held ±1*: the same where a later measurement may miss the retain "
+           "their whole budget, a lower bound; *never within N*: no class got there in N steps); *held ±1*: the same where a later measurement may miss the retain "
            "floor by one retain sample. *as run*: the wall time the comparison measured (cores shared "
            "with other jobs, sessions apart); *priced*: preparation + steps × the step, both measured "
            "side by side in one process (`prices.json`). *Stopping rule*: where SAFEMax's label-free "

@@ -224,9 +224,9 @@ def test_the_head_to_heads_steps_do_not_drop_a_class_that_never_held_the_bar(mon
     rs = [dict(steps=500, steps_to_forget_held=100), dict(steps=500, steps_to_forget_held=200),
           dict(steps=500, steps_to_forget_held=None)]
     cell = steps_cell(rs, "steps_to_forget_held")
-    assert cell.startswith("150 ± ") and cell.endswith("(2/3); ≥ 267 with the rest at the budget")
+    assert cell.startswith("150 ± ") and cell.endswith("(2/3); ≥ 267 counting the rest at the budget")
     assert steps_cell(rs[:2], "steps_to_forget_held").endswith("(2/2)")
-    assert steps_cell(rs[2:], "steps_to_forget_held") == "— (0/1); ≥ 500 with the rest at the budget"
+    assert steps_cell(rs[2:], "steps_to_forget_held") == "never within 500 (0/1)"
 
 
 def test_tune_report_names_say_which_part_of_the_plan_they_hold():
