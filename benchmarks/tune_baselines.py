@@ -16,7 +16,8 @@
    as run and *priced* (its preparation + held steps × its step, every setting's step and
    preparation measured side by side in one process, `prices`: comparisons that ran hours apart
    on shared cores would otherwise compare the load) and against SAFEMax's tuned setting, final
-   FA / retain accuracy / Fréchet, FA after each attack.
+   FA / retain accuracy / Fréchet, FA after each attack; a second table lists every run per class
+   (`per_class_table`).
 
     python benchmarks/tune_baselines.py --model fashion-mnist --out benchmarks/results/tuned-fashion-mnist
     python benchmarks/tune_baselines.py --model digits --out benchmarks/results/tuned-digits
@@ -298,6 +299,49 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
     return out
 
 
+def per_class_table(model: str, rows: dict, attack_names) -> list:
+    """Every head-to-head run, one row per (class, method, setting): the numbers the means above
+    are made of, with the retain floor and the lowest retain accuracy measured after step 0 (the
+    dip a held step hides)."""
+    info = model_info(model)
+    out = ["## Per class\n",
+           "Steps: *first*, *held*, *held ±1* as above; *stopping rule*: the step where SAFEMax's "
+           "label-free rule stopped, and whether the first measurement from there meets the bar; "
+           "*lowest retain*: the lowest retain accuracy measured after step 0; the attacks' columns: "
+           "FA after each.\n",
+           "| class | method | setting | first | held | held ±1 | stopping rule | lowest retain | "
+           "final FA | retain acc | Fréchet | " + " | ".join(attack_names) + " |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+           + " | ".join("---:" for _ in attack_names) + " |"]
+    runs = {}   # (class, spec) -> [method, which, result]: a tuned setting that is the published one is one run
+    for (m, which), rs in rows.items():
+        for r in rs:
+            if (r["forget"], r["spec"]) in runs:
+                runs[r["forget"], r["spec"]][1] = "tuned = published"
+            else:
+                runs[r["forget"], r["spec"]] = [m, which, r]
+    order = list(dict.fromkeys(m for m, _ in rows))   # the methods in the plan's order
+    for m, which, r in sorted(runs.values(), key=lambda x: (x[2]["forget"], order.index(x[0]), x[1] == "published")):
+        floor = r["bar"]["retain_acc_min"]
+        rule = r.get("stop_rule")
+        if not rule:
+            stop = "—"
+        elif rule["step"] is None:
+            stop = "did not stop"
+        else:
+            at = next((p for p in r["curve"] if p["step"] >= rule["step"]), r["curve"][-1])
+            stop = f"{rule['step']} ({'met' if meets_bar(at, floor) else 'not met'})"
+        lowest = min((p["retain_acc"] for p in r["curve"] if p["step"] > 0), default=None)
+        attacks = {a["name"]: a["fa_after"] for a in r.get("attack") or []}
+        out.append(f"| {info.class_name(r['forget'])}, floor {floor:.3f} | {m} | {which}: `{r['spec']}` | "
+                   + " | ".join(_or_dash(r.get(k)) for k in ("steps_to_forget", "steps_to_forget_held",
+                                                              "steps_to_forget_held_within_one"))
+                   + f" | {stop} | {'—' if lowest is None else format(lowest, '.3f')} | {r['fa_final']:.2f} | "
+                   f"{r['retain_acc_final']:.3f} | {r['frechet_final']:.2f} | "
+                   + " | ".join("—" if a not in attacks else format(attacks[a], ".2f") for a in attack_names) + " |")
+    return out
+
+
 def report_name(methods, classes=None, planned=None) -> str:
     """The report's file name: ``tuned`` for every method on the planned head-to-head classes;
     ``tuned-<methods>`` for some methods, ``-class<c>-<c>`` added for other classes — lanes that
@@ -432,7 +476,7 @@ def main(argv=None):
             for m, which, spec in plan:
                 rows.setdefault((m, which), []).append(results[spec])
                 attack_names = [a["name"] for a in results[spec].get("attack") or []] or attack_names
-        lines += [""] + head_to_head_table(rows, attack_names, price)
+        lines += [""] + head_to_head_table(rows, attack_names, price) + [""] + per_class_table(args.model, rows, attack_names)
     os.makedirs(args.out, exist_ok=True)
     name = report_name(args.methods, classes, CLASSES[args.model])
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:

@@ -72,7 +72,7 @@ def test_tune_baselines_script(tmp_path):
     out = tmp_path / "tuned"
     text = run("tune_baselines.py", "--model", "digits", "--grid", "smoke", "--quick", "--methods", "ga", "sa",
                "--classes", 1, "--out", out)
-    assert "## Sweep (class 2)" in text and "## Head to head" in text
+    assert "## Sweep (class 2)" in text and "## Head to head" in text and "## Per class" in text
     # some methods, one of the planned classes (digits: 1, 5, 8): their own report
     report = json.loads((out / "tuned-sa-ga-class1.json").read_text())
     assert not (out / "tuned.json").exists() and (out / "tuned-sa-ga-class1.md").read_text().startswith("# Tuned baselines")
@@ -227,6 +227,36 @@ def test_the_head_to_heads_steps_do_not_drop_a_class_that_never_held_the_bar(mon
     assert cell.startswith("150 ± ") and cell.endswith("(2/3); ≥ 267 counting the rest at the budget")
     assert steps_cell(rs[:2], "steps_to_forget_held").endswith("(2/2)")
     assert steps_cell(rs[2:], "steps_to_forget_held") == "never within 500 (0/1)"
+
+
+def test_the_per_class_table_lists_every_run_once_with_its_dip_and_stop(monkeypatch):
+    """The per-class table: one row per run — a tuned setting that is the published one once,
+    said so — in class then plan order, with the floor, the lowest retain accuracy after step 0
+    and whether the stopping rule's step meets the bar."""
+    monkeypatch.syspath_prepend(BENCH)
+    from tune_baselines import per_class_table
+
+    def r(spec, forget, curve, stop=None, held=None):
+        pts = [dict(step=s, fa=fa, retain_acc=ra) for s, fa, ra in curve]
+        return dict(spec=spec, forget=forget, bar=dict(retain_acc_min=0.8), curve=pts, stop_rule=stop,
+                    steps_to_forget=held, steps_to_forget_held=held, steps_to_forget_held_within_one=held,
+                    fa_final=pts[-1]["fa"], retain_acc_final=pts[-1]["retain_acc"], frechet_final=1.0,
+                    attack=[dict(name="weak", fa_after=0.5)])
+    curve = [(0, 1.0, 0.82), (5, 0.0, 0.1), (10, 0.0, 0.85)]
+    rows = {("safemax", "tuned"): [r("safemax:a", 5, curve, dict(step=6), held=10),
+                                   r("safemax:a", 3, curve, dict(step=None), held=10)],
+            ("safemax", "published"): [r("safemax:b", 5, curve, dict(step=3)), r("safemax:b", 3, curve, dict(step=3))],
+            ("ga", "tuned"): [r("ga:x", 5, curve), r("ga:x", 3, curve)],
+            ("ga", "published"): [r("ga:x", 5, curve), r("ga:x", 3, curve)]}
+    lines = per_class_table("digits", rows, ["weak", "strong"])
+    body = [line for line in lines if line.startswith("| 3") or line.startswith("| 5")]
+    assert len(body) == 6 and all(line.startswith("| 3") for line in body[:3])
+    assert [line.split(" | ")[1] for line in body[:3]] == ["safemax", "safemax", "ga"]
+    assert "tuned = published: `ga:x`" in body[2] and sum("ga:x" in line for line in lines) == 2
+    first = body[3].split(" | ")   # class 5, SAFEMax tuned: stopped at 6, the measurement at 10 meets the bar
+    assert first[0] == "| 5, floor 0.800" and first[3:8] == ["10", "10", "10", "6 (met)", "0.100"]
+    assert body[4].split(" | ")[6] == "3 (not met)" and body[0].split(" | ")[6] == "did not stop"
+    assert body[2].split(" | ")[6] == "—" and body[2].endswith("| 0.50 | — |")
 
 
 def test_tune_report_names_say_which_part_of_the_plan_they_hold():
