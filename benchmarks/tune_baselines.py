@@ -308,7 +308,8 @@ def per_class_table(model: str, rows: dict, attack_names) -> list:
            "Steps: *first*, *held*, *held ±1* as above; *stopping rule*: the step where SAFEMax's "
            "label-free rule stopped, and whether the first measurement from there meets the bar; "
            "*lowest retain*: the lowest retain accuracy measured after step 0; the attacks' columns: "
-           "FA after each.\n",
+           "FA after each, and in brackets where it differs, FA over the model's classes only (a "
+           "damaged sample the classifier calls none of them may still look most like the class).\n",
            "| class | method | setting | first | held | held ±1 | stopping rule | lowest retain | "
            "final FA | retain acc | Fréchet | " + " | ".join(attack_names) + " |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
@@ -332,13 +333,14 @@ def per_class_table(model: str, rows: dict, attack_names) -> list:
             at = next((p for p in r["curve"] if p["step"] >= rule["step"]), r["curve"][-1])
             stop = f"{rule['step']} ({'met' if meets_bar(at, floor) else 'not met'})"
         lowest = min((p["retain_acc"] for p in r["curve"] if p["step"] > 0), default=None)
-        attacks = {a["name"]: a["fa_after"] for a in r.get("attack") or []}
+        attacks = {a["name"]: f"{a['fa_after']:.2f}" + (f" ({a['fa_digits_after']:.2f})" if abs(
+            a.get("fa_digits_after", a["fa_after"]) - a["fa_after"]) >= 0.005 else "") for a in r.get("attack") or []}
         out.append(f"| {info.class_name(r['forget'])}, floor {floor:.3f} | {m} | {which}: `{r['spec']}` | "
                    + " | ".join(_or_dash(r.get(k)) for k in ("steps_to_forget", "steps_to_forget_held",
                                                               "steps_to_forget_held_within_one"))
                    + f" | {stop} | {'—' if lowest is None else format(lowest, '.3f')} | {r['fa_final']:.2f} | "
                    f"{r['retain_acc_final']:.3f} | {r['frechet_final']:.2f} | "
-                   + " | ".join("—" if a not in attacks else format(attacks[a], ".2f") for a in attack_names) + " |")
+                   + " | ".join(attacks.get(a, "—") for a in attack_names) + " |")
     return out
 
 

@@ -241,7 +241,7 @@ def test_the_per_class_table_lists_every_run_once_with_its_dip_and_stop(monkeypa
         return dict(spec=spec, forget=forget, bar=dict(retain_acc_min=0.8), curve=pts, stop_rule=stop,
                     steps_to_forget=held, steps_to_forget_held=held, steps_to_forget_held_within_one=held,
                     fa_final=pts[-1]["fa"], retain_acc_final=pts[-1]["retain_acc"], frechet_final=1.0,
-                    attack=[dict(name="weak", fa_after=0.5)])
+                    attack=[dict(name="weak", fa_after=0.5, fa_digits_after=0.5)])
     curve = [(0, 1.0, 0.82), (5, 0.0, 0.1), (10, 0.0, 0.85)]
     rows = {("safemax", "tuned"): [r("safemax:a", 5, curve, dict(step=6), held=10),
                                    r("safemax:a", 3, curve, dict(step=None), held=10)],
@@ -257,6 +257,10 @@ def test_the_per_class_table_lists_every_run_once_with_its_dip_and_stop(monkeypa
     assert first[0] == "| 5, floor 0.800" and first[3:8] == ["10", "10", "10", "6 (met)", "0.100"]
     assert body[4].split(" | ")[6] == "3 (not met)" and body[0].split(" | ")[6] == "did not stop"
     assert body[2].split(" | ")[6] == "—" and body[2].endswith("| 0.50 | — |")
+    # a damaged sample called none of the classes: FA over the classes only, in brackets
+    rows["ga", "tuned"][0]["attack"] = [dict(name="weak", fa_after=0.0, fa_digits_after=0.67)]
+    assert [line for line in per_class_table("digits", rows, ["weak"]) if line.startswith("| 5")][2].endswith(
+        "| 0.00 (0.67) |")
 
 
 def test_tune_report_names_say_which_part_of_the_plan_they_hold():
