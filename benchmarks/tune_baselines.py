@@ -221,6 +221,13 @@ def priced(r: dict, price: dict, steps):
     return None if steps is None else price["prep_seconds"][r["spec"]] + steps * price["seconds_per_step"][r["spec"]]
 
 
+def met_at_stop(r: dict) -> bool:
+    """Whether the first measurement at or after the stopping rule's step (the last one if the
+    rule fired after it) meets the bar."""
+    at = next((p for p in r["curve"] if p["step"] >= r["stop_rule"]["step"]), r["curve"][-1])
+    return meets_bar(at, r["bar"]["retain_acc_min"])
+
+
 def stop_cells(rs: list, price: dict = None) -> list:
     """The label-free stopping rule on SAFEMax's runs (``compare.stop_rule_replay``): the step it
     stopped at, how many runs it stopped and in how many the first measurement from there meets the
@@ -229,8 +236,7 @@ def stop_cells(rs: list, price: dict = None) -> list:
     if not any(r.get("stop_rule") for r in rs):
         return ["—"] * (2 if price else 1)
     fired = [r for r in rs if r["stop_rule"]["step"] is not None]
-    good = sum(meets_bar(next((p for p in r["curve"] if p["step"] >= r["stop_rule"]["step"]), r["curve"][-1]),
-                         r["bar"]["retain_acc_min"]) for r in fired)
+    good = sum(met_at_stop(r) for r in fired)
     cells = [f"{_cell([r['stop_rule']['step'] for r in fired], '.0f')} ({len(fired)}/{len(rs)} stopped; bar met there: {good})"]
     if price:
         cells.append(_cell([priced(r, price, r["stop_rule"]["step"]) for r in fired], ".1f"))
@@ -330,8 +336,7 @@ def per_class_table(model: str, rows: dict, attack_names) -> list:
         elif rule["step"] is None:
             stop = "did not stop"
         else:
-            at = next((p for p in r["curve"] if p["step"] >= rule["step"]), r["curve"][-1])
-            stop = f"{rule['step']} ({'met' if meets_bar(at, floor) else 'not met'})"
+            stop = f"{rule['step']} ({'met' if met_at_stop(r) else 'not met'})"
         lowest = min((p["retain_acc"] for p in r["curve"] if p["step"] > 0), default=None)
         attacks = {a["name"]: f"{a['fa_after']:.2f}" + (f" ({a['fa_digits_after']:.2f})" if abs(
             a.get("fa_digits_after", a["fa_after"]) - a["fa_after"]) >= 0.005 else "") for a in r.get("attack") or []}
