@@ -1,6 +1,7 @@
 """Fingerprints of short fits, one per method and mode, to prove that restructuring the code
-changes no result: ``tests/data/fit_fingerprints.json`` holds the numbers recorded before the
-Unlearner was split into modules, and tests/test_fit_fingerprints.py compares against them.
+changes no result: ``tests/data/fit_fingerprints.json`` holds the numbers (first recorded before
+the Unlearner was split into modules), and tests/test_fit_fingerprints.py compares against them —
+bit for bit on the arithmetic that recorded them (``arithmetic()``), within rounding elsewhere.
 
 Regenerate only when a change is *meant* to alter results (and say so in the commit):
     .venv/bin/python tests/fit_fingerprints.py
@@ -66,6 +67,23 @@ CASES = {
 }
 
 
+def arithmetic() -> dict:
+    """What decides a fit's last bits on the CPU: the torch build, the processor (its name alone is
+    not enough — two "AMD EPYC" VMs of different generations round apart: family/model/stepping),
+    the vector ISA torch dispatches to, and the thread count (it splits the reductions)."""
+    ident = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("cpu family", "model", "stepping"):
+                    ident.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return dict(torch=torch.__version__, cpu=_machine()["cpu"], cpu_id=ident,
+                capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads())
+
+
 def fingerprint(case: str) -> dict:
     """Per-tensor float64 sum and sum of squares of the weights after the fit, and the losses."""
     unet, history = CASES[case]()
@@ -78,5 +96,5 @@ if __name__ == "__main__":
     os.makedirs(os.path.dirname(PATH), exist_ok=True)
     out = {case: fingerprint(case) for case in CASES}
     with open(PATH, "w") as f:
-        json.dump(dict(torch=torch.__version__, cpu=_machine()["cpu"], cases=out), f, indent=1)
-    print(f"wrote {PATH} ({len(out)} cases, torch {torch.__version__}, {_machine()['cpu']})")
+        json.dump(dict(arithmetic=arithmetic(), cases=out), f, indent=1)
+    print(f"wrote {PATH} ({len(out)} cases, {arithmetic()})")
