@@ -4,7 +4,7 @@ Baselines, each eager and torch.compile'd:
 - plain masked MSE (the headline): forget rows' target √(1−ᾱ_t)·x_t, retain rows' target ε, the
   early-timestep window, a weighted mean; no nats. The same loss value as the op's "simple"
   weighting (test_plain_mse_is_the_simple_loss), so the ratios compare the same computation.
-- the full reference (safemax.reference): also the per-pixel KL in nats, coefficients in float64.
+- the full reference (safemax.op.reference): also the per-pixel KL in nats, coefficients in float64.
 
     pytest --benchmark-only                  # all shapes, CPU (and CUDA when present)
     SAFEMAX_BENCH_QUICK=1 pytest --benchmark-only --benchmark-disable   # smoke run (CI)
@@ -16,9 +16,9 @@ import os
 
 import pytest
 import torch
+from problems import T, make_problem  # tests/problems.py (on pytest's pythonpath)
 
 import safemax
-from problems import T, make_problem  # tests/problems.py (on pytest's pythonpath)
 from safemax import safemax_loss, safemax_loss_reference
 
 QUICK = os.environ.get("SAFEMAX_BENCH_QUICK") == "1"

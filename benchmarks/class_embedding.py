@@ -26,18 +26,19 @@ import os
 import time
 
 import torch
+from first_steps import (
+    cached,  # benchmarks/first_steps.py: a piece kept as JSON, reused when run again
+)
 
 from safemax import Unlearner
-from safemax.attacks import PRESETS, draw_images
-from safemax.class_rows import DEFAULT_LR
-from safemax.compare import forget_accuracy, relearning_attack
 from safemax.data import split_by_class
-from safemax.metrics import classify, evaluate, gaussianity
-from safemax.report import save_grid
-from safemax.sampling import sample
+from safemax.evaluation.attacks import PRESETS, draw_images
+from safemax.evaluation.metrics import classify, evaluate, gaussianity
+from safemax.evaluation.report import save_grid
+from safemax.harness.compare import forget_accuracy, relearning_attack
+from safemax.models.class_rows import DEFAULT_LR
+from safemax.models.sampling import sample
 from safemax.zoo import load_classifier, load_unet, model_info
-
-from first_steps import cached   # benchmarks/first_steps.py: a piece kept as JSON, reused when run again
 
 FITS = {"full": dict(train="all", steps=100, lr=5e-4), "rows": dict(train="class-embedding", steps=40, lr=DEFAULT_LR)}
 ATTACKS = {name: PRESETS[name].resolved(steps=50, images=None) for name in ("weak", "strong", "inversion")}

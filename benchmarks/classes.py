@@ -32,10 +32,10 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.compare import RETAIN_SLACK, bar_points, retain_sample
 from safemax.data import split_by_class
-from safemax.metrics import evaluate
-from safemax.probes import wilson
+from safemax.evaluation.metrics import evaluate
+from safemax.evaluation.probes import wilson
+from safemax.harness.bar import RETAIN_SLACK, bar_points, retain_sample
 from safemax.zoo import load_classifier, load_unet, model_info
 
 METRICS = ("fa", "retain_acc", "frechet", "entropy", "gaussian_mean", "gaussian_std", "gaussian_kurtosis")
@@ -92,8 +92,7 @@ def run_one(name: str, forget: int, seed: int, args) -> dict:
 
     u = Unlearner(unet, scheduler, forget=[forget], lr=args.lr, early_fraction=1.0, seed=seed,
                   warmup_steps=args.warmup_steps, forget_weight=args.forget_weight,
-                  gaussian_fraction=args.gaussian_fraction, kept_contrast=args.kept_contrast,
-                  kept_contrast_rows=args.kept_contrast_rows)
+                  gaussian_fraction=args.gaussian_fraction, kept_contrast=args.kept_contrast)
     start = time.perf_counter()
     history = u.fit(retain_data, forget_data, steps=args.steps, batch_size=args.batch_size,
                     progress=False, callback=track)
@@ -106,7 +105,6 @@ def run_one(name: str, forget: int, seed: int, args) -> dict:
                 train_seconds=history[-1]["seconds"], wall_seconds=wall, threads=torch.get_num_threads(),
                 device=str(next(unet.parameters()).device),
                 **({"kept_contrast": args.kept_contrast} if args.kept_contrast else {}),
-                **({"kept_contrast_rows": args.kept_contrast_rows} if args.kept_contrast_rows != 1 else {}),
                 before=before, after=after, curve=curve,
                 history=[{k: float(f"{v:.5g}") if isinstance(v, float) else v for k, v in h.items()} for h in history])
 
@@ -211,8 +209,6 @@ def main(argv=None):
                    help="SAFEMax's share of forget rows built from x0 ~ N(0, I) (exact halting)")
     p.add_argument("--kept-contrast", type=float, default=0.0,
                    help="SAFEMax's kept_contrast λ (> 1; 0: off): the retain dip's counter-term")
-    p.add_argument("--kept-contrast-rows", type=float, default=1.0,
-                   help="the share of forget rows the kept_contrast term runs on (its cost)")
     p.add_argument("--n-forget", type=int, default=300)
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps of the measurement (the curve's: half)")

@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from safemax import Unlearner
 from safemax.data import digits_dataset, split_by_class
-from safemax.metrics import classify
-from safemax.report import save_grid
-from safemax.sampling import sample
+from safemax.evaluation.metrics import classify
+from safemax.evaluation.report import save_grid
+from safemax.models.sampling import sample
 from safemax.zoo import NOT_A_DIGIT, load_default_classifier
 
 L, D = 4, 32  # prompt length and width of the stand-in text encoder

@@ -42,7 +42,7 @@ def pytest_terminal_summary(terminalreporter):
     w("safemax kernel summary: median times; 'vs' = the baseline's time / the fused op's time "
       "(> 1: the fused op is faster)")
     w("baselines: 'plain MSE' = the masked MSE a user would write by hand (same loss value as "
-      "weighting='simple', no nats); 'full reference' = safemax.reference (also the per-pixel "
+      "weighting='simple', no nats); 'full reference' = safemax.op.reference (also the per-pixel "
       "nats, float64 coefficients); each eager and torch.compile'd")
     w(f"{'device':6} {'shape':13} {'mode':8} {'baseline':15} {'fused':>10} {'eager':>10} "
       f"{'compiled':>10} {'vs eager':>8} {'vs comp.':>8}")

@@ -37,11 +37,14 @@ import os
 
 import torch
 
-from safemax import Unlearner, rows
-from safemax.data import split_by_class
-from safemax.methods import SafeMax, _mse, _Shifted
-from safemax.metrics import evaluate
-from safemax.reference import halting_target
+from safemax import Unlearner
+from safemax.data import rows, split_by_class
+from safemax.evaluation.metrics import evaluate
+from safemax.methods import SafeMax
+from safemax.methods import mse as _mse
+from safemax.methods.robust import _Shifted
+from safemax.op.reference import halting_target
+from safemax.training import loop
 from safemax.zoo import load_classifier, load_unet, model_info
 
 LR = 5e-4
@@ -243,7 +246,7 @@ class Setup:
 
 def ablation(s: Setup, args) -> dict:
     u, unet, scheduler = s.unlearner("default")
-    retain, forget = u._data(s.retain_data, s.forget_data, args.batch_size)
+    retain, forget = loop.fit_data(u, s.retain_data, s.forget_data, args.batch_size)
     loss, _ = u.method.loss(u, retain, forget, args.batch_size)   # the fit's first batch
     named = list(u.trainable())
     grads = dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named])))

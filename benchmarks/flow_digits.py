@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from safemax import Unlearner
 from safemax.data import digits_dataset, split_by_class
-from safemax.metrics import classify
-from safemax.report import save_grid
-from safemax.sampling import sample
-from safemax.schedule import add_flow_noise, flow_sigmas
+from safemax.evaluation.metrics import classify
+from safemax.evaluation.report import save_grid
+from safemax.models.sampling import sample
+from safemax.models.schedule import add_flow_noise, flow_sigmas
 from safemax.zoo import NOT_A_DIGIT, UNET_CONFIG, load_default_classifier
 from safemax.zoo.train import _shift
 
@@ -106,7 +106,7 @@ def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-
 
 def draw(unet, scheduler, labels, num_inference_steps=50, seed=0):
     """Euler samples (raw) with diffusers' FlowMatchEulerDiscreteScheduler, the model's time input
-    its timesteps 1000·σ: safemax.sampling.sample given a flow scheduler."""
+    its timesteps 1000·σ: safemax.models.sampling.sample given a flow scheduler."""
     return sample(unet, scheduler, labels, num_inference_steps=num_inference_steps, seed=seed)
 
 

@@ -127,9 +127,9 @@ def _build(model: str, latent: int, batch: int, device: str, weights: str = "fp3
 def measure(model: str, mixed_precision, checkpointing: bool, device: str, latent: int, batch: int,
             steps: int = 1, lora_rank: int = 0, weights: str = "fp32",
             retain_target: str = "distill") -> dict:
+    import diffusers  # noqa: F401  (imported before "base" is read: it is part of the process)
     import torch
 
-    import diffusers  # noqa: F401  (imported before "base" is read: it is part of the process)
     from safemax import Unlearner
     if lora_rank:
         import peft  # noqa: F401

@@ -29,7 +29,7 @@ import argparse
 import json
 import os
 
-from safemax.lora import DEFAULT_TARGETS as LORA_TARGETS  # noqa: F401  (the modules the Unlearner's adapter wraps; the tests read it here)
+from safemax.models.lora import DEFAULT_TARGETS as LORA_TARGETS  # noqa: F401  (the modules the Unlearner's adapter wraps; the tests read it here)
 
 # ---------------------------------------------------------------------------------- models
 # Stable Diffusion 1.x's UNet (860 M) as benchmarks/memory.py has always built it.
@@ -131,7 +131,7 @@ def lora_counts(model, rank: int) -> tuple:
     import torch
     from peft import inject_adapter_in_model
 
-    from safemax.lora import make_config
+    from safemax.models.lora import make_config
 
     meta = copy.deepcopy(model).to("meta") if next(model.parameters()).device.type != "meta" \
         else copy.deepcopy(model)

@@ -1,4 +1,4 @@
-"""Erased or only avoided? The erasure probes (safemax.probes) on the original embedded model and
+"""Erased or only avoided? The erasure probes (safemax.evaluation.probes) on the original embedded model and
 on each method's result, in one table.
 
 Each method forgets one class of an embedded model with `safemax compare`'s settings (batch 64 +
@@ -8,7 +8,7 @@ need to hold the bar; the baselines at lr 1e-4 for twice theirs), the result is 
 denoising from real images of the class noised to t = 250/500/750, classifier-guided sampling
 towards it at scales 0/1/3/10, and 1,000 seeds. The control column, *exactly halted*, is the
 original model with the class replaced by SAFEMax's exact fixed point (forgetting done perfectly,
-``safemax.probes.ExactlyHalted``): a rate it shares is the probe's floor — for guidance, the
+``safemax.evaluation.probes.ExactlyHalted``): a rate it shares is the probe's floor — for guidance, the
 guide fooling the classifier — not the class coming back.
 
     python benchmarks/probes.py --out benchmarks/results/probes-digits            # ~30 min, 2 cores
@@ -27,10 +27,10 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.compare import _build, label, parse_method
 from safemax.data import split_by_class
-from safemax.probes import ExactlyHalted, guided, seeds, table, trajectory
-from safemax.report import save_grid
+from safemax.evaluation.probes import ExactlyHalted, guided, seeds, table, trajectory
+from safemax.evaluation.report import save_grid
+from safemax.harness.compare import _build, label, parse_method
 from safemax.zoo import load_classifier, load_unet, model_info
 from safemax.zoo.train import retrained_record
 

@@ -25,7 +25,7 @@ import glob
 import json
 import os
 
-import classes   # benchmarks/classes.py
+import classes  # benchmarks/classes.py
 
 VARIANTS = {
     "warmup0": [],

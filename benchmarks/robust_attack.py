@@ -27,13 +27,14 @@ import json
 import os
 import time
 
-from classes import _cell   # benchmarks/classes.py: the same intervals
+from classes import _cell  # benchmarks/classes.py: the same intervals
+
 from safemax import Unlearner
-from safemax.attacks import draw_images, parse_attack, run_attack
-from safemax.compare import _build, forget_accuracy, parse_method
 from safemax.data import split_by_class
-from safemax.demo import defaults, method_settings
-from safemax.metrics import evaluate
+from safemax.evaluation.attacks import draw_images, parse_attack, run_attack
+from safemax.evaluation.metrics import evaluate
+from safemax.harness.compare import _build, forget_accuracy, parse_method
+from safemax.harness.defaults import defaults, method_settings
 from safemax.zoo import load_classifier, load_unet, model_info
 from safemax.zoo.train import retrained_record
 

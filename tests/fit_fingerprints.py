@@ -10,10 +10,10 @@ import json
 import os
 
 import torch
+from problems import tiny_data, tiny_scheduler, tiny_unet
 from torch.utils.data import TensorDataset
 
-from problems import tiny_data, tiny_scheduler, tiny_unet
-from safemax.compare import _machine
+from safemax.harness.store import machine as _machine
 
 PATH = os.path.join(os.path.dirname(__file__), "data", "fit_fingerprints.json")
 

@@ -1,11 +1,19 @@
-"""Relearning attacks (safemax.attacks): the specs, and what each attacker may and may not change."""
+"""Relearning attacks (safemax.evaluation.attacks): the specs, and what each attacker may and may not change."""
 import json
 
 import pytest
 import torch
-
 from problems import T_TINY, tiny_data, tiny_scheduler, tiny_unet
-from safemax.attacks import DEFAULT_ATTACKS, PRESETS, Attack, draw_images, parse_attack, relearning_attack, run_attack
+
+from safemax.evaluation.attacks import (
+    DEFAULT_ATTACKS,
+    PRESETS,
+    Attack,
+    draw_images,
+    parse_attack,
+    relearning_attack,
+    run_attack,
+)
 
 
 def test_presets_and_overrides():
@@ -114,7 +122,7 @@ def test_run_attack_uses_the_first_images():
 
 def test_compare_runs_every_attack_and_says_where_each_method_breaks(tmp_path):
     pytest.importorskip("peft")
-    from safemax.__main__ import main
+    from safemax.cli import main
 
     out = tmp_path / "cmp"
     assert main(["compare", "--quick", "--out", str(out), "--methods", "ga",

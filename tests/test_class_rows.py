@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
+from problems import T_TINY as T
+from problems import forget_loss_probe, tiny_data, tiny_scheduler, tiny_unet
+from test_data_forms import text_unet
+from test_model_families import tiny_dit
 from torch.utils.data import TensorDataset
 
 from safemax import Unlearner
-from safemax.class_rows import DEFAULT_LR, class_tables
-
-from problems import T_TINY as T, forget_loss_probe, tiny_data, tiny_scheduler, tiny_unet
-from test_data_forms import text_unet
-from test_model_families import tiny_dit
+from safemax.models.class_rows import DEFAULT_LR, class_tables
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -131,7 +131,7 @@ def test_clear_errors():
 
 
 def test_the_inversion_attack_moves_only_the_attacked_rows():
-    from safemax.compare import relearning_attack
+    from safemax.harness.compare import relearning_attack
 
     model = tiny_unet()
     _, forget = tiny_data()

@@ -7,15 +7,20 @@ import sys
 
 import pytest
 import torch
-
-from safemax.__main__ import main
-from safemax.data import ImageFolder, digits_dataset, split_by_class
-from safemax.metrics import gaussianity
-from safemax.sampling import sample
-from safemax.zoo import (CLASSIFIER_FILE, NOT_A_DIGIT, UNET_DIR, default_scheduler,
-                         load_default_classifier, load_default_unet)
-
 from problems import HaltedModel
+
+from safemax.cli import main
+from safemax.data import ImageFolder, digits_dataset, split_by_class
+from safemax.evaluation.metrics import gaussianity
+from safemax.models.sampling import sample
+from safemax.zoo import (
+    CLASSIFIER_FILE,
+    NOT_A_DIGIT,
+    UNET_DIR,
+    default_scheduler,
+    load_default_classifier,
+    load_default_unet,
+)
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -75,7 +80,7 @@ def test_image_folder(tmp_path):
 
 # ---------------------------------------------------------------- command line
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["unlearn"], ["sample"], ["evaluate"], ["selfcheck"],
+@pytest.mark.parametrize("command", [[], ["demo"], ["unlearn"], ["sample"], ["evaluate"], ["selfcheck"], ["probe"],
                                      ["compare"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -129,12 +134,12 @@ def test_unlearn_sample_evaluate_commands(tmp_path, capsys):
 
 def test_unlearn_gaussian_fraction_one_data_free(tmp_path, monkeypatch):
     """--gaussian-fraction 1 --data-free: exact halting with neither forget images nor sampling."""
-    import safemax.conditions
+    import safemax.training.conditions
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("gaussian_fraction=1 must not sample forget images")
 
-    monkeypatch.setattr(safemax.conditions, "sample", no_sampling)
+    monkeypatch.setattr(safemax.training.conditions, "sample", no_sampling)
     out = tmp_path / "no3"
     main(["unlearn", "--forget", "3", "--steps", "2", "--batch-size", "4", "--gaussian-fraction", "1",
           "--data-free", "--out", str(out)])
@@ -193,9 +198,10 @@ def test_the_command_tells_a_mistake_in_one_line(tmp_path, capsys, monkeypatch):
     SAFEMAX_TRACEBACK=1 raises it as main does; a method option that is no number says which."""
     import tomllib
 
-    from safemax.__main__ import cli, one_line_errors
+    from safemax.cli import cli
+    from safemax.errors import one_line_errors
     with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
-        assert tomllib.load(f)["project"]["scripts"]["safemax"] == "safemax.__main__:cli"
+        assert tomllib.load(f)["project"]["scripts"]["safemax"] == "safemax.cli:cli"
     monkeypatch.delenv("SAFEMAX_TRACEBACK", raising=False)
     args = ["unlearn", "--model", str(tmp_path / "nope"), "--forget", "1", "--out", str(tmp_path / "o")]
     assert cli(args) == 2
@@ -232,8 +238,9 @@ def test_the_command_tells_a_mistake_in_one_line(tmp_path, capsys, monkeypatch):
 def test_zoo_training_resumes_bit_for_bit(tmp_path, monkeypatch):
     """python -m safemax.zoo.train: Ctrl-C saves the training state, --resume continues it and
     ends where an uninterrupted run ends (tiny: 4 steps at batch 4)."""
-    import safemax.zoo.train as train
     from safetensors.torch import load_file
+
+    import safemax.zoo.train as train
 
     kw = dict(steps=4, batch_size=4, checkpoint_minutes=1e9)
     train.train_unet("digits", work=str(tmp_path / "w1"), out=str(tmp_path / "a"), **kw)
@@ -265,9 +272,10 @@ def test_zoo_training_resumes_bit_for_bit(tmp_path, monkeypatch):
 def test_zoo_training_without_a_class_never_sees_it(tmp_path):
     """--exclude-class N (the "retrain" reference of unlearning N): N's images never enter a batch,
     so its class-embedding row leaves training exactly as initialised while the others learn."""
-    import safemax.zoo.train as train
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
+
+    import safemax.zoo.train as train
 
     with pytest.raises(ValueError, match="give out="):
         train.train_unet("digits", steps=1, batch_size=4, exclude=[3], work=str(tmp_path))
@@ -295,7 +303,12 @@ def test_frechet_reference_measures_as_a_fresh_distance_in_any_order():
     from scipy import linalg
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from safemax.metrics import FrechetReference, _Features, evaluate, frechet_distance
+    from safemax.evaluation.metrics import (
+        FrechetReference,
+        _Features,
+        evaluate,
+        frechet_distance,
+    )
     from safemax.zoo import load_classifier, model_info
     clf = load_classifier("digits")
     images, labels = model_info("digits").reference_images()

@@ -7,12 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from problems import params, tiny_data, tiny_scheduler, tiny_unet
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from safemax import Unlearner
 from safemax.data import Batches, labels_of, split_by_class
-
-from problems import params, tiny_data, tiny_scheduler, tiny_unet
 
 
 class NumpyPairs(Dataset):

@@ -11,11 +11,14 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 from test_pipelines import CASES, denoiser, generate, pipe_of, unpacked  # noqa: E402
 
-from safemax import Unlearner, rows  # noqa: E402
-from safemax.data import ConditionedImages  # noqa: E402
-from safemax.families import Flux, family_of  # noqa: E402
-from safemax.pipelines import prompt_embeddings  # noqa: E402
-from safemax.sampling import sample  # noqa: E402
+from safemax import Unlearner
+from safemax.data import (
+    ConditionedImages,  # noqa: E402
+    rows,  # noqa: E402
+)
+from safemax.models.families import Flux, family_of  # noqa: E402
+from safemax.models.pipelines import prompt_embeddings  # noqa: E402
+from safemax.models.sampling import sample  # noqa: E402
 
 NAMES = [n for n in CASES if n != "sd"]  # SD 1.x: tests/test_stable_diffusion.py
 FORGET, KEEP = "a church", "a photo of a dog"
@@ -261,8 +264,8 @@ def test_sanas_shipped_dpm_solver_is_a_flow_scheduler_with_its_flow_shift():
     from diffusers import FlowMatchEulerDiscreteScheduler
     from tiny_pipelines import tiny_sana_pipeline
 
-    from safemax.denoiser import make_denoiser
-    from safemax.schedule import flow_sigmas
+    from safemax.models.denoiser import make_denoiser
+    from safemax.models.schedule import flow_sigmas
 
     pipe = tiny_sana_pipeline(dpm_solver=True)
     assert hasattr(pipe.scheduler, "alphas_cumprod")

@@ -5,7 +5,6 @@ another, whose fits matched the first record within the cross-machine tolerance 
 import json
 
 import pytest
-
 from fit_fingerprints import CASES, PATH, arithmetic, fingerprint
 
 with open(PATH) as f:

@@ -6,13 +6,12 @@ import types
 
 import pytest
 import torch
+from problems import short_fit, tiny_data, tiny_unet
 
 from safemax import Unlearner
-from safemax.denoiser import FlowDenoiser, make_denoiser
-from safemax.sampling import sample
-from safemax.schedule import flow_sigmas
-
-from problems import short_fit, tiny_data, tiny_unet
+from safemax.models.denoiser import FlowDenoiser, make_denoiser
+from safemax.models.sampling import sample
+from safemax.models.schedule import flow_sigmas
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -13,8 +13,8 @@ peft = pytest.importorskip("peft")
 from problems import params, tiny_data, tiny_scheduler, tiny_unet  # noqa: E402
 
 from safemax import Unlearner  # noqa: E402
-from safemax.checkpoint import FILENAME  # noqa: E402
 from safemax.methods import SelectiveAmnesia  # noqa: E402
+from safemax.training.checkpoint import FILENAME  # noqa: E402
 
 SA_SMALL = dict(n_replay=8, n_fisher=2, fisher_timesteps=2, sample_steps=2)
 
@@ -177,7 +177,7 @@ def test_the_stable_diffusion_pipeline_loads_the_saved_adapter(tmp_path):
     pytest.importorskip("transformers")
     from tiny_sd import tiny_sd_pipeline
 
-    from safemax.stable_diffusion import pipeline_data, prompt_embeddings
+    from safemax.models.pipelines import pipeline_data, prompt_embeddings
 
     pipe = tiny_sd_pipeline(seed=0)
     church = prompt_embeddings(pipe, ["a church", "a photo of a church"])
@@ -210,7 +210,7 @@ def test_the_stable_diffusion_pipeline_loads_the_saved_adapter(tmp_path):
 def test_cli_unlearn_with_lora_rank(tmp_path):
     from diffusers import UNet2DModel
 
-    from safemax.__main__ import main
+    from safemax.cli import main
 
     out = tmp_path / "no3"
     main(["unlearn", "--lora-rank", "2", "--forget", "3", "--steps", "2", "--batch-size", "4",
@@ -231,7 +231,7 @@ def test_a_transformer_family_gets_its_pipelines_lora_file(tmp_path):
     (keys under "transformer."): it loads back into a fresh transformer bit for bit."""
     from diffusers import SD3Transformer2DModel
 
-    from safemax import lora
+    from safemax.models import lora
 
     def tiny():
         torch.manual_seed(0)

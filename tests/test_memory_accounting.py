@@ -8,9 +8,9 @@ import torch
 pytest.importorskip("peft")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import memory_accounting as acc  # noqa: E402
+from problems import tiny_scheduler  # noqa: E402
 
 from safemax import Unlearner  # noqa: E402
-from problems import tiny_scheduler  # noqa: E402
 
 TINY = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
             block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=2,

@@ -1,12 +1,11 @@
 """The Unlearner on class-conditional model families beyond UNet2DModel: DiT (tiny, random)."""
 import pytest
 import torch
+from problems import short_fit, tiny_data, tiny_scheduler, tiny_unet
 
 from safemax import Unlearner
-from safemax.sampling import sample
-from safemax.conditions import class_count
-
-from problems import short_fit, tiny_data, tiny_scheduler, tiny_unet
+from safemax.models.families import class_count
+from safemax.models.sampling import sample
 
 diffusers = pytest.importorskip("diffusers")
 

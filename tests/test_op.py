@@ -1,4 +1,4 @@
-"""The fused op against its pure-PyTorch spec (safemax.reference): values, gradients, layouts,
+"""The fused op against its pure-PyTorch spec (safemax.op.reference): values, gradients, layouts,
 edge cases, torch.library/compile integration, determinism and error messages, for both
 parametrizations ("epsilon": noise prediction, "flow": rectified-flow velocity); plus tests of
 the flow target's truth that use neither the op's nor the reference's formula."""
@@ -10,11 +10,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from problems import TOL, T, linear_alphas_cumprod, make_problem, shifted_flow_sigmas
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import safemax
 from safemax import safemax_loss, safemax_loss_reference
-from problems import T, TOL, linear_alphas_cumprod, make_problem, shifted_flow_sigmas
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 PARAMETRIZATIONS = ["epsilon", "flow"]
@@ -70,12 +70,12 @@ def check_against_reference(args, t_min=T // 2, forget_weight=1.0, weighting="si
 # ---------------------------------------------------------------- it is the compiled op that runs
 
 def test_compiled_extension_is_what_runs():
-    ext = safemax._extension._C
+    ext = safemax.op.extension._C
     assert ext.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), ext.__file__
     assert "cpu" in safemax.backends() and "cpu" in safemax.compiled_backends()
-    assert safemax._extension.with_openmp()
+    assert safemax.op.extension.with_openmp()
     # The public entry point is the dispatcher op, not the Python reference...
-    assert safemax.ops._forward is torch.ops.safemax.safemax_loss.default
+    assert safemax.op.ops._forward is torch.ops.safemax.safemax_loss.default
     # ...and only the C++ kernel checks timesteps against T (the reference would IndexError).
     args = make_problem((2, 3), timesteps=[0, T])
     with pytest.raises(ValueError, match=r"timesteps\[1\] = 1000 is outside \[0, T\)"):
@@ -663,7 +663,7 @@ def test_flow_target_halts_under_the_diffusers_euler_sampler(shift):
 
 def test_flow_sigmas_are_the_schedulers_training_sigmas_with_its_shift():
     diffusers = pytest.importorskip("diffusers")
-    from safemax.schedule import flow_sigmas
+    from safemax.models.schedule import flow_sigmas
 
     for kwargs, shifted in [({}, False), ({"shift": 3.0}, True),
                             ({"shift": 3.0, "use_dynamic_shifting": True}, False)]:
@@ -686,7 +686,7 @@ def test_flow_sigmas_are_the_schedulers_training_sigmas_with_its_shift():
 
 
 def test_flow_window():
-    from safemax.schedule import flow_window
+    from safemax.models.schedule import flow_window
 
     sigmas = shifted_flow_sigmas(dtype=torch.float64)
     for sigma_min in (0.0, 0.2, 0.5, 0.75, 0.999, 1.0):
@@ -705,7 +705,7 @@ def test_flow_window():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_add_flow_noise(dtype):
-    from safemax.schedule import add_flow_noise
+    from safemax.models.schedule import add_flow_noise
 
     sigmas = shifted_flow_sigmas(dtype=torch.float64)
     g = torch.Generator().manual_seed(0)

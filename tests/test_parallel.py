@@ -8,11 +8,10 @@ import subprocess
 import sys
 import tempfile
 
+import parallel_worker
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import parallel_worker
 
 pytest.importorskip("accelerate")
 WORKER = os.path.join(os.path.dirname(__file__), "parallel_worker.py")
@@ -115,7 +114,7 @@ def test_the_command_line_runs_under_accelerate_launch(tmp_path):
 def test_shards_partition_each_block_of_the_global_batch():
     from types import SimpleNamespace
 
-    from safemax.parallel import Shard
+    from safemax.training.parallel import Shard
 
     x = torch.arange(12)  # forget rows 0-5, retain rows 6-11
     shards = [Shard(SimpleNamespace(process_index=r, num_processes=3)) for r in range(3)]
@@ -128,7 +127,7 @@ def test_shards_partition_each_block_of_the_global_batch():
 
 
 def test_mixed_precision_arguments():
-    from safemax.parallel import make_accelerator
+    from safemax.training.parallel import make_accelerator
 
     assert make_accelerator(None, None) is None and make_accelerator(None, "no") is None
     if not torch.cuda.is_available():

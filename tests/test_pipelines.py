@@ -1,4 +1,4 @@
-"""safemax.pipelines on a tiny offline pipeline of every supported family (tests/tiny_pipelines.py):
+"""safemax.models.pipelines on a tiny offline pipeline of every supported family (tests/tiny_pipelines.py):
 conditions in their documented form and equal to the pipeline's own (encode_prompt, the denoiser's
 inputs, generation fed them back), the latent conventions, generated data, and the errors."""
 import pytest
@@ -6,15 +6,28 @@ import torch
 
 pytest.importorskip("transformers")
 from diffusers import DDPMPipeline, StableDiffusionImg2ImgPipeline, UNet2DModel  # noqa: E402
-from tiny_pipelines import (CLIP_WIDTH, GEMMA_WIDTH, SIZES, T5_WIDTH, tiny_flux_pipeline,  # noqa: E402
-                            tiny_pixart_pipeline, tiny_sana_pipeline, tiny_sd3_pipeline,
-                            tiny_sdxl_pipeline)
+from tiny_pipelines import (  # noqa: E402
+    CLIP_WIDTH,
+    GEMMA_WIDTH,
+    SIZES,
+    T5_WIDTH,
+    tiny_flux_pipeline,
+    tiny_pixart_pipeline,
+    tiny_sana_pipeline,
+    tiny_sd3_pipeline,
+    tiny_sdxl_pipeline,
+)
 from tiny_sd import HIDDEN, MAX_LENGTH, tiny_sd_pipeline  # noqa: E402
 
-import safemax.stable_diffusion  # noqa: E402
+import safemax.models.pipelines  # noqa: E402
 from safemax.data import ConditionedImages  # noqa: E402
-from safemax.pipelines import (decode_latents, encode_images, family,  # noqa: E402
-                               pipeline_data, prompt_embeddings)
+from safemax.models.pipelines import (
+    decode_latents,
+    encode_images,
+    family,
+    pipeline_data,
+    prompt_embeddings,
+)
 
 SEQ = 8  # max_sequence_length of the T5/Gemma encoders in most tests (their defaults are 256-512)
 PROMPTS = ["a church", "a photo of a dog"]
@@ -398,6 +411,6 @@ def test_clear_errors_for_bad_inputs():
 
 
 def test_the_old_module_still_exports_the_helpers():
-    import safemax.pipelines as new
+    import safemax.models.pipelines as new
     for name in ("prompt_embeddings", "encode_images", "decode_latents", "pipeline_data"):
-        assert getattr(safemax.stable_diffusion, name) is getattr(new, name)
+        assert getattr(safemax.models.pipelines, name) is getattr(new, name)

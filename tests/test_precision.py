@@ -76,7 +76,7 @@ def test_unsupported_prediction_type_is_refused():
 
 
 def test_classifier_free_guidance_in_sampling():
-    from safemax.sampling import sample
+    from safemax.models.sampling import sample
 
     unet, sched = tiny_unet(), tiny_scheduler()
     labels = torch.tensor([1, 2, 3])

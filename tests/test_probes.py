@@ -1,17 +1,23 @@
-"""The erasure probes (safemax.probes) and ``safemax probe`` (fast: the embedded digits model,
+"""The erasure probes (safemax.evaluation.probes) and ``safemax probe`` (fast: the embedded digits model,
 few samples, few DDIM steps)."""
 import json
 
 import pytest
 import torch
-
-from safemax.__main__ import main
-from safemax.data import digits_dataset
-from safemax.probes import ExactlyHalted, guided, seeds, table, trajectory, wilson_upper
-from safemax.sampling import sample
-from safemax.zoo import load_classifier, load_unet
-
 from problems import HaltedModel
+
+from safemax.cli import main
+from safemax.data import digits_dataset
+from safemax.evaluation.probes import (
+    ExactlyHalted,
+    guided,
+    seeds,
+    table,
+    trajectory,
+    wilson_upper,
+)
+from safemax.models.sampling import sample
+from safemax.zoo import load_classifier, load_unet
 
 pytest.importorskip("diffusers")
 

@@ -12,8 +12,12 @@ from problems import params, tiny_unet  # noqa: E402
 from tiny_sd import HIDDEN, MAX_LENGTH, tiny_sd_pipeline  # noqa: E402
 
 from safemax import Unlearner  # noqa: E402
-from safemax.stable_diffusion import (decode_latents, encode_images, pipeline_data,  # noqa: E402
-                                      prompt_embeddings)
+from safemax.models.pipelines import (
+    decode_latents,
+    encode_images,
+    pipeline_data,
+    prompt_embeddings,
+)
 
 CHURCH = ["a church", "a photo of a church"]
 OTHERS = ["a dog", "a tree", "a car", ""]

@@ -1,13 +1,14 @@
-"""The label-free stopping rule (safemax.stopping) and fit(stop_when=...) (fast)."""
+"""The label-free stopping rule (safemax.training.stopping) and fit(stop_when=...) (fast)."""
 import json
 
 import pytest
+from problems import tiny_data as data
+from problems import tiny_scheduler as scheduler
+from problems import tiny_unet
 
 from safemax import Unlearner
-from safemax.__main__ import main
-from safemax.stopping import NatsRule, stop_rule
-
-from problems import tiny_data as data, tiny_scheduler as scheduler, tiny_unet
+from safemax.cli import main
+from safemax.training.stopping import NatsRule, stop_rule
 
 diffusers = pytest.importorskip("diffusers")
 

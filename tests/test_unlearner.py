@@ -5,13 +5,15 @@ import os
 
 import pytest
 import torch
+from problems import T_TINY as T
+from problems import forget_loss_probe, params, tiny_unet
+from problems import tiny_data as data
+from problems import tiny_scheduler as scheduler
 from torch.utils.data import DataLoader, TensorDataset
 
-import safemax.methods as methods_module
+import safemax.methods.safemax as methods_module
 from safemax import Unlearner, safemax_loss
-from safemax.checkpoint import FILENAME
-
-from problems import T_TINY as T, forget_loss_probe, params, tiny_data as data, tiny_scheduler as scheduler, tiny_unet
+from safemax.training.checkpoint import FILENAME
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -109,7 +111,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
     # The original weights are matched by content (SHA-256): a permutation of the same weights —
     # equal sum of |w|, which the old fingerprint compared — is another model
-    from safemax.checkpoint import weights_digest
+    from safemax.training.checkpoint import weights_digest
 
     retain, forget = data()
     Unlearner(tiny_unet(), scheduler(), forget=[1]).fit(
@@ -227,7 +229,7 @@ class NoSchedule:
     (lambda: Unlearner(tiny_unet(), NoSchedule(), forget=[1]), TypeError, "no alphas_cumprod"),
     (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], early_fraction=0), ValueError, "early_fraction"),
     (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], early_fraction=1.5), ValueError, "early_fraction"),
-    (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], lr=0), ValueError, "lr must be positive"),
+    (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], lr=0), ValueError, "lr must be > 0"),
     (lambda: Unlearner(tiny_unet(num_classes=None), scheduler(), forget=[1]), ValueError, "not class-conditional"),
     (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], warmup_steps=-1), ValueError, "warmup_steps"),
     (lambda: Unlearner(tiny_unet(), scheduler(), forget=[1], warmup_steps=2.5), ValueError, "warmup_steps"),

@@ -27,14 +27,36 @@ and ``use_resolution_binning=False`` for PixArt and Sana).
 import string
 
 import torch
-from diffusers import (AutoencoderDC, AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
-                       FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
-                       PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel,
-                       SanaPipeline, SanaTransformer2DModel, SD3Transformer2DModel,
-                       StableDiffusion3Pipeline, StableDiffusionXLPipeline, UNet2DConditionModel)
+from diffusers import (
+    AutoencoderDC,
+    AutoencoderKL,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    PixArtAlphaPipeline,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
+    SanaPipeline,
+    SanaTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from tiny_sd import tiny_clip_tokenizer
-from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, Gemma2Config,
-                          Gemma2Model, GemmaTokenizer, T5Config, T5EncoderModel, T5Tokenizer)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    Gemma2Config,
+    Gemma2Model,
+    GemmaTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 IMAGE_SIZE = 16   # pixels; the KL VAEs here downsample by 2, so latents are 8x8
 SANA_IMAGE_SIZE = 32  # Sana wants sizes divisible by 32; its AutoencoderDC downsamples by 4: 8x8

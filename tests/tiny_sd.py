@@ -11,7 +11,12 @@ import os
 import tempfile
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 MAX_LENGTH = 16   # tokenizer.model_max_length: prompt embeddings are [batch, MAX_LENGTH, HIDDEN]

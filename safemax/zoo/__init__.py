@@ -5,7 +5,7 @@ the demo, the benchmarks and the tests run anywhere, offline.
 | name | data | UNet | classifier |
 | --- | --- | --- | --- |
 | `"digits"` | scikit-learn's 1,797 8×8 digits, at 16×16 | 1.2 M parameters | + "not a digit" |
-| `"fashion-mnist"` | Fashion-MNIST's 60,000 training images, 28×28 (not shipped: see `safemax.fashion_mnist`) | 2.7 M parameters | + "not a garment" |
+| `"fashion-mnist"` | Fashion-MNIST's 60,000 training images, 28×28 (not shipped: see `safemax.data.fashion_mnist`) | 2.7 M parameters | + "not a garment" |
 
 ``load_unet(name)`` gives ``(unet, scheduler)``, ``load_classifier(name)`` the classifier; the
 older ``load_default_unet`` / ``load_default_classifier`` / ``default_scheduler`` serve "digits".
@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .classifier import (NOT_A_CLASS, NOT_A_DIGIT, NOT_A_GARMENT, NUM_CLASSES, DigitClassifier,
-                         ImageClassifier, noise_images)
+from safemax.zoo.classifier import (
+    NOT_A_CLASS,
+    NOT_A_DIGIT,
+    NOT_A_GARMENT,
+    NUM_CLASSES,
+    DigitClassifier,
+    ImageClassifier,
+    noise_images,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NUM_TRAIN_TIMESTEPS = 1000
@@ -41,7 +48,7 @@ class ZooModel:
     def dataset(self, split: str = "train"):
         """The model's data as a ``TensorDataset`` of ``(image [1, S, S] in [-1, 1], label)``;
         the digits have one split (all 1,797), Fashion-MNIST ``"train"`` and ``"test"``."""
-        from .. import data
+        from safemax import data
         if self.name == "digits":
             return data.digits_dataset(self.image_size)
         return data.fashion_mnist(split, size=self.image_size)
@@ -54,7 +61,7 @@ class ZooModel:
     def kept_reference(self, classifier, forget: int):
         """The Fréchet distance's real side when ``forget`` is forgotten: the reference images of
         every other class, through ``classifier`` once (``metrics.FrechetReference``)."""
-        from ..metrics import FrechetReference
+        from safemax.evaluation.metrics import FrechetReference
         images, labels = self.reference_images()
         return FrechetReference(classifier, images[labels != forget])
 

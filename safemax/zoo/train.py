@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from . import NOT_A_CLASS, ImageClassifier, model_info, noise_images, scheduler_for
+from safemax.zoo import (
+    NOT_A_CLASS,
+    ImageClassifier,
+    model_info,
+    noise_images,
+    scheduler_for,
+)
 
 
 def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -56,7 +62,7 @@ def _classifier_splits(info):
 
 def classifier_accuracy(model, info, test_images, test_labels, seed: int = 0) -> dict:
     """Held-out accuracy (overall and per class) and the share of noise called class 10."""
-    from ..metrics import classify
+    from safemax.evaluation.metrics import classify
     size = info.image_size
     pred = classify(model, test_images).argmax(1)
     per_class = [round(float((pred[test_labels == c] == c).float().mean()), 4) for c in range(10)]
@@ -237,9 +243,9 @@ def retrained_record(folder: str, forget: int) -> dict:
 def measure_unet(name: str = "digits", n_per_class: int = 50, num_inference_steps: int = 50,
                  seed: int = 0) -> dict:
     """Mean per-class accuracy of the shipped UNet's DDIM samples, by the shipped classifier."""
-    from ..metrics import classify
-    from ..sampling import sample
-    from . import load_classifier, load_unet
+    from safemax.evaluation.metrics import classify
+    from safemax.models.sampling import sample
+    from safemax.zoo import load_classifier, load_unet
 
     labels = torch.arange(10).repeat_interleave(n_per_class)
     images = sample(*load_unet(name), labels, num_inference_steps=num_inference_steps, seed=seed,
@@ -251,7 +257,7 @@ def measure_unet(name: str = "digits", n_per_class: int = 50, num_inference_step
 
 
 def main(argv=None):
-    from . import MODELS
+    from safemax.zoo import MODELS
     p = argparse.ArgumentParser(prog="python -m safemax.zoo.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=list(MODELS), default="digits", help="which embedded model")
@@ -297,5 +303,5 @@ def main(argv=None):
 if __name__ == "__main__":
     import sys
 
-    from ..__main__ import one_line_errors
+    from safemax.errors import one_line_errors
     sys.exit(one_line_errors(main, "python -m safemax.zoo.train"))

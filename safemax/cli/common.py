@@ -1,0 +1,34 @@
+"""What several commands share: the embedded-model option, the methods' settings as options, and
+the default device."""
+
+
+def add_dataset(p):
+    from safemax.zoo import MODELS
+    p.add_argument("--dataset", "--model", dest="dataset", choices=list(MODELS), default="digits",
+                   help="which embedded model and data set (default digits; fashion-mnist reads "
+                        "Fashion-MNIST's files, see safemax.data.fashion_mnist)")
+
+
+def cuda():
+    import torch
+    return torch.cuda.is_available()
+
+
+def add_method_arguments(p):
+    """Every method's settings as options, from their dataclasses (``safemax.settings``): SAFEMax's
+    first, then each baseline's own; an option left out is None (the method's default)."""
+    from safemax.methods import METHODS
+    group = p.add_argument_group("method settings (each applies to the methods that have it)")
+    seen = set()
+    for method in METHODS.values():
+        cls = method.settings_class
+        fresh = [n for n in cls.names() if n not in seen]
+        cls.add_arguments(group, only=fresh)
+        seen.update(fresh)
+
+
+def method_options(args) -> dict:
+    """The method settings a command line gives (``add_method_arguments``' options not left out)."""
+    from safemax.methods import METHODS
+    names = {n for method in METHODS.values() for n in method.settings_class.names()}
+    return {n: getattr(args, n) for n in sorted(names) if getattr(args, n, None) is not None}

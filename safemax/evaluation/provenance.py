@@ -1,0 +1,75 @@
+"""Where a result came from: the commit (and whether the tree held uncommitted changes), the
+versions of safemax, torch and diffusers, and the machine. ``report.write_json`` adds it to every
+results file it writes, so a number in the docs can be traced to the code that made it."""
+import functools
+import os
+import platform
+import subprocess
+
+import torch
+
+from safemax import __version__
+
+SOURCE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the checkout, if any
+
+
+def machine() -> dict:
+    """The CPU (its model name), torch's threads, the GPU if one is used, and the versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    out = dict(cpu=cpu, threads=torch.get_num_threads(), torch=torch.__version__,
+               safemax=__version__, python=platform.python_version())
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def _git(where: str, *args) -> str:
+    done = subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise OSError(done.stderr.strip())
+    return done.stdout.strip()
+
+
+def _checkouts() -> list:
+    """Where safemax's git history may be: the source this module runs from (an editable
+    install), else the working folder when it is a safemax checkout (an installed package run
+    from the repository, as CI and the benchmarks do)."""
+    out = [SOURCE]
+    cwd = os.getcwd()
+    try:
+        with open(os.path.join(cwd, "pyproject.toml")) as f:
+            if 'name = "safemax"' in f.read():
+                out.append(cwd)
+    except OSError:
+        pass
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def commit() -> dict:
+    """``{"commit": sha, "dirty": bool, "checkout": folder}`` of the safemax checkout (see
+    ``_checkouts``), or Nones where there is none (a wheel run elsewhere). ``dirty``: a tracked
+    file differs from the commit — the result then comes from uncommitted code."""
+    for where in _checkouts():
+        try:
+            sha = _git(where, "rev-parse", "HEAD")
+            dirty = bool(_git(where, "status", "--porcelain", "--untracked-files=no"))
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return dict(commit=sha, dirty=dirty, checkout=where)
+    return dict(commit=None, dirty=None, checkout=None)
+
+
+def provenance() -> dict:
+    """Everything a results file records of where it came from (its settings it records itself)."""
+    try:
+        import diffusers
+        diffusers_version = diffusers.__version__
+    except ImportError:   # pragma: no cover - a dependency
+        diffusers_version = None
+    return dict(commit(), diffusers=diffusers_version, machine=machine())

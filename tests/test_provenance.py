@@ -1,0 +1,36 @@
+"""Every results file says where it came from: commit, dirty tree, versions, machine."""
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+
+from safemax.evaluation import provenance
+from safemax.evaluation.report import write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_write_json_records_the_commit_versions_and_machine(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)   # a checkout: the commit is known (an installed safemax finds it here)
+    provenance.commit.cache_clear()
+    write_json(str(tmp_path / "r.json"), dict(fa=0.0, settings=dict(lr=1e-4)))
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["fa"] == 0.0 and saved["settings"] == dict(lr=1e-4)
+    p = saved["provenance"]
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert p["commit"] == head.stdout.strip() and isinstance(p["dirty"], bool)
+    assert p["machine"]["torch"] == torch.__version__ and p["machine"]["threads"] >= 1 and p["diffusers"]
+    write_json(str(tmp_path / "kept.json"), dict(provenance="recorded elsewhere"))   # never overwritten
+    assert json.loads((tmp_path / "kept.json").read_text())["provenance"] == "recorded elsewhere"
+
+
+def test_without_a_checkout_the_commit_is_unknown_not_guessed(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "SOURCE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    provenance.commit.cache_clear()
+    try:
+        assert provenance.commit() == dict(commit=None, dirty=None, checkout=None)
+    finally:
+        provenance.commit.cache_clear()
