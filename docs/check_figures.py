@@ -1,0 +1,465 @@
+"""Check that the figures README.md and the docs quote are the figures in the results files.
+
+The benchmark scripts write their results to benchmarks/results/ (JSON, and the Markdown tables
+they make from it); the README and the docs quote them by hand. Each claim in CLAIMS ties quoted
+figures to where they come from, in one line:
+
+    C(doc, text, source[, of])
+
+    doc     the file that quotes them
+    text    the words as the doc has them, with a format field where each figure goes
+            ("| retain accuracy | {:.3f} | {:.3f} |"): str.format renders the figures into it
+    source  the results file (under benchmarks/results/) and where the figures are in it:
+              J(file, "a.b", ...)          JSON values by path ("[key=value]" picks a list's item
+                                           by a key, "[2]" by index; one path per figure)
+              Cell(file, {col: text}, c)   column c of the one row whose cells match, in any table
+                                           of a Markdown results file; the figures are the cell's
+                                           numbers in order ("0.57 ± 0.47 (0.63)": 0.57, 0.47, 0.63)
+              Cells(file, [{...}, ...], c) the same for several rows: one tuple of numbers per row
+              Text(file, regex)            the groups of the regex's first match in a text file
+              Texts(file, regex)           every match: one tuple of groups per match
+    of      (optional) a named function that derives the figures from what the source gives:
+            a range over rows, a difference, a ratio
+
+The checker renders each claim's text from its file and requires it in the doc (any run of
+whitespace, a line break included, counts as one space; a negative figure is written with "−",
+U+2212, as the docs write it). It prints one line per failed claim — the doc, the text it looked
+for, the file, the figures there — and exits 1 if any claim fails.
+
+It tests itself on every run: each figure of each claim, changed in its last digit, must make the
+claim's text absent from the doc — so a re-measured result, or a figure edited by hand, fails its
+claim instead of matching the same words elsewhere.
+
+Usage: python docs/check_figures.py [--doc=README.md=COPY.md ...]
+    --doc reads COPY.md in place of that doc (an edited copy, say) against the same claims.
+
+Standard library only: it runs in the docs' environment, without torch.
+"""
+import json
+import re
+import string
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+NUMBER = re.compile(r"[−-]?\d[\d,]*(?:\.\d+)?(?:e[−-]?\d+)?")
+
+
+class Num(float):
+    """A figure: formats like a float, writes its minus sign as "−"."""
+    def __format__(self, spec):
+        return float.__format__(self, spec).replace("-", "−")
+
+
+class Int(int):
+    """A whole-number figure (a step count): formats like an int, minus as "−"."""
+    def __format__(self, spec):
+        return int.__format__(self, spec).replace("-", "−")
+
+
+def figure(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return Int(value) if isinstance(value, int) else Num(value)
+
+
+def number(text):
+    """A number as a results file writes it: "3,788" → 3788, "−0.5" → −0.5."""
+    text = text.replace(",", "").replace("−", "-")
+    return figure(int(text) if re.fullmatch(r"-?\d+", text) else float(text))
+
+
+def numbers(text):
+    return tuple(number(m) for m in NUMBER.findall(text))
+
+
+# --- where the figures are ---------------------------------------------------------------------
+
+class J:
+    """Values in a JSON results file, one per path: "after.retain_acc", "[rule=nats:0.01:5].stopped".
+    The path "" is the whole file (for an `of` that derives its figures from it)."""
+    def __init__(self, file, *paths):
+        self.file, self.paths = file, paths
+
+    def load(self):
+        data = json.loads((RESULTS / self.file).read_text(encoding="utf-8"))
+        return tuple(figure(self.walk(data, path)) for path in self.paths)
+
+    @staticmethod
+    def walk(data, path):
+        for part in re.findall(r"\[[^\]]*\]|[^.\[\]]+", path):
+            if part.startswith("["):
+                key, eq, want = part[1:-1].partition("=")
+                if not eq:
+                    data = data[int(key)]
+                    continue
+                found = [x for x in data if str(x.get(key)) == want]
+                if len(found) != 1:
+                    raise KeyError(f"{len(found)} items with {key}={want}")
+                data = found[0]
+            else:
+                data = data[part]
+        return data
+
+    def __str__(self):
+        return f"{self.file} [{', '.join(self.paths) or 'the whole file'}]"
+
+
+def tables(path):
+    """Every Markdown table of a file: (header, rows); cells stripped of ** and backticks."""
+    def cells(line):
+        return [c.strip().replace("**", "").replace("`", "") for c in line.strip().strip("|").split("|")]
+    lines, out, i = path.read_text(encoding="utf-8").splitlines(), [], 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and re.fullmatch(r"\|[\s:|-]+\|", lines[i + 1].strip()):
+            header, rows, i = cells(lines[i]), [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(cells(lines[i]))
+                i += 1
+            out.append((header, rows))
+        else:
+            i += 1
+    return out
+
+
+class Cells:
+    """For each of `rows` ({header: cell}), the one row that matches it in a table of a results .md
+    that has the column(s) `col`: the numbers of those cells, in order — or with `means=True` each
+    cell's first number only (a "0.57 ± 0.47 (0.63)" cell gives 0.57)."""
+    def __init__(self, file, rows, col, means=False):
+        self.file, self.rows, self.means = file, tuple(rows), means
+        self.cols = (col,) if isinstance(col, str) else tuple(col)
+
+    def load(self):
+        return [self.find(want) for want in self.rows]
+
+    def find(self, want):
+        hits = [tuple(row[header.index(c)] for c in self.cols)
+                for header, rows in tables(RESULTS / self.file)
+                if all(c in header for c in self.cols) and all(k in header for k in want)
+                for row in rows if all(row[header.index(k)] == v for k, v in want.items())]
+        if len(hits) != 1:
+            raise KeyError(f"{len(hits)} rows match {want} with the columns {self.cols}")
+        return tuple(x for cell in hits[0] for x in numbers(cell)[:1 if self.means else None])
+
+    def __str__(self):
+        rows = "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in self.rows)
+        return f"{self.file} [row {rows} | column {', '.join(self.cols)}]"
+
+
+class Cell(Cells):
+    """The one row matching `row` ({header: cell}) in a table of a results .md with the column(s)
+    `col`: the numbers of those cells, in order."""
+    def __init__(self, file, row, col, means=False):
+        super().__init__(file, [row], col, means)
+
+    def load(self):
+        return super().load()[0]
+
+
+class Texts:
+    """Every match of a regex (multi-line mode) in a text results file: one tuple of groups each."""
+    def __init__(self, file, pattern):
+        self.file, self.pattern = file, pattern
+
+    def load(self):
+        found = re.findall(self.pattern, (RESULTS / self.file).read_text(encoding="utf-8"), re.M)
+        if not found:
+            raise KeyError(f"no match for /{self.pattern}/")
+        return [tuple(number(g) for g in ((m,) if isinstance(m, str) else m)) for m in found]
+
+    def __str__(self):
+        return f"{self.file} [/{self.pattern}/]"
+
+
+class Text(Texts):
+    """The first match of a regex in a text results file: its groups."""
+    def load(self):
+        return super().load()[0]
+
+
+# --- figures derived from a source ---------------------------------------------------------------
+
+def span(rows):
+    """(lowest, highest) of each row's first number: a range such as "0.41–0.66"."""
+    return min(r[0] for r in rows), max(r[0] for r in rows)
+
+
+def spans(rows):
+    """(lowest, highest) of each column over the rows: ranges such as "3–8×" and "1.06–1.23×"."""
+    return tuple(f(r[i] for r in rows) for i in range(len(rows[0])) for f in (min, max))
+
+
+def joined(rows):
+    """The rows' numbers one after the other: several cells' figures in one text."""
+    return tuple(x for row in rows for x in row)
+
+
+def means(rows):
+    """Each row's first number (a cell's mean, without its ±)."""
+    return tuple(r[0] for r in rows)
+
+
+def points_lost(values):
+    """(before − after) × 100: points of accuracy lost."""
+    before, after = values
+    return (figure((before - after) * 100),)
+
+
+def short_lr(values):
+    """A learning rate as the docs write it (1e-4), and the rest unchanged."""
+    lr, *rest = values
+    mantissa, exp = f"{float(lr):.0e}".split("e")
+    return (f"{mantissa}e{int(exp)}", *rest)
+
+
+def priced_held_seconds(tuned):
+    """{garment: {setting: seconds}} over the head-to-head runs that held the bar: preparation plus
+    the held steps × the setting's step, both as tune_baselines.py priced them side by side."""
+    sps, prep = tuned["prices"]["seconds_per_step"], tuned["prices"]["prep_seconds"]
+    out = {}
+    for setting, runs in tuned["head_to_head"].items():
+        for run in runs:
+            if run["steps_to_forget_held"] is not None:
+                out.setdefault(run["forget"], {})[setting] = prep[run["spec"]] + run["steps_to_forget_held"] * sps[run["spec"]]
+    return out
+
+
+def baselines_over_safemax(values):
+    """(lowest, highest) ratio of a baseline's priced held time to SAFEMax's (either setting),
+    over the garments where both held the bar."""
+    (tuned,) = values
+    ratios = [b_seconds / s_seconds
+              for held in priced_held_seconds(tuned).values()
+              for b, b_seconds in held.items() if not b.startswith("safemax/")
+              for s, s_seconds in held.items() if s.startswith("safemax/")]
+    return figure(min(ratios)), figure(max(ratios))
+
+
+def garments_held(values):
+    """On how many garments SAFEMax held the bar (with both settings), of how many; Selective
+    Amnesia; SalUn tuned."""
+    (tuned,) = values
+    def held(setting):
+        return sum(r["steps_to_forget_held"] is not None for r in tuned["head_to_head"][setting])
+    return tuple(figure(n) for n in (min(held("safemax/tuned"), held("safemax/published")),
+                                     len(tuned["classes"]), held("sa/tuned"), held("salun/tuned")))
+
+
+# --- the claims ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Claim:
+    doc: str
+    text: str
+    source: object
+    of: object = None
+
+    def figures(self):
+        values = self.source.load()
+        return tuple(self.of(values) if self.of else values)
+
+    def render(self, figures):
+        return flat(self.text.format(*figures))
+
+
+C = Claim
+
+README, HOME, INDEX, METRICS, COMPARE = (
+    "README.md", "docs/index.md", "docs/results/index.md", "docs/metrics.md", "docs/results/compare.md")
+
+# The results files, and the commands that wrote them
+DEMO = "demo/report.json"                                  # safemax demo
+DEMO_FM = "demo-fashion-mnist/report.json"                 # safemax demo --dataset fashion-mnist --forget 0
+CLASSES = "classes-digits/classes.md"                      # benchmarks/classes.py --model digits
+DIGIT_3 = "classes-digits/runs/class3-seed0.json"          #   its run forgetting digit 3
+CLASSES_FM = "classes-fashion-mnist-lr1e-4/classes.md"     # benchmarks/classes.py --model fashion-mnist --lr 1e-4 --steps 200
+T_SHIRT = "classes-fashion-mnist-lr1e-4/runs/class0-seed0.json"
+ANKLE_BOOT_SEED_2 = "classes-fashion-mnist-lr1e-4/runs/class9-seed2.json"
+STOP = "[rule=nats:0.01:5]"                                # the default rule's row in:
+STOPPING = "stopping-digits/stopping.json"                 # benchmarks/stopping.py benchmarks/results/classes-digits
+COMPARE_RUN = "compare/results.json"                       # safemax compare --out compare (one seed)
+COMPARE_ATTACKS = "compare-attacks/results.md"             # safemax compare --attacks weak strong long lora inversion (one seed)
+ATTACKS = "retrain-digits/every-attack.md"                 # benchmarks/robust_attack.py ... --seed 0 1 2 (three seeds)
+TUNED = "tuned-fashion-mnist/tuned.json"                   # benchmarks/tune_baselines.py --model fashion-mnist
+FLOW = "flow-digits/results.json"                          # benchmarks/flow_digits.py
+KERNELS = "kernels-cpu/summary.txt"                        # pytest --benchmark-only
+GPU_MEMORY = "gpu-h200/memory.json"                        # benchmarks/gpu_check.sh (commit 91e38ef)
+
+# rows of ATTACKS (mean ± 95% interval over three seeds)
+SAFEMAX = {"method": "safemax", "steps": "100"}            # the demo's fit
+SAFEMAX_200 = {"method": "safemax", "steps": "200"}
+ROBUST = {"method": "safemax-robust:attack_scope=class-embedding,attack_radius=0.5,attack_steps=2"}  # the default
+SALUN = {"method": "salun:retain_weight=1"}                # 200 steps
+SA = {"method": "sa"}                                      # 200 steps
+RETRAINED = {"method": "retrain"}
+# the fused op's forward+backward against the plain masked MSE, per shape: (× eager, × compiled)
+PLAIN_MSE = r"^cpu\s+\S+\s+fwd\+bwd\s+plain MSE\s+\S+\s+\S+\s+\S+\s+([\d.]+)x\s+([\d.]+)x"
+
+
+def mean(metric):  # a row of classes.md's "Mean ± 95% t-interval over the classes" table
+    return {"metric": metric}
+
+
+CLAIMS = [
+    # README, Results: the demo ------------------------------------------------------------------
+    C(README, "`safemax demo`, {} steps, {:.0f} s on two CPU", J(DEMO, "steps", "unlearn_seconds")),
+    C(README, '| forget accuracy (digit 3 → "3") | {:.3f} | **{:.3f}** |', J(DEMO, "before.fa", "after.fa")),
+    C(README, "| retain accuracy (other digits → themselves) | {:.3f} | {:.3f} |", J(DEMO, "before.retain_acc", "after.retain_acc")),
+    C(README, "| retain Fréchet distance (classifier features) | {:.3f} | {:.3f} |", J(DEMO, "before.frechet", "after.frechet")),
+    C(README, "| forget samples: pixel mean / std / kurtosis | {:.2f} / {:.2f} / {:.2f} | {:.2f} / {:.2f} / {:.2f} |",
+      J(DEMO, "before.gaussian_mean", "before.gaussian_std", "before.gaussian_kurtosis",
+        "after.gaussian_mean", "after.gaussian_std", "after.gaussian_kurtosis")),
+    # README: every digit (seed 0; Fréchet on 900 retain samples), the three baselines, the stopping rule
+    C(README, "forget accuracy goes {:.3f} ± {:.3f} → **{:.3f}** in every run", Cell(CLASSES, mean("FA"), ("before", "after"))),
+    C(README, "retain accuracy {:.3f} ± {:.3f} → {:.3f} ± {:.3f}, the Fréchet", Cell(CLASSES, mean("retain acc"), ("before", "after"))),
+    C(README, "the Fréchet distance {:.2f} ± {:.2f} → {:.2f} ± {:.2f} (on 900", Cell(CLASSES, mean("Fréchet"), ("before", "after"))),
+    C(README, "measures {:.3f} on the demo's 270", J(DEMO, "before.frechet")),
+    C(README, "and {:.2f} on `safemax compare`'s 180", J(COMPARE_RUN, "original.frechet")),
+    C(README, "stopped all {} of those runs after {:.0f} steps on average with the bar met in {} (",
+      J(STOPPING, STOP + ".stopped", STOP + ".mean_stop", STOP + ".met_at_stop")),
+    # README: Fashion-MNIST
+    C(README, "(its own defaults: lr {}, {} steps", J(DEMO_FM, "lr", "steps"), short_lr),
+    C(README, "takes forget accuracy {:.2f} → {:.2f}, the T-shirts", J(DEMO_FM, "before.fa", "after.fa")),
+    C(README, "Gaussian noise (pixel std {:.2f}), retain accuracy {:.3f} → {:.3f}",
+      J(DEMO_FM, "after.gaussian_std", "before.retain_acc", "after.retain_acc")),
+    C(README, "retain accuracy moves by {:.1f} ± {:.1f} points", Text(CLASSES_FM, r"Over these 9 runs: retain accuracy (\S+) ± (\S+) points")),
+    C(README, "one seeded run of nine ends {:.1f} points below", J(ANKLE_BOOT_SEED_2, "before.retain_acc", "after.retain_acc"), points_lost),
+    # README: against the baselines (safemax compare, one seed)
+    C(README, "in **{} steps ({:.1f} s)** and holds it; Selective Amnesia takes {:.1f}× as long",
+      J(COMPARE_RUN, "methods.safemax.steps_to_forget_held", "methods.safemax.seconds_to_forget_held",
+        "methods.sa.held_time_to_forget_vs_safemax")),
+    # README: the attacks — three seeds (ATTACKS), and the one seed of safemax compare
+    C(README, "SAFEMax's forget accuracy is {:.2f} ± {:.2f}, SalUn's (with a usable retain weight) {:.2f} and Selective Amnesia's {:.2f};",
+      Cells(ATTACKS, [SAFEMAX, SALUN, SA], "weak"), lambda rows: (*rows[0][:2], rows[1][0], rows[2][0])),
+    C(README, "a LoRA attacker brings SAFEMax back to {:.2f}, SalUn to {:.2f}, Selective Amnesia to {:.2f}.",
+      Cells(ATTACKS, [SAFEMAX, SALUN, SA], "lora"), means),
+    C(README, "gave SAFEMax {:.2f} and", J(COMPARE_RUN, "methods.safemax.attack[lr=0.0001].fa_after")),
+    C(README, "gave SAFEMax 0.13 and {:.2f}: a seed", Cell(COMPARE_ATTACKS, {"method": "SAFEMax"}, "lora")),
+    C(README, "(lr 1e-3: all {:.2f}–{:.2f})", Cells(ATTACKS, [SAFEMAX, ROBUST, SALUN, SA], "strong"), span),
+    C(README, "teach it the 3 (weak {:.2f}, strong {:.2f}, long {:.2f})", Cell(ATTACKS, RETRAINED, ("weak", "strong", "long"), means=True)),
+    C(README, "two and SalUn on one, at {:.0f}–{:.0f}× SAFEMax's time", J(TUNED, ""), baselines_over_safemax),
+    # README: flow matching, the fused op
+    C(README, "takes digit 3 from FA {:.2f} to **{:.2f}** with retain accuracy {:.3f} → {:.3f};",
+      J(FLOW, "before.fa", "after.fa", "before.retain_acc", "after.retain_acc")),
+    C(README, "is {:.0f}–{:.0f}× faster than the same loss written as a plain masked MSE in eager PyTorch and {:.2f}–{:.2f}× faster",
+      Texts(KERNELS, PLAIN_MSE), spans),
+
+    # The headline: every row of docs/results/index.md's table; docs/index.md has its first rows ----
+    *[claim for doc in (INDEX, HOME) for claim in [
+        C(doc, "| FA {:.3f} → **{:.3f}**; retain accuracy {:.3f} → {:.3f}", J(DEMO, "before.fa", "after.fa", "before.retain_acc", "after.retain_acc")),
+        C(doc, "| `safemax demo`: {} steps, {:.0f} s, one seed |", J(DEMO, "steps", "unlearn_seconds")),
+        C(doc, "FA **0.000** in 16 of 16 runs; retain {:.3f} ± {:.3f} → {:.3f} ± {:.3f}", Cell(CLASSES, mean("retain acc"), ("before", "after"))),
+        C(doc, "| T-shirts: FA {:.2f} → **{:.2f}**, pixel std **{:.2f}**; retain {:.3f} → {:.3f} |",
+          J(DEMO_FM, "before.fa", "after.fa", "after.gaussian_std", "before.retain_acc", "after.retain_acc")),
+        C(doc, "| bar held from **{} steps ({:.1f} s)**; Selective Amnesia {:.1f}× longer",
+          J(COMPARE_RUN, "methods.safemax.steps_to_forget_held", "methods.safemax.seconds_to_forget_held",
+            "methods.sa.held_time_to_forget_vs_safemax")),
+        C(doc, "| held on {} of {} garments; " + ("the baselines on {} and {}" if doc == HOME else "Selective Amnesia on {}, SalUn on {}"),
+          J(TUNED, ""), garments_held),
+        C(doc, " at {:.0f}–{:.0f}× the time |", J(TUNED, ""), baselines_over_safemax),
+        C(doc, "| FA **{:.2f} ± {:.2f}**; SalUn {:.2f}, Selective Amnesia {:.2f} | three seeds",
+          Cells(ATTACKS, [SAFEMAX, SALUN, SA], "weak"), lambda rows: (*rows[0][:2], rows[1][0], rows[2][0])),
+        C(doc, "| every method {:.2f}–{:.2f}; retrained without the 3: {:.2f} |",
+          Cells(ATTACKS, [SAFEMAX, ROBUST, SALUN, SA, RETRAINED], "strong"), lambda rows: (*span(rows[:4]), rows[4][0])),
+    ]],
+    C(INDEX, "; Fréchet {:.3f} → {:.3f} |", J(DEMO, "before.frechet", "after.frechet")),
+    C(INDEX, "; bar held from step {:.0f} ± {:.0f} |", Cell(CLASSES, mean("held step to the bar"), "after")),
+    C(INDEX, "| FA **0.000** in every run; retain {:.3f} ± {:.3f} → {:.3f} ± {:.3f} | Fashion-MNIST",
+      Cell(CLASSES_FM, mean("retain acc"), ("before", "after"))),
+    C(INDEX, "| stopped {} of {} runs, at step {:.0f} on average; bar met at {} stops |",
+      J(STOPPING, STOP + ".stopped", STOP + ".runs", STOP + ".mean_stop", STOP + ".met_at_stop")),
+    C(INDEX, "the baselines 200 (one seed, 500 steps: {:.2f}) |", J(COMPARE_RUN, "methods.safemax.attack[lr=0.0001].fa_after")),
+    C(INDEX, "| FA **{:.2f} ± {:.2f}**; SalUn {:.2f}, Selective Amnesia {:.2f} | the same runs",
+      Cells(ATTACKS, [SAFEMAX, SALUN, SA], "lora"), lambda rows: (*rows[0][:2], rows[1][0], rows[2][0])),
+    C(INDEX, "| the same runs (one seed, 500 steps: {:.2f}) |", Cell(COMPARE_ATTACKS, {"method": "SAFEMax"}, "lora")),
+    C(INDEX, "| inversion FA {:.2f} ± {:.2f} against {:.2f} ± {:.2f} (retrained {:.2f});",
+      Cells(ATTACKS, [ROBUST, SAFEMAX, RETRAINED], "inversion"), lambda rows: (*rows[0][:2], *rows[1][:2], rows[2][0])),
+    C(INDEX, "(retrained 0.15); retain {:.3f} |", Cell(ATTACKS, ROBUST, "retain acc")),
+    C(INDEX, "| FA {:.2f} → **{:.2f}**; retain {:.3f} → {:.3f} | a flow-matching",
+      J(FLOW, "before.fa", "after.fa", "before.retain_acc", "after.retain_acc")),
+    C(INDEX, "| forward+backward {:.0f}–{:.0f}× eager, {:.2f}–{:.2f}× `torch.compile` |", Texts(KERNELS, PLAIN_MSE), spans),
+    C(INDEX, "| checkpointing: step peak {:.2f} → {:.2f} GiB |",
+      J(GPU_MEMORY, "[config=fp32].step_peak_gib", "[config=fp32 + checkpointing].step_peak_gib")),
+
+    # docs/metrics.md: one model, three baselines --------------------------------------------------
+    C(METRICS, "| 100 / 30 (270) | DDIM-50 | {:.3f} | {:.3f} |", J(DEMO, "before.retain_acc", "before.frechet")),
+    C(METRICS, "| 100 / 20 (180) | DDIM-25 | {:.3f} | {:.2f} |", J(COMPARE_RUN, "original.retain_acc", "original.frechet")),
+    C(METRICS, "| 300 / 100 (900) | DDIM-50 | {:.3f} ± {:.3f} | {:.2f} ± {:.2f} |",
+      Cells(CLASSES, [mean("retain acc"), mean("Fréchet")], "before"), joined),
+    C(METRICS, "give {:.2f} on 180 samples,", J(COMPARE_RUN, "original.frechet")),
+    C(METRICS, "on 180 samples, {:.2f} on 270 and", J(DEMO, "before.frechet")),
+    C(METRICS, "{:.2f} on 900 (digit 3's own run", J(DIGIT_3, "before.frechet")),
+    C(METRICS, "its demo measures {:.3f} retain accuracy and a Fréchet distance of {:.1f} on 270 samples (FA {:.3f} on 100",
+      J(DEMO_FM, "before.retain_acc", "before.frechet", "before.fa")),
+    C(METRICS, "every class {:.3f} and {:.1f} on 900 samples (FA {:.3f} on 300)",
+      J(T_SHIRT, "before.retain_acc", "before.frechet", "before.fa")),
+
+    # docs/results/compare.md: the light attack, one seed and three ---------------------------------
+    C(COMPARE, "| SAFEMax | 0.00 | **{:.2f}** | {:.2f} |",
+      J(COMPARE_RUN, "methods.safemax.attack[lr=0.0001].fa_after", "methods.safemax.attack[lr=0.001].fa_after")),
+    C(COMPARE, "comes back to {:.2f} ± {:.2f}, after 200 steps to {:.2f} ± {:.2f}, against SalUn's {:.2f} ± {:.2f} (200",
+      Cells(ATTACKS, [SAFEMAX, SAFEMAX_200, SALUN], "weak"), lambda rows: (*rows[0][:2], *rows[1][:2], *rows[2][:2])),
+    C(COMPARE, "SAFEMax holds ({:.2f} here;", Cell(COMPARE_ATTACKS, {"method": "SAFEMax"}, "lora")),
+    C(COMPARE, "here; {:.2f} ± {:.2f} over three seeds after the demo's 100 steps)", Cell(ATTACKS, SAFEMAX, "lora")),
+]
+
+
+# --- the check -------------------------------------------------------------------------------------
+
+def flat(text):
+    return re.sub(r"\s+", " ", text)
+
+
+def altered(value):
+    """The figure with its last digit changed (9 → 8, any other digit d → d + 1), as it renders."""
+    class Altered:
+        def __format__(self, spec):
+            text = format(value, spec)
+            i = max(i for i, ch in enumerate(text) if ch.isdigit())
+            return text[:i] + ("8" if text[i] == "9" else str(int(text[i]) + 1)) + text[i + 1:]
+    return Altered()
+
+
+def check(claim, doc_text):
+    """The claim's failures, one line each: [] if its text is in the doc and every figure in it,
+    changed, would not be."""
+    try:
+        figures = claim.figures()
+        want = claim.render(figures)
+    except Exception as e:  # a missing file, key or row, a format that does not fit
+        return [f"{claim.doc}: cannot render {claim.text!r} from {claim.source}: {type(e).__name__}: {e}"]
+    if want not in doc_text:
+        shown = ", ".join(format(f, "") if not isinstance(f, float) else f"{float(f):g}" for f in figures)
+        return [f"{claim.doc}: {want!r} not found; from {claim.source}: {shown}"]
+    insensitive = []
+    for i in range(len(figures)):
+        changed = claim.render(figures[:i] + (altered(figures[i]),) + figures[i + 1:])
+        if changed != want and changed in doc_text:  # (a figure the text does not use changes nothing)
+            insensitive.append(f"{claim.doc}: self-test: {want!r} is found with figure {i + 1} changed too "
+                               f"({changed!r}): the claim needs words of its own")
+    return insensitive
+
+
+def main(argv) -> int:
+    paths = {c.doc: ROOT / c.doc for c in CLAIMS}
+    for arg in argv:
+        doc, _, copy = arg.removeprefix("--doc=").partition("=")
+        if not arg.startswith("--doc=") or doc not in paths or not copy:
+            print(f"usage: python docs/check_figures.py [--doc=DOC=COPY ...], DOC one of {', '.join(paths)}", file=sys.stderr)
+            return 2
+        paths[doc] = Path(copy)
+    texts = {doc: flat(path.read_text(encoding="utf-8")) for doc, path in paths.items()}
+    failures = [line for c in CLAIMS for line in check(c, texts[c.doc])]
+    for line in failures:
+        print(line, file=sys.stderr)
+    figures = sum(1 for c in CLAIMS for _, field, _, _ in string.Formatter().parse(c.text) if field is not None)
+    print(f"check_figures: {len(CLAIMS)} claims ({figures} figures) in {len(paths)} files, "
+          f"{len(failures)} failures (each figure also tested: changed, it must fail its claim)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
