@@ -12,6 +12,12 @@ original, measured every ``--curve-every`` steps):
 
     python benchmarks/stopping.py benchmarks/results/classes-digits [more run folders] \\
         --out benchmarks/results/stopping
+    python benchmarks/stopping.py benchmarks/results/classes-digits benchmarks/results/classes-fashion-mnist-lr1e-4 \\
+        --choose-on digits:0-4 --out benchmarks/results/stopping-held-out
+
+With ``--choose-on MODEL:CLASSES`` the rule is *chosen* on those runs only (``choose``: the
+cheapest rule of the grid whose stop met the bar on every one of them) and *reported* on every
+other run — the held-out classes of that model and the other models' runs — beside the default.
 
 A grid of ratios and windows is replayed; the table shows each, and the rule's default is marked.
 A last table tells, per run folder, which side (the forget rows' nats or the retain rows') holds
@@ -28,8 +34,9 @@ from classes import (  # benchmarks/classes.py: the same bar
     run_held_step,
 )
 
+from safemax.evaluation.report import write_json
 from safemax.harness.bar import meets_bar
-from safemax.training.stopping import NatsRule
+from safemax.training.stopping import NatsRule, stop_rule
 
 RATIOS = (0.2, 0.1, 0.05, 0.02, 0.01)
 WINDOWS = (5, 10, 20)
@@ -111,10 +118,66 @@ def sides_table(groups, rule) -> list:
     return lines
 
 
+def choose(results: list) -> dict:
+    """The rule a user would pick from these replays: the most runs with the bar met at the stop
+    (a stop on a model that is not done is the failure that matters), then none missed, then the
+    fewest steps to the stop."""
+    return min(results, key=lambda r: (-r["met_at_stop"], r["missed"], r["mean_stop"] or float("inf")))
+
+
+def parse_classes(spec: str) -> tuple:
+    """``digits:0-4`` or ``fashion-mnist:0,2,5`` → (model, set of class ids)."""
+    model, _, classes = spec.partition(":")
+    ids = set()
+    for part in filter(None, classes.split(",")):
+        lo, _, hi = part.partition("-")
+        ids.update(range(int(lo), int(hi or lo) + 1))
+    if not model or not ids:
+        raise SystemExit(f"--choose-on {spec!r}: write MODEL:CLASSES, e.g. digits:0-4")
+    return model, ids
+
+
+def held_out(runs: list, spec: str) -> tuple:
+    """(lines, record): the rule chosen on ``spec``'s runs, then it and the default on the others."""
+    model, ids = parse_classes(spec)
+    chosen_on = [r for r in runs if r["model"] == model and r["forget"] in ids]
+    if not chosen_on:
+        raise SystemExit(f"--choose-on {spec}: no {model} run of classes {sorted(ids)} among the folders")
+    pick = choose([replay(chosen_on, NatsRule(ratio, window)) for window in WINDOWS for ratio in RATIOS])
+    rule = stop_rule(pick["rule"])
+    default = NatsRule()
+    groups = {f"{model} {sorted(ids)[0]}–{sorted(ids)[-1]} (chosen on)": chosen_on}
+    for m in sorted({r["model"] for r in runs}):
+        rest = [r for r in runs if r["model"] == m and r not in chosen_on]
+        if rest:
+            held = sorted({r["forget"] for r in rest})
+            groups[f"{m} {held[0]}–{held[-1]} (held out)" if m == model else f"{m} (held out)"] = rest
+    lines = [f"## Chosen on {model} classes {sorted(ids)[0]}–{sorted(ids)[-1]}, reported on the rest\n",
+             f"The grid replayed on the {len(chosen_on)} runs of {model} classes {sorted(ids)} only picks "
+             f"**{pick['rule']}** (`choose`: the most stops with the bar met, then none missed, then the fewest "
+             f"steps). It and the default ({default}) on every group of runs:\n",
+             "| runs | rule | stopped | too early | bar met at the stop | missed | mean stop step | mean wasted steps |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    record = dict(chosen_on=dict(model=model, classes=sorted(ids)), chosen=pick["rule"], default=str(default), groups=[])
+    for name, group in groups.items():
+        record["groups"].append(dict(name=name, rules=[]))
+        for r in (rule, default) if str(rule) != str(default) else (rule,):
+            res = replay(group, r)
+            record["groups"][-1]["rules"].append({k: v for k, v in res.items() if k != "rows"})
+            ms = "—" if res["mean_stop"] is None else f"{res['mean_stop']:.1f}"
+            mw = "—" if res["mean_wasted"] is None else f"{res['mean_wasted']:.1f}"
+            tag = " (chosen)" if str(r) == str(rule) else " (default)"
+            lines.append(f"| {name} | {r}{tag} | {res['stopped']} of {res['runs']} | {res['too_early']} | "
+                         f"{res['met_at_stop']} | {res['missed']} | {ms} | {mw} |")
+    return lines, record
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", help="output folders of benchmarks/classes.py")
     p.add_argument("--out", required=True)
+    p.add_argument("--choose-on", metavar="MODEL:CLASSES", default=None,
+                   help="choose the rule on these runs only (e.g. digits:0-4) and report it on the others")
     args = p.parse_args(argv)
     names = [os.path.basename(os.path.normpath(d)) for d in args.folders]
     if len(set(names)) < len(names):   # folders with the same last name: name each by its path
@@ -158,6 +221,10 @@ def main(argv=None):
                      f"{held} | {stop}{' (too early)' if x['too_early'] else ''} |")
     lines += [""] + sides_table({k: v for k, v in groups.items() if v}, default)
     os.makedirs(args.out, exist_ok=True)
+    if args.choose_on:
+        extra, record = held_out(runs, args.choose_on)
+        lines += [""] + extra
+        write_json(os.path.join(args.out, "held-out.json"), record)
     with open(os.path.join(args.out, "stopping.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(args.out, "stopping.md"), "w") as f:

@@ -280,6 +280,8 @@ T_SHIRT = "classes-fashion-mnist-lr1e-4/runs/class0-seed0.json"
 ANKLE_BOOT_SEED_2 = "classes-fashion-mnist-lr1e-4/runs/class9-seed2.json"
 STOP = "[rule=nats:0.01:5]"                                # the default rule's row in:
 STOPPING = "stopping-digits/stopping.json"                 # benchmarks/stopping.py benchmarks/results/classes-digits
+HELD_OUT = "stopping-held-out/held-out.json"               # benchmarks/stopping.py ... --choose-on digits:0-4
+HELD_DIGITS = "groups[name=digits 5–9 (held out)].rules[rule=nats:0.02:5]"   # the rule chosen on digits 0–4
 COMPARE_RUN = "compare/results.json"                       # safemax compare --out compare (one seed)
 COMPARE_ATTACKS = "compare-attacks/results.md"             # safemax compare --attacks weak strong long lora inversion (one seed)
 ATTACKS = "retrain-digits/every-attack.md"                 # benchmarks/robust_attack.py ... --seed 0 1 2 (three seeds)
@@ -318,8 +320,10 @@ CLAIMS = [
     C(README, "the Fréchet distance {:.2f} ± {:.2f} → {:.2f} ± {:.2f} (on 900", Cell(CLASSES, mean("Fréchet"), ("before", "after"))),
     C(README, "measures {:.3f} on the demo's 270", J(DEMO, "before.frechet")),
     C(README, "and {:.2f} on `safemax compare`'s 180", J(COMPARE_RUN, "original.frechet")),
-    C(README, "stopped all {} of those runs after {:.0f} steps on average with the bar met in {} (",
+    C(README, "stopped all {} of those runs after {:.0f} steps on average with the bar met in {} —",
       J(STOPPING, STOP + ".stopped", STOP + ".mean_stop", STOP + ".met_at_stop")),
+    C(README, "the rule it picks met the bar at {} of {} stops on the held-out digits 5–9",
+      J(HELD_OUT, HELD_DIGITS + ".met_at_stop", HELD_DIGITS + ".runs")),
     # README: Fashion-MNIST
     C(README, "(its own defaults: lr {}, {} steps", J(DEMO_FM, "lr", "steps"), short_lr),
     C(README, "takes forget accuracy {:.2f} → {:.2f}, the T-shirts", J(DEMO_FM, "before.fa", "after.fa")),

@@ -38,6 +38,31 @@ def test_classes_then_stopping(tmp_path):
     assert "Replayed on 3 runs (digits)" in text and "nats:0.01:5 (default)" in text
     assert len(json.loads((tmp_path / "stop" / "stopping.json").read_text())) == 15
     assert "| classes | forget | " in text and "| classes | retain | " in text   # which side holds it back
+    # chosen on class 3 alone, reported on the held-out class 5 beside the default
+    text = run("stopping.py", out, "--out", tmp_path / "held", "--choose-on", "digits:3")
+    record = json.loads((tmp_path / "held" / "held-out.json").read_text())
+    assert record["chosen_on"] == dict(model="digits", classes=[3]) and record["default"] == "nats:0.01:5"
+    assert [g["name"] for g in record["groups"]] == ["digits 3–3 (chosen on)", "digits 5–5 (held out)"]
+    assert all(record["chosen"] in [r["rule"] for r in g["rules"]] for g in record["groups"])
+    assert "## Chosen on digits classes 3–3, reported on the rest" in text
+    assert record["provenance"]["machine"]["threads"] >= 1
+
+
+def test_the_held_out_rule_is_the_cheapest_of_those_that_stop_on_a_finished_model():
+    sys.path.insert(0, BENCH)
+    try:
+        from stopping import choose, parse_classes
+    finally:
+        sys.path.remove(BENCH)
+    replays = [dict(rule="fast", met_at_stop=5, missed=0, mean_stop=20.0),
+               dict(rule="safe", met_at_stop=7, missed=0, mean_stop=70.0),
+               dict(rule="safe-but-slow", met_at_stop=7, missed=0, mean_stop=90.0),
+               dict(rule="misses", met_at_stop=7, missed=2, mean_stop=60.0)]
+    assert choose(replays)["rule"] == "safe"
+    assert parse_classes("digits:0-2,7") == ("digits", {0, 1, 2, 7})
+    import pytest
+    with pytest.raises(SystemExit, match="write MODEL:CLASSES"):
+        parse_classes("digits")
 
 
 def test_which_side_holds_the_stopping_rule_back():
