@@ -26,9 +26,6 @@ import os
 import time
 
 import torch
-from first_steps import (
-    cached,  # benchmarks/first_steps.py: a piece kept as JSON, reused when run again
-)
 
 from safemax import Unlearner
 from safemax.data import split_by_class
@@ -36,6 +33,7 @@ from safemax.evaluation.attacks import PRESETS, draw_images
 from safemax.evaluation.metrics import classify, evaluate, gaussianity
 from safemax.evaluation.report import save_grid
 from safemax.harness.compare import forget_accuracy, relearning_attack
+from safemax.harness.store import cached  # a piece kept as JSON, reused when run again
 from safemax.models.class_rows import DEFAULT_LR
 from safemax.models.sampling import sample
 from safemax.zoo import load_classifier, load_unet, model_info

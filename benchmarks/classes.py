@@ -25,7 +25,6 @@ the tables are over classes and seeds, which include this sampling noise.
 import argparse
 import glob
 import json
-import math
 import os
 import time
 
@@ -34,40 +33,15 @@ import torch
 from safemax import Unlearner
 from safemax.data import split_by_class
 from safemax.evaluation.metrics import evaluate
-from safemax.evaluation.probes import wilson
-from safemax.harness.bar import RETAIN_SLACK, bar_points, retain_sample
+from safemax.evaluation.report import write_json
+from safemax.evaluation.stats import cell, t_interval, wilson  # noqa: F401 (t_interval: the scripts' intervals)
+from safemax.harness.bar import RETAIN_SLACK, held_step, run_held_step  # noqa: F401 (the scripts' bar)
 from safemax.zoo import load_classifier, load_unet, model_info
 
 METRICS = ("fa", "retain_acc", "frechet", "entropy", "gaussian_mean", "gaussian_std", "gaussian_kurtosis")
 LABELS = dict(fa="FA", retain_acc="retain acc", frechet="Fréchet", entropy="entropy (nats)",
               gaussian_mean="forget mean", gaussian_std="forget std", gaussian_kurtosis="kurtosis")
 SEEDED = {"digits": (1, 5, 8), "fashion-mnist": (2, 6, 9)}   # pullover, shirt, ankle boot
-
-
-def t_interval(values) -> tuple:
-    """(mean, half-width of the 95% t-interval) of ``values``; half-width None for one value."""
-    from scipy.stats import t
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-
-
-def held_step(curve, retain_floor: float, leeway: float = 0.0):
-    """(first, held) step at which the curve meets the bar; held = from there on every point does
-    (each later one within ``leeway`` of the retain floor: ``compare.bar_points``)."""
-    first, held = bar_points(curve, retain_floor, leeway)
-    return tuple(None if i is None else curve[i]["step"] for i in (first, held))
-
-
-def run_held_step(run: dict, within_one: bool = False):
-    """(first, held) step of one run's curve at the bar: retain within RETAIN_SLACK of its start;
-    ``within_one``: later points may miss that floor by one of the light measurement's retain
-    samples (``compare.retain_sample``)."""
-    leeway = retain_sample(dict(n_per_class=run.get("curve_per_class", 20))) if within_one else 0.0
-    return held_step(run["curve"], run["before"]["retain_acc"] - RETAIN_SLACK, leeway)
 
 
 def run_one(name: str, forget: int, seed: int, args) -> dict:
@@ -113,14 +87,6 @@ def _step(step) -> str:
     return "—" if step is None else str(step)
 
 
-def _cell(values, spec=".3f", missing="—") -> str:
-    """``mean ± half-width`` of ``values`` (``missing`` when there are none)."""
-    if not values:
-        return missing
-    mean, half = t_interval(values)
-    return format(mean, spec) + ("" if half is None else " ± " + format(half, spec))
-
-
 def summarise(runs: list, name: str) -> str:
     """The markdown tables: per class (seed 0), the mean over classes, and the seeded classes."""
     info = model_info(name)
@@ -158,15 +124,15 @@ def summarise(runs: list, name: str) -> str:
         out += ["", f"Mean ± 95% t-interval over the {len(seed0)} classes:\n",
                 "| metric | before | after |", "| --- | ---: | ---: |"]
         for k in METRICS:
-            out.append(f"| {LABELS[k]} | {_cell([r['before'][k] for r in seed0])} | "
-                       f"{_cell([r['after'][k] for r in seed0])} |")
+            out.append(f"| {LABELS[k]} | {cell([r['before'][k] for r in seed0])} | "
+                       f"{cell([r['after'][k] for r in seed0])} |")
         helds = [run_held_step(r)[1] for r in seed0]
         done = [h for h in helds if h is not None]
-        out.append(f"| held step to the bar | | {_cell(done, '.1f')} "
+        out.append(f"| held step to the bar | | {cell(done, '.1f')} "
                    f"({len(done)} of {len(helds)} classes held it) |")
         loose = [h for h in (run_held_step(r, within_one=True)[1] for r in seed0) if h is not None]
         out.append(f"| held step, ±1 retain sample (a later light measurement may miss the floor by one) | | "
-                   f"{_cell(loose, '.1f')} ({len(loose)} of {len(helds)}) |")
+                   f"{cell(loose, '.1f')} ({len(loose)} of {len(helds)}) |")
     seeded = sorted({r["forget"] for r in runs if r["seed"] != 0})
     if seeded:
         counts = sorted({sum(r["forget"] == c for r in runs) for c in seeded})   # runs so far, per class
@@ -180,15 +146,15 @@ def summarise(runs: list, name: str) -> str:
             rs = sorted((r for r in runs if r["forget"] == c), key=lambda r: r["seed"])
             helds = [run_held_step(r)[1] for r in rs]
             out.append(f"| {info.class_name(c)} | {len(rs)} | " + " | ".join(
-                _cell([r["after"][k] for r in rs]) for k in ("fa", "retain_acc", "frechet", "gaussian_std"))
+                cell([r["after"][k] for r in rs]) for k in ("fa", "retain_acc", "frechet", "gaussian_std"))
                 + " | " + ", ".join(_step(h) for h in helds) + " |")
         rs = [r for r in runs if r["forget"] in seeded]
         change = [100 * (r["after"]["retain_acc"] - r["before"]["retain_acc"]) for r in rs]
         helds = [h for h in (run_held_step(r)[1] for r in rs) if h is not None]
         loose = [h for h in (run_held_step(r, within_one=True)[1] for r in rs) if h is not None]
-        out += ["", f"Over these {len(rs)} runs: retain accuracy {_cell(change, '.1f')} points from its start; "
-                    f"the bar held in {len(helds)} of {len(rs)}, from step {_cell(helds, '.1f')} "
-                    f"(±1 retain sample: in {len(loose)}, from step {_cell(loose, '.1f')})."]
+        out += ["", f"Over these {len(rs)} runs: retain accuracy {cell(change, '.1f')} points from its start; "
+                    f"the bar held in {len(helds)} of {len(rs)}, from step {cell(helds, '.1f')} "
+                    f"(±1 retain sample: in {len(loose)}, from step {cell(loose, '.1f')})."]
     return "\n".join(out) + "\n"
 
 
@@ -229,9 +195,7 @@ def main(argv=None):
         if os.path.exists(path):
             continue
         r = run_one(args.model, forget, seed, args)
-        with open(path + ".tmp", "w") as f:
-            json.dump(r, f)
-        os.replace(path + ".tmp", path)
+        write_json(path, r, indent=None)
         print(f"class {forget} seed {seed}: FA {r['before']['fa']:.3f} -> {r['after']['fa']:.3f}, retain "
               f"{r['before']['retain_acc']:.3f} -> {r['after']['retain_acc']:.3f}, Fréchet "
               f"{r['before']['frechet']:.2f} -> {r['after']['frechet']:.2f}, {r['wall_seconds']:.0f} s", flush=True)

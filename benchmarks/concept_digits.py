@@ -27,7 +27,7 @@ from tqdm import tqdm
 from safemax import Unlearner
 from safemax.data import digits_dataset, split_by_class
 from safemax.evaluation.metrics import classify
-from safemax.evaluation.report import save_grid
+from safemax.evaluation.report import save_grid, write_json
 from safemax.models.sampling import sample
 from safemax.zoo import NOT_A_DIGIT, load_default_classifier
 
@@ -80,8 +80,7 @@ def train(out: str, minutes: float, steps: int, batch: int = 128, lr: float = 1e
     ema.save_pretrained(os.path.join(out, "model"))
     sched.save_pretrained(os.path.join(out, "model"))
     info = dict(train_steps=step + 1, train_minutes=round((time.time() - start) / 60, 1))
-    with open(os.path.join(out, "model", "training.json"), "w") as f:
-        json.dump(info, f)
+    write_json(os.path.join(out, "model", "training.json"), info)
 
 
 def measure(unet, sched, classifier, forget: int, n: int, guidance: float) -> tuple:
@@ -117,6 +116,8 @@ def main():
     if os.path.exists(os.path.join(model_dir, "training.json")):
         with open(os.path.join(model_dir, "training.json")) as f:
             info = json.load(f)
+        if "provenance" in info:   # the training's: this result records its own
+            info["training_provenance"] = info.pop("provenance")
     unet = UNet2DConditionModel.from_pretrained(model_dir)
     sched = DDPMScheduler.from_pretrained(model_dir)
     classifier = load_default_classifier()
@@ -145,8 +146,7 @@ def main():
         grids.append(x[:10])
         print(f"after, guidance {w:g}:", result[f"after_w{w:g}"])
     save_grid(torch.cat(grids), rows=4, path=os.path.join(args.out, "samples.png"))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(os.path.join(args.out, "results.json"), result)
     lines = ["| guidance w | when | FA | forget → not a digit | forget pixel std | retain acc |",
              "| ---: | --- | ---: | ---: | ---: | ---: |"]
     for w in ("1", "3"):

@@ -32,7 +32,6 @@ per kept class, DDIM-10 — coarse, but a collapse to 0 is not subtle) and asks 
 Finished pieces are kept in ``OUT/runs`` and skipped when run again.
 """
 import argparse
-import json
 import os
 
 import torch
@@ -40,6 +39,7 @@ import torch
 from safemax import Unlearner
 from safemax.data import rows, split_by_class
 from safemax.evaluation.metrics import evaluate
+from safemax.harness.store import cached
 from safemax.methods import SafeMax
 from safemax.methods import mse as _mse
 from safemax.methods.robust import _Shifted
@@ -279,16 +279,6 @@ def curve(s: Setup, variant: str, args) -> dict:
             return dict(points=points, diverged=str(e), train_seconds=u.history[-1]["seconds"] if u.history else 0.0)
         points.append(dict(step=step, **s.measure(unet, scheduler)))
     return dict(points=points, train_seconds=u.history[-1]["seconds"])
-
-
-def cached(path, make):
-    if os.path.exists(path):
-        return json.load(open(path))
-    result = make()
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".tmp", path)
-    return result
 
 
 def plot(curves, args, path):

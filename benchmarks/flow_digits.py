@@ -29,11 +29,11 @@ from tqdm import tqdm
 from safemax import Unlearner
 from safemax.data import digits_dataset, split_by_class
 from safemax.evaluation.metrics import classify
-from safemax.evaluation.report import save_grid
+from safemax.evaluation.report import save_grid, write_json
 from safemax.models.sampling import sample
 from safemax.models.schedule import add_flow_noise, flow_sigmas
 from safemax.zoo import NOT_A_DIGIT, UNET_CONFIG, load_default_classifier
-from safemax.zoo.train import _shift
+from safemax.zoo.train import shift_images
 
 T = 1000
 
@@ -61,7 +61,7 @@ def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-
         idx = torch.randint(0, len(x_all), (batch,), generator=g)
         x0, y = x_all[idx], y_all[idx]
         if augment:
-            x0 = _shift(x0, g)
+            x0 = shift_images(x0, g)
         t = torch.randint(0, T, (batch,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         x_s, v = add_flow_noise(sigmas, x0, t, eps, torch.float32)
@@ -99,8 +99,7 @@ def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-
                 train_batch=batch, train_lr=lr, augment=augment,
                 final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 4),
                 train_command="python benchmarks/flow_digits.py " + " ".join(sys.argv[1:]))
-    with open(os.path.join(model_dir, "training.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    write_json(os.path.join(model_dir, "training.json"), info)
     return info
 
 
@@ -191,6 +190,8 @@ def main():
     if os.path.exists(os.path.join(model_dir, "training.json")):
         with open(os.path.join(model_dir, "training.json")) as f:
             info = json.load(f)
+        if "provenance" in info:   # the training's: this result records its own
+            info["training_provenance"] = info.pop("provenance")
     unet = UNet2DModel.from_pretrained(model_dir)
     sched = FlowMatchEulerDiscreteScheduler.from_pretrained(model_dir)
     classifier = load_default_classifier()
@@ -212,8 +213,7 @@ def main():
     kept_rows = [x_after[args.n + i * n_kept: args.n + i * n_kept + min(k, n_kept)] for i in range(3)]
     save_grid(torch.cat([x_before[:k], x_after[:k], *kept_rows]), rows=5,
               path=os.path.join(args.out, "samples.png"))
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(os.path.join(args.out, "results.json"), result)
     b, a = result["before"], result["after"]
     lines = [f"Forgetting digit {args.forget} on a rectified-flow UNet (Euler-50 samples, "
              f"{args.n} of the digit, {n_kept} per kept digit); SAFEMax, {args.steps} steps, "

@@ -8,16 +8,13 @@ once halted). k_eff = ⟨v, x⟩/⟨x, x⟩ on the halted path should equal k(σ
         --out benchmarks/results/flow-digits/halt-probe.md [--noise-forget 0.5]
 """
 import argparse
-import os
 import sys
 
 import torch
 from diffusers import UNet2DModel
+from flow_digits import flow_scheduler, unlearn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from flow_digits import flow_scheduler, unlearn  # noqa: E402
-
-from safemax.data import digits_dataset, split_by_class  # noqa: E402
+from safemax.data import digits_dataset, split_by_class
 
 
 @torch.no_grad()

@@ -47,8 +47,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import memory_accounting as accounting  # noqa: E402
+import memory_accounting as accounting
 
 CONFIGS = [("fp32", None, False), ("fp32 + checkpointing", None, True),
            ("bf16", "bf16", False), ("bf16 + checkpointing", "bf16", True),

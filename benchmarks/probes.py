@@ -29,8 +29,8 @@ import torch
 from safemax import Unlearner
 from safemax.data import split_by_class
 from safemax.evaluation.probes import ExactlyHalted, guided, seeds, table, trajectory
-from safemax.evaluation.report import save_grid
-from safemax.harness.compare import _build, label, parse_method
+from safemax.evaluation.report import save_grid, write_json
+from safemax.harness.compare import build_method, label, parse_method
 from safemax.zoo import load_classifier, load_unet, model_info
 from safemax.zoo.train import retrained_record
 
@@ -59,7 +59,7 @@ def unlearned(name: str, key: str, forget: int, out: str, steps_scale: float, se
     method, options = parse_method(spec)
     unet, scheduler = load_unet(name)
     forget_data, retain_data = split_by_class(model_info(name).dataset("train"), [forget])
-    u = Unlearner(unet, scheduler, forget=[forget], lr=lr, seed=seed, method=_build(method, options))
+    u = Unlearner(unet, scheduler, forget=[forget], lr=lr, seed=seed, method=build_method(method, options))
     start = time.perf_counter()
     u.fit(retain_data, forget_data, steps=max(1, round(steps * steps_scale)), batch_size=64)
     u.save_pretrained(path)
@@ -125,8 +125,7 @@ def main(argv=None):
                                        num_inference_steps=args.ddim_steps, seed=args.seed, progress=True)
                             + g_rows + seeds(unet, scheduler, classifier, args.forget, args.n_seeds,
                                              args.ddim_steps, seed=args.seed, progress=True))
-            with open(cache, "w") as f:
-                json.dump(dict(model=args.model, forget=args.forget, results=results, fits=fits), f, indent=2)
+            write_json(cache, dict(model=args.model, forget=args.forget, results=results, fits=fits))
         print(f"{col}: done", flush=True)
     save_grid(torch.cat(pictures), rows=len(pictures), path=os.path.join(args.out, "guided.png"))
     text = table(results)

@@ -25,7 +25,9 @@ import glob
 import json
 import os
 
-import classes  # benchmarks/classes.py
+import classes  # benchmarks/classes.py: each variant's runs
+
+from safemax.harness.bar import run_held_step
 
 VARIANTS = {
     "warmup0": [],
@@ -36,11 +38,14 @@ VARIANTS = {
     "kept-contrast2": ["--kept-contrast", "2"],
     "kept-contrast4": ["--kept-contrast", "4"],
     "kept-contrast8": ["--kept-contrast", "8"],
-    "kept-contrast4-rows0.25": ["--kept-contrast", "4", "--kept-contrast-rows", "0.25"],
 }
 SETTINGS = ["--steps", "60", "--curve-every", "5", "--n-forget", "100", "--n-per-class", "30", "--seeds"]
 SMOKE = ["--steps", "2", "--curve-every", "1", "--n-forget", "4", "--n-per-class", "1", "--ddim-steps", "2",
          "--curve-forget", "2", "--curve-per-class", "1", "--seeds"]
+
+
+def _step(step) -> str:
+    return "—" if step is None else str(step)
 
 
 def main(argv=None):
@@ -62,11 +67,11 @@ def main(argv=None):
     for v in args.variants:
         for f in sorted(glob.glob(os.path.join(args.out, v, "runs", "*.json"))):
             r = json.load(open(f))
-            first, held = classes.run_held_step(r)
+            first, held = run_held_step(r)
             low = min(r["curve"], key=lambda c: c["retain_acc"])
             a = r["after"]
             held_by_variant.setdefault(v, []).append(held)
-            lines.append(f"| {v} | {r['forget']} | {classes._step(first)} / {classes._step(held)} | "
+            lines.append(f"| {v} | {r['forget']} | {_step(first)} / {_step(held)} | "
                          f"{low['retain_acc']:.3f} ({low['step']}) | {a['fa']:.2f} | {a['retain_acc']:.3f} | "
                          f"{a['frechet']:.2f} | {a['gaussian_std']:.2f} | {r['train_seconds']:.0f} |")
     lines += ["", "| variant | runs | held step: mean (classes that held) |", "| --- | ---: | ---: |"]

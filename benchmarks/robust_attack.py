@@ -27,13 +27,12 @@ import json
 import os
 import time
 
-from classes import _cell  # benchmarks/classes.py: the same intervals
-
 from safemax import Unlearner
 from safemax.data import split_by_class
 from safemax.evaluation.attacks import draw_images, parse_attack, run_attack
 from safemax.evaluation.metrics import evaluate
-from safemax.harness.compare import _build, forget_accuracy, parse_method
+from safemax.evaluation.stats import cell  # the intervals of every table
+from safemax.harness.compare import build_method, forget_accuracy, parse_method
 from safemax.harness.defaults import defaults, method_settings
 from safemax.zoo import load_classifier, load_unet, model_info
 from safemax.zoo.train import retrained_record
@@ -56,7 +55,7 @@ def run(name, forget, spec, steps, seed, attacks=("weak", "strong"), retrained: 
     else:
         method, options = spec   # as its demo runs it (Fashion-MNIST: lr 1e-4, Gaussian rows)
         lr, options = method_settings(name, method, options)
-        u = Unlearner(unet, scheduler, forget=[forget], lr=lr, seed=seed, method=_build(method, options))
+        u = Unlearner(unet, scheduler, forget=[forget], lr=lr, seed=seed, method=build_method(method, options))
         u.fit(retain_data, forget_data, steps=steps, batch_size=64, progress=False)
         row = dict(method=u.method.name, config=dict(u.method.config(), lr=lr),
                    train_seconds=u.history[-1]["seconds"] + (u.prep_seconds or 0.0))
@@ -140,11 +139,11 @@ def table(rows: list, attacks: list) -> str:
         def attacked(a):
             fa = [d[a]["fa_after"] for d in done if a in d]
             only = [d[a]["fa_classes_only_after"] for d in done if a in d and "fa_classes_only_after" in d[a]]
-            return _cell(fa, ".2f") + (f" ({sum(only) / len(only):.2f})" if only else "")
+            return cell(fa, ".2f") + (f" ({sum(only) / len(only):.2f})" if only else "")
         steps = "" if mine[0]["method"] == "retrain" or n is None else str(n)
         fit = sum(r["train_seconds"] for r in mine) / len(mine)
         out.append(f"| {method} | {len(mine)} | {steps} | {fit:,.0f} | " + " | ".join(
-            [_cell([r[k] for r in mine], spec) for k, spec in
+            [cell([r[k] for r in mine], spec) for k, spec in
              (("fa", ".2f"), ("retain_acc", ".3f"), ("frechet", ".2f"), ("gaussian_std", ".2f"))]
             + [attacked(a) for a in attacks]) + " |")
     return "\n".join(out) + "\n"

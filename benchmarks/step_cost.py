@@ -204,7 +204,7 @@ def build_specs(batch_size, model, specs, seed=0, quick=QUICK):
     class of ``FORGET``): what a comparison's steps and preparations cost, side by side."""
     from safemax import Unlearner
     from safemax.data import split_by_class
-    from safemax.harness.compare import _build, parse_method
+    from safemax.harness.compare import build_method, parse_method
     from safemax.harness.defaults import method_settings
     from safemax.zoo import load_unet, model_info
 
@@ -214,7 +214,7 @@ def build_specs(batch_size, model, specs, seed=0, quick=QUICK):
     for spec in specs:
         name, options = parse_method(spec, quick=quick)   # quick: Selective Amnesia's preparation shrunk
         spec_lr, options = method_settings(model, name, options)
-        u = Unlearner(*load_unet(model), forget=classes, lr=spec_lr, seed=seed, method=_build(name, options))
+        u = Unlearner(*load_unet(model), forget=classes, lr=spec_lr, seed=seed, method=build_method(name, options))
         trainers[spec] = Unlearning(u, retain, forget)
     return trainers
 

@@ -7,15 +7,17 @@ measured with the demo's metrics; then the default τ is run once more without f
 (data-free). Writes sweep.json, sweep.md and sweep.png (forget accuracy and retain quality vs τ).
 """
 import argparse
+import copy
 import json
 import os
 import time
 
 from safemax.data import digits_dataset, split_by_class
 from safemax.evaluation.metrics import evaluate
+from safemax.evaluation.report import write_json
 from safemax.harness.defaults import DEFAULT_EARLY_FRACTION, DEFAULT_LR
 from safemax.training.unlearner import Unlearner
-from safemax.zoo import default_scheduler, load_default_classifier, load_default_unet
+from safemax.zoo import load_classifier, load_unet
 
 KEYS = ("fa", "fa_digits", "p_forget", "entropy", "retain_acc", "frechet", "gaussian_mean", "gaussian_std")
 
@@ -38,24 +40,27 @@ def main():
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-data-free", action="store_true")
+    p.add_argument("--n-forget", type=int, default=100, help="forget samples per measurement")
+    p.add_argument("--n-per-class", type=int, default=30, help="samples per kept class per measurement")
+    p.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps of the measurement")
     p.add_argument("--out", default="tau-sweep")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    scheduler, classifier = default_scheduler(), load_default_classifier()
+    (base, scheduler), classifier = load_unet("digits"), load_classifier("digits")
     forget_data, retain_data = split_by_class(digits_dataset(), [args.forget])
     retain_classes = [c for c in range(10) if c != args.forget]
 
     def measure(unet):
-        return evaluate(unet, scheduler, classifier, [args.forget], retain_classes,
-                        retain_data.tensors[0], n_forget=100, n_per_class=30)
+        return evaluate(unet, scheduler, classifier, [args.forget], retain_classes, retain_data.tensors[0],
+                        n_forget=args.n_forget, n_per_class=args.n_per_class, num_inference_steps=args.ddim_steps)
 
-    rows = [dict(tau=0.0, label="original", steps=0, seconds=0.0, **{k: v for k, v in measure(load_default_unet()).items() if k in KEYS})]
+    rows = [dict(tau=0.0, label="original", steps=0, seconds=0.0, **{k: v for k, v in measure(base).items() if k in KEYS})]
     runs = [(tau, False) for tau in args.taus]
     if not args.no_data_free:
         runs.append((DEFAULT_EARLY_FRACTION, True))
     for tau, data_free in runs:
-        unet = load_default_unet()
+        unet = copy.deepcopy(base)
         u = Unlearner(unet, scheduler, forget=[args.forget], early_fraction=tau, lr=args.lr)
         start = time.time()
         history = u.fit(retain_data, None if data_free else forget_data, steps=args.steps,
@@ -67,8 +72,8 @@ def main():
                          seconds_with_generation=round(total, 1), **{k: m[k] for k in KEYS}))
         print(json.dumps(rows[-1]), flush=True)
 
-    with open(os.path.join(args.out, "sweep.json"), "w") as f:
-        json.dump(dict(forget=args.forget, lr=args.lr, batch_size=args.batch_size, rows=rows), f, indent=2)
+    write_json(os.path.join(args.out, "sweep.json"), dict(settings=vars(args), forget=args.forget, lr=args.lr,
+                                                         batch_size=args.batch_size, rows=rows))
     lines = markdown_table(rows)
     with open(os.path.join(args.out, "sweep.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -40,9 +40,9 @@ import os
 import statistics
 
 import torch
-from classes import _cell  # benchmarks/classes.py: the same intervals
 
 from safemax.evaluation.attacks import DEFAULT_ATTACKS, PRESETS
+from safemax.evaluation.stats import cell  # the intervals of every table
 from safemax.harness.bar import RETAIN_SLACK, meets_bar, retain_sample, summarise
 from safemax.harness.compare import parse_method
 from safemax.harness.compare import run as compare
@@ -236,9 +236,9 @@ def stop_cells(rs: list, price: dict = None) -> list:
         return ["—"] * (2 if price else 1)
     fired = [r for r in rs if r["stop_rule"]["step"] is not None]
     good = sum(met_at_stop(r) for r in fired)
-    cells = [f"{_cell([r['stop_rule']['step'] for r in fired], '.0f')} ({len(fired)}/{len(rs)} stopped; bar met there: {good})"]
+    cells = [f"{cell([r['stop_rule']['step'] for r in fired], '.0f')} ({len(fired)}/{len(rs)} stopped; bar met there: {good})"]
     if price:
-        cells.append(_cell([priced(r, price, r["stop_rule"]["step"]) for r in fired], ".1f"))
+        cells.append(cell([priced(r, price, r["stop_rule"]["step"]) for r in fired], ".1f"))
     return cells
 
 
@@ -250,10 +250,10 @@ def steps_cell(rs: list, key: str) -> str:
     if not got:   # a mean at the budget would read as a measurement: say it never got there
         budgets = sorted({r["steps"] for r in rs})
         return f"never within {'/'.join(map(str, budgets))} (0/{len(rs)})"
-    cell = f"{_cell(got, '.0f')} ({len(got)}/{len(rs)})"
+    text = f"{cell(got, '.0f')} ({len(got)}/{len(rs)})"
     if len(got) < len(rs):
-        cell += f"; ≥ {statistics.mean(r[key] if r.get(key) is not None else r['steps'] for r in rs):.0f} counting the rest at the budget"
-    return cell
+        text += f"; ≥ {statistics.mean(r[key] if r.get(key) is not None else r['steps'] for r in rs):.0f} counting the rest at the budget"
+    return text
 
 
 def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
@@ -286,21 +286,21 @@ def head_to_head_table(rows: dict, attack_names, price: dict = None) -> list:
         which = "tuned = published" if same else which
         held = [r["seconds_to_forget_held"] for r in rs if r["seconds_to_forget_held"] is not None]
         cells = [steps_cell(rs, key) for key in ("steps_to_forget", "steps_to_forget_held",
-                                                 "steps_to_forget_held_within_one")] + [_cell(held, '.1f')]
+                                                 "steps_to_forget_held_within_one")] + [cell(held, '.1f')]
         if price:
             times = [priced(r, price, r["steps_to_forget_held"]) for r in rs]
             ratios = [t / priced(q, price, q["steps_to_forget_held"]) for t, q in zip(times, ref or [])
                       if t is not None and q["steps_to_forget_held"] is not None]
-            cells += [_cell([t for t in times if t is not None], '.1f'), f"{_cell(ratios, '.2f')} ({len(ratios)}/{len(rs)})",
+            cells += [cell([t for t in times if t is not None], '.1f'), f"{cell(ratios, '.2f')} ({len(ratios)}/{len(rs)})",
                       format(price["prep_seconds"][rs[0]["spec"]], '.1f')]
         else:
-            cells.append(_cell([r["prep_seconds"] for r in rs], '.1f'))
+            cells.append(cell([r["prep_seconds"] for r in rs], '.1f'))
         cells += stop_cells(rs, price)
-        attacks = [_cell([a["fa_after"] for r in rs for a in r.get("attack") or [] if a["name"] == name], ".2f")
+        attacks = [cell([a["fa_after"] for r in rs for a in r.get("attack") or [] if a["name"] == name], ".2f")
                    for name in attack_names]
         out.append(f"| {m} | {which}: `{rs[0]['spec']}` | " + " | ".join(cells) + " | "
-                   f"{_cell([r['fa_final'] for r in rs], '.2f')} | {_cell([r['retain_acc_final'] for r in rs], '.3f')} | "
-                   f"{_cell([r['frechet_final'] for r in rs], '.2f')} | " + " | ".join(attacks) + " |")
+                   f"{cell([r['fa_final'] for r in rs], '.2f')} | {cell([r['retain_acc_final'] for r in rs], '.3f')} | "
+                   f"{cell([r['frechet_final'] for r in rs], '.2f')} | " + " | ".join(attacks) + " |")
     return out
 
 

@@ -570,3 +570,14 @@ def test_compare_race_stops_only_settings_that_can_no_longer_be_picked(tmp_path,
     # the stopping rule replayed on SAFEMax's history (2 steps: its 5-step window never filled), none for GA
     assert written["safemax"]["stop_rule"] == dict(rule="nats:0.01:5", step=None, train_seconds=None)
     assert written["ga"]["stop_rule"] is None
+
+
+def test_tau_sweep_writes_its_table_and_plot(tmp_path):
+    """benchmarks/tau_sweep.py at tiny size: the original, one τ and the data-free run, measured."""
+    out = tmp_path / "sweep"
+    run("tau_sweep.py", "--taus", 0.5, "--steps", 1, "--batch-size", 2, "--n-forget", 2, "--n-per-class", 1,
+        "--ddim-steps", 2, "--out", out)
+    result = json.loads((out / "sweep.json").read_text())
+    assert [r["label"] for r in result["rows"]] == ["original", "τ=0.5", "τ=1.0 data-free"]
+    assert result["rows"][1]["t_min"] == 500 and result["provenance"]["commit"] is not None
+    assert (out / "sweep.md").exists() and (out / "sweep.png").exists()

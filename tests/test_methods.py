@@ -292,6 +292,10 @@ def test_compare_quick_writes_every_result(tmp_path, capsys):
     assert list(report["methods"]) == ["safemax", "salun", "sa", "ga"]
     assert report["bar"]["retain_sample"] == 1 / (report["settings"]["n_per_class"] * 9)
     assert "held ±1: steps" in (out / "results.md").read_text()
+    # the bar's stated power: one kept sample a class at --quick, which resolves nothing
+    assert report["bar"]["retain_samples"] == 9 and report["bar"]["resolves_bar"] is False
+    assert "cannot resolve the 2-point bar" in (out / "results.md").read_text()
+    assert report["provenance"]["machine"]["torch"]
     keys = {"steps_to_forget", "seconds_to_forget", "steps_to_forget_held", "steps_to_forget_held_within_one",
             "prep_seconds", "fa_final", "retain_acc_final",
             "frechet_final", "gaussian_std_final", "curve", "attack", "time_to_forget_vs_safemax"}

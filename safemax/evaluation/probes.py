@@ -22,12 +22,12 @@ reference every rate should be read against: the model with the class replaced b
 fixed point — forgetting done perfectly — so a rate it shares is the probe's (or the classifier's)
 floor, not the class coming back. Tables: docs/results/probes.md.
 """
-import math
 from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
+from safemax.evaluation.stats import wilson, wilson_upper  # noqa: F401 (probes' API)
 from safemax.models.families import family_of
 from safemax.models.sampling import epsilon_part, make_sampler, sample
 from safemax.models.schedule import is_flow
@@ -71,22 +71,6 @@ class ExactlyHalted(torch.nn.Module):
         c = x.shape[1]
         eps = torch.where(halt, halting_target(self.abar.to(x.device)[t], x.to(out.dtype)), out[:, :c])
         return SimpleNamespace(sample=torch.cat([eps, out[:, c:]], 1))
-
-
-def wilson(k: float, n: int, z: float = 1.959964) -> tuple:
-    """The 95% Wilson interval ``(low, high)`` of ``k`` successes in ``n`` (``k`` may be a share
-    times ``n``)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def wilson_upper(k: int, n: int) -> float:
-    """The upper end of the 95% Wilson interval of ``k`` successes in ``n``."""
-    return wilson(k, n)[1]
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Pictures and tables: sample grids, curves, and the markdown summary of a measurement."""
 import json
 import math
+import os
 
 import torch
 
@@ -75,13 +76,15 @@ def console_table(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, obj: dict):
-    """``obj`` as JSON, with its ``provenance`` (commit, versions, machine) added where it has none."""
+def write_json(path: str, obj: dict, indent: int = 2):
+    """``obj`` as JSON, with its ``provenance`` (commit, versions, machine) added where it has none,
+    written atomically (a file that is there is whole, even after Ctrl-C)."""
     if isinstance(obj, dict) and "provenance" not in obj:
         from safemax.evaluation.provenance import provenance
         obj = {**obj, "provenance": provenance()}
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(path + ".tmp", path)
 
 
 def save_comparison_curves(results: dict, original: dict, path: str, labels: dict, title: str,

@@ -1,5 +1,6 @@
 """The bar a forgetting run is judged by — forget accuracy ≤ 1% while retain accuracy is within
 2 points of the original's — and where a run first meets it and from where it holds it."""
+from safemax.evaluation.stats import proportion_se
 from safemax.training.stopping import NatsRule
 
 FA_BAR = 0.01        # forgotten: at most 1% of forget samples still classified as the class
@@ -38,6 +39,19 @@ def retain_sample(settings: dict) -> float:
     noises), so one sample's flip at one measurement can move *held* by hundreds of steps; the
     leeway says how much of a held time is that."""
     return 1.0 / (settings["n_per_class"] * 9)
+
+
+def power(settings: dict, retain_acc: float) -> dict:
+    """What a measurement of ``settings`` can resolve at the bar of an original with retain
+    accuracy ``retain_acc``: its kept samples (``n_per_class`` of each of the 9 kept classes), the
+    standard error of one retain accuracy at the bar's floor (``retain_acc`` − 2 points), and of
+    the difference between two independent measurements (original and unlearned; the shared
+    sampling seed pairs them, so this is an upper bound) — the 2-point bar is resolved when it is
+    at least 2 standard errors of the difference."""
+    n = settings["n_per_class"] * 9
+    se = proportion_se(max(retain_acc - RETAIN_SLACK, 0.0), n)
+    return dict(retain_samples=n, retain_se=se, difference_se=se * 2 ** 0.5,
+                resolves_bar=RETAIN_SLACK >= 2 * se * 2 ** 0.5)
 
 
 def summarise(result: dict, retain_floor: float, safemax: dict = None, leeway: float = None) -> dict:
@@ -121,3 +135,18 @@ def stop_rule_replay(history: list, rule=None):
     at = next((h for i, h in enumerate(history) if rule(history[:i + 1])), None)
     return dict(rule=str(rule), step=None if at is None else at["step"],
                 train_seconds=None if at is None else at["seconds"])
+
+
+def held_step(curve, retain_floor: float, leeway: float = 0.0):
+    """(first, held) *step* at which ``curve`` meets the bar (``bar_points``' indices as steps;
+    each later point within ``leeway`` of the retain floor); None where it never does."""
+    first, held = bar_points(curve, retain_floor, leeway)
+    return tuple(None if i is None else curve[i]["step"] for i in (first, held))
+
+
+def run_held_step(run: dict, within_one: bool = False):
+    """(first, held) step of one run's curve (``benchmarks/classes.py``'s runs): retain within
+    RETAIN_SLACK of its start; ``within_one``: later points may miss that floor by one of the
+    light measurement's retain samples (``retain_sample``)."""
+    leeway = retain_sample(dict(n_per_class=run.get("curve_per_class", 20))) if within_one else 0.0
+    return held_step(run["curve"], run["before"]["retain_acc"] - RETAIN_SLACK, leeway)

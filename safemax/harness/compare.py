@@ -39,6 +39,7 @@ from safemax.harness.bar import (
     RETAIN_SLACK,
     Race,
     evaluation_steps,
+    power,
     retain_sample,
     stop_rule_replay,
     summarise,
@@ -105,14 +106,14 @@ def parse_method(spec: str, quick: bool = False):
         items = {**{k: str(v) for k, v in QUICK_SA.items()}, **items}
     try:   # typed and checked now, not after the other methods have run
         settings = METHODS[name].settings_class.from_text(items, f"method {name!r}")
-        _build(name, {k: getattr(settings, k) for k in items})
+        build_method(name, {k: getattr(settings, k) for k in items})
     except ValueError as e:
         raise ValueError(f"{spec!r}: " + str(e).replace("(its settings: ", "(its settings: lr, ")) from None
     options = {k: getattr(settings, k) for k in items}
     return name, (options if lr is None else {"lr": lr, **options})
 
 
-def _build(name: str, options: dict):
+def build_method(name: str, options: dict):
     """The method object of a parsed spec (SAFEMax with the demo's early fraction by default);
     an ``lr`` option is the fit's, not the method's."""
     options = {k: v for k, v in options.items() if k != "lr"}
@@ -242,7 +243,8 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     for r in results.values():
         r.update(summarise(r, retain_floor, safemax=reference, leeway=leeway))
     report = dict(settings=settings, machine=machine(),
-                  bar=dict(fa_max=FA_BAR, retain_acc_min=retain_floor, retain_sample=leeway),
+                  bar=dict(fa_max=FA_BAR, retain_acc_min=retain_floor, retain_sample=leeway,
+                           **power(settings, original["retain_acc"])),
                   original=original, methods=results)
     write_json(os.path.join(out, "results.json"), report)
     save_comparison_curves(results, original, os.path.join(out, "curves.png"), {k: label(k) for k in results},
@@ -261,7 +263,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
 def _run_method(spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
                 eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial: Partial,
                 race: Race = None):
-    method = _build(name, options)
+    method = build_method(name, options)
     u = Unlearner(copy.deepcopy(base), measure["scheduler"], forget=measure["forget"], lr=method_lr,
                   seed=seed, method=method)
     curve = [_point(0, 0.0, 0.0, original)]

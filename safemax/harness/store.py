@@ -160,3 +160,16 @@ def finished_runs(out: str, settings: dict, race: bool) -> dict:
 def partial_folder(cache: str) -> str:
     """The folder of the run under way (its checkpoint and ``Partial.CURVE``) beside ``cache``."""
     return cache[:-len(".json")] + ".partial"
+
+
+def cached(path: str, make):
+    """A piece of an experiment kept as JSON at ``path``: read back when it is there, else
+    ``make()``'d and written atomically (a long script resumes piece by piece)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    result = make()
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)
+    return result

@@ -48,6 +48,16 @@ def _elsewhere(report: dict) -> str:
     return "".join(f"; {', '.join(names)} ran on {where} (times not comparable)" for where, names in other.items())
 
 
+def _power(bar: dict) -> str:
+    """The bar's stated power (comparisons written before it have none)."""
+    if "retain_se" not in bar:
+        return ""
+    verdict = "resolves" if bar["resolves_bar"] else "cannot resolve"
+    return (f"; judged on {bar['retain_samples']} kept samples a measurement: standard error "
+            f"{bar['retain_se']:.3f} of a retain accuracy, {bar['difference_se']:.3f} of the difference to "
+            f"the original, which {verdict} the 2-point bar at 2 standard errors")
+
+
 def markdown(report: dict, sample_rows: list) -> str:
     s, o, m = report["settings"], report["original"], report["machine"]
     info = model_info(s.get("model", "digits"))
@@ -57,7 +67,8 @@ def markdown(report: dict, sample_rows: list) -> str:
            f"{s['batch_size']} retain, Adam; measured every {s['eval_every']} steps ({s['n_forget']} "
            f"forget samples, {s['n_per_class']} per kept class, DDIM {s['num_inference_steps']}). "
            f"Forgotten = FA ≤ {report['bar']['fa_max']:.0%} with retain accuracy ≥ "
-           f"{report['bar']['retain_acc_min']:.3f} (original {o['retain_acc']:.3f} − 0.02). Times include "
+           f"{report['bar']['retain_acc_min']:.3f} (original {o['retain_acc']:.3f} − 0.02){_power(report['bar'])}. "
+           "Times include "
            f"preparation. Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}"
            f"{_elsewhere(report)}.\n",
            "*First*: the first measurement that meets the bar; *held*: the first from which every "

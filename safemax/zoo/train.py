@@ -36,7 +36,7 @@ from safemax.zoo import (
 )
 
 
-def _shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
+def shift_images(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """Random translation of each image by up to ``max_shift`` pixels (background is -1)."""
     size, span = x.shape[-1], 2 * max_shift + 1
     pad = F.pad(x, (max_shift,) * 4, value=-1.0)
@@ -89,7 +89,7 @@ def train_classifier(name: str = "digits", seed: int = 0, batch_size: int = 128)
     bar = tqdm(range(steps), desc=f"{name} classifier")
     for _ in bar:
         idx = torch.randint(0, n, (batch_size,), generator=g)
-        x = _shift(images[idx], g, max_shift)
+        x = shift_images(images[idx], g, max_shift)
         x = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
         noise = noise_images(batch_size // 4, info.image_size, generator=g)
         x = torch.cat([x, noise])
