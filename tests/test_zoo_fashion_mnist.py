@@ -61,12 +61,9 @@ def test_fashion_mnist_classifier_meets_its_bars():
 
 
 def test_fashion_mnist_base_samples_are_garments():
-    """The shipped training record says the base model's DDIM-50 samples meet the ≥ 85% bar (the
-    measurement: python -m safemax.zoo.train --dataset fashion-mnist --only measure); a few fresh
-    samples of the easiest classes are recognised here."""
-    with open(os.path.join(FM.unet_dir, "training.json")) as f:
-        record = json.load(f)
-    assert record["samples"]["mean_per_class_accuracy"] >= 0.85
+    """A few fresh samples of the easiest classes are recognised (quick). The model's sample
+    quality itself — mean per-class accuracy, measured from the model, not read from its
+    training record — is tests/test_acceptance.py::test_fashion_mnist_samples_are_their_class."""
     from safemax.evaluation.metrics import classify
     from safemax.models.sampling import sample
     labels = torch.tensor([1, 1, 8, 8, 9, 9])   # trousers, bags, ankle boots

@@ -48,6 +48,9 @@ def add_parser(sub):
                         "which an earlier finished method holds it (it can no longer hold it sooner); "
                         "every step counts alike (benchmarks/tune_baselines.py also weighs settings "
                         "whose steps cost more)")
+    p.add_argument("--confirm", default="0", metavar="N|auto",
+                   help="confirm each held step with a heavy measurement of N samples per kept class "
+                        "('auto': the fewest that resolve the 2-point bar on this model; default 0: none)")
     p.add_argument("--device", default="cuda" if cuda() else "cpu")
     p.add_argument("--quick", action="store_true",
                    help="tiny measurements and preparation: a smoke run of the whole pipeline, not a result")
@@ -59,4 +62,13 @@ def command(args):
         batch_size=args.batch_size, lr=args.lr, attack=not args.no_attack,
         attacks=args.attacks, attack_steps=args.attack_steps, attack_images=args.attack_images, seed=args.seed,
         out=args.out, resume=args.resume, quick=args.quick, model=args.dataset, device=args.device,
-        race=args.race)
+        race=args.race, confirm_per_class=_confirm(args.confirm))
+
+
+def _confirm(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--confirm {text!r}: a whole number of samples per kept class, or auto") from None

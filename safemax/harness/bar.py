@@ -67,6 +67,8 @@ def summarise(result: dict, retain_floor: float, safemax: dict = None, leeway: f
       ``seconds_to_forget_held_within_one``: the same, where a later measurement may miss the
       retain floor by up to ``leeway`` (one retain sample) — how much of *held* is one sample;
       None for a run the race stopped (``raced_out_at``: its curve ends where the strict bar failed).
+    - with heavy confirmations on the curve (``Confirmer``): ``steps_to_forget_confirmed`` /
+      ``seconds_to_forget_confirmed``: the first held point whose heavy measurement met the bar.
     - ``time_to_forget_vs_safemax`` / ``held_time_to_forget_vs_safemax``: ratios to SAFEMax's
       (``{">": x}``, a lower bound from the method's whole budget, where it never got there;
       null without a SAFEMax run that got there).
@@ -82,6 +84,10 @@ def summarise(result: dict, retain_floor: float, safemax: dict = None, leeway: f
         held = None if result.get("raced_out_at") is not None else bar_points(curve, retain_floor, leeway)[1]
         out.update(steps_to_forget_held_within_one=curve[held]["step"] if held is not None else None,
                    seconds_to_forget_held_within_one=curve[held]["seconds"] if held is not None else None)
+    if any("confirm" in p for p in curve):   # a light step confirmed by a heavy measurement
+        c = confirmed_held(curve, retain_floor)
+        out.update(steps_to_forget_confirmed=curve[c]["step"] if c is not None else None,
+                   seconds_to_forget_confirmed=curve[c]["seconds"] if c is not None else None)
     budget = result["prep_seconds"] + result["train_seconds"]
     for key, ratio in (("seconds_to_forget", "time_to_forget_vs_safemax"),
                        ("seconds_to_forget_held", "held_time_to_forget_vs_safemax")):
@@ -150,3 +156,49 @@ def run_held_step(run: dict, within_one: bool = False):
     light measurement's retain samples (``retain_sample``)."""
     leeway = retain_sample(dict(n_per_class=run.get("curve_per_class", 20))) if within_one else 0.0
     return held_step(run["curve"], run["before"]["retain_acc"] - RETAIN_SLACK, leeway)
+
+
+def needed_per_class(retain_acc: float, cap: int = 1000) -> int:
+    """The fewest samples per kept class whose measurement resolves the 2-point bar (``power``)
+    for an original of this retain accuracy, at most ``cap``."""
+    n = 1
+    while n < cap and not power(dict(n_per_class=n), retain_acc)["resolves_bar"]:
+        n += 1
+    return min(n, cap)
+
+
+class Confirmer:
+    """A light measurement finds the step, a heavy one confirms it: at a light curve point that
+    meets the bar, when no heavy measurement has confirmed one since the light curve last failed
+    it, the model is measured again with ``heavy`` (``evaluate``'s keyword arguments: more
+    samples, enough to resolve the bar) against ``floor`` (the heavy original's retain accuracy −
+    2 points), and the point keeps it as ``confirm``: ``{fa, retain_acc, meets}``."""
+
+    def __init__(self, heavy: dict, floor: float, light_floor: float):
+        self.heavy, self.floor, self.light_floor, self.ok = heavy, floor, light_floor, False
+
+    def replay(self, curve: list) -> None:
+        """The state after ``curve`` (a resumed run's saved points)."""
+        for point in curve[1:]:
+            if not meets_bar(point, self.light_floor):
+                self.ok = False
+            elif "confirm" in point:
+                self.ok = point["confirm"]["meets"]
+
+    def __call__(self, unet, point: dict, evaluate) -> None:
+        if not meets_bar(point, self.light_floor):
+            self.ok = False
+        elif not self.ok:
+            m = evaluate(unet, **self.heavy)
+            meets = meets_bar(m, self.floor)
+            point["confirm"] = dict(fa=m["fa"], retain_acc=m["retain_acc"], meets=meets)
+            self.ok = meets
+
+
+def confirmed_held(curve: list, retain_floor: float):
+    """The index of the first point from which the light bar holds and whose heavy measurement
+    confirmed it (None: never, or a run without confirmations)."""
+    held = bar_points(curve, retain_floor)[1]
+    if held is None:
+        return None
+    return next((i for i in range(held, len(curve)) if curve[i].get("confirm", {}).get("meets")), None)

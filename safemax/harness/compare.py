@@ -37,8 +37,10 @@ from safemax.evaluation.report import save_comparison_curves, save_grid, write_j
 from safemax.harness.bar import (
     FA_BAR,
     RETAIN_SLACK,
+    Confirmer,
     Race,
     evaluation_steps,
+    needed_per_class,
     power,
     retain_sample,
     stop_rule_replay,
@@ -129,7 +131,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         attacks=DEFAULT_ATTACKS, n_forget: int = 100, n_per_class: int = 20,
         num_inference_steps: int = 25, quick: bool = False, resume: bool = False,
         progress: bool = True, model: str = "digits", device: str = "cpu", race: bool = False,
-        step_costs: dict = None, keep_finished: bool = False) -> dict:
+        step_costs: dict = None, keep_finished: bool = False, confirm_per_class=0) -> dict:
     """Run the comparison on the embedded model ``model`` ("digits" or "fashion-mnist"); returns
     (and writes) the results. ``lr=None`` gives each method its own default (SAFEMax and robust
     SAFEMax: the demo's for the model — 5e-4 on the digits, 1e-4 on Fashion-MNIST; the baselines: their published 1e-4); ``device``: where the models run ("cuda": a GPU).
@@ -146,7 +148,12 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     ``keep_finished``: the report also holds every other finished run in ``out/methods/`` of the
     same comparison (same settings; a raced-out run only in a race), rows ordered by method, then
     by spec (whichever settings this call ran) — so runs of one method at a time into one folder
-    (two processes sharing the work) each leave the folder's report whole, and in one order."""
+    (two processes sharing the work) each leave the folder's report whole, and in one order.
+
+    ``confirm_per_class``: a light measurement (``n_per_class``) finds the step, a heavy one with
+    this many samples per kept class (and 3× the forget samples) confirms it (``bar.Confirmer``):
+    ``"auto"`` takes the fewest that resolve the 2-point bar for this model (``bar.power``); 0
+    (default): none — the held steps then rest on the light measurement alone."""
     from safemax.harness.defaults import method_settings
 
     methods = list(dict.fromkeys(methods))
@@ -194,6 +201,16 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     original = evaluate(base, **measure, return_samples=True)
     original_samples = original.pop("samples")["forget"]
     retain_floor = original["retain_acc"] - RETAIN_SLACK
+    if confirm_per_class == "auto":
+        confirm_per_class = 2 if quick else needed_per_class(original["retain_acc"])
+    if not (isinstance(confirm_per_class, int) and confirm_per_class >= 0):
+        raise ValueError(f"confirm_per_class must be a whole number >= 0 or 'auto', got {confirm_per_class!r}")
+    confirmer = None
+    if confirm_per_class:   # (in the settings only when on: the caches of comparisons before it stay valid)
+        settings["confirm_per_class"] = confirm_per_class
+        heavy = dict(measure, n_per_class=confirm_per_class, n_forget=3 * n_forget)
+        original["confirm"] = evaluate(base, **heavy)
+        confirmer = Confirmer(heavy, original["confirm"]["retain_acc"] - RETAIN_SLACK, retain_floor)
     print(f"safemax compare: forgetting class {info.class_name(forget)} of {model}; original FA {original['fa']:.2f}, retain "
           f"accuracy {original['retain_acc']:.3f} (bar: FA <= {FA_BAR}, retain >= {retain_floor:.3f})")
 
@@ -216,7 +233,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                     results[spec], samples[spec] = _run_method(
                         spec, name, options, method_lr, base, original, measure, retain_data, forget_data,
                         batch_size, steps, eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress,
-                        partial,
+                        partial, confirmer,
                         Race.behind([(r, costs[s]) for s, r in results.items()], retain_floor, costs[spec])
                         if race else None)
                     results[spec]["machine"] = machine()   # a comparison resumed elsewhere mixes machines
@@ -262,7 +279,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
 
 def _run_method(spec, name, options, method_lr, base, original, measure, retain_data, forget_data, batch_size, steps,
                 eval_every, seed, retain_floor, attacks, attack_x, attack_y, progress, partial: Partial,
-                race: Race = None):
+                confirmer: Confirmer = None, race: Race = None):
     method = build_method(name, options)
     u = Unlearner(copy.deepcopy(base), measure["scheduler"], forget=measure["forget"], lr=method_lr,
                   seed=seed, method=method)
@@ -271,6 +288,8 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
 
     def measure_now(u, seconds):
         curve.append(_point(u.step, seconds, u.prep_seconds, evaluate(u.unet, **measure)))
+        if confirmer is not None:
+            confirmer(u.unet, curve[-1], evaluate)
         partial.save(curve, u, batch_size)
 
     def track(u, record):
@@ -280,8 +299,12 @@ def _run_method(spec, name, options, method_lr, base, original, measure, retain_
                 race.judge(curve[-1])
 
     print(f"\n{label(spec)} (lr {method_lr}, {steps} steps, batch {batch_size}+{batch_size})")
+    if confirmer is not None:
+        confirmer.ok = False   # each method's curve is confirmed from its start
     if partial.resumed is not None:   # restore the fit at the checkpoint's step, then go on from there
         curve, at = partial.resumed
+        if confirmer is not None:
+            confirmer.replay(curve)
         print(f"{label(spec)}: continuing the interrupted run from step {at} ({partial.folder})")
         u.fit(retain_data, forget_data, steps=at, batch_size=batch_size, progress=False,
               checkpoint_dir=partial.folder, resume=True)
