@@ -8,6 +8,8 @@
 # a part gets the time that is left, and the parts that no longer fit are listed as not run.
 # Usage, from the repository root:
 #     bash benchmarks/gpu_check.sh            # OUT=dir also keeps the logs there
+#     SAFEMAX_COMMIT=<sha> bash benchmarks/gpu_check.sh   # where the tree came without .git: the
+#         commit the figures are measured on ($OUT/commit.txt records it; so does every results file)
 #     PARTS="build large-memory" bash benchmarks/gpu_check.sh   # only these parts
 #     PARTS="build fashion-mnist" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
 #         the Fashion-MNIST benchmark (benchmarks/classes.py: 10 classes + 3×2 seeded runs) on the
@@ -50,6 +52,12 @@ part() {  # part NAME COMMAND...: run within the time left, log to $out/NAME.log
   timeout --kill-after=10 "$left" "$@" 2>&1 | tee "$out/$name.log" | tail -"${TAIL:-12}" || failed+=("$name")
   echo "    ($name: $((SECONDS - start)) s)"
 }
+# the commit these figures are measured on: the checkout's, or SAFEMAX_COMMIT given by the caller
+# (a GPU machine gets a copy of the tree without .git: SAFEMAX_COMMIT=$(git rev-parse HEAD) there)
+commit=$(git rev-parse HEAD 2>/dev/null || echo "${SAFEMAX_COMMIT:-unknown}")
+dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | head -c1)
+export SAFEMAX_COMMIT=$commit   # every results file the parts write records it (safemax.evaluation.provenance)
+echo "commit $commit${dirty:+ (with uncommitted changes)}" | tee "$out/commit.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name())'
 

@@ -28,6 +28,7 @@ import torch
 from safemax import Unlearner
 from safemax.data import split_by_class
 from safemax.evaluation.metrics import evaluate
+from safemax.evaluation.provenance import provenance
 from safemax.models.sampling import sample
 from safemax.op.reference import halting_target
 from safemax.zoo import load_classifier, load_unet, model_info
@@ -149,7 +150,8 @@ def main():
             if any(all(r.get(k) == v for k, v in key.items()) for r in rows):
                 print(f"{setting}, class {digit}: in {path} already", flush=True)
                 continue
-            rows.append(run_one(setting, digit, args.steps, args.seed, args.model, args.lr))
+            rows.append(dict(run_one(setting, digit, args.steps, args.seed, args.model, args.lr),
+                             provenance=provenance()))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
             with open(path, "w") as f:
                 json.dump(rows, f, indent=2)

@@ -49,6 +49,8 @@ import time
 
 import memory_accounting as accounting
 
+from safemax.evaluation.provenance import provenance
+
 CONFIGS = [("fp32", None, False), ("fp32 + checkpointing", None, True),
            ("bf16", "bf16", False), ("bf16 + checkpointing", "bf16", True),
            ("fp16", "fp16", False), ("fp16 + checkpointing", "fp16", True)]  # fp16: GPU only
@@ -325,6 +327,7 @@ def main():
             if args.mmap_threshold:
                 row["malloc_mmap_threshold"] = args.mmap_threshold
         row["computed"] = info
+        row["provenance"] = provenance()   # the commit, versions and machine of this row's measurement
         rows.append(row)
         print("\n".join(table(rows[-1:])[2:]), flush=True)
         with open(path, "w") as f:

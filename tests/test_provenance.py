@@ -30,7 +30,11 @@ def test_without_a_checkout_the_commit_is_unknown_not_guessed(tmp_path, monkeypa
     monkeypatch.setattr(provenance, "SOURCE", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     provenance.commit.cache_clear()
+    monkeypatch.delenv("SAFEMAX_COMMIT", raising=False)
     try:
         assert provenance.commit() == dict(commit=None, dirty=None, checkout=None)
+        provenance.commit.cache_clear()   # a tree copied without .git, its commit given by the caller
+        monkeypatch.setenv("SAFEMAX_COMMIT", "abc123")
+        assert provenance.commit() == dict(commit="abc123", dirty=None, checkout="$SAFEMAX_COMMIT")
     finally:
         provenance.commit.cache_clear()

@@ -53,8 +53,9 @@ def _checkouts() -> list:
 @functools.lru_cache(maxsize=None)
 def commit() -> dict:
     """``{"commit": sha, "dirty": bool, "checkout": folder}`` of the safemax checkout (see
-    ``_checkouts``), or Nones where there is none (a wheel run elsewhere). ``dirty``: a tracked
-    file differs from the commit — the result then comes from uncommitted code."""
+    ``_checkouts``); where there is none, ``$SAFEMAX_COMMIT`` if set (a tree copied without its
+    history, as to a GPU machine: ``benchmarks/gpu_check.sh`` says so), else Nones. ``dirty``: a
+    tracked file differs from the commit — the result then comes from uncommitted code."""
     for where in _checkouts():
         try:
             sha = _git(where, "rev-parse", "HEAD")
@@ -62,6 +63,8 @@ def commit() -> dict:
         except (OSError, subprocess.SubprocessError):
             continue
         return dict(commit=sha, dirty=dirty, checkout=where)
+    if os.environ.get("SAFEMAX_COMMIT"):   # a copy of the tree without its history (a GPU machine)
+        return dict(commit=os.environ["SAFEMAX_COMMIT"], dirty=None, checkout="$SAFEMAX_COMMIT")
     return dict(commit=None, dirty=None, checkout=None)
 
 
