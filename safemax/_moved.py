@@ -13,7 +13,7 @@ import warnings
 MOVED = {
     "ops": "safemax.op.ops", "reference": "safemax.op.reference", "_extension": "safemax.op.extension",
     "selfcheck": "safemax.op.selfcheck",
-    "rows": "safemax.data.rows", "fashion_mnist": "safemax.data.fashion_mnist",
+    "rows": "safemax.data.rows", "fashion_mnist": "safemax.data.fashion_mnist_files",
     "families": "safemax.models.families", "denoiser": "safemax.models.denoiser",
     "schedule": "safemax.models.schedule", "sampling": "safemax.models.sampling",
     "pipelines": "safemax.models.pipelines", "stable_diffusion": "safemax.models.pipelines",

@@ -1,4 +1,4 @@
-"""safemax.data.fashion_mnist: the real files (skipped without them, failed under SAFEMAX_REQUIRE_DATA=1)
+"""safemax.data.fashion_mnist_files: the real files (skipped without them, failed under SAFEMAX_REQUIRE_DATA=1)
 checked against an independent minimal reader and known facts; the search order and both layouts on
 tiny fake IDX sets; the error that says how to get the data; corrupt files."""
 import gzip
@@ -12,7 +12,7 @@ from needs_data import FASHION_MNIST_MISSING, fashion_mnist_or_skip
 
 from safemax import data as data_module
 from safemax.data import FASHION_MNIST_CLASSES, fashion_mnist, find_fashion_mnist
-from safemax.data import fashion_mnist as fm
+from safemax.data import fashion_mnist_files as fm
 
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

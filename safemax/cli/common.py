@@ -6,7 +6,7 @@ def add_dataset(p):
     from safemax.zoo import MODELS
     p.add_argument("--dataset", "--model", dest="dataset", choices=list(MODELS), default="digits",
                    help="which embedded model and data set (default digits; fashion-mnist reads "
-                        "Fashion-MNIST's files, see safemax.data.fashion_mnist)")
+                        "Fashion-MNIST's files, see safemax.data.fashion_mnist_files)")
 
 
 def cuda():

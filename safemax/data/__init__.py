@@ -1,5 +1,5 @@
 """Data sets — scikit-learn's bundled handwritten digits (no download needed), Fashion-MNIST
-(``safemax.data.fashion_mnist``, re-exported here), image folders, class splits — and ``Batches``,
+(``safemax.data.fashion_mnist_files``, re-exported here), image folders, class splits — and ``Batches``,
 which draws a fit's batches from any map-style data set or iterable of batches."""
 import numpy as np
 import torch
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from safemax.data import rows
-from safemax.data.fashion_mnist import (  # noqa: F401
+from safemax.data.fashion_mnist_files import (  # noqa: F401
     FASHION_MNIST_CLASSES,
     fashion_mnist,
     find_fashion_mnist,

@@ -110,7 +110,8 @@ def parse_method(spec: str, quick: bool = False):
         settings = METHODS[name].settings_class.from_text(items, f"method {name!r}")
         build_method(name, {k: getattr(settings, k) for k in items})
     except ValueError as e:
-        raise ValueError(f"{spec!r}: " + str(e).replace("(its settings: ", "(its settings: lr, ")) from None
+        said = str(e).replace(f"method {name!r}: ", "")   # (the spec already names the method)
+        raise ValueError(f"{spec!r}: " + said.replace("(its settings: ", "(its settings: lr, ")) from None
     options = {k: getattr(settings, k) for k in items}
     return name, (options if lr is None else {"lr": lr, **options})
 

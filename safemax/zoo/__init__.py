@@ -5,7 +5,7 @@ the demo, the benchmarks and the tests run anywhere, offline.
 | name | data | UNet | classifier |
 | --- | --- | --- | --- |
 | `"digits"` | scikit-learn's 1,797 8×8 digits, at 16×16 | 1.2 M parameters | + "not a digit" |
-| `"fashion-mnist"` | Fashion-MNIST's 60,000 training images, 28×28 (not shipped: see `safemax.data.fashion_mnist`) | 2.7 M parameters | + "not a garment" |
+| `"fashion-mnist"` | Fashion-MNIST's 60,000 training images, 28×28 (not shipped: see `safemax.data.fashion_mnist_files`) | 2.7 M parameters | + "not a garment" |
 
 ``load_unet(name)`` gives ``(unet, scheduler)``, ``load_classifier(name)`` the classifier; the
 older ``load_default_unet`` / ``load_default_classifier`` / ``default_scheduler`` serve "digits".
