@@ -4,8 +4,10 @@ evaluation classifier — no figure is read from a results file — and every se
 gives the same numbers on the same machine; the bars sit several standard errors from the
 measured values, so a change of CPU or torch that rounds differently does not flip them.
 
-About 2.5 minutes on two quiet CPU cores: the digits fit (100 steps) and its two measurements
-~2 min, the Fashion-MNIST measurement ~1 min.
+Time: about 2.5 minutes on two quiet CPU cores by estimate (the 100-step digits fit alone took
+62 s there, README; two measurements of 550 digit samples and one of 500 garments at DDIM 25 the
+rest); measured only on a loaded machine (another test suite beside it, load 4–6 on two cores):
+663 s for the digits fixture and 299 s for the Fashion-MNIST measurement.
 
 What they catch: with SAFEMax's forget rows trained to the plain denoising target ε instead of
 the halting target (a one-line break of the method), the digits tests fail (the 3s stay 3s); with
