@@ -38,3 +38,27 @@ def test_without_a_checkout_the_commit_is_unknown_not_guessed(tmp_path, monkeypa
         assert provenance.commit() == dict(commit="abc123", dirty=None, checkout="$SAFEMAX_COMMIT")
     finally:
         provenance.commit.cache_clear()
+
+
+def test_a_list_gets_its_provenance_in_a_sidecar_that_names_its_content(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    provenance.commit.cache_clear()
+    path = str(tmp_path / "rows.json")
+    write_json(path, [dict(rule="nats", stopped=70)])
+    assert json.loads((tmp_path / "rows.json").read_text()) == [dict(rule="nats", stopped=70)]   # readers index it
+    side = json.loads((tmp_path / "rows.provenance.json").read_text())
+    assert side["describes"] == "rows.json" and side["sha256"] == provenance.digest(path)
+    assert provenance.recorded(path) == side["provenance"] and "machine" in side["provenance"]
+    (tmp_path / "rows.json").write_text("[]")   # written again without its sidecar: no record
+    assert provenance.recorded(path) is None
+    write_json(str(tmp_path / "r.json"), dict(fa=0.0))
+    assert provenance.recorded(str(tmp_path / "r.json"))["machine"]["torch"] == torch.__version__
+
+
+def test_a_benchmark_piece_records_its_provenance(tmp_path, monkeypatch):
+    from safemax.harness.store import cached
+    monkeypatch.chdir(ROOT)
+    path = str(tmp_path / "piece.json")
+    assert cached(path, lambda: dict(fa=1.0)) == dict(fa=1.0)
+    again = cached(path, lambda: 1 / 0)   # read back, not made again
+    assert again["fa"] == 1.0 and provenance.recorded(path) == again["provenance"]

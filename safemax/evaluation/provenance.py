@@ -76,3 +76,40 @@ def provenance() -> dict:
     except ImportError:   # pragma: no cover - a dependency
         diffusers_version = None
     return dict(commit(), diffusers=diffusers_version, machine=machine())
+
+
+# --- reading a results file's record -----------------------------------------------------------
+
+SIDECAR = ".provenance.json"
+
+
+def sidecar(path: str) -> str:
+    """Where a results file that is not a JSON object (a list of rows, which has no place for an
+    entry) keeps its provenance: ``stopping.json`` → ``stopping.provenance.json`` beside it."""
+    return (path[:-len(".json")] if path.endswith(".json") else path) + SIDECAR
+
+
+def digest(path: str) -> str:
+    """The sha256 of a file's bytes: a sidecar names the very content it describes."""
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def recorded(path: str):
+    """The provenance a results file records: its own ``provenance`` entry (a JSON object), else
+    its sidecar's (``sidecar``) when the sidecar describes this content (its sha256: a file
+    written again without a new sidecar has none), else None. Either is what ``write_json``
+    wrote, or, for a file written before results recorded their own, what
+    ``benchmarks/backfill_provenance.py`` read from git history (``"source"`` says so)."""
+    import json
+    with open(path) as f:
+        data = json.load(f)
+    if isinstance(data, dict) and "provenance" in data:
+        return data["provenance"]
+    try:
+        with open(sidecar(path)) as f:
+            side = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return side.get("provenance") if side.get("sha256") == digest(path) else None

@@ -76,12 +76,22 @@ def console_table(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, obj: dict, indent: int = 2):
+def write_json(path: str, obj, indent: int = 2):
     """``obj`` as JSON, with its ``provenance`` (commit, versions, machine) added where it has none,
-    written atomically (a file that is there is whole, even after Ctrl-C)."""
+    written atomically (a file that is there is whole, even after Ctrl-C). Anything but a JSON
+    object (a list of rows: its readers expect the list) gets it in a sidecar instead,
+    ``provenance.sidecar(path)``, naming the file's sha256 — so a file written again without it
+    is seen to have none (``provenance.recorded``)."""
+    from safemax.evaluation import provenance as p
     if isinstance(obj, dict) and "provenance" not in obj:
-        from safemax.evaluation.provenance import provenance
-        obj = {**obj, "provenance": provenance()}
+        obj = {**obj, "provenance": p.provenance()}
+    _atomic(path, obj, indent)
+    if not isinstance(obj, dict):
+        _atomic(p.sidecar(path), dict(describes=os.path.basename(path), sha256=p.digest(path),
+                                      provenance=p.provenance()), 2)
+
+
+def _atomic(path: str, obj, indent):
     with open(path + ".tmp", "w") as f:
         json.dump(obj, f, indent=indent)
     os.replace(path + ".tmp", path)

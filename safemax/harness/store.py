@@ -164,12 +164,11 @@ def partial_folder(cache: str) -> str:
 
 def cached(path: str, make):
     """A piece of an experiment kept as JSON at ``path``: read back when it is there, else
-    ``make()``'d and written atomically (a long script resumes piece by piece)."""
+    ``make()``'d and written atomically with its provenance (``write_json``; a piece read back
+    holds a ``provenance`` entry beside its own) — a long script resumes piece by piece."""
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
     result = make()
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".tmp", path)
+    write_json(path, result, indent=None)
     return result
