@@ -6,21 +6,19 @@ committed under safemax/zoo/):
     python -m safemax.zoo.train --dataset fashion-mnist --only classifier
     python -m safemax.zoo.train --only unet --exclude-class 3 --out D   # "retrain": never sees a 3
 
-Each UNet is a class-conditional diffusers UNet2DModel trained with the plain ε-prediction loss;
+Each UNet is a class-conditional diffusers UNet2DModel trained with the plain ε-prediction loss
+by ``safemax.zoo.trainer.train_denoiser`` (the one trainer of every model the project trains);
 its exponential moving average is what is shipped, in float16 to keep the repository small. Each
 classifier also learns class 10, "not a digit" / "not a garment", from noise images.
 
 Long runs lose nothing when interrupted: the UNet's whole training state (weights, EMA, optimiser,
-schedule, random generator) is written to ``--work`` every ``--checkpoint-minutes`` and on Ctrl-C
+random generator, losses) is written to ``--work`` every ``--checkpoint-minutes`` and on Ctrl-C
 (after the step under way), and ``--resume`` continues from it bit for bit.
 """
 import argparse
-import copy
 import json
 import math
 import os
-import signal
-import time
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +32,7 @@ from safemax.zoo import (
     noise_images,
     scheduler_for,
 )
+from safemax.zoo.trainer import state_path, train_denoiser
 
 
 def shift_images(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -112,17 +111,14 @@ def train_classifier(name: str = "digits", seed: int = 0, batch_size: int = 128)
     return model
 
 
-def _state_path(work: str, name: str) -> str:
-    return os.path.join(work, f"{name}-unet-training.pt")
-
-
 def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_size: int = 128,
                lr: float = None, ema_decay: float = 0.999, minutes: float = None, work: str = None,
                resume: bool = False, checkpoint_minutes: float = 10.0, out: str = None,
                exclude: tuple = (), device: str = "cpu"):
-    """Trains the UNet of ``name``; returns its EMA, saved (float16) to ``out`` (default: the
-    zoo's folder of ``name``). ``work`` (default ``~/.cache/safemax``) holds the resumable
-    training state.
+    """Trains the UNet of ``name`` with ``safemax.zoo.trainer.train_denoiser``; returns its EMA,
+    saved (float16) to ``out`` (default: the zoo's folder of ``name``). ``work`` (default
+    ``~/.cache/safemax``) holds the resumable training state; ``minutes`` stops this session
+    after that long (``resume`` goes on from there).
 
     ``exclude``: classes whose images the model never sees — the field's "retrain" reference for
     unlearning them (their embedding rows stay as initialised). Needs ``out``: the zoo's model
@@ -140,92 +136,27 @@ def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_siz
     steps = steps or info.train["steps"]
     lr = lr or info.train["lr"]
     work = work or os.path.expanduser("~/.cache/safemax")
-    os.makedirs(work, exist_ok=True)
-    state_file = _state_path(work, name + "".join(f"-without-{c}" for c in exclude))
-    g = torch.Generator().manual_seed(seed)
+    tag = name + "".join(f"-without-{c}" for c in exclude) + "-unet"   # the state: {tag}-training.pt
+    if resume and not os.path.exists(state_path(work, tag)):
+        raise FileNotFoundError(f"--resume: no training state at {state_path(work, tag)}; start without --resume")
     torch.manual_seed(seed)
     images, labels = info.dataset("train").tensors
     if exclude:
         keep = ~torch.isin(labels, torch.tensor(exclude))
         images, labels = images[keep], labels[keep]
-    n = images.shape[0]
-    images, labels = images.to(device), labels.to(device)
     unet = UNet2DModel(**info.unet_config).to(device)
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    scheduler = scheduler_for(name)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    warmup = 200
-    lr_at = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    first, seconds = 0, 0.0
-    if resume:
-        if not os.path.exists(state_file):
-            raise FileNotFoundError(f"--resume: no training state at {state_file}; start without --resume")
-        state = torch.load(state_file, weights_only=False, map_location=device)
-        if state["steps"] != steps or state["lr"] != lr or state["seed"] != seed:
-            raise ValueError(f"--resume: {state_file} was made with steps={state['steps']}, lr={state['lr']}, "
-                             f"seed={state['seed']}; pass the same settings")
-        unet.load_state_dict(state["unet"])   # (onto the parameters' device, whichever saved it)
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        g.set_state(state["generator"].cpu())
-        first, seconds = state["step"], state["seconds"]
-        print(f"resumed {name} at step {first} of {steps} ({seconds / 60:.1f} min done)")
-
-    def save_state(step):
-        tmp = state_file + ".tmp"
-        torch.save(dict(unet=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
-                        sched=sched.state_dict(), generator=g.get_state(), step=step, steps=steps,
-                        lr=lr, seed=seed, seconds=seconds + time.time() - start), tmp)
-        os.replace(tmp, state_file)   # never a half-written state
-
-    start = last_save = time.time()
-    step = first
-    interrupted = []   # Ctrl-C ends the step under way first: the state saved is a step boundary
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
-    bar = tqdm(range(first, steps), desc=f"{name} unet", initial=first, total=steps)
-    try:
-        for step in bar:
-            idx = torch.randint(0, n, (batch_size,), generator=g).to(device)
-            x0 = images[idx]
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g).to(device)
-            eps = torch.randn(x0.shape, generator=g).to(device)
-            x_t = scheduler.add_noise(x0, eps, t)
-            loss = F.mse_loss(unet(x_t, t, class_labels=labels[idx]).sample, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                d = min(ema_decay, (1 + step) / (10 + step))
-                for pe, p in zip(ema.parameters(), unet.parameters()):
-                    pe.lerp_(p, 1 - d)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            step += 1
-            if interrupted:
-                save_state(step)
-                print(f"\ninterrupted after step {step}; the state is in {state_file}: continue with --resume")
-                raise SystemExit(130)
-            if time.time() - last_save > checkpoint_minutes * 60:
-                save_state(step)
-                last_save = time.time()
-            if minutes is not None and time.time() - start > minutes * 60:
-                print(f"time budget reached after {step} steps")
-                break
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        bar.close()
-    save_state(step)
+    run = train_denoiser(unet, scheduler_for(name), (images, labels), steps=steps, batch_size=batch_size,
+                         lr=lr, seed=seed, ema_decay=ema_decay, minutes=minutes, work=work, name=tag,
+                         resume=resume, checkpoint_minutes=checkpoint_minutes, desc=f"{name} unet")
     out = out or info.unet_dir
+    ema = run.ema
     ema.to("cpu", torch.float16).save_pretrained(out, safe_serialization=True)
     with open(os.path.join(out, "scheduler_config.json"), "w") as f:
         json.dump(dict(_class_name="DDPMScheduler", **info.scheduler_config), f, indent=2)
     with open(os.path.join(out, "training.json"), "w") as f:
-        json.dump(dict(seed=seed, steps=step, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-                       seconds=round(seconds + time.time() - start),
-                       **(dict(exclude=list(exclude), images=n) if exclude else {})), f, indent=2)
+        json.dump(dict(seed=seed, steps=run.steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                       seconds=round(run.seconds),
+                       **(dict(exclude=list(exclude), images=images.shape[0]) if exclude else {})), f, indent=2)
     return ema
 
 
