@@ -5,24 +5,22 @@ at a size that trains and evaluates on a CPU, with the embedded digits classifie
 
     python benchmarks/concept_digits.py --out benchmarks/results/concept-digits   # ~25 min, 2 cores
 
-Steps: (1) train the UNet (ε-prediction, 10% of rows with the empty "prompt" so that classifier-
-free guidance works; EMA weights; --minutes budget) or reuse OUT/model; (2) measure forget
+Steps: (1) train the UNet with safemax.zoo.trainer (ε-prediction, 10% of rows with the empty
+"prompt" so that classifier-free guidance works; EMA weights; --minutes budget; resumable: its
+state stays in OUT/model until the model is saved) or reuse OUT/model; (2) measure forget
 accuracy (FA: share of the concept's samples the classifier calls that digit) and retain accuracy
 at guidance w = 1 (plain conditional sampling) and w = 3; (3) SAFEMax forgets the concept
 (retain rows: the other digits' embeddings and the empty prompt); (4) measure again. Writes
 results.json, results.md and samples.png (rows: the concept at w = 1 and 3, before and after).
 """
 import argparse
-import copy
 import json
-import math
 import os
 import time
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch.utils.data import TensorDataset
-from tqdm import tqdm
 
 from safemax import Unlearner
 from safemax.data import digits_dataset, split_by_class
@@ -30,6 +28,7 @@ from safemax.evaluation.metrics import classify
 from safemax.evaluation.report import save_grid, write_json
 from safemax.models.sampling import sample
 from safemax.zoo import NOT_A_DIGIT, load_default_classifier
+from safemax.zoo.trainer import Prompts, state_path, train_denoiser
 
 L, D = 4, 32  # prompt length and width of the stand-in text encoder
 CONFIG = dict(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
@@ -46,41 +45,25 @@ def prompts() -> torch.Tensor:
 
 
 def train(out: str, minutes: float, steps: int, batch: int = 128, lr: float = 1e-3, seed: int = 0):
+    """ε-prediction training from scratch (``safemax.zoo.trainer.train_denoiser``), 10% of rows
+    with the empty prompt; the EMA weights and the scheduler go to OUT/model. The training state
+    is kept in OUT/model meanwhile: run the same command again after an interruption to go on."""
     torch.manual_seed(seed)
-    data, emb, sched = digits_dataset(16), prompts(), DDPMScheduler()
-    x_all, y_all = data.tensors
+    emb, sched = prompts(), DDPMScheduler()
     unet = UNet2DConditionModel(**CONFIG)
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr)
-    abar = sched.alphas_cumprod
-    g = torch.Generator().manual_seed(seed)
-    start, bar = time.time(), tqdm(range(steps), desc="training the concept UNet")
-    for step in bar:
-        idx = torch.randint(0, len(x_all), (batch,), generator=g)
-        x0, y = x_all[idx], y_all[idx].clone()
-        y[torch.rand(batch, generator=g) < 0.1] = 10  # the empty prompt, for guidance
-        t = torch.randint(0, 1000, (batch,), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
-        s = abar[t].view(-1, 1, 1, 1)
-        pred = unet(s.sqrt() * x0 + (1 - s).sqrt() * eps, t, encoder_hidden_states=emb[y]).sample
-        loss = (pred - eps).square().mean()
-        for group in opt.param_groups:  # warm-up, then cosine
-            group["lr"] = lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            d = min(0.999, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - d)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if (time.time() - start) / 60 > minutes:
-            bar.write(f"time budget reached after {step + 1} steps")
-            break
-    ema.save_pretrained(os.path.join(out, "model"))
-    sched.save_pretrained(os.path.join(out, "model"))
-    info = dict(train_steps=step + 1, train_minutes=round((time.time() - start) / 60, 1))
-    write_json(os.path.join(out, "model", "training.json"), info)
+    model_dir = os.path.join(out, "model")
+    condition = Prompts(emb.__getitem__, emb[10], drop=0.1)   # the empty prompt, for guidance
+    run = train_denoiser(unet, sched, digits_dataset(16), steps=steps, batch_size=batch, lr=lr, seed=seed,
+                         condition=condition, weight_decay=1e-2, max_grad_norm=None, minutes=minutes,
+                         work=model_dir, name="concept-unet",
+                         resume=os.path.exists(state_path(model_dir, "concept-unet")),
+                         desc="training the concept UNet")
+    run.ema.save_pretrained(model_dir)
+    sched.save_pretrained(model_dir)
+    os.remove(run.state_file)   # (saved: nothing left to resume)
+    info = dict(train_steps=run.steps, train_minutes=round(run.seconds / 60, 1))
+    write_json(os.path.join(model_dir, "training.json"), info)
+    return info
 
 
 def measure(unet, sched, classifier, forget: int, n: int, guidance: float) -> tuple:
@@ -110,7 +93,7 @@ def main():
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     model_dir = args.model or os.path.join(args.out, "model")
-    if not os.path.isdir(model_dir):
+    if not os.path.exists(os.path.join(model_dir, "config.json")):   # (trained, not only begun)
         train(args.out, args.minutes, args.train_steps)
     info = {}
     if os.path.exists(os.path.join(model_dir, "training.json")):

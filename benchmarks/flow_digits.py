@@ -5,18 +5,17 @@ embedded digits classifier as the judge and diffusers' FlowMatchEulerDiscreteSch
 
     python benchmarks/flow_digits.py --out benchmarks/results/flow-digits   # ~35 min, 2 cores
 
-Steps: (1) train the UNet (rectified flow: x_σ = (1−σ)·x0 + σ·ε, target v = ε − x0, the model's
-time input 1000·σ as in SD3; EMA weights; warm-up + cosine lr annealed over whichever of
---train-steps and --minutes ends first) or reuse OUT/model; (2) measure the base model (per-class
+Steps: (1) train the UNet with safemax.zoo.trainer (rectified flow: x_σ = (1−σ)·x0 + σ·ε, target
+v = ε − x0, the model's time input 1000·σ as in SD3; EMA weights; warm-up + cosine lr annealed
+over whichever of --train-steps and --minutes ends first; resumable: its state stays in OUT/model
+until the model is saved) or reuse OUT/model; (2) measure the base model (per-class
 accuracy of Euler-50 samples) and the forget / retain metrics; (3) SAFEMax forgets the digit with
 the Unlearner (real forget images, retain rows the other digits); (4) measure again. Writes
 results.json, results.md and samples.png (rows: the forgotten digit before, after; kept digits
 after). ``--train-only`` stops after (1).
 """
 import argparse
-import copy
 import json
-import math
 import os
 import sys
 import time
@@ -31,9 +30,9 @@ from safemax.data import digits_dataset, split_by_class
 from safemax.evaluation.metrics import classify
 from safemax.evaluation.report import save_grid, write_json
 from safemax.models.sampling import sample
-from safemax.models.schedule import add_flow_noise, flow_sigmas
 from safemax.zoo import NOT_A_DIGIT, UNET_CONFIG, load_default_classifier
 from safemax.zoo.train import shift_images
+from safemax.zoo.trainer import state_path, train_denoiser
 
 T = 1000
 
@@ -44,60 +43,34 @@ def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
 
 def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
           augment: bool = True, warmup: int = 200, snapshot_minutes: float = 0):
-    """Rectified-flow training from scratch; the EMA weights and the scheduler go to OUT/model
-    (and, every ``snapshot_minutes``, to OUT/model/snapshots/step-N, to measure progress)."""
+    """Rectified-flow training from scratch (``safemax.zoo.trainer.train_denoiser`` given the flow
+    scheduler); the EMA weights and the scheduler go to OUT/model (and, every ``snapshot_minutes``,
+    to OUT/model/snapshots/step-N, to measure progress). The training state is kept in OUT/model
+    meanwhile: run the same command again after an interruption to go on from it."""
     torch.manual_seed(seed)
     sched = flow_scheduler()
-    sigmas = flow_sigmas(sched)  # float64 [T], ascending, σ_{T-1} = 1
-    x_all, y_all = digits_dataset(16).tensors
     unet = UNet2DModel(**UNET_CONFIG)
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed)
-    start, bar = time.time(), tqdm(range(steps), desc="training the flow UNet", mininterval=10)
-    losses, next_snapshot = [], snapshot_minutes
     model_dir = os.path.join(out, "model")
-    for step in bar:
-        idx = torch.randint(0, len(x_all), (batch,), generator=g)
-        x0, y = x_all[idx], y_all[idx]
-        if augment:
-            x0 = shift_images(x0, g)
-        t = torch.randint(0, T, (batch,), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
-        x_s, v = add_flow_noise(sigmas, x0, t, eps, torch.float32)
-        pred = unet(x_s, (T * sigmas[t]).float(), class_labels=y).sample
-        loss = (pred - v).square().mean()
-        # warm-up, then a cosine over whichever budget (steps or minutes) runs out first
-        progress = min(1.0, max(step / steps, (time.time() - start) / 60 / minutes))
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(0.999, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - d)
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if (step + 1) % 250 == 0:
-            bar.write(f"step {step + 1}: mean loss of the last 250 {sum(losses[-250:]) / 250:.4f}, "
-                      f"{(time.time() - start) / 60:.1f} min")
-        if snapshot_minutes and (time.time() - start) / 60 >= next_snapshot:
-            snap = os.path.join(model_dir, "snapshots", f"step-{step + 1}")
-            ema.save_pretrained(snap)
+    next_snapshot = [snapshot_minutes]
+
+    def snapshot(run):
+        if snapshot_minutes and run.seconds / 60 >= next_snapshot[0]:
+            snap = os.path.join(model_dir, "snapshots", f"step-{run.steps}")
+            run.ema.save_pretrained(snap)
             sched.save_pretrained(snap)
-            bar.write(f"snapshot at step {step + 1}, {(time.time() - start) / 60:.1f} min")
-            next_snapshot += snapshot_minutes
-        if progress >= 1.0:
-            bar.write(f"time budget reached after {step + 1} steps")
-            break
-    ema.save_pretrained(model_dir)
+            tqdm.write(f"snapshot at step {run.steps}, {run.seconds / 60:.1f} min")
+            next_snapshot[0] += snapshot_minutes
+
+    # warm-up, then a cosine over whichever budget (steps or minutes) runs out first
+    run = train_denoiser(unet, sched, digits_dataset(16), steps=steps, batch_size=batch, lr=lr, seed=seed,
+                         augment=shift_images if augment else None, warmup=warmup, anneal_minutes=minutes,
+                         work=model_dir, name="flow-unet", resume=os.path.exists(state_path(model_dir, "flow-unet")),
+                         desc="training the flow UNet", log_every=250, callback=snapshot)
+    run.ema.save_pretrained(model_dir)
     sched.save_pretrained(model_dir)
-    info = dict(train_steps=step + 1, train_minutes=round((time.time() - start) / 60, 1),
-                train_batch=batch, train_lr=lr, augment=augment,
-                final_loss=round(sum(losses[-100:]) / len(losses[-100:]), 4),
+    os.remove(run.state_file)   # (saved: nothing left to resume)
+    info = dict(train_steps=run.steps, train_minutes=round(run.seconds / 60, 1),
+                train_batch=batch, train_lr=lr, augment=augment, final_loss=round(run.mean_loss(100), 4),
                 train_command="python benchmarks/flow_digits.py " + " ".join(sys.argv[1:]))
     write_json(os.path.join(model_dir, "training.json"), info)
     return info
@@ -181,7 +154,7 @@ def main():
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     model_dir = args.model or os.path.join(args.out, "model")
-    if not os.path.isdir(model_dir):
+    if not os.path.exists(os.path.join(model_dir, "config.json")):   # (trained, not only begun)
         train(args.out, args.minutes, args.train_steps, batch=args.train_batch, lr=args.train_lr,
               snapshot_minutes=args.snapshot_minutes)
     if args.train_only:
