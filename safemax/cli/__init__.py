@@ -20,11 +20,12 @@ EXAMPLES = """examples:
   safemax compare                               SAFEMax vs SalUn, Selective Amnesia, gradient ascent
   safemax compare --quick --out /tmp/c          a smoke run (seconds), not a result
   safemax probe --model digits unet-no3 --forget 3   erased or only avoided? (erasure probes)
+  safemax check benchmarks/results/demo/report.json   re-run a recorded result smaller: still agrees?
   safemax selfcheck                             kernels vs reference, timed
 """
 
 
-COMMANDS = ("demo", "unlearn", "sample", "evaluate", "compare", "probe", "selfcheck")
+COMMANDS = ("demo", "unlearn", "sample", "evaluate", "compare", "probe", "check", "selfcheck")
 
 
 def main(argv=None) -> int:
