@@ -50,6 +50,7 @@ import time
 import memory_accounting as accounting
 
 from safemax.evaluation.provenance import provenance
+from safemax.evaluation.report import write_json
 
 CONFIGS = [("fp32", None, False), ("fp32 + checkpointing", None, True),
            ("bf16", "bf16", False), ("bf16 + checkpointing", "bf16", True),
@@ -330,8 +331,7 @@ def main():
         row["provenance"] = provenance()   # the commit, versions and machine of this row's measurement
         rows.append(row)
         print("\n".join(table(rows[-1:])[2:]), flush=True)
-        with open(path, "w") as f:
-            json.dump(rows, f, indent=2)
+        write_json(path, rows)   # (a list: the file's provenance in a sidecar; each row has its own)
     md = table(rows)
     with open(os.path.join(args.out, "memory.md"), "w") as f:
         f.write("\n".join(md) + "\n")

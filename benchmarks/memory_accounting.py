@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 
+from safemax.evaluation.report import write_json
 from safemax.models.lora import DEFAULT_TARGETS as LORA_TARGETS  # noqa: F401  (the modules the Unlearner's adapter wraps; the tests read it here)
 
 # ---------------------------------------------------------------------------------- models
@@ -413,8 +414,7 @@ def main():
     print(text)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "weight_side.json"), "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(os.path.join(args.out, "weight_side.json"), rows, indent=1)   # (a list: provenance in a sidecar)
         with open(os.path.join(args.out, "weight_side.md"), "w") as f:
             f.write(text)
 

@@ -44,7 +44,6 @@ step against the plain step of its own round: less sensitive to the machine's sp
 printed, never asserted.
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -173,19 +172,19 @@ def settings(model: str) -> tuple:
 def build(batch_size, model="digits", names=TRAINERS, seed=0):
     """The trainers ``names`` on ``model``, each on its own copy of the embedded UNet."""
     from safemax import Unlearner
-    from safemax.data import split_by_class
+    from safemax.harness.task import Task
     from safemax.methods import make_method
-    from safemax.zoo import load_unet, model_info
 
     lr, classes, options = settings(model)
-    forget, retain = split_by_class(model_info(model).dataset("train"), classes)
+    task = Task(model, FORGET[model], seed)
+    forget, retain = task.forget_data, task.retain_data
 
     def unlearner(method=None, **k):   # a method object carries its own options
         base = dict(lr=lr, **options) if method is None else dict(lr=lr, method=method)
-        return Unlearner(*load_unet(model), forget=classes, seed=seed, **{**base, **k})
+        return Unlearner(*task.load(), forget=classes, seed=seed, **{**base, **k})
 
     makers = {
-        "plain": lambda: Plain(*load_unet(model), retain, forget, lr, seed,
+        "plain": lambda: Plain(*task.load(), retain, forget, lr, seed,
                                make_method("safemax", **options).max_grad_norm),
         "safemax": lambda: unlearner(),
         "safemax-noise": lambda: unlearner(retain_target="noise"),
@@ -203,18 +202,18 @@ def build_specs(batch_size, model, specs, seed=0, quick=QUICK):
     built as compare builds them on ``model`` (its settings, its method objects, the forgotten
     class of ``FORGET``): what a comparison's steps and preparations cost, side by side."""
     from safemax import Unlearner
-    from safemax.data import split_by_class
     from safemax.harness.compare import build_method, parse_method
     from safemax.harness.defaults import method_settings
-    from safemax.zoo import load_unet, model_info
+    from safemax.harness.task import Task
 
     lr, classes, _ = settings(model)
-    forget, retain = split_by_class(model_info(model).dataset("train"), classes)
-    trainers = {"plain": Plain(*load_unet(model), retain, forget, lr, seed, None)}
+    task = Task(model, FORGET[model], seed)
+    forget, retain = task.forget_data, task.retain_data
+    trainers = {"plain": Plain(*task.load(), retain, forget, lr, seed, None)}
     for spec in specs:
         name, options = parse_method(spec, quick=quick)   # quick: Selective Amnesia's preparation shrunk
         spec_lr, options = method_settings(model, name, options)
-        u = Unlearner(*load_unet(model), forget=classes, lr=spec_lr, seed=seed, method=build_method(name, options))
+        u = Unlearner(*task.load(), forget=classes, lr=spec_lr, seed=seed, method=build_method(name, options))
         trainers[spec] = Unlearning(u, retain, forget)
     return trainers
 
@@ -394,9 +393,9 @@ def main(argv=None):
         print_phases(result)
         if args.out:
             os.makedirs(args.out, exist_ok=True)
-            with open(os.path.join(args.out, "phases.json"), "w") as f:
-                json.dump(dict(settings=vars(args), environment=env, median_seconds=result), f,
-                          indent=1)
+            from safemax.evaluation.report import write_json   # (the commit, versions, machine)
+            write_json(os.path.join(args.out, "phases.json"),
+                       dict(settings=vars(args), environment=env, median_seconds=result), indent=1)
         return result
 
     print(f"{args.reps} interleaved rounds")
@@ -414,10 +413,11 @@ def main(argv=None):
         f"{n} {s * 1e3:.1f} ms" for n, s in result["fit_call_overhead"].items()))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "step_cost.json"), "w") as f:
-            lr, forget, options = settings(args.model)
-            json.dump(dict(settings=vars(args) | dict(lr=lr, seed=0, forget=forget, **options), environment=env,
-                           **result, step_seconds=times), f, indent=1)
+        from safemax.evaluation.report import write_json
+        lr, forget, options = settings(args.model)
+        write_json(os.path.join(args.out, "step_cost.json"),
+                   dict(settings=vars(args) | dict(lr=lr, seed=0, forget=forget, **options), environment=env,
+                        **result, step_seconds=times), indent=1)
         print(f"wrote {os.path.join(args.out, 'step_cost.json')}")
     return result
 

@@ -219,8 +219,7 @@ def main(argv=None):
         extra, record = held_out(runs, args.choose_on)
         lines += [""] + extra
         write_json(os.path.join(args.out, "held-out.json"), record)
-    with open(os.path.join(args.out, "stopping.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(args.out, "stopping.json"), results)   # (a list: its provenance in a sidecar)
     with open(os.path.join(args.out, "stopping.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -42,6 +42,7 @@ import statistics
 import torch
 
 from safemax.evaluation.attacks import DEFAULT_ATTACKS, PRESETS
+from safemax.evaluation.report import write_json
 from safemax.evaluation.stats import cell  # the intervals of every table
 from safemax.harness.bar import RETAIN_SLACK, meets_bar, retain_sample, summarise
 from safemax.harness.compare import parse_method
@@ -210,8 +211,7 @@ def prices(args, specs: list) -> dict:
                                batch_size=batch, quick=args.quick, threads=torch.get_num_threads()),
                  **step_cost.summarize(times, walls, preps))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(saved, f, indent=1)
+    write_json(path, saved, indent=1)
     return saved
 
 
@@ -485,11 +485,11 @@ def main(argv=None):
         lines += [""] + head_to_head_table(rows, attack_names, price) + [""] + per_class_table(args.model, rows, attack_names)
     os.makedirs(args.out, exist_ok=True)
     name = report_name(args.methods, classes, CLASSES[args.model])
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(dict(model=args.model, sweep_class=sweep_class, classes=classes,
-                       chosen={m: dict(spec=spec, why=why) for m, (spec, why) in chosen.items()}, step_costs=costs,
-                       sweep=sweep, head_to_head={f"{m}/{w}": rs for (m, w), rs in rows.items()}, prices=price),
-                  f, indent=1)
+    write_json(os.path.join(args.out, f"{name}.json"),
+               dict(model=args.model, sweep_class=sweep_class, classes=classes,
+                    chosen={m: dict(spec=spec, why=why) for m, (spec, why) in chosen.items()}, step_costs=costs,
+                    sweep=sweep, head_to_head={f"{m}/{w}": rs for (m, w), rs in rows.items()}, prices=price),
+               indent=1)
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
