@@ -28,32 +28,29 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.data import split_by_class
 from safemax.evaluation.attacks import PRESETS, draw_images
-from safemax.evaluation.metrics import classify, evaluate, gaussianity
+from safemax.evaluation.metrics import classify, gaussianity
 from safemax.evaluation.report import save_grid
 from safemax.harness.compare import forget_accuracy, relearning_attack
 from safemax.harness.store import cached  # a piece kept as JSON, reused when run again
+from safemax.harness.task import Task
 from safemax.models.class_rows import DEFAULT_LR
 from safemax.models.sampling import sample
-from safemax.zoo import load_classifier, load_unet, model_info
 
 FITS = {"full": dict(train="all", steps=100, lr=5e-4), "rows": dict(train="class-embedding", steps=40, lr=DEFAULT_LR)}
 ATTACKS = {name: PRESETS[name].resolved(steps=50, images=None) for name in ("weak", "strong", "inversion")}
 MEASURED = ("fa", "fa_digits", "retain_acc", "frechet", "gaussian_std", "gaussian_kurtosis")
 
 
-class Setup:
+class Setup(Task):
+    """The task (seed 0) and this script's measurement."""
+
     def __init__(self, name: str, forget: int, args):
-        self.name, self.forget, self.args = name, forget, args
-        self.info = model_info(name)
-        self.classifier = load_classifier(name)
-        self.forget_data, self.retain_data = split_by_class(self.info.dataset("train"), [forget])
-        self.real_retain = self.info.kept_reference(self.classifier, forget)
-        self.kept = [c for c in range(10) if c != forget]
+        super().__init__(name, forget, seed=0)
+        self.name, self.args = name, args
 
     def fit(self, train: str, steps: int, lr: float):
-        unet, scheduler = load_unet(self.name)
+        unet, scheduler = self.load()
         u = Unlearner(unet, scheduler, forget=[self.forget], lr=lr, seed=0, train=train)
         start = time.perf_counter()
         u.fit(self.retain_data, self.forget_data, steps=steps, batch_size=self.args.batch_size, progress=False)
@@ -61,15 +58,15 @@ class Setup:
 
     def measure(self, unet, scheduler) -> dict:
         a = self.args
-        e = evaluate(unet, scheduler, self.classifier, [self.forget], self.kept, self.real_retain,
-                     n_forget=a.n_forget, n_per_class=a.n_per_class, num_inference_steps=a.ddim_steps, seed=0)
+        e = super().measure(unet, scheduler, n_forget=a.n_forget, n_per_class=a.n_per_class,
+                            num_inference_steps=a.ddim_steps)
         return {k: e[k] for k in MEASURED}
 
 
 def sweep(s: Setup, args) -> dict:
     out = {}
     for lr in args.sweep_lrs:
-        unet, scheduler = load_unet(s.name)
+        unet, scheduler = s.load()
         u = Unlearner(unet, scheduler, forget=[s.forget], lr=lr, seed=0, train="class-embedding")
         for at in args.sweep_steps:
             u.fit(s.retain_data, s.forget_data, steps=at, batch_size=args.batch_size, progress=False)
@@ -149,17 +146,12 @@ def main(argv=None):
               "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     grid = []
     for c in args.classes:
-        made = []   # the class's Setup (data, classifier), made once and only if a piece must run
-
-        def setup(c=c):
-            made[:] = made or [Setup(args.model, c, args)]
-            return made[0]
-
-        orig = cached(os.path.join(runs, f"original-class{c}.json"), lambda: setup().measure(*load_unet(args.model)))
+        s = Setup(args.model, c, args)   # (loads its data and classifier only if a piece must run)
+        orig = cached(os.path.join(runs, f"original-class{c}.json"), lambda: s.measure(*s.load()))
         lines.append(f"| {c} | original | | {orig['fa']:.3f} | {orig['fa_digits']:.3f} | {orig['retain_acc']:.3f} | "
                      f"{orig['frechet']:.2f} | {orig['gaussian_std']:.3f} | {orig['gaussian_kurtosis']:.2f} | | | |")
         for fit in FITS:
-            r = cached(os.path.join(runs, f"{fit}-class{c}.json"), lambda fit=fit: table_row(setup(), fit, args))
+            r = cached(os.path.join(runs, f"{fit}-class{c}.json"), lambda fit=fit, s=s: table_row(s, fit, args))
             a, at = r["after"], r["attacks"]
             lines.append(f"| {c} | {fit} | {r['train_seconds']:.0f} | {a['fa']:.3f} | {a['fa_digits']:.3f} | "
                          f"{a['retain_acc']:.3f} | {a['frechet']:.2f} | {a['gaussian_std']:.3f} | "

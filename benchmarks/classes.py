@@ -31,12 +31,12 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.data import split_by_class
 from safemax.evaluation.metrics import evaluate
 from safemax.evaluation.report import write_json
 from safemax.evaluation.stats import cell, t_interval, wilson  # noqa: F401 (t_interval: the scripts' intervals)
 from safemax.harness.bar import RETAIN_SLACK, held_step, run_held_step  # noqa: F401 (the scripts' bar)
-from safemax.zoo import load_classifier, load_unet, model_info
+from safemax.harness.task import Task
+from safemax.zoo import model_info
 
 METRICS = ("fa", "retain_acc", "frechet", "entropy", "gaussian_mean", "gaussian_std", "gaussian_kurtosis")
 LABELS = dict(fa="FA", retain_acc="retain acc", frechet="Fréchet", entropy="entropy (nats)",
@@ -45,12 +45,10 @@ SEEDED = {"digits": (1, 5, 8), "fashion-mnist": (2, 6, 9)}   # pullover, shirt, 
 
 
 def run_one(name: str, forget: int, seed: int, args) -> dict:
-    info = model_info(name)
-    (unet, scheduler), classifier = load_unet(name, args.device), load_classifier(name, args.device)
-    forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
-    measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[forget],
-                   retain_classes=[c for c in range(10) if c != forget],
-                   real_retain=info.kept_reference(classifier, forget), seed=seed)
+    task = Task(name, forget, seed, args.device)
+    unet, scheduler = task.load()
+    forget_data, retain_data = task.forget_data, task.retain_data
+    measure = dict(unet=unet, **task.measure_kwargs(scheduler))
     full = dict(n_forget=args.n_forget, n_per_class=args.n_per_class, num_inference_steps=args.ddim_steps)
     light = dict(n_forget=args.curve_forget, n_per_class=args.curve_per_class,
                  num_inference_steps=max(1, args.ddim_steps // 2),

@@ -37,15 +37,14 @@ import os
 import torch
 
 from safemax import Unlearner
-from safemax.data import rows, split_by_class
-from safemax.evaluation.metrics import evaluate
+from safemax.data import rows
 from safemax.harness.store import cached
+from safemax.harness.task import Task
 from safemax.methods import SafeMax
 from safemax.methods import mse as _mse
-from safemax.methods.robust import _Shifted
+from safemax.methods.robust import Shifted
 from safemax.op.reference import halting_target
 from safemax.training import loop
-from safemax.zoo import load_classifier, load_unet, model_info
 
 LR = 5e-4
 GROUPS = ("conv/linear", "attention", "time embedding", "class embedding", "norms", "biases")
@@ -82,7 +81,7 @@ class LookaheadSafeMax(SafeMax):
         grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True)
         shift = {n: u.lr_at(u.step) * (g.sign() if g is not None else torch.zeros_like(p))
                  for (n, p), g in zip(params.items(), grads)}
-        ahead = _mse(u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=_Shifted(u.unet, params, shift)),
+        ahead = _mse(u.denoiser.predict(x_t[r], t[r], rows.take(cond, r), model=Shifted(u.unet, params, shift)),
                      eps[r])
         return loss + ahead, dict(stats, ahead=ahead.item())
 
@@ -174,23 +173,21 @@ class FastRow:
         u.optimizer.step, u.optimizer.zero_grad = step_, zero_
 
 
-class Setup:
+class Setup(Task):
+    """The task on the digits (seed 0) and this script's measurement and variants."""
+
     def __init__(self, forget: int, args):
-        self.info = model_info("digits")
-        self.classifier = load_classifier("digits")
-        self.forget_data, self.retain_data = split_by_class(self.info.dataset("train"), [forget])
-        self.real_retain = self.info.kept_reference(self.classifier, forget)
-        self.forget, self.args = forget, args
+        super().__init__("digits", forget, seed=0)
+        self.args = args
 
     def measure(self, unet, scheduler) -> dict:
         a = self.args
-        e = evaluate(unet, scheduler, self.classifier, [self.forget], [c for c in range(10) if c != self.forget],
-                     self.real_retain, n_forget=a.n_forget, n_per_class=a.n_per_class,
-                     num_inference_steps=a.ddim_steps, seed=0)
+        e = super().measure(unet, scheduler, n_forget=a.n_forget, n_per_class=a.n_per_class,
+                            num_inference_steps=a.ddim_steps)
         return dict(fa=e["fa"], retain_acc=e["retain_acc"])
 
     def unlearner(self, variant: str):
-        unet, scheduler = load_unet("digits")
+        unet, scheduler = self.load()
         if variant == "rows-first":   # the class's embedding row alone first (40 steps), then everything
             rows_only = Unlearner(unet, scheduler, forget=[self.forget], seed=0, train="class-embedding")
             rows_only.fit(self.retain_data, self.forget_data, steps=40, batch_size=self.args.batch_size, progress=False)

@@ -26,12 +26,10 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.data import split_by_class
-from safemax.evaluation.metrics import evaluate
 from safemax.evaluation.provenance import provenance
+from safemax.harness.task import Task
 from safemax.models.sampling import sample
 from safemax.op.reference import halting_target
-from safemax.zoo import load_classifier, load_unet, model_info
 
 TIMESTEPS = (0, 5, 10, 20, 50, 100, 200, 500, 999)
 
@@ -67,27 +65,32 @@ def parse_setting(setting: str) -> dict:
     return dict(gaussian_fraction=float(fraction or 0.0))
 
 
-def run_one(setting: str, digit: int, steps: int, seed: int, model: str = "digits", lr: float = 5e-4) -> dict:
-    info = model_info(model)
-    (unet, scheduler), classifier = load_unet(model), load_classifier(model)
-    forget_data, retain_data = split_by_class(info.dataset("train"), [digit])
-    measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[digit],
-                   retain_classes=[c for c in range(10) if c != digit],
-                   real_retain=info.kept_reference(classifier, digit), seed=seed)
-    before_res = residuals(unet, scheduler, forget_data.tensors[0], digit)
+# the measurement of every row; SMOKE: the same stages on a few samples (seconds, not a result)
+FULL = dict(n_forget=100, n_per_class=30, num_inference_steps=50, ddpm_samples=32, residual_rows=128)
+SMOKE = dict(n_forget=4, n_per_class=1, num_inference_steps=2, ddpm_samples=2, residual_rows=4)
+
+
+def run_one(setting: str, digit: int, steps: int, seed: int, model: str = "digits", lr: float = 5e-4,
+            size: dict = FULL) -> dict:
+    task = Task(model, digit, seed)
+    unet, scheduler = task.load()
+    forget_data, retain_data = task.forget_data, task.retain_data
+    before_res = residuals(unet, scheduler, forget_data.tensors[0], digit, n=size["residual_rows"])
     data_free = setting.startswith("data-free")
     u = Unlearner(unet, scheduler, forget=[digit], lr=lr, early_fraction=1.0, seed=seed, **parse_setting(setting))
     start = time.perf_counter()
     history = u.fit(retain_data, None if data_free else forget_data, steps=steps, batch_size=64,
                     progress=False)
     wall = time.perf_counter() - start
-    after = evaluate(**measure, n_forget=100, n_per_class=30, num_inference_steps=50)
-    ddpm = sample(unet, scheduler, torch.full((32,), digit), method="ddpm", seed=seed)  # 8,192 pixels
+    after = task.measure(unet, scheduler, n_forget=size["n_forget"], n_per_class=size["n_per_class"],
+                         num_inference_steps=size["num_inference_steps"])
+    ddpm = sample(unet, scheduler, torch.full((size["ddpm_samples"],), digit), method="ddpm",   # 32: 8,192 pixels
+                  num_inference_steps=size["num_inference_steps"], seed=seed)
     return dict(setting=setting, model=model, lr=lr, digit=digit, steps=steps, seed=seed,
                 train_seconds=history[-1]["seconds"], prep_seconds=u.prep_seconds, wall_seconds=wall,
                 fa=after["fa"], retain_acc=after["retain_acc"], frechet=after["frechet"],
                 ddim_std=after["gaussian_std"], ddpm_std=float(ddpm.std()),
-                residual_before=before_res, residual_after=residuals(unet, scheduler, forget_data.tensors[0], digit))
+                residual_before=before_res, residual_after=residuals(unet, scheduler, forget_data.tensors[0], digit, n=size["residual_rows"]))
 
 
 def table(rows) -> str:
@@ -121,7 +124,7 @@ def plot(rows, path: str):
     plt.close(fig)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["digits", "fashion-mnist"], default="digits")
     p.add_argument("--digits", "--classes", type=int, nargs="+", default=[3, 7], help="class ids to forget")
@@ -133,7 +136,8 @@ def main():
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="halting")
-    args = p.parse_args()
+    p.add_argument("--smoke", action="store_true", help="every stage on a few samples (seconds; not a result)")
+    args = p.parse_args(argv)
     for setting in args.settings:   # every spelling checked before the first fit
         parse_setting(setting)
     os.makedirs(args.out, exist_ok=True)
@@ -150,7 +154,8 @@ def main():
             if any(all(r.get(k) == v for k, v in key.items()) for r in rows):
                 print(f"{setting}, class {digit}: in {path} already", flush=True)
                 continue
-            rows.append(dict(run_one(setting, digit, args.steps, args.seed, args.model, args.lr),
+            rows.append(dict(run_one(setting, digit, args.steps, args.seed, args.model, args.lr,
+                                     SMOKE if args.smoke else FULL),
                              provenance=provenance()))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
             with open(path, "w") as f:

@@ -27,11 +27,10 @@ import time
 import torch
 
 from safemax import Unlearner
-from safemax.data import split_by_class
 from safemax.evaluation.probes import ExactlyHalted, guided, seeds, table, trajectory
 from safemax.evaluation.report import save_grid, write_json
 from safemax.harness.compare import build_method, label, parse_method
-from safemax.zoo import load_classifier, load_unet, model_info
+from safemax.harness.task import Task
 from safemax.zoo.train import retrained_record
 
 # (spec, steps, lr): SAFEMax as in the demo; SalUn with retain weight 1 (with its published 1e-3 it
@@ -57,8 +56,9 @@ def unlearned(name: str, key: str, forget: int, out: str, steps_scale: float, se
         return UNet2DModel.from_pretrained(path).eval(), json.load(open(os.path.join(path, "safemax.json")))
     spec, steps, lr = METHODS[key]
     method, options = parse_method(spec)
-    unet, scheduler = load_unet(name)
-    forget_data, retain_data = split_by_class(model_info(name).dataset("train"), [forget])
+    task = Task(name, forget, seed)
+    unet, scheduler = task.load()
+    forget_data, retain_data = task.forget_data, task.retain_data
     u = Unlearner(unet, scheduler, forget=[forget], lr=lr, seed=seed, method=build_method(method, options))
     start = time.perf_counter()
     u.fit(retain_data, forget_data, steps=max(1, round(steps * steps_scale)), batch_size=64)
@@ -92,12 +92,11 @@ def main(argv=None):
             retrained_record(args.retrained, args.forget)
         except ValueError as e:
             p.error(str(e))
-    info = model_info(args.model)
-    classifier = load_classifier(args.model)
-    base, scheduler = load_unet(args.model)
-    data, labels = info.dataset("train").tensors
-    pick = torch.randperm(int((labels == args.forget).sum()), generator=torch.Generator().manual_seed(args.seed))
-    images = data[labels == args.forget][pick[:args.images]]
+    task = Task(args.model, args.forget, args.seed)
+    classifier, (base, scheduler) = task.classifier, task.load()
+    data = task.forget_data.tensors[0]
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))
+    images = data[pick[:args.images]]
     os.makedirs(args.out, exist_ok=True)
     cache = os.path.join(args.out, "probes.json")
     saved = json.load(open(cache)) if os.path.exists(cache) else {}
@@ -130,7 +129,7 @@ def main(argv=None):
     save_grid(torch.cat(pictures), rows=len(pictures), path=os.path.join(args.out, "guided.png"))
     text = table(results)
     with open(os.path.join(args.out, "probes.md"), "w") as f:
-        f.write(f"# Erasure probes: class {info.class_name(args.forget)} of the embedded {args.model} model\n\n"
+        f.write(f"# Erasure probes: class {task.info.class_name(args.forget)} of the embedded {args.model} model\n\n"
                 "Share of results the classifier labels as the forgotten class.\n\n" + text + "\n\nFits: "
                 + "; ".join(f"{k}: {v['steps']} steps at lr {v['lr']:g}" for k, v in fits.items()) + "\n")
     print(text)

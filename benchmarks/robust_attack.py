@@ -22,31 +22,35 @@ budget (the baselines need more steps than SAFEMax to forget):
 """
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
 import time
 
 from safemax import Unlearner
-from safemax.data import split_by_class
 from safemax.evaluation.attacks import draw_images, parse_attack, run_attack
-from safemax.evaluation.metrics import evaluate
+from safemax.evaluation.provenance import provenance
 from safemax.evaluation.stats import cell  # the intervals of every table
 from safemax.harness.compare import build_method, forget_accuracy, parse_method
 from safemax.harness.defaults import defaults, method_settings
-from safemax.zoo import load_classifier, load_unet, model_info
+from safemax.harness.task import Task
 from safemax.zoo.train import retrained_record
+
+# the measurement of every row (compare's attack measurement: 100 forget samples, DDIM-25); SMOKE:
+# the same stages on a few samples, attacks of 2 steps (seconds; not a result)
+FULL = dict(n_forget=100, n_per_class=30, num_inference_steps=50, attack_samples=100, attack_ddim=25)
+SMOKE = dict(n_forget=4, n_per_class=1, num_inference_steps=2, attack_samples=4, attack_ddim=2, attack_steps=2)
 
 
 def run(name, forget, spec, steps, seed, attacks=("weak", "strong"), retrained: str = None,
-        device: str = "cpu") -> dict:
+        device: str = "cpu", size: dict = FULL) -> dict:
     """One row: the method of ``spec`` (``(name, options)`` as ``compare.parse_method`` returns)
     fits ``steps`` on the embedded model — or, with ``retrained``, the model in that folder
     (trained without ``forget``) as it is — then it is measured and attacked."""
-    info = model_info(name)
-    (unet, scheduler), classifier = load_unet(name, device), load_classifier(name, device)
-    forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
-    reference, ref_labels = info.reference_images()
+    task = Task(name, forget, seed, device)
+    (unet, scheduler), classifier = task.load(), task.classifier
+    forget_data, retain_data = task.forget_data, task.retain_data
     if retrained is not None:
         from diffusers import UNet2DModel
         unet = UNet2DModel.from_pretrained(retrained).float().eval().to(device)
@@ -59,14 +63,16 @@ def run(name, forget, spec, steps, seed, attacks=("weak", "strong"), retrained: 
         u.fit(retain_data, forget_data, steps=steps, batch_size=64, progress=False)
         row = dict(method=u.method.name, config=dict(u.method.config(), lr=lr),
                    train_seconds=u.history[-1]["seconds"] + (u.prep_seconds or 0.0))
-    after = evaluate(unet, scheduler, classifier, [forget], [c for c in range(10) if c != forget],
-                     reference[ref_labels != forget], n_forget=100, n_per_class=30, seed=seed)
+    after = task.measure(unet, scheduler, n_forget=size["n_forget"], n_per_class=size["n_per_class"],
+                         num_inference_steps=size["num_inference_steps"])
     attacks = [parse_attack(a).resolved(50, 10) for a in attacks]   # compare's defaults
+    if "attack_steps" in size:
+        attacks = [dataclasses.replace(a, steps=min(a.steps, size["attack_steps"])) for a in attacks]
     x, y = draw_images(forget_data, max(a.images for a in attacks), seed)   # compare's draw
     done = []
     for a in attacks:
         attacked = run_attack(a, unet, scheduler, x, y, seed=seed)
-        fa = forget_accuracy(attacked, scheduler, classifier, forget, 100, 25, seed)
+        fa = forget_accuracy(attacked, scheduler, classifier, forget, size["attack_samples"], size["attack_ddim"], seed)
         done.append(dict(a.record(), fa_after=fa["fa"], fa_classes_only_after=fa["fa_digits"]))
     return dict(row, fa=after["fa"], retain_acc=after["retain_acc"], frechet=after["frechet"],
                 gaussian_std=after["gaussian_std"], attacks=done)
@@ -170,6 +176,7 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--name", default=None, help="the results' file stem in OUT (default: from the methods); "
                    "runs of other methods under one name join one table")
+    p.add_argument("--smoke", action="store_true", help="every stage on a few samples (seconds; not a result)")
     args = p.parse_args(argv)
     args.steps = args.steps or defaults(args.model)["steps"]
     if "retrain" in args.methods and not args.retrained:
@@ -204,8 +211,10 @@ def main(argv=None):
                 continue
             start = time.perf_counter()
             r = dict(run(args.model, args.forget, parsed, steps, seed, args.attacks,
-                         retrained=args.retrained if name == "retrain" else None, device=args.device),
-                     seed=seed, steps=steps, wall_seconds=round(time.perf_counter() - start, 1))
+                         retrained=args.retrained if name == "retrain" else None, device=args.device,
+                         size=SMOKE if args.smoke else FULL),
+                     seed=seed, steps=steps, wall_seconds=round(time.perf_counter() - start, 1),
+                     provenance=provenance())
             if settings:
                 r["settings"] = settings
             print(f"{_label(r)} seed {seed}: FA {r['fa']:.2f}, retain {r['retain_acc']:.3f}, Fréchet "

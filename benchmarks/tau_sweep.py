@@ -12,12 +12,10 @@ import json
 import os
 import time
 
-from safemax.data import digits_dataset, split_by_class
-from safemax.evaluation.metrics import evaluate
 from safemax.evaluation.report import write_json
 from safemax.harness.defaults import DEFAULT_EARLY_FRACTION, DEFAULT_LR
+from safemax.harness.task import Task
 from safemax.training.unlearner import Unlearner
-from safemax.zoo import load_classifier, load_unet
 
 KEYS = ("fa", "fa_digits", "p_forget", "entropy", "retain_acc", "frechet", "gaussian_mean", "gaussian_std")
 
@@ -47,13 +45,12 @@ def main():
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    (base, scheduler), classifier = load_unet("digits"), load_classifier("digits")
-    forget_data, retain_data = split_by_class(digits_dataset(), [args.forget])
-    retain_classes = [c for c in range(10) if c != args.forget]
+    task = Task("digits", args.forget, seed=0)
+    (base, scheduler), forget_data, retain_data = task.load(), task.forget_data, task.retain_data
 
     def measure(unet):
-        return evaluate(unet, scheduler, classifier, [args.forget], retain_classes, retain_data.tensors[0],
-                        n_forget=args.n_forget, n_per_class=args.n_per_class, num_inference_steps=args.ddim_steps)
+        return task.measure(unet, scheduler, n_forget=args.n_forget, n_per_class=args.n_per_class,
+                            num_inference_steps=args.ddim_steps)
 
     rows = [dict(tau=0.0, label="original", steps=0, seconds=0.0, **{k: v for k, v in measure(base).items() if k in KEYS})]
     runs = [(tau, False) for tau in args.taus]

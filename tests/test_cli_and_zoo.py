@@ -226,7 +226,7 @@ def test_the_command_tells_a_mistake_in_one_line(tmp_path, capsys, monkeypatch):
     here = os.path.dirname(__file__)
     done = subprocess.run([sys.executable, "-m", "safemax", "compare", "--forget", "12", "--quick"],
                           capture_output=True, text=True, env={**os.environ, "SAFEMAX_TRACEBACK": ""}, cwd=here)
-    assert done.returncode == 2 and "--forget must be a class id 0..9" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "(--forget) must be a class id 0..9" in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run([sys.executable, "-m", "safemax.zoo.train", "--dataset", "fashion-mnist", "--work",
                            str(tmp_path / "w"), "--out", str(tmp_path / "z")], capture_output=True, text=True,
                           env={**os.environ, "SAFEMAX_TRACEBACK": "", "FASHION_MNIST_DIR": str(tmp_path / "none")},

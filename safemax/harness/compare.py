@@ -24,7 +24,6 @@ import time
 
 import torch
 
-from safemax.data import split_by_class
 from safemax.evaluation.attacks import (
     DEFAULT_ATTACKS,
     draw_images,
@@ -59,10 +58,10 @@ from safemax.harness.store import (
     unpack_samples,
 )
 from safemax.harness.tables import LABELS, label, markdown, table
+from safemax.harness.task import Task
 from safemax.methods import METHODS, make_method
 from safemax.models.sampling import sample
 from safemax.training.unlearner import Unlearner
-from safemax.zoo import load_classifier, load_unet, model_info
 
 ALL_METHODS = ("safemax", "salun", "sa", "ga")
 
@@ -166,9 +165,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     if not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in costs.values()):
         raise ValueError(f"step_costs must be positive numbers, got {step_costs}")
     parsed = {spec: parse_method(spec, quick) for spec in methods}
-    info = model_info(model)
-    if not 0 <= forget <= 9:
-        raise ValueError(f"--forget must be a class id 0..9 of {model}, got {forget}")
+    task = Task(model, forget, seed, device)
     if steps < 1 or eval_every < 1 or batch_size < 1:
         raise ValueError("steps, eval_every and batch_size must be >= 1")
     if attack_steps < 1 or attack_images < 1:
@@ -186,13 +183,10 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         attacks = [dataclasses.replace(a, steps=min(a.steps, 2), images=min(a.images, 4)) for a in attacks]
     os.makedirs(os.path.join(out, "methods"), exist_ok=True)
 
-    forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
-    retain_classes = [c for c in range(10) if c != forget]
-    (base, scheduler), classifier = load_unet(model, device), load_classifier(model, device)
-    real_retain = info.kept_reference(classifier, forget)   # once, for every measurement of every method
-    measure = dict(scheduler=scheduler, classifier=classifier, forget=[forget],
-                   retain_classes=retain_classes, real_retain=real_retain, seed=seed,
-                   n_forget=n_forget, n_per_class=n_per_class, num_inference_steps=num_inference_steps)
+    forget_data, retain_data = task.forget_data, task.retain_data
+    base, scheduler = task.load()
+    measure = task.measure_kwargs(scheduler, n_forget=n_forget, n_per_class=n_per_class,
+                                  num_inference_steps=num_inference_steps)
     attack_x, attack_y = draw_images(forget_data, wanted, seed)   # each attack takes its first a.images
     settings = dict(model=model, forget=forget, steps=steps, eval_every=eval_every, batch_size=batch_size,
                     seed=seed, n_forget=n_forget, n_per_class=n_per_class,
@@ -212,7 +206,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         heavy = dict(measure, n_per_class=confirm_per_class, n_forget=3 * n_forget)
         original["confirm"] = evaluate(base, **heavy)
         confirmer = Confirmer(heavy, original["confirm"]["retain_acc"] - RETAIN_SLACK, retain_floor)
-    print(f"safemax compare: forgetting class {info.class_name(forget)} of {model}; original FA {original['fa']:.2f}, retain "
+    print(f"safemax compare: forgetting {task.what} of {model}; original FA {original['fa']:.2f}, retain "
           f"accuracy {original['retain_acc']:.3f} (bar: FA <= {FA_BAR}, retain >= {retain_floor:.3f})")
 
     results, samples = {}, {"original": original_samples}
@@ -266,7 +260,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
                   original=original, methods=results)
     write_json(os.path.join(out, "results.json"), report)
     save_comparison_curves(results, original, os.path.join(out, "curves.png"), {k: label(k) for k in results},
-                           f"forgetting {'digit' if model == 'digits' else 'class'} {info.class_name(forget)}: "
+                           f"forgetting {task.what}: "
                            "wall time includes preparation", report["bar"])
     rows = list(samples)
     save_grid(torch.cat([samples[k][:SAMPLE_ROWS] for k in rows]), rows=len(rows),

@@ -9,7 +9,6 @@ import time
 
 import torch
 
-from safemax.data import split_by_class
 from safemax.evaluation.metrics import evaluate
 from safemax.evaluation.report import (
     console_table,
@@ -19,8 +18,8 @@ from safemax.evaluation.report import (
     write_json,
 )
 from safemax.harness.defaults import DEFAULT_EARLY_FRACTION, defaults
+from safemax.harness.task import Task
 from safemax.training.unlearner import Unlearner
-from safemax.zoo import load_classifier, load_unet, model_info
 
 
 def _curve_point(step: int, measured: dict) -> dict:
@@ -34,24 +33,18 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
         gaussian_fraction: float = None) -> dict:
     """Forget class ``forget`` of the embedded model ``dataset`` ("digits" or "fashion-mnist");
     ``steps``, ``lr`` and ``gaussian_fraction`` left None take the model's defaults (``DEFAULTS``)."""
-    info = model_info(dataset)
+    task = Task(dataset, forget, seed)   # (an unknown model or class is refused here)
     own = defaults(dataset)
     steps = own["steps"] if steps is None else steps
     lr = own["lr"] if lr is None else lr
     gaussian_fraction = own["gaussian_fraction"] if gaussian_fraction is None else gaussian_fraction
-    if not 0 <= forget <= 9:
-        raise ValueError(f"--forget must be a class id 0..9 of {dataset}, got {forget}")
     if steps < 0 or batch_size < 1:   # before minutes of measuring the original model
         raise ValueError(f"--steps must be >= 0 and --batch-size >= 1, got {steps}, {batch_size}")
     os.makedirs(out, exist_ok=True)
     start = time.time()
-    (unet, scheduler), classifier = load_unet(dataset), load_classifier(dataset)
-    forget_data, retain_data = split_by_class(info.dataset("train"), [forget])
-    retain_classes = [c for c in range(10) if c != forget]
-    real_retain = info.kept_reference(classifier, forget)   # once, for every measurement
-    what = f"{'digit' if dataset == 'digits' else 'class'} {info.class_name(forget)}"
-    measure = dict(unet=unet, scheduler=scheduler, classifier=classifier, forget=[forget],
-                   retain_classes=retain_classes, real_retain=real_retain, seed=seed)
+    unet, scheduler = task.load()
+    forget_data, retain_data, retain_classes, what = task.forget_data, task.retain_data, task.retain_classes, task.what
+    measure = dict(unet=unet, **task.measure_kwargs(scheduler))
 
     gaussian = f", Gaussian fraction {gaussian_fraction:g}" if gaussian_fraction else ""   # (said where set)
     print(f"safemax demo: forgetting {what} of the embedded {dataset} model "
