@@ -478,7 +478,7 @@ def test_robust_attack_lanes_share_one_file(monkeypatch, tmp_path):
 
     fitted = []
 
-    def fake_run(model, forget, parsed, steps, seed, attacks, retrained=None, device="cpu"):
+    def fake_run(model, forget, parsed, steps, seed, attacks, retrained=None, device="cpu", size=None):
         fitted.append((parsed[0], seed))
         if seed == 0:   # meanwhile the other lane finishes sa at seeds 0 and 1
             saved = json.loads(path.read_text()) if path.exists() else dict(model="digits", forget=3, rows=[])
@@ -581,3 +581,34 @@ def test_tau_sweep_writes_its_table_and_plot(tmp_path):
     assert [r["label"] for r in result["rows"]] == ["original", "τ=0.5", "τ=1.0 data-free"]
     assert result["rows"][1]["t_min"] == 500 and result["provenance"]["commit"] is not None
     assert (out / "sweep.md").exists() and (out / "sweep.png").exists()
+
+
+def test_halting_script(tmp_path):
+    out = tmp_path / "h"
+    text = run("halting.py", "--digits", 3, "--settings", "real", "gaussian:0.5", "--steps", 2, "--smoke", "--out", out)
+    rows = json.loads((out / "halting.json").read_text())
+    assert [r["setting"] for r in rows] == ["real", "gaussian:0.5"] and "| gaussian:0.5 | 3 |" in text
+    assert all(r["provenance"]["commit"] for r in rows) and (out / "residuals-3.png").exists()
+    assert len(rows[0]["residual_after"]["gaussian"]) == len(rows[0]["residual_before"]["real"])
+
+
+def test_robust_attack_script(tmp_path):
+    out = tmp_path / "r"
+    run("robust_attack.py", "--methods", "safemax", "--steps", 2, "--attacks", "weak", "--smoke", "--out", out)
+    saved = json.loads((out / "safemax.json").read_text())
+    (row,) = saved["rows"]
+    assert row["method"] == "safemax" and row["steps"] == 2 and row["provenance"]["commit"]
+    assert [a["name"] for a in row["attacks"]] == ["weak"] and 0 <= row["attacks"][0]["fa_after"] <= 1
+
+
+def test_every_script_sets_its_task_up_through_the_harness():
+    """A script that forgets a class of an embedded model builds it with ``harness.task.Task``:
+    none loads the classifier, splits the data or builds the Fréchet reference itself."""
+    import re
+
+    own = re.compile(r"load_classifier\(|kept_reference\(|split_by_class\(\s*(model_info|info)\b")
+    for name in sorted(os.listdir(BENCH)):
+        if name.endswith(".py"):
+            with open(os.path.join(BENCH, name)) as f:
+                found = own.findall(f.read())
+            assert not found, f"benchmarks/{name} sets up its task by hand ({found}): use safemax.harness.task.Task"

@@ -11,7 +11,7 @@ from problems import tiny_scheduler as scheduler
 from safemax import Unlearner
 from safemax.cli import main
 from safemax.methods import SafeMaxRobust, make_method
-from safemax.methods.robust import _Shifted
+from safemax.methods.robust import Shifted
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -42,11 +42,11 @@ def test_shifted_call_moves_the_weights_functionally():
     named = dict((n, p) for n, p in unet.named_parameters())
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 50]), torch.tensor([0, 1])
     zero = {n: torch.zeros_like(p) for n, p in named.items()}
-    torch.testing.assert_close(_Shifted(unet, named, zero)(x, t, class_labels=y).sample,
+    torch.testing.assert_close(Shifted(unet, named, zero)(x, t, class_labels=y).sample,
                                unet(x, t, class_labels=y).sample)
     shift = {n: torch.full_like(p, 1e-2) for n, p in named.items()}
     before = params(unet)
-    out = _Shifted(unet, named, shift)(x, t, class_labels=y).sample
+    out = Shifted(unet, named, shift)(x, t, class_labels=y).sample
     assert not torch.allclose(out, unet(x, t, class_labels=y).sample)
     assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())   # untouched
     moved = copy.deepcopy(unet)   # the functional call is the model with its weights moved
@@ -122,7 +122,7 @@ def test_class_embedding_scope_moves_only_the_forgotten_rows():
     def relearn(model):
         return (model(x_t, t, class_labels=y).sample - eps).square().mean().item()
     # the simulated attacker relearns: the denoising loss on the class is lower at θ − δ
-    assert relearn(_Shifted(u.unet, moved, shift)) < relearn(u.unet)
+    assert relearn(Shifted(u.unet, moved, shift)) < relearn(u.unet)
     u.fit(retain, forget, steps=2, batch_size=4, progress=False)
     h = u.history[0]
     assert h["attacked_forget_nats"] >= 0 and h["attacked_forget_nats"] != h["forget_nats"]
@@ -156,7 +156,7 @@ def test_l2_attack_is_one_step_of_its_length_along_the_gradient():
         else:
             assert torch.equal(flat.abs()[g != 0], torch.full_like(flat[g != 0], 1e-3))
             assert u.method.config()["attack_norm"] == "sign"
-        after = (_Shifted(u.unet, moved, shift)(x_t, t, class_labels=y).sample - eps).square().mean()
+        after = (Shifted(u.unet, moved, shift)(x_t, t, class_labels=y).sample - eps).square().mean()
         assert after < loss
 
 

@@ -12,7 +12,7 @@ from safemax.op.ops import safemax_loss
 from safemax.settings import non_negative, one_of, optional, positive, setting
 
 
-class _Shifted:
+class Shifted:
     """``module`` called with every trainable weight moved by ``-shift[name]`` (a functional call:
     the module's own weights are untouched, and gradients reach them through the shift)."""
 
@@ -141,7 +141,7 @@ class SafeMaxRobust(SafeMax):
         """``(params, shift)``: the attacker's ``attack_steps`` signed steps down the plain
         denoising loss on these forget rows, as a shift δ of the tensors it moves (by name, as the
         UNet calls them: every trained weight, or the class tables with δ on the forgotten rows
-        only); ``_Shifted(u.unet, params, shift)`` is the model at θ − δ."""
+        only); ``Shifted(u.unet, params, shift)`` is the model at θ − δ."""
         if self.attack_scope == "weights":
             params, where = dict(u.trainable()), {}
         else:
@@ -187,7 +187,7 @@ class SafeMaxRobust(SafeMax):
             return loss, dict(stats, attacked_forget_nats=float("nan"))
         xf, ef, tf, cf = x_t[f][real], eps[f][real], t[f][real], rows.take(rows.take(cond, f), real)
         params, shift = self.simulate_attack(u, xf, tf, cf, ef)   # the attacker's fine-tuning, simulated
-        attacked = _Shifted(u.unet, params, shift)
+        attacked = Shifted(u.unet, params, shift)
         pred = u.denoiser.predict(xf, tf, cf, model=attacked)
         held, nats = safemax_loss(pred, ef, xf, tf, u.denoiser.table, torch.ones_like(tf, dtype=torch.bool),
                                   self.t_min, self.forget_weight, self.weighting, u.denoiser.parametrization)
