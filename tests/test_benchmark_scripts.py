@@ -1,7 +1,9 @@
-"""The benchmark scripts behind this round's tables run end to end (tiny settings, seconds):
-benchmarks/classes.py → benchmarks/stopping.py on its runs, benchmarks/retain_dip.py,
-benchmarks/probes.py, benchmarks/tune_baselines.py, benchmarks/first_steps.py and
-benchmarks/robust_attack.py's reference row."""
+"""The benchmark scripts run end to end (tiny settings, seconds): benchmarks/classes.py →
+benchmarks/stopping.py on its runs, retain_dip.py, probes.py, tune_baselines.py, first_steps.py,
+class_embedding.py, halting.py, robust_attack.py, memory.py, step_cost.py and tau_sweep.py; and
+every script that forgets a class of an embedded model sets it up through ``harness.task.Task``.
+(flow_digits.py, flow_halt_probe.py: tests/test_flow_digits.py; concept_digits.py:
+tests/test_stable_diffusion.py; memory_accounting.py: tests/test_memory_accounting.py.)"""
 import json
 import os
 import subprocess
@@ -612,3 +614,12 @@ def test_every_script_sets_its_task_up_through_the_harness():
             with open(os.path.join(BENCH, name)) as f:
                 found = own.findall(f.read())
             assert not found, f"benchmarks/{name} sets up its task by hand ({found}): use safemax.harness.task.Task"
+
+
+def test_memory_script(tmp_path):
+    """benchmarks/memory.py at its smallest: one configuration of the embedded model, in its own process."""
+    out = tmp_path / "m"
+    text = run("memory.py", "--models", "embedded", "--configs", "fp32", "--batch", 2, "--out", out)
+    (row,) = json.loads((out / "memory.json").read_text())
+    assert "error" not in row, row
+    assert row["model"] == "embedded" and row["config"] == "fp32" and row["step_seconds"] > 0 and "| embedded" in text
