@@ -151,7 +151,8 @@ def _provenance_line(recorded: dict) -> str:
 
 
 def _quietly(fn, **kwargs):
-    """``fn(**kwargs)`` with its console output held back (the check prints its own table)."""
+    """``fn(**kwargs)`` with its console output held back (the check prints its own table; the
+    progress bars, on stderr, still show how far a re-run of minutes is)."""
     with contextlib.redirect_stdout(io.StringIO()):
         return fn(**kwargs)
 
@@ -195,7 +196,7 @@ def _demo(args, r: dict, size: dict, out: str) -> list:
     print(f"re-running all {r['steps']} steps; measuring {n_f} forget samples and {n_pc} per kept class with "
           f"DDIM-{ddim} (recorded: {n_forget} and {n_per_class}, from {said})", flush=True)
     new = _quietly(run, **settings, out=out, eval_every=0, n_forget=n_f, n_per_class=n_pc, num_inference_steps=ddim,
-                   progress=False)
+                   progress=True)   # (the fit's progress bar, on stderr)
     kept = _kept(model)
     return [(f"{when}: {label}", r[when][key], n_forget if side == "forget" else n_per_class * kept,
              new[when][key], n_f if side == "forget" else n_pc * kept)
@@ -258,7 +259,7 @@ def _compare(args, r: dict, size: dict, out: str) -> list:
               flush=True)
         report = _quietly(run, forget=s["forget"], methods=[again], steps=at, eval_every=10 ** 9, batch_size=s["batch_size"],
                           lr=result["lr"], out=os.path.join(out, f"run{i}"), seed=s["seed"], attack=False,
-                          n_forget=n_f, n_per_class=n_pc, num_inference_steps=s["num_inference_steps"], progress=False,
+                          n_forget=n_f, n_per_class=n_pc, num_inference_steps=s["num_inference_steps"], progress=True,
                           model=model, device="cpu")
         if not figures:   # the original model: measured by every re-run alike
             figures += [(f"original: {label}", r["original"][key], n_forget if side == "forget" else n_per_class * kept,
