@@ -27,6 +27,7 @@ import torch
 
 from safemax import Unlearner
 from safemax.evaluation.provenance import provenance
+from safemax.evaluation.report import write_json
 from safemax.harness.task import Task
 from safemax.models.sampling import sample
 from safemax.op.reference import halting_target
@@ -158,8 +159,7 @@ def main(argv=None):
                                      SMOKE if args.smoke else FULL),
                              provenance=provenance()))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-            with open(path, "w") as f:
-                json.dump(rows, f, indent=2)
+            write_json(path, rows)   # (a list: its provenance in a sidecar; each row has its own)
     with open(os.path.join(args.out, "halting.md"), "w") as f:
         f.write(table(rows) + "\n")
     for digit in sorted({r["digit"] for r in rows}):   # (seed 0's plain settings; the variants: the table)

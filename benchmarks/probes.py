@@ -65,8 +65,7 @@ def unlearned(name: str, key: str, forget: int, out: str, steps_scale: float, se
     u.save_pretrained(path)
     info = json.load(open(os.path.join(path, "safemax.json")))
     info["fit_seconds"] = round(time.perf_counter() - start, 1)
-    with open(os.path.join(path, "safemax.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    write_json(os.path.join(path, "safemax.json"), info)
     return u.unet.eval(), info
 
 

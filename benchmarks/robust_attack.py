@@ -31,6 +31,7 @@ import time
 from safemax import Unlearner
 from safemax.evaluation.attacks import draw_images, parse_attack, run_attack
 from safemax.evaluation.provenance import provenance
+from safemax.evaluation.report import write_json
 from safemax.evaluation.stats import cell  # the intervals of every table
 from safemax.harness.compare import build_method, forget_accuracy, parse_method
 from safemax.harness.defaults import defaults, method_settings
@@ -224,9 +225,7 @@ def main(argv=None):
             with _locked(path):   # after every row (an interruption loses one row at most), merged
                 # with the rows other lanes wrote meanwhile: several processes may share one --name
                 every = [x for x in _kept_rows(path, setup) if _key(x) != _key(r)] + [r]
-                with open(path + ".tmp", "w") as f:
-                    json.dump(dict(setup, seeds=sorted({x.get("seed", 0) for x in every}), rows=every), f, indent=2)
-                os.replace(path + ".tmp", path)
+                write_json(path, dict(setup, seeds=sorted({x.get("seed", 0) for x in every}), rows=every))
     with _locked(path):   # the table: every lane's rows with these attacks
         rows = _kept_rows(path, setup, attack_records)
     text = table(rows, attack_names)

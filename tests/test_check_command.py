@@ -23,7 +23,7 @@ def recorded_demo(tmp_path_factory):
 def test_a_quick_rerun_of_a_recorded_demo_agrees(recorded_demo, capsys):
     assert main(["check", str(recorded_demo / "report.json"), "--size", "quick"]) == 0
     text = capsys.readouterr().out
-    assert "measuring 16 forget samples and 2 per kept class with DDIM-5 (recorded: 16 and 2, from report.md)" in text
+    assert "measuring 16 forget samples and 2 per kept class with DDIM-5 (recorded: 16 and 2, from report.json)" in text
     assert "after: forget accuracy " in text and "after: retain accuracy" in text and " NO" not in text
     assert "6 of 6 figures agree" in text
 
@@ -82,3 +82,13 @@ def test_the_tolerance_follows_from_the_sample_sizes():
         assert not agreement(rec, 100, 0.5, 20, z)[0]   # the range printed is the range that agrees
     for rec in (low + 0.01, high - 0.01):
         assert agreement(rec, 100, 0.5, 20, z)[0]
+
+
+def test_an_older_demo_report_gives_its_sizes_in_report_md(tmp_path):
+    """A report.json from before the demo recorded its measurement's sizes: report.md says them."""
+    from safemax.cli.check import _demo_sizes
+
+    (tmp_path / "report.md").write_text("Samples: DDIM 50 steps, 100 of digit 3, 30 of each other class, same seed")
+    assert _demo_sizes(str(tmp_path / "report.json"), {}) == (100, 30, 50, "report.md")
+    recorded = dict(n_forget=8, n_per_class=2, num_inference_steps=4)
+    assert _demo_sizes(str(tmp_path / "report.json"), recorded) == (8, 2, 4, "report.json")

@@ -165,9 +165,12 @@ def _kept(model: str) -> int:
 
 # --- the demo ------------------------------------------------------------------------------------
 
-def _demo_sizes(path: str) -> tuple:
-    """``(n_forget, n_per_class, DDIM steps, where from)`` of a demo's measurement: its report.md
-    says them (report.json does not); else the demo's defaults."""
+def _demo_sizes(path: str, r: dict) -> tuple:
+    """``(n_forget, n_per_class, DDIM steps, where from)`` of a demo's measurement: report.json
+    records them (since the harness's Task); an older one's report.md says them; else the
+    demo's defaults."""
+    if all(k in r for k in ("n_forget", "n_per_class", "num_inference_steps")):
+        return r["n_forget"], r["n_per_class"], r["num_inference_steps"], "report.json"
     try:
         with open(os.path.join(os.path.dirname(os.path.abspath(path)), "report.md")) as f:
             m = re.search(r"Samples: DDIM (\d+) steps, (\d+) of .+?, (\d+) of each other", f.read(), re.S)
@@ -185,7 +188,7 @@ def _demo_sizes(path: str) -> tuple:
 def _demo(args, r: dict, size: dict, out: str) -> list:
     from safemax.harness.demo import run
     model = r.get("model", "digits")   # (reports from before the Fashion-MNIST model: the digits)
-    n_forget, n_per_class, ddim, said = _demo_sizes(args.results_file)
+    n_forget, n_per_class, ddim, said = _demo_sizes(args.results_file, r)
     n_f, n_pc = min(n_forget, size["n_forget"]), min(n_per_class, size["n_per_class"])
     # a report without gaussian_fraction predates the option: real forget rows, i.e. 0
     settings = dict(forget=r["forget"], steps=r["steps"], batch_size=r["batch_size"], early_fraction=r["early_fraction"],

@@ -79,7 +79,9 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
 
     seconds = time.time() - start
     report = dict(model=dataset, forget=forget, steps=steps, batch_size=batch_size, early_fraction=early_fraction,
-                  t_min=u.method.t_min, lr=lr, gaussian_fraction=gaussian_fraction, seed=seed, seconds=round(seconds, 1),
+                  t_min=u.method.t_min, lr=lr, gaussian_fraction=gaussian_fraction, seed=seed,
+                  n_forget=n_forget, n_per_class=n_per_class, num_inference_steps=num_inference_steps,
+                  eval_every=eval_every, seconds=round(seconds, 1),
                   unlearn_seconds=round(unlearn_seconds, 1), before=before, after=after,
                   curve=curve, final_loss=history[-1]["loss"] if history else None)
     write_json(os.path.join(out, "report.json"), report)

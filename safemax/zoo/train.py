@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from safemax.evaluation.provenance import provenance
+from safemax.evaluation.report import write_json
 from safemax.zoo import (
     NOT_A_CLASS,
     ImageClassifier,
@@ -106,8 +108,8 @@ def train_classifier(name: str = "digits", seed: int = 0, batch_size: int = 128)
           f"noise -> {info.not_a_class} {result['noise_to_class_10']:.4f}, clipped N(0,1) -> "
           f"{info.not_a_class} {result['gaussian_to_class_10']:.4f}")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, info.classifier_file)
-    with open(info.classifier_file.replace(".safetensors", ".json"), "w") as f:
-        json.dump(dict(seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, **result), f, indent=2)
+    write_json(info.classifier_file.replace(".safetensors", ".json"),
+               dict(seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, **result))
     return model
 
 
@@ -153,10 +155,10 @@ def train_unet(name: str = "digits", seed: int = 0, steps: int = None, batch_siz
     ema.to("cpu", torch.float16).save_pretrained(out, safe_serialization=True)
     with open(os.path.join(out, "scheduler_config.json"), "w") as f:
         json.dump(dict(_class_name="DDPMScheduler", **info.scheduler_config), f, indent=2)
-    with open(os.path.join(out, "training.json"), "w") as f:
-        json.dump(dict(seed=seed, steps=run.steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-                       seconds=round(run.seconds),
-                       **(dict(exclude=list(exclude), images=images.shape[0]) if exclude else {})), f, indent=2)
+    write_json(os.path.join(out, "training.json"),
+               dict(seed=seed, steps=run.steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                    seconds=round(run.seconds),
+                    **(dict(exclude=list(exclude), images=images.shape[0]) if exclude else {})))
     return ema
 
 
@@ -226,9 +228,8 @@ def main(argv=None):
               f"{result['mean_per_class_accuracy']:.3f} {result['per_class']}")
         info_path = os.path.join(model_info(name).unet_dir, "training.json")
         info = json.load(open(info_path)) if os.path.exists(info_path) else {}
-        info["samples"] = result
-        with open(info_path, "w") as f:
-            json.dump(info, f, indent=2)
+        info["samples"] = dict(result, provenance=provenance())   # (the file's own: the training's)
+        write_json(info_path, info)
 
 
 if __name__ == "__main__":
