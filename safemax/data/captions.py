@@ -212,6 +212,6 @@ def check_tokenizer(tokenizer) -> None:
         raise ValueError(f"{len(bad)} captions do not fit the tokenizer:\n" + "\n".join(bad))
 
 
-__all__ = ["SYNONYMS", "TEMPLATES", "ERASE_TEMPLATES", "EMPTY", "EMPTY_SHARE", "PARTS", "CAPTIONS",
+__all__ = ["SYNONYMS", "TEMPLATES", "ERASE_TEMPLATES", "EMPTY", "EMPTY_SHARE", "PARTS", "NUM_CLASSES", "CAPTIONS",
            "CAPTION_CLASSES", "prompts", "class_of", "caption_ids", "draw", "caption", "CaptionedImages",
            "captioned_fashion_mnist", "token_count", "check_prompt", "check_tokenizer"]
