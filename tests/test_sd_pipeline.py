@@ -138,6 +138,7 @@ def test_the_assembled_folder_is_a_stable_diffusion_pipeline(trained):
     record = json.load(open(os.path.join(out, "training.json")))
     assert record["size"] == "tiny" and set(record["stages"]) == set(sp.STAGES)
     assert record["erase_templates"] == captions.ERASE_TEMPLATES and record["dtype"] == "float16"
+    assert "commit" in record["provenance"] and "provenance" in record["stages"]["unet"]
 
 
 def test_diffusers_alone_loads_it(trained):

@@ -55,6 +55,7 @@ import torch
 
 from safemax.data import captions
 from safemax.data.caption_tokenizer import write_tokenizer
+from safemax.evaluation.report import write_json
 from safemax.zoo import sd_parts
 from safemax.zoo.stage import train_stage
 from safemax.zoo.trainer import state_path, train_denoiser
@@ -110,9 +111,10 @@ def _finished(folder: str, recipe: dict, resume: bool) -> bool:
 
 
 def _record(folder: str, recipe: dict, run, **extra):
-    with open(os.path.join(folder, "training.json"), "w") as f:
-        json.dump(dict(recipe=recipe, steps=run.steps, seconds=round(run.seconds),
-                       final_loss=round(run.mean_loss(), 5), **extra), f, indent=2)
+    """The stage's ``training.json`` (with its provenance: the commit and machine that made it)."""
+    write_json(os.path.join(folder, "training.json"),
+               dict(recipe=recipe, steps=run.steps, seconds=round(run.seconds),
+                    final_loss=round(run.mean_loss(), 5), **extra))
 
 
 def _seeded(seed: int, make, *args):
@@ -245,10 +247,10 @@ def assemble(out: str, tokenizer, clip, vae, unet, dtype=torch.float16, record: 
     shipped(clip, torch.float32).save_pretrained(os.path.join(tmp, "clip"), safe_serialization=True)
     counts = {name: sd_parts.parameters(m) for name, m in
               (("text_encoder", pipe.text_encoder), ("clip", clip), ("vae", vae), ("unet", unet))}
-    with open(os.path.join(tmp, "training.json"), "w") as f:
-        json.dump(dict(record or {}, dtype=str(dtype).replace("torch.", ""), parameters=counts,
-                       erase_templates=captions.ERASE_TEMPLATES, templates=list(captions.TEMPLATES),
-                       synonyms=[list(w) for w in captions.SYNONYMS]), f, indent=2)
+    write_json(os.path.join(tmp, "training.json"),
+               dict(record or {}, dtype=str(dtype).replace("torch.", ""), parameters=counts,
+                    erase_templates=captions.ERASE_TEMPLATES, templates=list(captions.TEMPLATES),
+                    synonyms=[list(w) for w in captions.SYNONYMS]))
     if os.path.exists(out):
         os.replace(out, old)
     os.replace(tmp, out)
@@ -294,7 +296,10 @@ def train(out: str, size="full", work: str = None, resume: bool = False, seed: i
     if unet is None:
         print(f"stopped after {minutes} minutes; the state is in {work}: go on with --resume")
         return None
-    record = {stage: json.load(open(os.path.join(work, stage, "training.json"))) for stage in STAGES}
+    record = {}
+    for stage in STAGES:
+        with open(os.path.join(work, stage, "training.json")) as f:
+            record[stage] = json.load(f)
     return assemble(out, tokenizer, clip, vae, unet, dtype, dict(size=size.name, seed=seed, stages=record))
 
 
