@@ -204,6 +204,18 @@ def test_bad_input_is_one_clear_error(tokenizer, tmp_path):
         train_stage(torch.nn.Linear(1, 1), lambda m, g: m.weight.sum(), steps=1, lr=1e-3, resume=True)
 
 
+def test_load_pipeline_says_how_to_train_it_when_it_is_absent(monkeypatch, tmp_path, trained):
+    import safemax.zoo as zoo
+    monkeypatch.setitem(zoo.PIPELINES, "fashion-mnist-sd", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="not trained yet: python -m safemax.zoo.sd_pipeline --out"):
+        zoo.load_pipeline("fashion-mnist-sd")
+    with pytest.raises(ValueError, match="unknown pipeline 'sd'"):
+        zoo.load_pipeline("sd")
+    monkeypatch.setitem(zoo.PIPELINES, "fashion-mnist-sd", trained[0])
+    pipe = zoo.load_pipeline("fashion-mnist-sd")
+    assert pipe.unet.dtype == torch.float32 and pipe.unet.config.sample_size == sd_parts.LATENT_SIZE
+
+
 def test_estimate_times_every_stage():
     est = sp.estimate("tiny", repeats=2)
     assert set(est) == set(sp.STAGES) | {"total_hours"}

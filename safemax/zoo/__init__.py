@@ -8,6 +8,8 @@ the demo, the benchmarks and the tests run anywhere, offline.
 | `"fashion-mnist"` | Fashion-MNIST's 60,000 training images, 28×28 (not shipped: see `safemax.data.fashion_mnist_files`) | 2.7 M parameters | + "not a garment" |
 
 ``load_unet(name)`` gives ``(unet, scheduler)``, ``load_classifier(name)`` the classifier; the
+text-to-image pipeline trained here on captioned Fashion-MNIST comes from
+``load_pipeline("fashion-mnist-sd")`` (``python -m safemax.zoo.sd_pipeline`` trains it). The
 older ``load_default_unet`` / ``load_default_classifier`` / ``default_scheduler`` serve "digits".
 """
 import os
@@ -129,6 +131,26 @@ def load_unet(name: str = "digits", device="cpu", dtype=torch.float32):
     return unet.to(device).eval(), scheduler_for(name)
 
 
+PIPELINES = {"fashion-mnist-sd": os.path.join(HERE, "fashion_mnist_sd")}
+"""The text-to-image pipelines trained here (``python -m safemax.zoo.sd_pipeline``), by name."""
+
+
+def load_pipeline(name: str = "fashion-mnist-sd", device="cpu", dtype=torch.float32):
+    """The Stable Diffusion pipeline ``name`` trained here on captioned Fashion-MNIST (a diffusers
+    ``StableDiffusionPipeline``, float32 by default, progress bar off); its prompts are in
+    ``safemax.data.captions``, its CLIP in ``safemax.zoo.sd_pipeline.load_clip``."""
+    if name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; the zoo has: {', '.join(PIPELINES)}")
+    folder = PIPELINES[name]
+    if not os.path.exists(os.path.join(folder, "model_index.json")):
+        raise FileNotFoundError(f"the {name} pipeline is not trained yet: python -m safemax.zoo.sd_pipeline "
+                                f"--out {folder}")
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
 def load_classifier(name: str = "digits", device="cpu") -> ImageClassifier:
     """The embedded evaluation classifier of ``name`` (its 10 classes + class 10, "not a ...")."""
     from safetensors.torch import load_file
@@ -163,6 +185,7 @@ def load_default_classifier(device="cpu") -> DigitClassifier:
 
 
 __all__ = ["MODELS", "ZooModel", "model_info", "load_unet", "load_classifier", "scheduler_for",
+           "PIPELINES", "load_pipeline",
            "ImageClassifier", "DigitClassifier", "NOT_A_CLASS", "NOT_A_DIGIT", "NOT_A_GARMENT",
            "NUM_CLASSES", "noise_images", "default_scheduler", "load_default_unet",
            "load_default_classifier", "UNET_CONFIG", "SCHEDULER_CONFIG"]
