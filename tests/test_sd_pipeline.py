@@ -176,6 +176,19 @@ def test_resume_skips_finished_stages_and_refuses_another_recipe(trained, tmp_pa
                  steps={"clip": 7}, progress=False)
 
 
+def test_a_resume_that_trains_the_text_encoder_again_does_not_keep_an_old_unet(trained, tmp_path):
+    import shutil
+    work = str(tmp_path / "work")
+    shutil.copytree(trained[1], work)
+    os.remove(os.path.join(work, "clip", "training.json"))     # as if the CLIP had not finished
+    def written(stage):
+        return os.stat(os.path.join(work, stage, "training.json")).st_mtime_ns
+
+    vae, unet = written("vae"), written("unet")
+    sp.train(str(tmp_path / "pipe"), "tiny", work=work, data=synthetic(), resume=True, progress=False)
+    assert written("unet") != unet and written("vae") == vae     # the UNet trained again, the VAE kept
+
+
 def test_a_session_stopped_by_its_minutes_goes_on_to_the_same_pipeline(trained, tmp_path):
     out, _ = trained
     work, path = str(tmp_path / "work"), str(tmp_path / "pipe")

@@ -284,15 +284,18 @@ def train(out: str, size="full", work: str = None, resume: bool = False, seed: i
         return None if minutes is None else max(minutes - (time.time() - start) / 60, 1e-3)
 
     tokenizer = write_tokenizer(os.path.join(work, "tokenizer"))
-    loop = dict(checkpoint_minutes=checkpoint_minutes, progress=progress)
-    common = dict(size=size, work=work, seed=seed, resume=resume, device=device)
-    clip = train_clip(tokenizer, data, steps=steps.get("clip"), minutes=left(), **common, **loop)
+    loop = dict(size=size, work=work, seed=seed, device=device, checkpoint_minutes=checkpoint_minutes,
+                progress=progress)
+    # the UNet learns from the CLIP's text states and the VAE's latents: when either is trained in
+    # this session, a UNet (or UNet state) left in work by an earlier run is stale, not resumed
+    kept = {stage: resume and os.path.exists(os.path.join(work, stage, "training.json")) for stage in STAGES}
+    clip = train_clip(tokenizer, data, steps=steps.get("clip"), minutes=left(), resume=resume, **loop)
     vae = unet = None
     if clip is not None:
-        vae = train_vae(data, steps=steps.get("vae"), minutes=left(), **common, **loop)
+        vae = train_vae(data, steps=steps.get("vae"), minutes=left(), resume=resume, **loop)
     if vae is not None:
         unet = train_unet(tokenizer, sd_parts.text_encoder_of(clip), vae, data, steps=steps.get("unet"),
-                          minutes=left(), **common, **loop)
+                          minutes=left(), resume=resume and kept["clip"] and kept["vae"], **loop)
     if unet is None:
         print(f"stopped after {minutes} minutes; the state is in {work}: go on with --resume")
         return None
