@@ -204,6 +204,8 @@ def test_bad_input_is_one_clear_error(tokenizer, tmp_path):
         sd_parts.size_of("huge")
     with pytest.raises(ValueError, match=r"unknown stages \['text'\]"):
         sp.train(str(tmp_path / "p"), "tiny", data=synthetic(), steps={"text": 3})
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
+        sp.train(str(tmp_path / "p"), "tiny", work=str(tmp_path / "w"), data=synthetic(), steps={"clip": 0})
     with pytest.raises(ValueError, match=r"images must be float \[N, 1, 32, 32\]"):
         sp.train(str(tmp_path / "p"), "tiny", data=(torch.zeros(4, 1, 28, 28), torch.zeros(4)))
     with pytest.raises(ValueError, match="one class id 0..9 per image"):

@@ -91,8 +91,8 @@ def _checked(data):
 
 def _recipe(size, stage: str, seed: int, steps, n: int) -> dict:
     recipe = dict(getattr(size, f"{stage}_train"), size=size.name, seed=seed, images=n)
-    if steps:
-        recipe["steps"] = int(steps)
+    if steps is not None:
+        recipe["steps"] = steps
     return recipe
 
 
@@ -362,7 +362,7 @@ def main(argv=None):
         return 0
     if not args.out:
         p.error("--out DIR is needed (where the pipeline is saved)")
-    steps = {s: getattr(args, f"{s}_steps") for s in STAGES if getattr(args, f"{s}_steps")}
+    steps = {s: getattr(args, f"{s}_steps") for s in STAGES if getattr(args, f"{s}_steps") is not None}
     out = train(args.out, args.size, work=args.work, resume=args.resume, seed=args.seed, steps=steps,
                 limit=args.limit, device=args.device, minutes=args.minutes,
                 checkpoint_minutes=args.checkpoint_minutes, dtype=getattr(torch, args.dtype))
