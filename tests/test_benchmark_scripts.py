@@ -623,3 +623,17 @@ def test_memory_script(tmp_path):
     (row,) = json.loads((out / "memory.json").read_text())
     assert "error" not in row, row
     assert row["model"] == "embedded" and row["config"] == "fp32" and row["step_seconds"] > 0 and "| embedded" in text
+
+
+def test_held_out_script(tmp_path):
+    out = tmp_path / "h"
+    text = run("held_out.py", "--classes", 7, "--quick", "--out", out)
+    summary = json.loads((out / "summary.json").read_text())
+    (s,) = summary["summaries"]
+    assert s["forget"] == 7 and set(s["methods"]) == {"safemax", "sa", "ga", "salun"} and s["heavy"] is not None
+    assert "| 7 | SAFEMax |" in text and "Power of the bar's judgement" in text and (out / "prices" / "step_cost.json").exists()
+    again = run("held_out.py", "--classes", 7, "--quick", "--summarise", "--out", out)   # tables only, from the files
+    assert again in text   # (the run also prints compare's progress before the tables)
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "held_out.py"), "--classes", "3", "--out", tmp_path / "x"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "report on 5-9" in done.stderr
