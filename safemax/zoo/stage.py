@@ -12,37 +12,23 @@ and the VAE of ``safemax.zoo.sd_pipeline``. Denoisers train through ``safemax.zo
   ``checkpoint_minutes``, at the end, and on Ctrl-C after the step under way (then
   ``SystemExit(130)``); ``resume=True`` continues from it bit for bit.
 """
-import os
-import signal
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
-from tqdm import tqdm
 
+from safemax.zoo.loop_state import LoopRun, TrainingLoop
 from safemax.zoo.trainer import lr_factor, state_path
 
 __all__ = ["StageRun", "train_stage"]
 
 
 @dataclass
-class StageRun:
+class StageRun(LoopRun):
     """A stage's outcome: the trained ``model``, the ``steps`` done (in all, across resumes), the
     ``seconds`` of training (in all), every step's loss, why it ``stopped`` ("steps" or
     "minutes") and where its state is (``state_file``, or None)."""
     model: torch.nn.Module
-    steps: int = 0
-    seconds: float = 0.0
-    losses: list = field(default_factory=list)
-    stopped: str = ""
-    state_file: Optional[str] = None
-
-    def mean_loss(self, last: int = 100) -> float:
-        """The mean loss of the last ``last`` steps (NaN before any step)."""
-        tail = self.losses[-last:]
-        return sum(tail) / len(tail) if tail else float("nan")
 
 
 def train_stage(model: torch.nn.Module, loss_fn: Callable, *, steps: int, lr: float, seed: int = 0,
@@ -67,78 +53,27 @@ def train_stage(model: torch.nn.Module, loss_fn: Callable, *, steps: int, lr: fl
     g = torch.Generator().manual_seed(seed)
     run = StageRun(model, state_file=state_path(work, name) if work else None)
     settings = dict(steps=steps, lr=lr, seed=seed, **(fixed or {}))
-    if resume:
-        _restore(run, opt, g, settings)
-        print(f"resumed {name} at step {run.steps} of {steps} ({run.seconds / 60:.1f} min done)")
-    if work:
-        os.makedirs(work, exist_ok=True)
-    first, before = run.steps, run.seconds
-    start = last_save = time.time()
-
-    def save():
-        run.seconds = before + time.time() - start
-        _save(run, opt, g, settings)
-
-    interrupted = []   # Ctrl-C ends the step under way first: the state saved is a step boundary
-    catch = work is not None and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum)) if catch else None
+    loop = TrainingLoop(run, {"model": model}, opt, g, settings, steps=steps, work=work, name=name,
+                        resume=resume, checkpoint_minutes=checkpoint_minutes, progress=progress, desc=desc)
     model.train()
-    bar = tqdm(range(first, steps), desc=desc or f"training {name}", initial=first, total=steps,
-               disable=not progress)
     try:
-        for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(step, steps, warmup)
-            loss = loss_fn(model, g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            opt.step()
-            run.losses.append(loss.item())
-            run.steps, run.seconds = step + 1, before + time.time() - start
-            bar.set_postfix(loss=f"{run.losses[-1]:.4f}", refresh=False)
-            if callback is not None:
-                callback(run)
-            if interrupted:
-                save()
-                bar.write(f"interrupted after step {run.steps}; the state is in {run.state_file}: resume from it")
-                raise SystemExit(130)
-            if work and time.time() - last_save > checkpoint_minutes * 60:
-                save()
-                last_save = time.time()
-            if minutes is not None and run.steps < steps and time.time() - start > minutes * 60:
-                run.stopped = "minutes"
-                bar.write(f"time budget reached after {run.steps} steps")
-                break
+        with loop:
+            for step in loop:
+                for group in opt.param_groups:
+                    group["lr"] = lr * lr_factor(step, steps, warmup)
+                loss = loss_fn(model, g)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                opt.step()
+                loop.record(step, loss.item())
+                if callback is not None:
+                    callback(run)
+                loop.checkpoint()
+                if minutes is not None and run.steps < steps and loop.session_seconds() > minutes * 60:
+                    loop.stop("minutes")
+                    break
     finally:
-        if catch:
-            signal.signal(signal.SIGINT, previous)
-        bar.close()
         model.eval()
-    run.stopped = run.stopped or "steps"
-    if work:
-        save()
-    return run
-
-
-def _save(run: StageRun, opt, g: torch.Generator, settings: dict):
-    tmp = run.state_file + ".tmp"
-    torch.save(dict(model=run.model.state_dict(), opt=opt.state_dict(), generator=g.get_state(),
-                    step=run.steps, seconds=run.seconds, losses=run.losses, **settings), tmp)
-    os.replace(tmp, run.state_file)   # never a half-written state
-
-
-def _restore(run: StageRun, opt, g: torch.Generator, settings: dict):
-    if not os.path.exists(run.state_file):
-        raise FileNotFoundError(f"resume: no training state at {run.state_file}; start without resume")
-    device = next(run.model.parameters()).device
-    state = torch.load(run.state_file, weights_only=False, map_location=device)
-    made = {k: state.get(k) for k in settings}
-    if made != settings:
-        raise ValueError(f"resume: {run.state_file} was made with "
-                         f"{', '.join(f'{k}={v}' for k, v in made.items())}; pass the same settings")
-    run.model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    g.set_state(state["generator"].cpu())
-    run.steps, run.seconds, run.losses = state["step"], state["seconds"], list(state["losses"])
+    return loop.finish()

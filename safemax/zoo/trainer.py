@@ -36,20 +36,17 @@ Nothing is lost on interruption when ``work`` (a folder) is given: the whole tra
 import copy
 import math
 import os
-import signal
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from safemax.data import rows
 from safemax.models import schedule
 from safemax.models.families import class_count, family_of
 from safemax.models.sampling import epsilon_part
+from safemax.zoo.loop_state import LoopRun, TrainingLoop
 
 __all__ = ["train_denoiser", "Run", "ClassLabels", "Prompts", "Objective", "lr_factor", "state_path"]
 
@@ -160,22 +157,12 @@ def lr_factor(step: int, steps: int, warmup: int = 200, progress: float = None) 
 
 # ---------------------------------------------------------------- the run
 @dataclass
-class Run:
+class Run(LoopRun):
     """A training's outcome: the trained ``unet``, its ``ema``, the ``steps`` done (in all, across
     resumes), the ``seconds`` of training (in all), every step's loss, why it ``stopped``
     ("steps", "minutes" or "anneal_minutes") and where its state is (``state_file``, or None)."""
     unet: torch.nn.Module
     ema: torch.nn.Module
-    steps: int = 0
-    seconds: float = 0.0
-    losses: list = field(default_factory=list)
-    stopped: str = ""
-    state_file: Optional[str] = None
-
-    def mean_loss(self, last: int = 100) -> float:
-        """The mean loss of the last ``last`` steps (NaN before any step)."""
-        tail = self.losses[-last:]
-        return sum(tail) / len(tail) if tail else float("nan")
 
 
 def state_path(work: str, name: str) -> str:
@@ -243,26 +230,12 @@ def train_denoiser(unet, scheduler, data, *, steps: int, batch_size: int, lr: fl
     g = torch.Generator().manual_seed(seed)
     run = Run(unet, ema, state_file=state_path(work, name) if work else None)
     settings = dict(steps=steps, lr=lr, seed=seed, batch_size=batch_size)
-    if resume:
-        _restore(run, opt, g, settings, device)
-        print(f"resumed {name} at step {run.steps} of {steps} ({run.seconds / 60:.1f} min done)")
-    if work:
-        os.makedirs(work, exist_ok=True)
-    first, before = run.steps, run.seconds
-    start = last_save = time.time()
-
-    def save():
-        run.seconds = before + time.time() - start
-        _save(run, opt, g, settings)
-
-    interrupted = []   # Ctrl-C ends the step under way first: the state saved is a step boundary
-    catch = work is not None and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum)) if catch else None
-    bar = tqdm(range(first, steps), desc=desc or f"training {name}", initial=first, total=steps,
-               disable=not progress)
-    try:
-        for step in bar:
-            elapsed = before + time.time() - start
+    loop = TrainingLoop(run, {"unet": unet, "ema": ema}, opt, g, settings, steps=steps, work=work,
+                        name=name, resume=resume, missing_ok=True,   # (states of older versions lack batch_size)
+                        checkpoint_minutes=checkpoint_minutes, progress=progress, desc=desc)
+    with loop:
+        for step in loop:
+            elapsed = loop.seconds()
             share = None if anneal_minutes is None else min(1.0, max(step / steps, elapsed / 60 / anneal_minutes))
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(step, steps, warmup, share)
@@ -285,56 +258,17 @@ def train_denoiser(unet, scheduler, data, *, steps: int, batch_size: int, lr: fl
                 d = min(ema_decay, (1 + step) / (10 + step))
                 for pe, p in zip(ema.parameters(), unet.parameters()):
                     pe.lerp_(p, 1 - d)
-            run.losses.append(loss.item())
-            run.steps, run.seconds = step + 1, before + time.time() - start
-            bar.set_postfix(loss=f"{run.losses[-1]:.4f}", refresh=False)
+            loop.record(step, loss.item())
             if log_every and run.steps % log_every == 0:
-                bar.write(f"step {run.steps}: mean loss of the last {log_every} {run.mean_loss(log_every):.4f}, "
-                          f"{run.seconds / 60:.1f} min")
+                loop.write(f"step {run.steps}: mean loss of the last {log_every} {run.mean_loss(log_every):.4f}, "
+                           f"{run.seconds / 60:.1f} min")
             if callback is not None:
                 callback(run)
-            if interrupted:
-                save()
-                bar.write(f"interrupted after step {run.steps}; the state is in {run.state_file}: resume from it")
-                raise SystemExit(130)
-            if work and time.time() - last_save > checkpoint_minutes * 60:
-                save()
-                last_save = time.time()
-            if minutes is not None and time.time() - start > minutes * 60:
-                run.stopped = "minutes"
-            elif share is not None and run.seconds >= anneal_minutes * 60:
-                run.stopped = "anneal_minutes"
-            if run.stopped:
-                bar.write(f"time budget reached after {run.steps} steps")
+            loop.checkpoint()
+            if minutes is not None and loop.session_seconds() > minutes * 60:
+                loop.stop("minutes")
                 break
-    finally:
-        if catch:
-            signal.signal(signal.SIGINT, previous)
-        bar.close()
-    run.stopped = run.stopped or "steps"
-    if work:
-        save()
-    return run
-
-
-def _save(run: Run, opt, g: torch.Generator, settings: dict):
-    tmp = run.state_file + ".tmp"
-    torch.save(dict(unet=run.unet.state_dict(), ema=run.ema.state_dict(), opt=opt.state_dict(),
-                    generator=g.get_state(), step=run.steps, seconds=run.seconds, losses=run.losses,
-                    **settings), tmp)
-    os.replace(tmp, run.state_file)   # never a half-written state
-
-
-def _restore(run: Run, opt, g: torch.Generator, settings: dict, device):
-    if not os.path.exists(run.state_file):
-        raise FileNotFoundError(f"resume: no training state at {run.state_file}; start without resume")
-    state = torch.load(run.state_file, weights_only=False, map_location=device)
-    made = {k: state[k] for k in settings if k in state}   # (states of older versions lack batch_size)
-    if any(settings[k] != v for k, v in made.items()):
-        raise ValueError(f"resume: {run.state_file} was made with "
-                         f"{', '.join(f'{k}={v}' for k, v in made.items())}; pass the same settings")
-    run.unet.load_state_dict(state["unet"])   # (onto the parameters' device, whichever saved it)
-    run.ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["opt"])
-    g.set_state(state["generator"].cpu())
-    run.steps, run.seconds, run.losses = state["step"], state["seconds"], list(state.get("losses", []))
+            if share is not None and run.seconds >= anneal_minutes * 60:
+                loop.stop("anneal_minutes")
+                break
+    return loop.finish()
