@@ -157,6 +157,16 @@ def _quietly(fn, **kwargs):
         return fn(**kwargs)
 
 
+def _figures(name: str, recorded: dict, new: dict, sizes: tuple, kept: int) -> list:
+    """The shares (``SHARES``) of one recorded measurement and its re-run as check rows
+    ``(figure, recorded, its n, re-measured, its n)``; ``sizes``: ``(n_forget, n_per_class)``
+    recorded, then re-run."""
+    n_forget, n_per_class, n_f, n_pc = sizes
+    return [(f"{name}: {label}", recorded[key], n_forget if side == "forget" else n_per_class * kept,
+             new[key], n_f if side == "forget" else n_pc * kept)
+            for key, label, side in SHARES if key in recorded]
+
+
 def _kept(model: str) -> int:
     """How many classes a measurement keeps (all but the forgotten one)."""
     from safemax.zoo import model_info
@@ -200,10 +210,8 @@ def _demo(args, r: dict, size: dict, out: str) -> list:
           f"DDIM-{ddim} (recorded: {n_forget} and {n_per_class}, from {said})", flush=True)
     new = _quietly(run, **settings, out=out, eval_every=0, n_forget=n_f, n_per_class=n_pc, num_inference_steps=ddim,
                    progress=True)   # (the fit's progress bar, on stderr)
-    kept = _kept(model)
-    return [(f"{when}: {label}", r[when][key], n_forget if side == "forget" else n_per_class * kept,
-             new[when][key], n_f if side == "forget" else n_pc * kept)
-            for when in ("before", "after") for key, label, side in SHARES if key in r[when]]
+    sizes, kept = (n_forget, n_per_class, n_f, n_pc), _kept(model)
+    return [row for when in ("before", "after") for row in _figures(when, r[when], new[when], sizes, kept)]
 
 
 # --- a comparison --------------------------------------------------------------------------------
@@ -246,7 +254,7 @@ def _compare(args, r: dict, size: dict, out: str) -> list:
         raise ValueError(f"--methods {' '.join(unknown)}: the results file has {' '.join(methods)}")
     n_forget, n_per_class = s["n_forget"], s["n_per_class"]
     n_f, n_pc = min(n_forget, size["n_forget"]), min(n_per_class, size["n_per_class"])
-    kept = _kept(model)
+    sizes, kept = (n_forget, n_per_class, n_f, n_pc), _kept(model)
     print(f"the comparison on {model}: forget {s['forget']}, batch {s['batch_size']}+{s['batch_size']}, seed {s['seed']}; "
           f"measuring {n_f} forget samples and {n_pc} per kept class with DDIM-{s['num_inference_steps']} "
           f"(recorded: {n_forget} and {n_per_class})")
@@ -265,12 +273,8 @@ def _compare(args, r: dict, size: dict, out: str) -> list:
                           n_forget=n_f, n_per_class=n_pc, num_inference_steps=s["num_inference_steps"], progress=True,
                           model=model, device="cpu")
         if not figures:   # the original model: measured by every re-run alike
-            figures += [(f"original: {label}", r["original"][key], n_forget if side == "forget" else n_per_class * kept,
-                         report["original"][key], n_f if side == "forget" else n_pc * kept)
-                        for key, label, side in SHARES if key in r["original"]]
+            figures += _figures("original", r["original"], report["original"], sizes, kept)
         new = next(p for p in report["methods"][again]["curve"] if p["step"] == at)
-        figures += [(f"{spec} at step {at}: {label}", point[key], n_forget if side == "forget" else n_per_class * kept,
-                     new[key], n_f if side == "forget" else n_pc * kept)
-                    for key, label, side in SHARES if key in point]
+        figures += _figures(f"{spec} at step {at}", point, new, sizes, kept)
         shutil.rmtree(os.path.join(out, f"run{i}"), ignore_errors=True)   # (a saved model each: tens of MB)
     return figures
