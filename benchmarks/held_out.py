@@ -40,19 +40,8 @@ def class_folder(out: str, c: int) -> str:
 def price(out: str, reps: int, quick: bool) -> dict:
     """Seconds per step and preparation of every method, measured side by side (reused when kept)."""
     import step_cost
-    path = os.path.join(out, "prices", "step_cost.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if set(METHODS) <= set(saved["seconds_per_step"]) and saved["settings"].get("quick") == quick:
-            return saved
-    batch = 2 if quick else 64
-    times, walls, preps = step_cost.measure(reps, batch, model="digits", specs=list(METHODS), quick=quick)
-    saved = dict(settings=dict(model="digits", forget=step_cost.FORGET["digits"], reps=reps, batch_size=batch,
-                               quick=quick), **step_cost.summarize(times, walls, preps))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_json(path, saved, indent=1)
-    return saved
+    return step_cost.kept_prices(os.path.join(out, "prices", "step_cost.json"), list(METHODS), reps,
+                                 model="digits", quick=quick)
 
 
 def summarise(report: dict, prices: dict) -> dict:

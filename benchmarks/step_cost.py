@@ -44,6 +44,7 @@ step against the plain step of its own round: less sensitive to the machine's sp
 printed, never asserted.
 """
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -244,6 +245,30 @@ def measure(reps, batch_size, log=print, names=TRAINERS, model="digits", specs=N
             log(f"round {r + 1}/{reps}: " + ", ".join(
                 f"{n} {statistics.median(times[n]):.3f}" for n in names) + " s/step (medians so far)")
     return times, walls, preps
+
+
+def kept_prices(path: str, specs: list, reps: int, model: str = "digits", quick: bool = QUICK) -> dict:
+    """What each of ``specs`` (compare's method specs) costs, measured side by side: ``measure``'s
+    interleaved steps (``reps`` rounds, a comparison's batch) and each method's preparation, on
+    ``model``'s ``FORGET`` class, in one process — so that comparisons that ran on shared cores are
+    timed by the methods, not by the load of the hour each ran in. Kept in ``path`` and reused while
+    it has every spec (same model and size)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if (saved["settings"]["model"] == model and saved["settings"].get("quick", False) == quick
+                and set(specs) <= set(saved["seconds_per_step"])):
+            return saved
+    batch = 2 if quick else 64
+    print(f"pricing {len(specs)} settings: {reps} interleaved rounds of their steps, and their "
+          "preparations (benchmarks/step_cost.py)", flush=True)
+    times, walls, preps = measure(reps, batch, model=model, specs=specs, quick=quick)
+    saved = dict(settings=dict(model=model, forget=FORGET[model], reps=reps, batch_size=batch, quick=quick,
+                               threads=torch.get_num_threads()), **summarize(times, walls, preps))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    from safemax.evaluation.report import write_json   # (the commit, versions, machine)
+    write_json(path, saved, indent=1)
+    return saved
 
 
 def summarize(times, walls, preps=None) -> dict:

@@ -39,7 +39,6 @@ import json
 import os
 import statistics
 
-import torch
 
 from safemax.evaluation.attacks import DEFAULT_ATTACKS, PRESETS
 from safemax.evaluation.report import write_json
@@ -187,32 +186,16 @@ def _or_dash(v) -> str:
 
 
 def prices(args, specs: list) -> dict:
-    """What each of ``specs`` costs, measured side by side: ``benchmarks/step_cost.py``'s
-    interleaved steps (``--price-reps`` rounds, the comparison's batch) and each method's
-    preparation, on the model's ``step_cost.FORGET`` class, one process — so that the head to
-    head's times compare the methods, not the load of the hour each ran in (its comparisons span
-    sessions and shared cores). Kept in ``OUT/head-to-head/prices.json`` and reused while it has
-    every spec; None with ``--price-reps 0``."""
+    """What each of ``specs`` costs, measured side by side (``step_cost.kept_prices``, ``--price-reps``
+    rounds): so that the head to head's times compare the methods, not the load of the hour each
+    ran in (its comparisons span sessions and shared cores). Kept in
+    ``OUT/head-to-head/prices.json``; None with ``--price-reps 0``."""
     if not args.price_reps:
         return None
     import step_cost
-    path = os.path.join(args.out, "head-to-head", "prices.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved["settings"]["model"] == args.model and set(specs) <= set(saved["seconds_per_step"]):
-            return saved
-    batch = 2 if args.quick else 64
-    print(f"pricing {len(specs)} settings: {args.price_reps} interleaved rounds of their steps, and their "
-          "preparations (benchmarks/step_cost.py)", flush=True)
     # --quick: Selective Amnesia's preparation shrunk as compare shrinks it
-    times, walls, preps = step_cost.measure(args.price_reps, batch, model=args.model, specs=specs, quick=args.quick)
-    saved = dict(settings=dict(model=args.model, forget=step_cost.FORGET[args.model], reps=args.price_reps,
-                               batch_size=batch, quick=args.quick, threads=torch.get_num_threads()),
-                 **step_cost.summarize(times, walls, preps))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_json(path, saved, indent=1)
-    return saved
+    return step_cost.kept_prices(os.path.join(args.out, "head-to-head", "prices.json"), specs, args.price_reps,
+                                 model=args.model, quick=args.quick)
 
 
 def priced(r: dict, price: dict, steps):
