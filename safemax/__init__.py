@@ -7,7 +7,8 @@ The layers, each importing only from those before it:
 ``op`` (the fused op) → ``data`` → ``models`` (diffusers families, schedules, sampling,
 pipelines, LoRA) → ``methods`` (SAFEMax and the baselines) → ``evaluation`` (metrics, attacks,
 probes, reports) → ``training`` (``Unlearner``) → ``zoo`` (the embedded models) → ``harness``
-(experiments) → ``cli`` (the ``safemax`` command). ``errors`` is beneath them all.
+(experiments) → ``cli`` (the ``safemax`` command) → ``integrations`` (safemax inside other tools'
+harnesses: eval-unlearn). ``errors`` is beneath them all.
 """
 __version__ = "0.1.0"
 
