@@ -313,6 +313,38 @@ def _unpack_flux(pipe, packed, options):
 
 
 @torch.no_grad()
+def latents_for(pipe, prompts, seeds, **call) -> torch.Tensor:
+    """One final latent per ``(prompt, seed)`` pair, in one batched ``pipe(...)`` call: image
+    ``k`` starts from the noise of ``torch.Generator().manual_seed(seeds[k])``, so it is the
+    image ``pipe(prompts[k], generator=that generator, **call)`` gives alone (batching changes
+    only float rounding). ``[len(prompts), C, h, w]``, float32, CPU, in the denoiser's space
+    (Flux's unpacked)."""
+    prompts, seeds = list(prompts), [int(s) for s in seeds]
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: one seed per image")
+    out = pipe(prompts, num_images_per_prompt=1, output_type="latent",
+               generator=[torch.Generator().manual_seed(s) for s in seeds], **call)
+    lat = out.images
+    if family(pipe) == "flux":
+        lat = _unpack_flux(pipe, lat, call)
+    return lat.float().cpu()
+
+
+@torch.no_grad()
+def sample_latents(pipe, prompt: str, n: int, seed: int, **call) -> torch.Tensor:
+    """``n`` final latents ``[n, C, h, w]`` (float32, CPU) of ``pipe(prompt, ...)`` from the
+    generator seeded ``seed``, in the denoiser's space (Flux's unpacked): the same seed gives the
+    same starting noise, so two models sampled with it can be compared image by image.
+    ``call``: the pipeline's own call arguments (steps, guidance, size, ...)."""
+    out = pipe(prompt, num_images_per_prompt=n, output_type="latent",
+               generator=torch.Generator().manual_seed(int(seed)), **call)
+    lat = out.images
+    if family(pipe) == "flux":
+        lat = _unpack_flux(pipe, lat, call)
+    return lat.float().cpu()
+
+
+@torch.no_grad()
 def pipeline_data(pipe, prompts, n_per_prompt: int, num_inference_steps: int = 25,
                   guidance_scale: float = None, seed: int = 0, batch_size: int = 4,
                   progress: bool = True, **options):
@@ -331,7 +363,7 @@ def pipeline_data(pipe, prompts, n_per_prompt: int, num_inference_steps: int = 2
     every other family a :class:`safemax.data.ConditionedImages` of ``(latent, dict of per-row tensors)``.
     """
     prompts = _prompts(prompts)
-    fam = family(pipe)
+    family(pipe)
     if int(n_per_prompt) < 1:
         raise ValueError(f"n_per_prompt must be at least 1, got {n_per_prompt}")
     allowed = _check_options(pipe, options)
@@ -347,16 +379,18 @@ def pipeline_data(pipe, prompts, n_per_prompt: int, num_inference_steps: int = 2
     jobs = [(i, k) for i in range(len(prompts)) for k in range(0, n_per_prompt, batch_size)]
     for i, k in tqdm(jobs, desc="generating latents", disable=not progress, leave=False):
         n = min(batch_size, n_per_prompt - k)
-        out = pipe(prompts[i], num_images_per_prompt=n, num_inference_steps=num_inference_steps,
-                   guidance_scale=guidance_scale, output_type="latent",
-                   generator=torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=g))),
-                   **options)
-        lat = out.images
-        if fam == "flux":
-            lat = _unpack_flux(pipe, lat, options)
-        latents.append(lat.float().cpu())  # already in the denoiser's (scaled) latent space
+        latents.append(sample_latents(pipe, prompts[i], n, int(torch.randint(2**31, (1,), generator=g)),
+                                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                      **options))
         index += [i] * n
-    latents, index = torch.cat(latents), torch.tensor(index)
-    if fam == "sd":
+    return conditioned_latents(torch.cat(latents), torch.tensor(index), cond)
+
+
+def conditioned_latents(latents: torch.Tensor, index: torch.Tensor, cond):
+    """The data set of ``latents`` whose row ``i`` has the condition of prompt ``index[i]``, from
+    the conditions ``cond`` of :func:`prompt_embeddings` (in the form of :func:`pipeline_data`)."""
+    if len(latents) != len(index):
+        raise ValueError(f"{len(latents)} latents but {len(index)} prompt indices")
+    if torch.is_tensor(cond):
         return TensorDataset(latents, cond[index].contiguous())
     return ConditionedImages(latents, {k: v[index].contiguous() for k, v in cond.items()})
