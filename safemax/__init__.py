@@ -6,7 +6,8 @@ distribution, by halting its denoising, optionally only in the early (high-noise
 The layers, each importing only from those before it:
 ``op`` (the fused op) → ``data`` → ``models`` (diffusers families, schedules, sampling,
 pipelines, LoRA) → ``methods`` (SAFEMax and the baselines) → ``evaluation`` (metrics, attacks,
-probes, reports) → ``training`` (``Unlearner``) → ``zoo`` (the embedded models) → ``harness``
+probes, reports) → ``training`` (``Unlearner``) → ``zoo`` (the embedded models) → ``concepts`` (erasing
+concepts from text-to-image pipelines: ``safemax erase``) → ``harness``
 (experiments) → ``cli`` (the ``safemax`` command) → ``integrations`` (safemax inside other tools'
 harnesses: eval-unlearn). ``errors`` is beneath them all.
 """

@@ -8,7 +8,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "safemax"
 # bottom to top; a module may import its own layer and any layer before it
-LAYERS = ["errors", "settings", "op", "data", "models", "methods", "evaluation", "training", "zoo", "harness", "cli",
+LAYERS = ["errors", "settings", "op", "data", "models", "methods", "evaluation", "training", "zoo", "concepts",
+          "harness", "cli",
           "integrations"]
 TOP = {"safemax", "safemax.__main__", "safemax._moved"}   # the package's face: may import any layer
 MAX_LINES = 400

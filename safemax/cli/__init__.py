@@ -17,6 +17,9 @@ EXAMPLES = """examples:
   safemax sample --model unet-no3 --label 3 --out threes.png
   safemax evaluate --model unet-no3 --forget 3
   safemax sample --model fashion-mnist --label 0 1 9 --out garments.png
+  safemax erase --pipeline fashion-mnist-sd --concept "a sneaker" --out no-sneaker   erase a concept
+  safemax erase --pipeline ./sd-folder --concept "a church" --keep "a house" --lora-rank 8 --out no-church
+  safemax evaluate --pipeline no-sneaker        its forgetting and what it cost, before/after seeds
   safemax compare                               SAFEMax vs SalUn, Selective Amnesia, gradient ascent
   safemax compare --quick --out /tmp/c          a smoke run (seconds), not a result
   safemax probe --model digits unet-no3 --forget 3   erased or only avoided? (erasure probes)
@@ -25,7 +28,7 @@ EXAMPLES = """examples:
 """
 
 
-COMMANDS = ("demo", "unlearn", "sample", "evaluate", "compare", "probe", "check", "selfcheck")
+COMMANDS = ("demo", "unlearn", "erase", "sample", "evaluate", "compare", "probe", "check", "selfcheck")
 
 
 def main(argv=None) -> int:

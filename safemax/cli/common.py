@@ -32,3 +32,25 @@ def method_options(args) -> dict:
     from safemax.methods import METHODS
     names = {n for method in METHODS.values() for n in method.settings_class.names()}
     return {n: getattr(args, n) for n in sorted(names) if getattr(args, n, None) is not None}
+
+
+def add_pipeline_options(p):
+    """``--option KEY=VALUE``: a call argument of the pipeline (``pipe(prompt, KEY=VALUE)``)."""
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a call argument of the pipeline for every sample and prompt, e.g. height=512, "
+                        "max_sequence_length=77, use_resolution_binning=false (repeat; values are JSON, else text)")
+
+
+def pipeline_options(args) -> dict:
+    """``--option`` values as ``{key: value}`` (JSON values: numbers, true/false; else text)."""
+    import json
+    out = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r}: write KEY=VALUE, e.g. --option height=512")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out

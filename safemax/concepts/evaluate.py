@@ -1,0 +1,191 @@
+"""How well a concept was erased from a text-to-image pipeline, and what it cost the rest
+(``safemax evaluate --pipeline … --concept …``; ``safemax erase`` runs it on its output).
+
+Every prompt is sampled ``n`` times from fixed seeds (image ``k`` of a list from seed
+``seed·100003 + k``), so the original and the erased pipeline start from the same noise, at each
+guidance scale asked (classifier-free guidance 7.5, and 1 = none). On every pipeline:
+
+- ``noise``: the concept's final latents' mean, std and kurtosis — SAFEMax's halted chain leaves
+  its starting noise, N(0, I) in the denoiser's latent space (mean 0, std 1, kurtosis 3);
+- ``clip_score`` where a CLIP is shipped beside the base pipeline (``<base>/clip``, as the zoo's
+  is): 100 · cos(image, prompt) averaged over samples, of the concept's and of the kept prompts.
+
+On a pipeline trained on ``safemax.data.captions`` (its concepts are Fashion-MNIST classes), by
+the embedded Fashion-MNIST classifier on the samples' 28×28 frame, each share with its 95%
+Wilson interval and its count:
+
+- ``fa_erase`` / ``fa_paraphrase``: the share of the concept's samples of its erasing prompts /
+  of its paraphrases (other synonyms, other templates) that are still its class;
+- ``neighbours``: the share of the neighbour classes' samples (their erasing prompts) that are
+  their class; ``others``: the same for every other kept class;
+- ``frechet``: the Fréchet distance, in classifier features, between the kept classes' samples
+  and their real test images.
+"""
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from safemax.data import captions
+from safemax.evaluation.metrics import classify, gaussianity
+from safemax.evaluation.stats import wilson
+
+GUIDANCE = (7.5, 1.0)
+SEED_STRIDE = 100003
+
+
+BATCH = 32
+"""Images per pipeline call when sampling many prompts (one call per image is mostly overhead)."""
+
+
+@torch.no_grad()
+def latents_of(pipe, prompts, n: int, first_seed: int, progress: bool = False, desc: str = "sampling",
+               batch: int = BATCH, **call) -> torch.Tensor:
+    """``n`` final latents of each prompt, prompt-major: image ``k`` of the list (prompt
+    ``k // n``) from seed ``first_seed + k`` (``pipelines.latents_for``: what
+    ``pipe(prompt, generator=torch.Generator().manual_seed(first_seed + k))`` gives);
+    ``call``: the pipeline's call arguments (guidance, steps, ...)."""
+    from safemax.models.pipelines import latents_for
+    texts = [p for p in prompts for _ in range(n)]
+    chunks = range(0, len(texts), batch)
+    return torch.cat([latents_for(pipe, texts[k:k + batch], range(first_seed + k, first_seed + k + len(texts[k:k + batch])),
+                                  **call)
+                      for k in tqdm(chunks, desc=desc, disable=not progress, leave=False)])
+
+
+@torch.no_grad()
+def draw(pipe, prompts, n: int, seed: int = 0, guidance_scale: float = 7.5, num_inference_steps: int = 25,
+         progress: bool = False, desc: str = "sampling", options: dict = None):
+    """``(latents, images)`` of ``n`` samples of each prompt, prompt-major: final latents in the
+    denoiser's space and decoded images in [-1, 1]; image ``k`` from seed ``seed·100003 + k``.
+    ``options``: more of the pipeline's call arguments (``height``, ``max_sequence_length``, ...)."""
+    from safemax.models.pipelines import decode_latents
+    latents = latents_of(pipe, prompts, n, seed * SEED_STRIDE, progress, desc, guidance_scale=guidance_scale,
+                         num_inference_steps=num_inference_steps, **(options or {}))
+    return latents, decode_latents(pipe, latents)
+
+
+def _share(hits: torch.Tensor) -> dict:
+    k, n = int(hits.sum()), len(hits)
+    if n == 0:
+        return None
+    lo, hi = wilson(k, n)
+    return dict(value=round(k / n, 4), ci95=[round(lo, 4), round(hi, 4)], n=n)
+
+
+def _noise(latents: torch.Tensor) -> dict:
+    g = gaussianity(latents)
+    return dict(mean=round(g["gaussian_mean"], 4), std=round(g["gaussian_std"], 4),
+                kurtosis=round(g["gaussian_kurtosis"], 3))
+
+
+class ClipScore:
+    """CLIP score with a ``transformers.CLIPModel`` and its tokenizer: 100 · cos(image, text)."""
+
+    def __init__(self, clip, tokenizer):
+        self.clip, self.tokenizer = clip.eval(), tokenizer
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: list) -> float:
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")["input_ids"]
+        out = self.clip(input_ids=ids, pixel_values=images.float())
+        cos = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds, dim=-1)
+        return round(float(100 * cos.clamp_min(0).mean()), 3)
+
+
+def clip_scorer(base: str, tokenizer):
+    """The ``ClipScore`` of the CLIP shipped beside the base pipeline, or None."""
+    from safemax.concepts.loading import base_folder
+    folder = base_folder(base)
+    if not folder or not os.path.isfile(os.path.join(folder, "clip", "config.json")):
+        return None
+    from safemax.zoo.sd_pipeline import load_clip
+    return ClipScore(load_clip(folder), tokenizer)
+
+
+class FashionJudge:
+    """The embedded Fashion-MNIST classifier and the real test images the Fréchet distance is
+    measured against, loaded once a process (``shared()``): the real side of a Fréchet distance
+    is ~20 s of classifier features on one core."""
+
+    _shared = None
+
+    @classmethod
+    def shared(cls):
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def __init__(self):
+        from safemax.data import fashion_mnist
+        from safemax.zoo import load_classifier
+        self.classifier = load_classifier("fashion-mnist")
+        self.real, self.labels = fashion_mnist("test").tensors
+        self._references = {}
+
+    def classes(self, images: torch.Tensor) -> torch.Tensor:
+        from safemax.zoo.sd_parts import fashion_frame
+        return classify(self.classifier, fashion_frame(images)).argmax(1)
+
+    def frechet(self, images: torch.Tensor, kept: list) -> float:
+        from safemax.evaluation.metrics import FrechetReference
+        from safemax.zoo.sd_parts import fashion_frame
+        key = tuple(sorted(kept))
+        if key not in self._references:
+            real = self.real[torch.isin(self.labels, torch.tensor(key))]
+            self._references[key] = FrechetReference(self.classifier, real)
+        return round(self._references[key].distance(fashion_frame(images).clamp(-1, 1)), 4)
+
+
+def evaluate_concepts(pipe, concepts, keep, base: str = None, captioned: bool = False, n: int = 8,
+                      seed: int = 0, guidance=GUIDANCE, num_inference_steps: int = 25, judge=None,
+                      progress: bool = True, options: dict = None) -> dict:
+    """The measurements of the module's docstring for ``concepts`` (``prompts.Concept``) and
+    ``keep`` (prompts), at each guidance scale: ``{"guidance_7.5": {...}, ...}`` plus the
+    settings and seconds. ``options``: more of the pipeline's call arguments (``height``, ...)."""
+    start = time.perf_counter()
+    clip = clip_scorer(base, pipe.tokenizer) if base else None
+    if captioned and judge is None:
+        judge = FashionJudge.shared()
+    erased = {c.class_id for c in concepts}
+    out = dict(n_per_prompt=n, seed=seed, num_inference_steps=num_inference_steps, guidance=list(guidance))
+    for g in guidance:
+        at = {}
+        common = dict(n=n, seed=seed, guidance_scale=g, num_inference_steps=num_inference_steps, progress=progress,
+                      options=options)
+        for c in concepts:
+            lat, img = draw(pipe, c.erase_prompts, desc=f"{c.name} @ {g:g}", **common)
+            row = dict(noise=_noise(lat))
+            if clip:
+                row["clip_score"] = clip(img, [p for p in c.erase_prompts for _ in range(n)])
+            if captioned:
+                row["fa_erase"] = _share(judge.classes(img) == c.class_id)
+                _, para = draw(pipe, c.paraphrases, desc=f"{c.name} paraphrases @ {g:g}", **common)
+                row["fa_paraphrase"] = _share(judge.classes(para) == c.class_id)
+            at[c.name] = row
+        kept = {}
+        if captioned:
+            neighbours = sorted({k for c in concepts for k in c.neighbours} - erased)
+            others = [k for k in range(captions.NUM_CLASSES) if k not in erased and k not in neighbours]
+            prompts = [(k, p) for k in neighbours + others for p in captions.prompts(k, "erase")]
+            _, images = draw(pipe, [p for _, p in prompts], desc=f"kept classes @ {g:g}", **common)
+            labels = torch.tensor([k for k, _ in prompts]).repeat_interleave(n)
+            hits = judge.classes(images) == labels
+            near = torch.isin(labels, torch.tensor(neighbours, dtype=torch.long))
+            kept.update(neighbours=_share(hits[near]), others=_share(hits[~near]), neighbour_classes=neighbours,
+                        frechet=judge.frechet(images, neighbours + others))
+            if clip:
+                kept["clip_score"] = clip(images, [p for _, p in prompts for _ in range(n)])
+        elif clip and [k for k in keep if k]:
+            prompts = [k for k in keep if k]
+            _, img = draw(pipe, prompts, desc=f"kept @ {g:g}", **common)
+            kept["clip_score"] = clip(img, [p for p in prompts for _ in range(n)])
+        at["kept"] = kept
+        out[f"guidance_{g:g}"] = at
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+__all__ = ["GUIDANCE", "SEED_STRIDE", "latents_of", "draw", "ClipScore", "clip_scorer", "FashionJudge", "evaluate_concepts"]

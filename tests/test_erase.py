@@ -1,0 +1,213 @@
+"""``safemax erase`` / ``safemax evaluate --pipeline`` (safemax.concepts): every family's tiny
+pipeline saved to disk, erased by the command and loaded back by its own pipeline class; the
+captioned zoo-style pipeline (trained here at tiny size) erased and evaluated end to end; resume;
+one clear line for each bad input."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+from diffusers import DDPMPipeline, DiffusionPipeline, UNet2DModel  # noqa: E402
+from tiny_pipelines import (  # noqa: E402
+    SIZES,
+    tiny_flux_pipeline,
+    tiny_pixart_pipeline,
+    tiny_sana_pipeline,
+    tiny_sd3_pipeline,
+    tiny_sdxl_pipeline,
+)
+from tiny_sd import tiny_sd_pipeline  # noqa: E402
+
+from safemax.cli import main  # noqa: E402
+from safemax.concepts import erase, load_erased  # noqa: E402
+from safemax.concepts.prompts import class_named, paraphrases, resolve  # noqa: E402
+from safemax.data import captions  # noqa: E402
+from safemax.models.pipelines import sample_latents  # noqa: E402
+
+SEQ = {"max_sequence_length": 8}
+# family -> (builder, its call options at the tiny size)
+FAMILIES = {
+    "sd": (tiny_sd_pipeline, {}),
+    "sdxl": (tiny_sdxl_pipeline, {}),
+    "sd3": (tiny_sd3_pipeline, SEQ),
+    "flux": (tiny_flux_pipeline, {**SIZES["flux"], **SEQ}),
+    "pixart": (tiny_pixart_pipeline, {**SIZES["pixart"], **SEQ}),
+    "sana": (tiny_sana_pipeline, {**SIZES["sana"], **SEQ}),
+}
+TINY = ["--steps", "2", "--batch-size", "2", "--n-per-prompt", "1", "--num-inference-steps", "2", "--lr", "1e-2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def saved(builder, folder):
+    builder().save_pretrained(folder, safe_serialization=True)
+    return str(folder)
+
+
+def options_args(options):
+    return [a for k, v in options.items() for a in ("--option", f"{k}={json.dumps(v)}")]
+
+
+def latents(pipe, options):
+    pipe.set_progress_bar_config(disable=True)
+    return sample_latents(pipe, "a church", 1, seed=3, num_inference_steps=2, guidance_scale=1.0, **options)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["denoiser", "lora"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_family_is_erased_by_the_command_and_loads_back(name, lora, tmp_path):
+    builder, options = FAMILIES[name]
+    base = saved(builder, tmp_path / "base")
+    out = tmp_path / "out"
+    argv = ["erase", "--pipeline", base, "--concept", "a church", "--exact", "--keep", "a dog", "--no-evaluate",
+            "--save-pipeline", "--out", str(out), *TINY, *options_args(options)]
+    assert main(argv + (["--lora-rank", "2"] if lora else [])) == 0
+    manifest = json.loads((out / "safemax.json").read_text())
+    assert manifest["family"] == name and manifest["concepts"][0]["erase_prompts"] == ["a church"]
+    assert manifest["steps"] == 2 and manifest["keep"] == ["a dog"] and manifest["options"] == options
+    original = latents(DiffusionPipeline.from_pretrained(base), options)
+    if lora and name != "pixart":   # the family's own loader takes the LoRA file
+        assert manifest["output"] == "lora"
+        pipe = DiffusionPipeline.from_pretrained(base)
+        pipe.load_lora_weights(str(out / "lora"))
+    else:   # the edited denoiser (PixArt's LoRA merged: diffusers has no PixArt LoRA loader)
+        assert manifest["output"] == "denoiser"
+        pipe, _ = load_erased(str(out))
+    edited = latents(pipe, options)
+    assert not torch.allclose(edited, original, atol=1e-6), "the edit did not reach the loaded pipeline"
+    # the whole-pipeline folder (LoRA merged) loads with diffusers alone and is the same model
+    whole = DiffusionPipeline.from_pretrained(str(out / "pipeline"))
+    assert type(whole).__name__ == manifest["pipeline_class"]
+    torch.testing.assert_close(latents(whole, options), edited, atol=2e-4, rtol=2e-4)
+    assert (out / "README.md").read_text().startswith("---\nbase_model:") and (out / "grid.png").stat().st_size
+
+
+# ------------------------------------------------------------------ the captioned pipeline
+
+@pytest.fixture(scope="module")
+def captioned_pipeline(tmp_path_factory):
+    """The zoo's Stable Diffusion pipeline at the smoke size (seconds of training: it draws
+    noise, but every part and file is the real one)."""
+    from safemax.zoo import sd_pipeline
+    folder = tmp_path_factory.mktemp("fm-sd")
+    n = 40
+    data = (torch.rand(n, 1, 32, 32) * 2 - 1, torch.arange(n) % 10)
+    return sd_pipeline.train(str(folder / "pipe"), "tiny", work=str(folder / "work"), data=data, progress=False)
+
+
+def test_a_captioned_pipeline_is_erased_and_evaluated_end_to_end(captioned_pipeline, tmp_path, capsys):
+    out = tmp_path / "no-sneaker"
+    assert main(["erase", "--pipeline", captioned_pipeline, "--concept", "a running shoe", "--out", str(out),
+                 *TINY, "--eval-n", "1"]) == 0
+    manifest = json.loads((out / "safemax.json").read_text())
+    concept = manifest["concepts"][0]
+    assert concept["class_id"] == 7 and concept["word"] == "running shoe" and concept["neighbours"] == [9, 5]
+    assert "a photo of a running shoe" in concept["erase_prompts"]
+    assert all("running shoe" not in p for p in concept["paraphrases"]) and len(concept["paraphrases"]) == 10
+    assert manifest["captioned"] and len(manifest["keep"]) == 9 * 4 + 1   # the other classes and ""
+    report = json.loads((out / "report.json").read_text())
+    for side in ("before", "after"):
+        at = report[side]["guidance_7.5"]
+        cell = at["a running shoe"]
+        assert cell["fa_erase"]["n"] == 4 and cell["fa_paraphrase"]["n"] == 10
+        assert 0 <= cell["fa_erase"]["ci95"][0] <= cell["fa_erase"]["value"] <= cell["fa_erase"]["ci95"][1] <= 1
+        assert at["kept"]["neighbour_classes"] == [5, 9] and at["kept"]["neighbours"]["n"] == 8
+        assert at["kept"]["others"]["n"] == 7 * 4 and at["kept"]["frechet"] >= 0 and "clip_score" in at["kept"]
+        assert "guidance_1" in report[side]
+    card = (out / "README.md").read_text()
+    assert "library_name: diffusers" in card and "forget accuracy, paraphrases" in card
+    # safemax evaluate on the output: its own concepts, the erased model
+    capsys.readouterr()
+    assert main(["evaluate", "--pipeline", str(out), "--n-per-prompt", "1", "--steps", "2", "--guidance", "7.5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["base_model"] == captioned_pipeline and result["concepts"][0]["class_id"] == 7
+    assert result["guidance_7.5"]["a running shoe"]["fa_erase"]["n"] == 4
+
+
+def test_an_interrupted_erase_resumes_to_the_same_model(captioned_pipeline, tmp_path, monkeypatch):
+    from safemax.concepts import card
+    common = dict(steps=3, batch_size=2, n_per_prompt=1, num_inference_steps=2, lr=1e-2, checkpoint_every=1,
+                  keep=["a photo of a bag", ""], progress=False)
+    erase(captioned_pipeline, ["sneaker"], out=str(tmp_path / "whole"), **common)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(card, "save_grid", interrupted)   # after the fit, before anything is written
+    with pytest.raises(KeyboardInterrupt):
+        erase(captioned_pipeline, ["sneaker"], out=str(tmp_path / "cut"), **common)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="--resume"):
+        erase(captioned_pipeline, ["sneaker"], out=str(tmp_path / "cut"), **common)
+    erase(captioned_pipeline, ["sneaker"], out=str(tmp_path / "cut"), resume=True, **common)
+    from safetensors.torch import load_file
+    a = load_file(str(tmp_path / "whole" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="already holds a finished erase"):
+        erase(captioned_pipeline, ["sneaker"], out=str(tmp_path / "cut"), **common)
+
+
+# ------------------------------------------------------------------ prompts and bad inputs
+
+def test_a_concept_is_the_class_its_words_name():
+    assert class_named("a running shoe") == (7, "running shoe")
+    assert class_named("T-Shirt") == (0, "t-shirt") and class_named("a shirt") == (6, "shirt")
+    assert class_named("an ankle boot") == (9, "ankle boot") and class_named("a church") is None
+    with pytest.raises(ValueError, match="several classes"):
+        class_named("a sandal and a bag")
+    assert paraphrases(7, "sneaker") == captions.prompts(7, "paraphrase")
+    concepts, keep = resolve(["a sneaker"], captioned=True)
+    assert concepts[0].erase_prompts == captions.prompts(7, "erase") and keep[-1] == ""
+    assert not any(captions.class_of(k) == 7 for k in keep)
+    assert resolve(["a church"], exact=True)[0][0].erase_prompts == ["a church"]
+
+
+@pytest.mark.parametrize("concepts, keep, captioned, message", [
+    (["  "], None, False, "is empty"),
+    ([], None, False, "no concept given"),
+    (["a church"], ["a photo of a church"], False, "both kept and erased"),
+    (["a sneaker"], ["a trainer on a beach"], True, "both kept and erased"),
+    (["a church"], None, True, "names no class this pipeline was trained on"),
+    (["sneaker", "a trainer"], None, True, "name the same class"),
+])
+def test_bad_concepts_get_one_clear_line(concepts, keep, captioned, message):
+    with pytest.raises(ValueError, match=message):
+        resolve(concepts, keep, captioned=captioned)
+
+
+def test_bad_pipelines_and_prompts_get_one_clear_line(tmp_path, capsys):
+    from safemax.cli import cli
+
+    def error(argv):
+        capsys.readouterr()
+        assert cli(["erase", *argv, "--out", str(tmp_path / "o"), *TINY]) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("safemax: error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        return lines[0]
+
+    sd = saved(tiny_sd_pipeline, tmp_path / "sd")
+    assert "takes at most 16" in error(["--pipeline", sd, "--concept", "a " + "very " * 20 + "long concept"])
+    ddpm = tmp_path / "ddpm"
+    DDPMPipeline(unet=UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4,
+                                  down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2),
+                 scheduler=tiny_sd_pipeline().scheduler).save_pretrained(ddpm)
+    assert "supports the text-to-image pipelines" in error(["--pipeline", str(ddpm), "--concept", "x"])
+    no_text = tmp_path / "no-text"
+    pipe = tiny_sd_pipeline()
+    pipe.text_encoder = None
+    pipe.register_modules(text_encoder=None)
+    pipe.save_pretrained(no_text)
+    assert "no text encoder" in error(["--pipeline", str(no_text), "--concept", "a church"])
+    assert "neither a zoo pipeline" in error(["--pipeline", str(tmp_path / "nowhere"), "--concept", "a church"])
+    assert "is empty" in error(["--pipeline", sd, "--concept", ""])
+    assert "both kept and erased" in error(["--pipeline", sd, "--concept", "a church", "--keep", "church"])
+    assert "write KEY=VALUE" in error(["--pipeline", sd, "--concept", "a church", "--option", "height"])
