@@ -3,7 +3,8 @@ benchmarks/stopping.py on its runs, retain_dip.py, probes.py, tune_baselines.py,
 class_embedding.py, halting.py, robust_attack.py, memory.py, step_cost.py and tau_sweep.py; and
 every script that forgets a class of an embedded model sets it up through ``harness.task.Task``.
 (flow_digits.py, flow_halt_probe.py: tests/test_flow_digits.py; concept_digits.py:
-tests/test_stable_diffusion.py; memory_accounting.py: tests/test_memory_accounting.py.)"""
+tests/test_stable_diffusion.py; memory_accounting.py: tests/test_memory_accounting.py; concept_erasure.py:
+tests/test_erase.py.)"""
 import json
 import os
 import subprocess

@@ -211,3 +211,25 @@ def test_bad_pipelines_and_prompts_get_one_clear_line(tmp_path, capsys):
     assert "is empty" in error(["--pipeline", sd, "--concept", ""])
     assert "both kept and erased" in error(["--pipeline", sd, "--concept", "a church", "--keep", "church"])
     assert "write KEY=VALUE" in error(["--pipeline", sd, "--concept", "a church", "--option", "height"])
+
+
+def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, capsys):
+    """benchmarks/concept_erasure.py at its smoke size: two seeds of one concept, pooled."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "concept_erasure", Path(__file__).resolve().parents[1] / "benchmarks" / "concept_erasure.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "c"
+    argv = ["--smoke", "--pipeline", captioned_pipeline, "--concepts", "sneaker", "--seeds", "0", "1", "--out", str(out)]
+    assert script.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    at = summary["overall"]["guidance_7.5"]
+    assert summary["runs"] == 2 and at["fa_erase"]["n"] == 2 * 4 and at["fa_paraphrase"]["n"] == 2 * 10
+    assert at["others"]["n"] == 2 * 7 * 4 and at["neighbours"]["ci95"][0] <= at["neighbours"]["change"]
+    assert summary["overall"]["erase_seconds"]["n"] == 2 and "guidance_1" in summary["by_concept"]["sneaker"]
+    text = capsys.readouterr().out
+    assert "| all | 7.5 |" in text and "| sneaker | 1 |" in text
+    assert script.main(argv + ["--summarise"]) == 0   # from the files, nothing run again
+    assert capsys.readouterr().out.strip().endswith(text.strip().splitlines()[-1])

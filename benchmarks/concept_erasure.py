@@ -1,0 +1,175 @@
+"""Concept erasure on the Stable Diffusion pipeline trained here: ``safemax erase`` of each concept
+with each seed, evaluated before and after (``safemax.concepts.evaluate``), and one summary
+with 95% intervals.
+
+    python benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd                # 3 concepts x 3 seeds
+    python benchmarks/concept_erasure.py --summarise --out benchmarks/results/concepts-sd    # the tables only
+    python benchmarks/concept_erasure.py --smoke --pipeline DIR --out /tmp/c                 # seconds, not a result
+
+Each run is a plain ``safemax erase --pipeline fashion-mnist-sd --concept C --seed S`` into
+``OUT/<concept>-seed<S>`` (finished runs are kept; an interrupted one resumes from its checkpoint).
+The reported concepts (sneaker, T-shirt, bag by default) are not the one the settings were chosen
+on (``--tune``: a dress). The summary pools, per concept and over all, the samples of every seed:
+forget accuracy on the erasing prompts and on paraphrases (Wilson intervals on the pooled count),
+and the change in the neighbour and other classes' accuracy, after minus before on the same seeds
+(the normal interval of a difference of two proportions), at guidance 7.5 and 1; Fréchet distance
+and CLIP score before and after, the concept's latent std, time and peak memory as mean ± 95% t
+interval over the runs.
+"""
+import argparse
+import json
+import os
+
+from safemax.evaluation.report import write_json
+from safemax.evaluation.stats import t_interval, wilson
+
+CONCEPTS = ("sneaker", "t-shirt", "bag")
+TUNE = "dress"
+SETTINGS = dict(steps=100, batch_size=8, n_per_prompt=8)
+"""The erase settings reported (chosen on ``TUNE``)."""
+
+
+def folder(out: str, concept: str, seed: int) -> str:
+    return os.path.join(out, f"{concept.replace(' ', '_')}-seed{seed}")
+
+
+def run(pipeline: str, concept: str, seed: int, out: str, settings: dict, eval_n: int, steps: int, progress=True):
+    """One erase with its evaluation (kept when finished; resumed when interrupted)."""
+    from safemax.concepts import erase
+    path = folder(out, concept, seed)
+    if os.path.exists(os.path.join(path, "report.json")):
+        return path
+    resume = os.path.isdir(os.path.join(path, "checkpoint"))
+    return erase(pipeline, [concept], out=path, seed=seed, resume=resume, num_inference_steps=steps,
+                 evaluate=dict(n=eval_n), progress=progress, **settings)
+
+
+def _pool(cells) -> dict:
+    k = sum(round(c["value"] * c["n"]) for c in cells)
+    n = sum(c["n"] for c in cells)
+    lo, hi = wilson(k, n)
+    return dict(value=round(k / n, 4), ci95=[round(lo, 4), round(hi, 4)], n=n)
+
+
+def _change(before, after) -> dict:
+    """after − before of two pooled shares, with the normal 95% interval of the difference."""
+    b, a = _pool(before), _pool(after)
+    se = ((b["value"] * (1 - b["value"]) / b["n"]) + (a["value"] * (1 - a["value"]) / a["n"])) ** 0.5
+    d = a["value"] - b["value"]
+    return dict(before=b["value"], after=a["value"], change=round(d, 4),
+                ci95=[round(d - 1.96 * se, 4), round(d + 1.96 * se, 4)], n=a["n"])
+
+
+def _mean(values) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    mean, half = t_interval(values)
+    return dict(mean=round(mean, 4), ci95_half=None if half is None else round(half, 4), n=len(values))
+
+
+def summarise(out: str, concepts, seeds) -> dict:
+    """The summary of the module's docstring, from the runs' report.json and safemax.json."""
+    runs = {}
+    for c in concepts:
+        for s in seeds:
+            path = folder(out, c, s)
+            if os.path.exists(os.path.join(path, "report.json")):
+                with open(os.path.join(path, "report.json")) as f, open(os.path.join(path, "safemax.json")) as g:
+                    runs[(c, s)] = (json.load(f), json.load(g))
+    if not runs:
+        raise ValueError(f"no finished run in {out}: run without --summarise first")
+    summary = dict(concepts=list(concepts), seeds=list(seeds), runs=len(runs), by_concept={}, overall={})
+    any_report = next(iter(runs.values()))[0]
+    guidances = [k for k in any_report["after"] if k.startswith("guidance_")]
+
+    def block(items):
+        out_ = {}
+        for g in guidances:
+            rows = [(r[0]["before"][g], r[0]["after"][g], r[1]["concepts"][0]["name"]) for r in items]
+            out_[g] = dict(
+                fa_erase=_pool([a[name]["fa_erase"] for _, a, name in rows]),
+                fa_erase_before=_pool([b[name]["fa_erase"] for b, _, name in rows]),
+                fa_paraphrase=_pool([a[name]["fa_paraphrase"] for _, a, name in rows]),
+                fa_paraphrase_before=_pool([b[name]["fa_paraphrase"] for b, _, name in rows]),
+                neighbours=_change([b["kept"]["neighbours"] for b, _, _ in rows],
+                                   [a["kept"]["neighbours"] for _, a, _ in rows]),
+                others=_change([b["kept"]["others"] for b, _, _ in rows], [a["kept"]["others"] for _, a, _ in rows]),
+                frechet_before=_mean([b["kept"]["frechet"] for b, _, _ in rows]),
+                frechet_after=_mean([a["kept"]["frechet"] for _, a, _ in rows]),
+                clip_before=_mean([b["kept"].get("clip_score") for b, _, _ in rows]),
+                clip_after=_mean([a["kept"].get("clip_score") for _, a, _ in rows]),
+                latent_std_after=_mean([a[name]["noise"]["std"] for _, a, name in rows]),
+                latent_std_before=_mean([b[name]["noise"]["std"] for b, _, name in rows]))
+        out_["erase_seconds"] = _mean([m["seconds"]["erase"] for _, m in items])
+        out_["peak_memory_mb"] = _mean([m["peak_memory_mb"] for _, m in items])
+        return out_
+
+    for c in concepts:
+        items = [runs[(c, s)] for s in seeds if (c, s) in runs]
+        if items:
+            summary["by_concept"][c] = block(items)
+    summary["overall"] = block(list(runs.values()))
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The summary as markdown: one row per concept and guidance, then all concepts."""
+    def share(c):
+        return f"{c['value']:.3f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
+
+    def change(c):
+        return f"{100 * c['change']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}]"
+
+    def mean(c):
+        return "—" if c is None else f"{c['mean']:.3g}" + (f" ± {c['ci95_half']:.2g}" if c["ci95_half"] else "")
+    lines = ["| concept | guidance | FA erasing prompts (before → after) | FA paraphrases (before → after) | "
+             "neighbours, points | other classes, points | Fréchet before → after | latent std after |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, block in list(summary["by_concept"].items()) + [("all", summary["overall"])]:
+        for g in [k for k in block if k.startswith("guidance_")]:
+            r = block[g]
+            lines.append(f"| {name} | {g.split('_', 1)[1]} | {r['fa_erase_before']['value']:.3f} → {share(r['fa_erase'])} | "
+                         f"{r['fa_paraphrase_before']['value']:.3f} → {share(r['fa_paraphrase'])} | "
+                         f"{change(r['neighbours'])} | {change(r['others'])} | {mean(r['frechet_before'])} → "
+                         f"{mean(r['frechet_after'])} | {mean(r['latent_std_after'])} |")
+    o = summary["overall"]
+    lines += ["", f"Erase time (data, preparation, fit): {mean(o['erase_seconds'])} s; peak memory "
+              f"{mean(o['peak_memory_mb'])} MiB (mean ± 95% interval over {summary['runs']} runs)."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", default="fashion-mnist-sd")
+    p.add_argument("--concepts", nargs="+", default=list(CONCEPTS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--tune", action="store_true", help=f"run the tuning concept ({TUNE!r}) instead of the reported ones")
+    p.add_argument("--eval-n", type=int, default=8, help="evaluation samples per prompt (default 8)")
+    p.add_argument("--sampling-steps", type=int, default=25)
+    p.add_argument("--summarise", action="store_true", help="only the summary of the finished runs")
+    p.add_argument("--smoke", action="store_true", help="a tiny run (seconds with a tiny pipeline), not a result")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    settings, eval_n, steps = dict(SETTINGS), args.eval_n, args.sampling_steps
+    concepts = [TUNE] if args.tune else args.concepts
+    if args.smoke:
+        settings, eval_n, steps = dict(steps=2, batch_size=2, n_per_prompt=1), 1, 2
+    if not args.summarise:
+        for c in concepts:
+            for s in args.seeds:
+                run(args.pipeline, c, s, args.out, settings, eval_n, steps)
+    summary = summarise(args.out, concepts, args.seeds)
+    summary["settings"] = dict(settings, eval_n=eval_n, sampling_steps=steps, pipeline=args.pipeline)
+    write_json(os.path.join(args.out, "summary.json"), summary)
+    text = table(summary)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    from safemax.errors import one_line_errors
+    sys.exit(one_line_errors(main, "concept_erasure.py"))
