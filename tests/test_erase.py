@@ -24,7 +24,7 @@ from safemax.cli import main  # noqa: E402
 from safemax.concepts import erase, load_erased  # noqa: E402
 from safemax.concepts.prompts import class_named, paraphrases, resolve  # noqa: E402
 from safemax.data import captions  # noqa: E402
-from safemax.models.pipelines import sample_latents  # noqa: E402
+from safemax.models.pipelines import latents_for  # noqa: E402
 
 SEQ = {"max_sequence_length": 8}
 # family -> (builder, its call options at the tiny size)
@@ -58,7 +58,7 @@ def options_args(options):
 
 def latents(pipe, options):
     pipe.set_progress_bar_config(disable=True)
-    return sample_latents(pipe, "a church", 1, seed=3, num_inference_steps=2, guidance_scale=1.0, **options)
+    return latents_for(pipe, ["a church"], [3], num_inference_steps=2, guidance_scale=1.0, **options)
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["denoiser", "lora"])

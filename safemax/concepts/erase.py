@@ -30,7 +30,7 @@ import time
 import torch
 
 from safemax.concepts import card
-from safemax.concepts.evaluate import GUIDANCE, SEED_STRIDE, draw, evaluate_concepts, latents_of
+from safemax.concepts.evaluate import GUIDANCE, SEED_STRIDE, draw, evaluate_concepts
 from safemax.concepts.loading import MANIFEST, denoiser_of, is_captioned, load_base
 from safemax.concepts.prompts import resolve
 from safemax.evaluation.report import write_json
@@ -104,7 +104,7 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
     into ``report.json``. ``resume``: go on from ``out/checkpoint``. ``options``: more of the
     pipeline's call arguments, for every sample drawn and every prompt encoded (``height``,
     ``width``, ``max_sequence_length``, ...)."""
-    from safemax.models.pipelines import conditioned_latents, family, prompt_embeddings
+    from safemax.models.pipelines import conditioned_latents, family, latents_of, prompt_embeddings
     from safemax.training.unlearner import Unlearner
 
     if not out:

@@ -25,7 +25,6 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from safemax.data import captions
 from safemax.evaluation.metrics import classify, gaussianity
@@ -35,32 +34,13 @@ GUIDANCE = (7.5, 1.0)
 SEED_STRIDE = 100003
 
 
-BATCH = 32
-"""Images per pipeline call when sampling many prompts (one call per image is mostly overhead)."""
-
-
-@torch.no_grad()
-def latents_of(pipe, prompts, n: int, first_seed: int, progress: bool = False, desc: str = "sampling",
-               batch: int = BATCH, **call) -> torch.Tensor:
-    """``n`` final latents of each prompt, prompt-major: image ``k`` of the list (prompt
-    ``k // n``) from seed ``first_seed + k`` (``pipelines.latents_for``: what
-    ``pipe(prompt, generator=torch.Generator().manual_seed(first_seed + k))`` gives);
-    ``call``: the pipeline's call arguments (guidance, steps, ...)."""
-    from safemax.models.pipelines import latents_for
-    texts = [p for p in prompts for _ in range(n)]
-    chunks = range(0, len(texts), batch)
-    return torch.cat([latents_for(pipe, texts[k:k + batch], range(first_seed + k, first_seed + k + len(texts[k:k + batch])),
-                                  **call)
-                      for k in tqdm(chunks, desc=desc, disable=not progress, leave=False)])
-
-
 @torch.no_grad()
 def draw(pipe, prompts, n: int, seed: int = 0, guidance_scale: float = 7.5, num_inference_steps: int = 25,
          progress: bool = False, desc: str = "sampling", options: dict = None):
     """``(latents, images)`` of ``n`` samples of each prompt, prompt-major: final latents in the
     denoiser's space and decoded images in [-1, 1]; image ``k`` from seed ``seed·100003 + k``.
     ``options``: more of the pipeline's call arguments (``height``, ``max_sequence_length``, ...)."""
-    from safemax.models.pipelines import decode_latents
+    from safemax.models.pipelines import decode_latents, latents_of
     latents = latents_of(pipe, prompts, n, seed * SEED_STRIDE, progress, desc, guidance_scale=guidance_scale,
                          num_inference_steps=num_inference_steps, **(options or {}))
     return latents, decode_latents(pipe, latents)
@@ -188,4 +168,4 @@ def evaluate_concepts(pipe, concepts, keep, base: str = None, captioned: bool = 
     return out
 
 
-__all__ = ["GUIDANCE", "SEED_STRIDE", "latents_of", "draw", "ClipScore", "clip_scorer", "FashionJudge", "evaluate_concepts"]
+__all__ = ["GUIDANCE", "SEED_STRIDE", "draw", "ClipScore", "clip_scorer", "FashionJudge", "evaluate_concepts"]
