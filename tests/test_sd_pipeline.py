@@ -260,3 +260,17 @@ def test_the_command_line_trains_a_smoke_pipeline_on_fashion_mnist(fashion_mnist
     assert "StableDiffusionPipeline.from_pretrained" in capsys.readouterr().out
     record = json.load(open(tmp_path / "pipe" / "training.json"))
     assert record["stages"]["unet"]["recipe"]["steps"] == 3 and record["stages"]["clip"]["recipe"]["images"] == 48
+
+
+def test_the_sample_quality_bar_is_measured_per_class_with_intervals(trained):
+    from diffusers import StableDiffusionPipeline
+
+    from safemax.zoo.sd_quality import sample_quality
+    pipe = StableDiffusionPipeline.from_pretrained(trained[0])
+    pipe.set_progress_bar_config(disable=True)
+    q = sample_quality(pipe, n=1, n_empty=3, num_inference_steps=2, progress=False)
+    assert len(q["per_class"]) == 10 and all(c["n"] == 27 for c in q["per_class"].values())
+    assert q["overall"]["n"] == 270 and q["empty_prompt"]["garments"]["n"] == 3
+    assert q["meets"] == all(c["value"] >= 0.8 for c in q["per_class"].values())
+    assert q["min_class"]["value"] == min(c["value"] for c in q["per_class"].values())
+    assert sum(q["empty_prompt"]["classes"].values()) <= 3

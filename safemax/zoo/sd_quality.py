@@ -1,0 +1,95 @@
+"""Does the Stable Diffusion pipeline trained here draw what it is asked for? Its bar: at guidance
+7.5, the decoded samples of every class's prompts — all its synonyms in all templates — are at
+least 80% that class by the embedded Fashion-MNIST classifier, and the empty prompt draws garments.
+
+    python -m safemax.zoo.sd_quality                      # the zoo's pipeline, 2 samples a prompt
+    python -m safemax.zoo.sd_quality --pipeline DIR --n 4 --out quality.json
+
+Image ``k`` of a list of prompts starts from seed ``seed + k`` (``pipelines.latents_of``), so
+two measurements with different ``seed``\\s share no noise.
+"""
+import argparse
+import json
+
+import torch
+
+from safemax.data import captions
+from safemax.data.fashion_mnist_files import FASHION_MNIST_CLASSES
+from safemax.evaluation.stats import wilson
+
+BAR = 0.80
+GUIDANCE = 7.5
+
+
+def _share(hits: torch.Tensor) -> dict:
+    k, n = int(hits.sum()), len(hits)
+    lo, hi = wilson(k, n)
+    return dict(value=round(k / n, 4), ci95=[round(lo, 4), round(hi, 4)], n=n)
+
+
+@torch.no_grad()
+def sample_quality(pipe, n: int = 2, n_empty: int = 50, guidance_scale: float = GUIDANCE,
+                   num_inference_steps: int = 25, seed: int = 0, progress: bool = True) -> dict:
+    """Per class, the share of its samples (``n`` of each of its ``captions.prompts(c, "all")``)
+    the classifier calls that class, with its 95% Wilson interval; ``min_class``; ``meets``
+    (every class ≥ ``BAR``); and of ``n_empty`` samples of the empty prompt the share called a
+    garment (not "not a garment") and how they spread over the classes."""
+    from safemax.evaluation.metrics import classify
+    from safemax.models.pipelines import decode_latents, latents_of
+    from safemax.zoo import load_classifier
+    from safemax.zoo.classifier import NOT_A_GARMENT
+    from safemax.zoo.sd_parts import fashion_frame
+
+    classifier = load_classifier("fashion-mnist")
+    call = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps)
+    prompts = [(c, p) for c in range(captions.NUM_CLASSES) for p in captions.prompts(c, "all")]
+    latents = latents_of(pipe, [p for _, p in prompts], n, seed, progress, "sampling every prompt", **call)
+    labels = torch.tensor([c for c, _ in prompts]).repeat_interleave(n)
+    predicted = classify(classifier, fashion_frame(decode_latents(pipe, latents))).argmax(1)
+    per_class = {FASHION_MNIST_CLASSES[c]: _share(predicted[labels == c] == c) for c in range(captions.NUM_CLASSES)}
+    empty = latents_of(pipe, [captions.EMPTY], n_empty, seed + len(labels), progress, "the empty prompt", **call)
+    empty_pred = classify(classifier, fashion_frame(decode_latents(pipe, empty))).argmax(1)
+    worst = min(per_class.items(), key=lambda kv: kv[1]["value"])
+    return dict(
+        guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, n_per_prompt=n, seed=seed, bar=BAR,
+        per_class=per_class, overall=_share(predicted == labels), min_class=dict(name=worst[0], **worst[1]),
+        meets=all(v["value"] >= BAR for v in per_class.values()),
+        empty_prompt=dict(garments=_share(empty_pred != NOT_A_GARMENT),
+                          classes={FASHION_MNIST_CLASSES[c]: int((empty_pred == c).sum())
+                                   for c in range(captions.NUM_CLASSES)}))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m safemax.zoo.sd_quality", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", default="fashion-mnist-sd", help="the zoo's name or a pipeline folder")
+    p.add_argument("--n", type=int, default=2, help="samples of each of the 270 class prompts (default 2)")
+    p.add_argument("--n-empty", type=int, default=50)
+    p.add_argument("--guidance-scale", type=float, default=GUIDANCE)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    from safemax import zoo
+    if args.pipeline in zoo.PIPELINES:
+        pipe = zoo.load_pipeline(args.pipeline)
+    else:
+        from diffusers import StableDiffusionPipeline
+        pipe = StableDiffusionPipeline.from_pretrained(args.pipeline)
+        pipe.set_progress_bar_config(disable=True)
+    result = sample_quality(pipe, args.n, args.n_empty, args.guidance_scale, args.steps, args.seed)
+    if args.out:
+        from safemax.evaluation.report import write_json
+        write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from safemax.errors import one_line_errors
+    sys.exit(one_line_errors(main, "python -m safemax.zoo.sd_quality"))
+
+
+__all__ = ["BAR", "GUIDANCE", "sample_quality", "main"]
