@@ -33,6 +33,11 @@
 #         estimate). Its work folder and the finished pipeline are written under $OUT (SD_WORK,
 #         SD_OUT), so they come back; it stops itself a minute before the budget ends (--minutes)
 #         and a call that carries the work folder back resumes it.
+#     PARTS="build erase" bash benchmarks/gpu_check.sh
+#         issue 42: one `safemax erase` of the zoo's Stable Diffusion pipeline on the GPU (the sneaker,
+#         the default settings, evaluated before and after), its manifest's time and peak memory
+#         printed; needs the trained pipeline in safemax/zoo/fashion_mnist_sd (skipped, as failed,
+#         without it)
 # Estimated on an H200 (the first runs were not timed part by part): build 1-2 min, memory ~1.5,
 # large-memory ~5-6 (7 runs of ~25-75 s: a fresh process, the model built on the GPU, the
 # Unlearner's SHA-256 of the original weights on the host — ~1 s per GiB, 22 GiB for Flux — a
@@ -113,6 +118,10 @@ TAIL=20 part retrain bash -c 'py=$1; o=$2; set -e
   _ "$PY" "$retrain_out"
 TAIL=20 part sd-pipeline "$PY" -m safemax.zoo.sd_pipeline --device cuda --resume \
   --work "${SD_WORK:-$out/sd-work}" --out "${SD_OUT:-$out/fashion_mnist_sd}" --minutes $(( (BUDGET - SECONDS - 60) / 60 ))
+TAIL=12 part erase bash -c 'py=$1; o=$2; set -e
+  "$py" -m safemax erase --pipeline fashion-mnist-sd --concept "a sneaker" --device cuda --out "$o/erase-sneaker"
+  "$py" -c "import json, sys; m = json.load(open(sys.argv[1])); print(\"erase seconds\", m[\"seconds\"], \"peak MiB\", m[\"peak_memory_mb\"], \"device\", m[\"device\"])" "$o/erase-sneaker/safemax.json"' \
+  _ "$PY" "$out"
 ((${#not_run[@]})) && echo "not run (out of time, BUDGET=$BUDGET s): ${not_run[*]}"
 echo "total $SECONDS s"
 [ ${#failed[@]} -eq 0 ] && [ ${#not_run[@]} -eq 0 ] && echo "GPU check passed" || {
