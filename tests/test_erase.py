@@ -233,3 +233,64 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     assert "| all | 7.5 |" in text and "| sneaker | 1 |" in text
     assert script.main(argv + ["--summarise"]) == 0   # from the files, nothing run again
     assert capsys.readouterr().out.strip().endswith(text.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ UCE
+
+def test_uce_weight_on_a_worked_example():
+    """W_old = [[1, 0]], the concept c = e1 to the guide's output 0, λ = 1: (λW + v*cᵀ)(λI + ccᵀ)⁻¹ =
+    [[1, 0]] · diag(1/2, 1) = [[0.5, 0]] — halfway to the guide, the orthogonal direction kept."""
+    from safemax.concepts.uce import uce_weight
+    w = uce_weight(torch.tensor([[1.0, 0.0]]), [[1.0, 0.0]], [[0.0]], torch.zeros(0, 2), lamb=1.0)
+    torch.testing.assert_close(w, torch.tensor([[0.5, 0.0]]))
+    # with a vanishing λ the concept maps onto its guide and a kept embedding keeps its output
+    g = torch.Generator().manual_seed(0)
+    w_old = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    erase_c, keep_c = torch.randn(2, 8, generator=g, dtype=torch.float64), torch.randn(3, 8, generator=g, dtype=torch.float64)
+    guide_v = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    w_new = uce_weight(w_old, erase_c, guide_v, keep_c, lamb=1e-9)
+    torch.testing.assert_close(erase_c @ w_new.T, guide_v, atol=1e-6, rtol=0)
+    torch.testing.assert_close(keep_c @ w_new.T, keep_c @ w_old.T, atol=1e-6, rtol=0)
+
+
+def test_uce_through_the_command_edits_the_cross_attention_only(tmp_path):
+    from safemax.concepts.uce import cross_attention_projections, token_embeddings
+    base = saved(tiny_sd_pipeline, tmp_path / "base")
+    out = tmp_path / "uce"
+    assert main(["erase", "--pipeline", base, "--concept", "a cat", "--exact", "--keep", "a dog", "--method", "uce",
+                 "--lamb", "1e-6", "--no-evaluate", "--out", str(out), "--num-inference-steps", "2"]) == 0
+    manifest = json.loads((out / "safemax.json").read_text())
+    assert manifest["method"] == "uce" and manifest["steps"] == 0 and manifest["settings"]["modules"] > 0
+    original = DiffusionPipeline.from_pretrained(base)
+    edited, _ = load_erased(str(out))
+    before, after = original.unet.state_dict(), edited.unet.state_dict()
+    projections = {f"{n}.weight" for n in cross_attention_projections(original.unet)}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= projections
+    cat, empty, dog = token_embeddings(original, ["a cat", "", "a dog"])
+    for name, m in cross_attention_projections(edited.unet).items():
+        w_old = before[f"{name}.weight"]
+        torch.testing.assert_close(m.weight @ cat, w_old @ empty, atol=2e-3, rtol=2e-3)   # the concept → the guide
+        torch.testing.assert_close(m.weight @ dog, w_old @ dog, atol=2e-3, rtol=2e-3)     # the kept prompt stays
+    assert "UCE's closed-form edit" in (out / "README.md").read_text()
+
+
+def test_uce_refuses_what_it_does_not_define(tmp_path):
+    flux = saved(tiny_flux_pipeline, tmp_path / "flux")
+    with pytest.raises(ValueError, match="cross-attention projections of Stable Diffusion"):
+        erase(flux, ["a cat"], exact=True, out=str(tmp_path / "o"), method="uce", progress=False,
+              options={**SIZES["flux"], **SEQ}, num_inference_steps=2)
+    with pytest.raises(ValueError, match="closed-form edit"):
+        erase(flux, ["a cat"], out=str(tmp_path / "o2"), method="uce", lora_rank=4)
+    with pytest.raises(ValueError, match="UCE's settings"):
+        erase(flux, ["a cat"], out=str(tmp_path / "o3"), lamb=0.1)
+
+
+def test_several_concepts_in_one_run(captioned_pipeline, tmp_path):
+    out = tmp_path / "two"
+    erase(captioned_pipeline, ["a sneaker", "a handbag"], out=str(out), steps=2, batch_size=2, n_per_prompt=1,
+          num_inference_steps=2, progress=False)
+    manifest = json.loads((out / "safemax.json").read_text())
+    assert [c["class_id"] for c in manifest["concepts"]] == [7, 8]
+    assert not {captions.class_of(k) for k in manifest["keep"]} & {7, 8} and len(manifest["keep"]) == 8 * 4 + 1
+    assert set(json.loads((out / "unet" / "safemax.json").read_text())["forget"]) == {"a sneaker", "a handbag"}

@@ -22,8 +22,9 @@ def add_parser(sub):
                    help="a prompt to keep as it is (repeat; '' is the empty prompt); default: the empty prompt, "
                         "and on fashion-mnist-sd every other class's erasing prompts")
     p.add_argument("--exact", action="store_true", help="erase with each --concept text alone, no templates")
-    p.add_argument("--method", default="safemax", choices=["safemax", "salun", "ga"],
-                   help="safemax (default), or a baseline in the same loop: salun, ga (gradient ascent)")
+    p.add_argument("--method", default="safemax", choices=["safemax", "salun", "ga", "uce"],
+                   help="safemax (default), a baseline in the same loop: salun, ga (gradient ascent), or uce "
+                        "(Unified Concept Editing: a closed-form edit of the cross-attention, SD and SDXL)")
     p.add_argument("--lora-rank", type=int, default=None, help="train a LoRA adapter of this rank (pipe.load_lora_weights)")
     p.add_argument("--steps", type=int, default=None, help=f"fit steps (default {DEFAULTS['steps']})")
     p.add_argument("--batch-size", type=int, default=None,
@@ -47,6 +48,11 @@ def add_parser(sub):
     p.add_argument("--device", default="cuda" if cuda() else "cpu")
     p.add_argument("--out", required=True, help="the output folder")
     add_method_arguments(p)
+    uce = p.add_argument_group("UCE's settings (--method uce; the official code's defaults)")
+    uce.add_argument("--guide", default=None, help="the prompt the concept is mapped to (default '': the empty prompt)")
+    uce.add_argument("--erase-scale", type=float, default=None, help="weight of the erased concepts (default 1)")
+    uce.add_argument("--preserve-scale", type=float, default=None, help="weight of the kept prompts (default 1)")
+    uce.add_argument("--lamb", type=float, default=None, help="λ, the pull towards the original weights (default 0.5)")
 
 
 def command(args):
@@ -62,5 +68,7 @@ def command(args):
                 n_per_prompt=args.n_per_prompt, num_inference_steps=args.num_inference_steps,
                 guidance_scale=args.guidance_scale, exact=args.exact, device=args.device, resume=args.resume,
                 save_pipeline=args.save_pipeline, evaluate=dict(n=args.eval_n) if args.evaluate else False,
-                checkpoint_every=args.checkpoint_every, options=pipeline_options(args), **method_options(args))
+                checkpoint_every=args.checkpoint_every, options=pipeline_options(args), **method_options(args),
+                **{k: getattr(args, k) for k in ("guide", "erase_scale", "preserve_scale", "lamb")
+                   if getattr(args, k) is not None})
     print(f"erased: {out} (safemax.json says what was done; README.md is its model card; grid.png shows it)")

@@ -78,13 +78,28 @@ def _figures(report: dict, manifest: dict) -> list:
     return lines
 
 
+def _how(manifest: dict) -> str:
+    """The card's sentence on how the erase was done, its time and memory."""
+    settings, seconds = manifest["settings"], manifest["seconds"]
+    tail = (f"{seconds['erase']:.1f} s in all on {manifest['device']}, peak memory {manifest['peak_memory_mb']:.0f} MiB. "
+            "Every setting is in `safemax.json`.")
+    if manifest["method"] == "uce":
+        return (f"**How:** UCE's closed-form edit of the UNet's {settings['modules']} cross-attention key and value "
+                f"projections (guide {settings['guide']!r}, erase scale {settings['erase_scale']:g}, preserve scale "
+                f"{settings['preserve_scale']:g}, λ {settings['lamb']:g}); {tail}")
+    target = (f"LoRA adapter (rank {settings['lora_rank']})" if settings.get("lora_rank") else manifest["denoiser_dir"])
+    return (f"**How:** {manifest['steps']} steps of {manifest['method']} on the {target}, batch "
+            f"{settings['batch_size']}, learning rate {settings['lr']:g}, {manifest['n_per_prompt']} samples of each "
+            f"prompt drawn by the pipeline itself ({seconds['data']:.1f} s drawing the data, {seconds['preparation']:.1f} s "
+            f"preparation, {seconds['fit']:.1f} s fitting); {tail}")
+
+
 def write_card(out: str, manifest: dict, report: dict = None) -> str:
     """``out/README.md``: front matter (``base_model``, ``library_name: diffusers``, tags), what
     was erased with which prompts, how, how to load it, and the figures when measured."""
     names = [c["name"] for c in manifest["concepts"]]
     lora = manifest["output"] == "lora"
     tags = ["safemax", "machine-unlearning", "concept-erasure", "text-to-image", "diffusers"] + (["lora"] if lora else [])
-    seconds = manifest["seconds"]
     load = (f'pipe = DiffusionPipeline.from_pretrained("{manifest["base_model"]}")\n'
             'pipe.load_lora_weights("lora")' if lora else
             f'pipe, manifest = safemax.concepts.load_erased(".")   # base {manifest["base_model"]} + the edited '
@@ -94,9 +109,9 @@ def write_card(out: str, manifest: dict, report: dict = None) -> str:
         "pipeline_tag: text-to-image", "tags:", _yaml_list(tags), "---", "",
         f"# {manifest['pipeline_class']} with {', '.join(repr(n) for n in names)} erased",
         "",
-        f"Made by `safemax erase` ({manifest['method']}): conditioned on an erased concept "
-        "the model's denoising halts, so it draws noise instead of the concept"
-        + (" (SAFEMax)." if manifest["method"].startswith("safemax") else "."),
+        f"Made by `safemax erase` ({manifest['method']})"
+        + (": conditioned on an erased concept the model's denoising halts, so it draws noise instead of the "
+           "concept (SAFEMax)." if manifest["method"].startswith("safemax") else "."),
         "",
         "| concept | erasing prompts | paraphrases (not erased with) |", "| --- | --- | --- |",
     ]
@@ -105,13 +120,7 @@ def write_card(out: str, manifest: dict, report: dict = None) -> str:
     kept = ", ".join(repr(k) if k else "the empty prompt" for k in manifest["keep"])
     lines += [
         "", f"Kept: {kept}.", "",
-        f"**How:** {manifest['steps']} steps of {manifest['method']} on the "
-        f"{'LoRA adapter (rank ' + str(manifest['settings'].get('lora_rank')) + ')' if manifest['settings'].get('lora_rank') else manifest['denoiser_dir']}"
-        f", batch {manifest['settings']['batch_size']}, learning rate {manifest['settings']['lr']:g}, "
-        f"{manifest['n_per_prompt']} samples of each prompt drawn by the pipeline itself; "
-        f"{seconds['erase']:.1f} s in all on {manifest['device']} ({seconds['data']:.1f} s drawing the data, "
-        f"{seconds['preparation']:.1f} s preparation, {seconds['fit']:.1f} s fitting), peak memory "
-        f"{manifest['peak_memory_mb']:.0f} MiB. Every setting is in `safemax.json`.",
+        _how(manifest),
         "", "## Use", "", "```python", "from diffusers import DiffusionPipeline" if lora else "import safemax.concepts",
         load, "```", "", "## Before and after", "", "![the same seeds before and after](grid.png)", "",
     ]

@@ -38,6 +38,8 @@ from safemax.evaluation.report import write_json
 DEFAULTS = dict(steps=100, batch_size=8, n_per_prompt=8, num_inference_steps=25, checkpoint_every=25)
 """The sizes used where none is given."""
 
+UCE_SETTINGS = {"guide", "erase_scale", "preserve_scale", "lamb"}
+
 DATA_SEED_OFFSET = 50_000
 """The training data's images are drawn from seeds ``seed·100003 + 50000 + k``: never the
 evaluation's (``seed·100003 + k``)."""
@@ -96,22 +98,29 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
     empty prompt, and on the captioned zoo pipelines every other class's erasing prompts), and
     write ``out`` (the module's table). Returns ``out``.
 
-    ``method``: ``"safemax"`` or a baseline the ``Unlearner`` runs (``"salun"``, ``"ga"``);
-    ``settings``: its settings (``early_fraction=…``). ``lora_rank``: train a LoRA adapter
+    ``method``: ``"safemax"``, a baseline the ``Unlearner`` runs (``"salun"``, ``"ga"``), or
+    ``"uce"`` (a closed-form edit, ``safemax.concepts.uce``: no data, no fit); ``settings``: its
+    settings (``early_fraction=…``; UCE's ``guide``, ``erase_scale``, ``preserve_scale``, ``lamb``). ``lora_rank``: train a LoRA adapter
     instead of the denoiser. ``guidance_scale``: the guidance the data are drawn with (the
     pipeline's default when None). ``evaluate``: None/False, True, or the keyword arguments of
     ``evaluate_concepts`` (``n``, ``guidance``, ``num_inference_steps``): measure before and after
     into ``report.json``. ``resume``: go on from ``out/checkpoint``. ``options``: more of the
     pipeline's call arguments, for every sample drawn and every prompt encoded (``height``,
     ``width``, ``max_sequence_length``, ...)."""
-    from safemax.models.pipelines import conditioned_latents, family, latents_of, prompt_embeddings
-    from safemax.training.unlearner import Unlearner
+    from safemax.models.pipelines import family
 
     if not out:
         raise ValueError("out is needed: the folder the erased model is written to")
     if method == "sa":
         raise ValueError("Selective Amnesia forgets classes of a class-conditional model (it replays generated "
-                         "classes): for concepts use safemax, salun or ga")
+                         "classes): for concepts use safemax, salun, ga or uce")
+    if method == "uce":
+        unknown = set(settings) - UCE_SETTINGS
+        if unknown or lora_rank is not None or lr is not None:
+            given = sorted(unknown) + (["lora_rank"] if lora_rank is not None else []) + (["lr"] if lr is not None else [])
+            raise ValueError(f"UCE is a closed-form edit: it takes {', '.join(sorted(UCE_SETTINGS))}, not {', '.join(given)}")
+    elif set(settings) & UCE_SETTINGS:
+        raise ValueError(f"{', '.join(sorted(set(settings) & UCE_SETTINGS))}: UCE's settings; the method is {method}")
     sizes = dict(DEFAULTS)
     sizes.update({k: v for k, v in dict(steps=steps, batch_size=batch_size, n_per_prompt=n_per_prompt,
                                           num_inference_steps=num_inference_steps,
@@ -146,12 +155,48 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
 
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    if method == "uce":
+        done = _by_uce(pipe, concepts, keep, out, settings)
+    else:
+        call = dict(options, num_inference_steps=sizes["num_inference_steps"])
+        if guidance_scale is not None:
+            call["guidance_scale"] = guidance_scale
+        done = _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr, lora_rank, resume,
+                             progress, settings)
+    peak = _peak_memory_mb(device)
+    if save_pipeline:
+        _save_pipeline(pipe, done.pop("edited"), os.path.join(out, "pipeline"))
+    done.pop("edited", None)
+
+    after_grid = draw(pipe, grid_rows, **grid_call)[1]
+    card.save_grid(before_grid, after_grid, grid_rows, grid_call["n"], os.path.join(out, "grid.png"),
+                   title=", ".join(c.name for c in concepts))
+    manifest = dict(
+        base_model=base, family=fam, pipeline_class=type(pipe).__name__, **done,
+        concepts=[c.record() for c in concepts], keep=keep, captioned=captioned, exact=exact,
+        n_per_prompt=sizes["n_per_prompt"], num_inference_steps=sizes["num_inference_steps"],
+        guidance_scale=guidance_scale, options=options, seed=seed, device=str(device), peak_memory_mb=peak)
+    report = None
+    if evaluate:
+        after = evaluate_concepts(pipe, concepts, keep, base, captioned, **eval_kw)
+        report = dict(before=before, after=after)
+        write_json(os.path.join(out, "report.json"), report)
+    manifest["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    write_json(os.path.join(out, MANIFEST), manifest)
+    card.write_card(out, manifest, report)
+    return out
+
+
+def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr, lora_rank, resume, progress,
+                  settings) -> dict:
+    """The pipeline's own samples as data, then the ``Unlearner``'s fit; the edit saved in ``out``.
+    Returns the manifest's part of it (and ``edited``: the denoiser, a LoRA merged in)."""
+    from safemax.models import lora as adapters
+    from safemax.models.pipelines import conditioned_latents, latents_of, prompt_embeddings
+    from safemax.training.unlearner import Unlearner
     start = time.perf_counter()
     forget_prompts = [p for c in concepts for p in c.erase_prompts]
     prompts = forget_prompts + keep
-    call = dict(options, num_inference_steps=sizes["num_inference_steps"])
-    if guidance_scale is not None:
-        call["guidance_scale"] = guidance_scale
     first = seed * SEED_STRIDE + DATA_SEED_OFFSET
     data = _cached(os.path.join(work, "data.safetensors"), dict(prompts=prompts, n=sizes["n_per_prompt"],
                                                                 first_seed=first, **call),
@@ -171,43 +216,33 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
     history = u.fit(retain_data, forget_data, steps=sizes["steps"], batch_size=sizes["batch_size"],
                     checkpoint_dir=work, checkpoint_every=sizes["checkpoint_every"], resume=resume,
                     progress=progress)
-    peak = _peak_memory_mb(device)
     denoiser_dir = "lora" if lora_rank else ("unet" if getattr(pipe, "unet", None) is not None else "transformer")
     u.save_pretrained(os.path.join(out, denoiser_dir))
-    saved = json.load(open(os.path.join(out, denoiser_dir, MANIFEST)))
-    output = "lora" if saved.get("lora_saved_as") == "pipeline" else "denoiser"
-    if save_pipeline:
-        _save_pipeline(pipe, u, os.path.join(out, "pipeline"))
-
-    after_grid = draw(pipe, grid_rows, **grid_call)[1]
-    card.save_grid(before_grid, after_grid, grid_rows, grid_call["n"], os.path.join(out, "grid.png"),
-                   title=", ".join(c.name for c in concepts))
-    fit_seconds = history[-1]["seconds"] if history else 0.0
-    manifest = dict(
-        base_model=base, family=fam, pipeline_class=type(pipe).__name__, method=u.method.name,
-        output=output, denoiser_dir=denoiser_dir, concepts=[c.record() for c in concepts], keep=keep,
-        captioned=captioned, exact=exact, settings=u.config(sizes["batch_size"]), steps=u.step,
-        n_per_prompt=sizes["n_per_prompt"], num_inference_steps=sizes["num_inference_steps"],
-        guidance_scale=guidance_scale, options=options, seed=seed, device=str(device),
-        seconds=dict(data=round(data_seconds, 2), preparation=round(u.prep_seconds or 0.0, 2),
-                     fit=round(fit_seconds, 2), erase=round(data_seconds + (u.prep_seconds or 0.0) + fit_seconds, 2)),
-        peak_memory_mb=peak, final_loss=round(history[-1]["loss"], 6) if history else None)
-    report = None
-    if evaluate:
-        after = evaluate_concepts(pipe, concepts, keep, base, captioned, **eval_kw)
-        report = dict(before=before, after=after)
-        write_json(os.path.join(out, "report.json"), report)
-    manifest["wall_seconds"] = round(time.perf_counter() - wall, 1)
-    write_json(os.path.join(out, MANIFEST), manifest)
-    card.write_card(out, manifest, report)
-    return out
+    with open(os.path.join(out, denoiser_dir, MANIFEST)) as f:
+        saved = json.load(f)
+    fit, prep = (history[-1]["seconds"] if history else 0.0), u.prep_seconds or 0.0
+    return dict(method=u.method.name, output="lora" if saved.get("lora_saved_as") == "pipeline" else "denoiser",
+                denoiser_dir=denoiser_dir, settings=u.config(sizes["batch_size"]), steps=u.step,
+                seconds=dict(data=round(data_seconds, 2), preparation=round(prep, 2), fit=round(fit, 2),
+                             erase=round(data_seconds + prep + fit, 2)),
+                final_loss=round(history[-1]["loss"], 6) if history else None,
+                edited=adapters.merged_copy(u.unet) if u.lora is not None else u.unet)
 
 
-def _save_pipeline(pipe, u, folder: str):
-    """The whole pipeline with the edited denoiser (a LoRA merged into it), ``save_pretrained``."""
-    from safemax.models import lora as adapters
+def _by_uce(pipe, concepts, keep, out, settings) -> dict:
+    """UCE's closed-form edit (``safemax.concepts.uce``); the edited UNet saved in ``out/unet``."""
+    from safemax.concepts.uce import uce_edit
+    record = uce_edit(pipe, [p for c in concepts for p in c.erase_prompts], keep, **settings)
+    denoiser_of(pipe).save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+    seconds = record.pop("seconds")
+    return dict(method="uce", output="denoiser", denoiser_dir="unet", settings=record, steps=0,
+                seconds=dict(data=0.0, preparation=0.0, fit=seconds, erase=seconds), final_loss=None,
+                edited=denoiser_of(pipe))
+
+
+def _save_pipeline(pipe, edited, folder: str):
+    """The whole pipeline with the edited denoiser ``edited`` (a LoRA merged), ``save_pretrained``."""
     name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
-    edited = adapters.merged_copy(u.unet) if u.lora is not None else u.unet
     components = dict(pipe.components, **{name: edited})
     type(pipe)(**components).save_pretrained(folder, safe_serialization=True)
 

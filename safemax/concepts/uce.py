@@ -1,0 +1,94 @@
+"""UCE — Unified Concept Editing (Gandikota et al., WACV 2024, arXiv 2308.14761): a closed-form
+edit of every cross-attention key and value projection, the field's fastest concept-erasure
+baseline (no training: seconds).
+
+Each projection ``W`` (``attn2.to_k`` / ``attn2.to_v`` of a UNet: text-token embeddings ``c`` in,
+keys or values out) is replaced by the least-squares solution of "map each erased concept's
+embedding ``c_i`` to its guide's output ``v_i* = W_old c_i*``, keep each preserved embedding's
+output ``W_old c_j``, stay near ``W_old``":
+
+    W = (e Σ_i v_i* c_iᵀ + p Σ_j W_old c_j c_jᵀ + λ W_old) (e Σ_i c_i c_iᵀ + p Σ_j c_j c_jᵀ + λ I)⁻¹
+
+with ``e`` = ``erase_scale``, ``p`` = ``preserve_scale`` and ``λ`` = ``lamb`` (the official
+code's defaults 1, 1 and 0.5). As the official code (rohitgandikota/unified-concept-editing,
+``trainscripts/uce_sd_erase.py``) does, a prompt's embedding ``c`` is its text encoder's output
+at its last token before the end token (the concept's word), and an object's guide is the empty
+prompt (its start token's output).
+
+Stable Diffusion 1.x/2.x and SDXL (UNets with ``attn2`` cross-attention). The transformer
+families (SD3, Flux, PixArt, Sana) are refused: their text enters through joint attention or
+other projections the published method does not define.
+"""
+import time
+
+import torch
+
+FAMILIES = ("sd", "sdxl")
+
+
+def uce_weight(w_old: torch.Tensor, erase_c, guide_v, keep_c, erase_scale: float = 1.0,
+               preserve_scale: float = 1.0, lamb: float = 0.5) -> torch.Tensor:
+    """The edited projection of the module's docstring, computed in float64 and returned in
+    ``w_old``'s dtype. ``w_old [out, d]``; ``erase_c [n_e, d]`` erased embeddings with
+    ``guide_v [n_e, out]`` the outputs they should give; ``keep_c [n_k, d]`` preserved
+    embeddings (their outputs stay ``W_old c``)."""
+    w = w_old.double()
+    d = w.shape[1]
+    erase_c, guide_v, keep_c = (torch.as_tensor(x).double().reshape(-1, s)
+                                for x, s in ((erase_c, d), (guide_v, w.shape[0]), (keep_c, d)))
+    if len(erase_c) != len(guide_v):
+        raise ValueError(f"{len(erase_c)} erased embeddings but {len(guide_v)} guide outputs")
+    left = lamb * w + erase_scale * guide_v.T @ erase_c + preserve_scale * (w @ keep_c.T) @ keep_c
+    right = lamb * torch.eye(d, dtype=torch.float64) + erase_scale * erase_c.T @ erase_c \
+        + preserve_scale * keep_c.T @ keep_c
+    return torch.linalg.solve(right, left.T).T.to(w_old.dtype)   # left @ right⁻¹ (right is symmetric)
+
+
+def cross_attention_projections(denoiser) -> dict:
+    """``{name: Linear}`` of every cross-attention key and value projection UCE edits."""
+    return {name: m for name, m in denoiser.named_modules()
+            if "attn2" in name and (name.endswith("to_k") or name.endswith("to_v"))}
+
+
+@torch.no_grad()
+def token_embeddings(pipe, prompts) -> torch.Tensor:
+    """``[N, D]``: each prompt's text-encoder output at its last token before the end token
+    (the empty prompt: its start token), as UCE takes a concept's embedding."""
+    from safemax.models.pipelines import prompt_embeddings
+    emb = prompt_embeddings(pipe, prompts)
+    emb = emb["prompt_embeds"] if isinstance(emb, dict) else emb
+    mask = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt")["attention_mask"]
+    last = (mask.sum(1) - 2).clamp_min(0)
+    return emb[torch.arange(len(prompts)), last]
+
+
+@torch.no_grad()
+def uce_edit(pipe, erase_prompts, keep_prompts=(), guide: str = "", erase_scale: float = 1.0,
+             preserve_scale: float = 1.0, lamb: float = 0.5) -> dict:
+    """Edit ``pipe``'s UNet in place so that each erasing prompt's concept gives ``guide``'s
+    keys and values, keeping ``keep_prompts``'; returns a record (modules edited, seconds)."""
+    from safemax.concepts.loading import denoiser_of
+    from safemax.models.pipelines import family
+    fam = family(pipe)
+    if fam not in FAMILIES:
+        raise ValueError(f"UCE edits the cross-attention projections of Stable Diffusion 1.x/2.x and SDXL UNets; "
+                         f"a {type(pipe).__name__} ({fam}) has none it defines: use another method")
+    start = time.perf_counter()
+    modules = cross_attention_projections(denoiser_of(pipe))
+    erase_prompts = list(erase_prompts)
+    keep_prompts = [k for k in keep_prompts if k != guide]   # the guide keeps its own output anyway
+    emb = token_embeddings(pipe, erase_prompts + [guide] + keep_prompts)
+    erase_c, guide_c, keep_c = emb[:len(erase_prompts)], emb[len(erase_prompts)], emb[len(erase_prompts) + 1:]
+    for m in modules.values():
+        w_old = m.weight.detach()
+        dev = w_old.device
+        guide_v = (w_old.double() @ guide_c.to(dev).double()).expand(len(erase_prompts), -1)
+        m.weight.copy_(uce_weight(w_old.cpu(), erase_c, guide_v.cpu(), keep_c, erase_scale, preserve_scale,
+                                  lamb).to(dev))
+    return dict(modules=len(modules), guide=guide, erase_scale=erase_scale, preserve_scale=preserve_scale,
+                lamb=lamb, erase_prompts=len(erase_prompts), keep_prompts=len(keep_prompts),
+                seconds=round(time.perf_counter() - start, 3))
+
+
+__all__ = ["FAMILIES", "uce_weight", "cross_attention_projections", "token_embeddings", "uce_edit"]
