@@ -22,9 +22,10 @@ def add_parser(sub):
                    help="a prompt to keep as it is (repeat; '' is the empty prompt); default: the empty prompt, "
                         "and on fashion-mnist-sd every other class's erasing prompts")
     p.add_argument("--exact", action="store_true", help="erase with each --concept text alone, no templates")
-    p.add_argument("--method", default="safemax", choices=["safemax", "salun", "ga", "uce"],
-                   help="safemax (default), a baseline in the same loop: salun, ga (gradient ascent), or uce "
-                        "(Unified Concept Editing: a closed-form edit of the cross-attention, SD and SDXL)")
+    p.add_argument("--method", default="safemax", choices=["safemax", "salun", "ga", "esd-x", "esd-u", "uce"],
+                   help="safemax (default), a baseline in the same loop: salun, ga (gradient ascent), esd-x / esd-u "
+                        "(ESD's negative guidance on the cross-attention / the rest; lr 1e-5), or uce (Unified "
+                        "Concept Editing: a closed-form edit of the cross-attention, SD and SDXL)")
     p.add_argument("--lora-rank", type=int, default=None, help="train a LoRA adapter of this rank (pipe.load_lora_weights)")
     p.add_argument("--steps", type=int, default=None, help=f"fit steps (default {DEFAULTS['steps']})")
     p.add_argument("--batch-size", type=int, default=None,

@@ -39,6 +39,7 @@ DEFAULTS = dict(steps=100, batch_size=8, n_per_prompt=8, num_inference_steps=25,
 """The sizes used where none is given."""
 
 UCE_SETTINGS = {"guide", "erase_scale", "preserve_scale", "lamb"}
+ESD = ("esd-x", "esd-u")
 
 DATA_SEED_OFFSET = 50_000
 """The training data's images are drawn from seeds ``seed·100003 + 50000 + k``: never the
@@ -98,8 +99,8 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
     empty prompt, and on the captioned zoo pipelines every other class's erasing prompts), and
     write ``out`` (the module's table). Returns ``out``.
 
-    ``method``: ``"safemax"``, a baseline the ``Unlearner`` runs (``"salun"``, ``"ga"``), or
-    ``"uce"`` (a closed-form edit, ``safemax.concepts.uce``: no data, no fit); ``settings``: its
+    ``method``: ``"safemax"``, a baseline the ``Unlearner`` runs (``"salun"``, ``"ga"``,
+    ``"esd-x"``, ``"esd-u"``: ``safemax.methods.esd``), or ``"uce"`` (a closed-form edit, ``safemax.concepts.uce``: no data, no fit); ``settings``: its
     settings (``early_fraction=…``; UCE's ``guide``, ``erase_scale``, ``preserve_scale``, ``lamb``). ``lora_rank``: train a LoRA adapter
     instead of the denoiser. ``guidance_scale``: the guidance the data are drawn with (the
     pipeline's default when None). ``evaluate``: None/False, True, or the keyword arguments of
@@ -113,7 +114,7 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
         raise ValueError("out is needed: the folder the erased model is written to")
     if method == "sa":
         raise ValueError("Selective Amnesia forgets classes of a class-conditional model (it replays generated "
-                         "classes): for concepts use safemax, salun, ga or uce")
+                         "classes): for concepts use safemax, salun, ga, esd-x, esd-u or uce")
     if method == "uce":
         unknown = set(settings) - UCE_SETTINGS
         if unknown or lora_rank is not None or lr is not None:
@@ -211,6 +212,9 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
 
     targets = {c.name: prompt_embeddings(pipe, c.erase_prompts, **call) for c in concepts}
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)   # the pipeline's stays untouched
+    if method in ESD:   # negative guidance needs the unconditional (empty prompt's) condition
+        from safemax.methods import METHODS
+        method, settings = METHODS[method](unconditional=prompt_embeddings(pipe, [""], **call), **settings), {}
     u = Unlearner(denoiser_of(pipe), scheduler, forget=targets, method=method, lr=lr, seed=seed,
                   lora_rank=lora_rank, **settings)
     history = u.fit(retain_data, forget_data, steps=sizes["steps"], batch_size=sizes["batch_size"],
