@@ -44,6 +44,9 @@ def add_parser(sub):
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                    help="skip the before/after evaluation (report.json)")
     p.add_argument("--eval-n", type=int, default=8, help="samples per prompt in the evaluation (default 8)")
+    p.add_argument("--attack", nargs="+", default=[], choices=["soft", "prefix"],
+                   help="also attack the erased model with adversarial prompts (safemax.concepts.attacks): soft "
+                        "embeddings, a discrete prefix; their success rate is in report.json")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 25)")
     p.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint")
     p.add_argument("--device", default="cuda" if cuda() else "cpu")
@@ -68,7 +71,8 @@ def command(args):
                 lora_rank=args.lora_rank, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 n_per_prompt=args.n_per_prompt, num_inference_steps=args.num_inference_steps,
                 guidance_scale=args.guidance_scale, exact=args.exact, device=args.device, resume=args.resume,
-                save_pipeline=args.save_pipeline, evaluate=dict(n=args.eval_n) if args.evaluate else False,
+                save_pipeline=args.save_pipeline,
+                evaluate=dict(n=args.eval_n, attacks=tuple(args.attack)) if args.evaluate else False,
                 checkpoint_every=args.checkpoint_every, options=pipeline_options(args), **method_options(args),
                 **{k: getattr(args, k) for k in ("guide", "erase_scale", "preserve_scale", "lamb")
                    if getattr(args, k) is not None})

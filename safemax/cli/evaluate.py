@@ -30,6 +30,9 @@ def add_parser(sub):
     concept.add_argument("--guidance", type=float, nargs="+", default=[7.5, 1.0],
                          help="classifier-free guidance scales (default 7.5 1)")
     concept.add_argument("--out", default=None, help="also write the JSON to this file")
+    concept.add_argument("--attack", nargs="+", default=[], choices=["soft", "prefix"],
+                         help="adversarial prompts against each concept (safemax.concepts.attacks), with their "
+                              "success rate at the first --guidance")
     from safemax.cli.common import add_pipeline_options
     add_pipeline_options(concept)
     p.add_argument("--n-forget", type=int, default=100)
@@ -91,9 +94,32 @@ def _concepts(args):
     from safemax.cli.common import pipeline_options
     options = dict((manifest or {}).get("options") or {}, **pipeline_options(args))
     result = evaluate_concepts(pipe, concepts, keep, base, captioned, n=args.n_per_prompt, seed=args.seed,
-                               guidance=tuple(args.guidance), num_inference_steps=args.steps, options=options)
+                               guidance=tuple(args.guidance), num_inference_steps=args.steps, options=options,
+                               attacks=tuple(args.attack), concept_latents=_erase_latents(args.pipeline, concepts))
     result = dict(pipeline=args.pipeline, base_model=base, concepts=[c.record() for c in concepts], keep=keep,
                   **result)
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result, indent=2))
+
+
+def _erase_latents(folder, concepts) -> dict:
+    """The concepts' latents an erase drew for its fit (``OUT/checkpoint/data.safetensors``), for
+    the attacks where no real images of the concept exist; empty when there are none."""
+    import os
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    path = os.path.join(str(folder), "checkpoint", "data.safetensors")
+    if not os.path.isfile(path):
+        return {}
+    with safe_open(path, "pt") as f:
+        made = json.loads(f.metadata()["made"])
+    latents = load_file(path)["latents"]
+    n = made["n"]
+    out = {}
+    for c in concepts:
+        rows = [i * n + j for i, p in enumerate(made["prompts"]) if p in c.erase_prompts for j in range(n)]
+        if rows:
+            out[c.name] = latents[rows]
+    return out

@@ -104,8 +104,10 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
     settings (``early_fraction=…``; UCE's ``guide``, ``erase_scale``, ``preserve_scale``, ``lamb``). ``lora_rank``: train a LoRA adapter
     instead of the denoiser. ``guidance_scale``: the guidance the data are drawn with (the
     pipeline's default when None). ``evaluate``: None/False, True, or the keyword arguments of
-    ``evaluate_concepts`` (``n``, ``guidance``, ``num_inference_steps``): measure before and after
-    into ``report.json``. ``resume``: go on from ``out/checkpoint``. ``options``: more of the
+    ``evaluate_concepts`` (``n``, ``guidance``, ``num_inference_steps``, ``attacks``,
+    ``attack_budget``): measure before and after into ``report.json`` (the attacks on the erased
+    model only, on real images of the concept where the pipeline is captioned, else on the
+    concept's data drawn for the fit). ``resume``: go on from ``out/checkpoint``. ``options``: more of the
     pipeline's call arguments, for every sample drawn and every prompt encoded (``height``,
     ``width``, ``max_sequence_length``, ...)."""
     from safemax.models.pipelines import family
@@ -138,6 +140,7 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
     eval_kw.setdefault("progress", progress)
     options = dict(options or {})
     eval_kw.setdefault("options", options)
+    attack_kw = {k: eval_kw.pop(k) for k in ("attacks", "attack_budget") if k in eval_kw}   # the erased model's
 
     grid_rows = _grid_prompts(concepts, keep)
     grid_call = dict(n=4, seed=seed, guidance_scale=GUIDANCE[0], num_inference_steps=sizes["num_inference_steps"],
@@ -168,6 +171,7 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
     if save_pipeline:
         _save_pipeline(pipe, done.pop("edited"), os.path.join(out, "pipeline"))
     done.pop("edited", None)
+    concept_latents = done.pop("concept_latents", None)
 
     after_grid = draw(pipe, grid_rows, **grid_call)[1]
     card.save_grid(before_grid, after_grid, grid_rows, grid_call["n"], os.path.join(out, "grid.png"),
@@ -179,7 +183,8 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
         guidance_scale=guidance_scale, options=options, seed=seed, device=str(device), peak_memory_mb=peak)
     report = None
     if evaluate:
-        after = evaluate_concepts(pipe, concepts, keep, base, captioned, **eval_kw)
+        after = evaluate_concepts(pipe, concepts, keep, base, captioned, concept_latents=concept_latents,
+                                  **eval_kw, **attack_kw)
         report = dict(before=before, after=after)
         write_json(os.path.join(out, "report.json"), report)
     manifest["wall_seconds"] = round(time.perf_counter() - wall, 1)
@@ -230,7 +235,9 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
                 seconds=dict(data=round(data_seconds, 2), preparation=round(prep, 2), fit=round(fit, 2),
                              erase=round(data_seconds + prep + fit, 2)),
                 final_loss=round(history[-1]["loss"], 6) if history else None,
-                edited=adapters.merged_copy(u.unet) if u.lora is not None else u.unet)
+                edited=adapters.merged_copy(u.unet) if u.lora is not None else u.unet,
+                concept_latents={c.name: data[torch.isin(index, torch.tensor([prompts.index(p) for p in c.erase_prompts]))]
+                                 for c in concepts})
 
 
 def _by_uce(pipe, concepts, keep, out, settings) -> dict:

@@ -20,6 +20,9 @@ Wilson interval and its count:
   their class; ``others``: the same for every other kept class;
 - ``frechet``: the Fréchet distance, in classifier features, between the kept classes' samples
   and their real test images.
+
+On request, the prompt attacks of ``safemax.concepts.attacks`` (soft embeddings, a discrete
+prefix) on each concept, with their attack success rate at guidance 7.5.
 """
 import os
 import time
@@ -121,10 +124,17 @@ class FashionJudge:
 
 def evaluate_concepts(pipe, concepts, keep, base: str = None, captioned: bool = False, n: int = 8,
                       seed: int = 0, guidance=GUIDANCE, num_inference_steps: int = 25, judge=None,
-                      progress: bool = True, options: dict = None) -> dict:
+                      progress: bool = True, options: dict = None, attacks=(), attack_budget: dict = None,
+                      concept_latents: dict = None) -> dict:
     """The measurements of the module's docstring for ``concepts`` (``prompts.Concept``) and
     ``keep`` (prompts), at each guidance scale: ``{"guidance_7.5": {...}, ...}`` plus the
-    settings and seconds. ``options``: more of the pipeline's call arguments (``height``, ...)."""
+    settings and seconds. ``options``: more of the pipeline's call arguments (``height``, ...).
+
+    ``attacks``: kinds of ``safemax.concepts.attacks`` to run on each concept (``attack_budget``:
+    their budget, ``attacks.BUDGET`` by default), on latents of the concept — real Fashion-MNIST
+    images of its class on the captioned pipelines, else ``concept_latents[name]`` — each judged
+    at the first guidance scale: ``{"attacks": {concept: {kind: {...record, "asr": share}}}}``
+    (the attack success rate needs the classifier: captioned pipelines only)."""
     start = time.perf_counter()
     clip = clip_scorer(base, pipe.tokenizer) if base else None
     if captioned and judge is None:
@@ -164,8 +174,46 @@ def evaluate_concepts(pipe, concepts, keep, base: str = None, captioned: bool = 
             kept["clip_score"] = clip(img, [p for p in prompts for _ in range(n)])
         at["kept"] = kept
         out[f"guidance_{g:g}"] = at
+    if attacks:
+        out["attacks"] = _attacked(pipe, concepts, attacks, dict(attack_budget or {}), concept_latents or {},
+                                   captioned, judge, n, seed, guidance[0], num_inference_steps, progress, options)
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
 
 
-__all__ = ["GUIDANCE", "SEED_STRIDE", "draw", "ClipScore", "clip_scorer", "FashionJudge", "evaluate_concepts"]
+def _attacked(pipe, concepts, kinds, budget, concept_latents, captioned, judge, n, seed, g, steps, progress,
+              options) -> dict:
+    """Each attack on each concept: its record, and with the classifier its success rate."""
+    from safemax.concepts.attacks import BUDGET, attack
+    budget = dict(BUDGET, **budget)
+    out = {}
+    for c in concepts:
+        latents = concept_latents.get(c.name)
+        if latents is None and captioned:
+            latents = real_latents(pipe, c.class_id, seed=seed)
+        if latents is None:
+            out[c.name] = dict(skipped="no latents of the concept to attack with (pass concept_latents)")
+            continue
+        out[c.name] = {}
+        for kind in kinds:
+            found = attack(pipe, c.erase_prompts, latents, kind=kind, seed=seed, **budget)
+            row = dict(found.record(), budget=budget)
+            if captioned:
+                _, img = draw(found.pipe, found.prompts, n=n, seed=seed, guidance_scale=g, num_inference_steps=steps,
+                              progress=progress, desc=f"{c.name}: {kind} attack", options=options)
+                row["asr"] = _share(judge.classes(img) == c.class_id)
+            out[c.name][kind] = row
+    return out
+
+
+def real_latents(pipe, class_id: int, n: int = 64, seed: int = 0) -> torch.Tensor:
+    """Latents of ``n`` real Fashion-MNIST training images of the class (padded to 32×32), as
+    the pipeline's VAE encodes them: what the attacks fit their tokens to."""
+    from safemax.data import fashion_mnist
+    from safemax.models.pipelines import encode_images
+    from safemax.zoo.sd_parts import IMAGE_SIZE
+    images, labels = fashion_mnist("train", size=IMAGE_SIZE).tensors
+    return encode_images(pipe, images[labels == class_id][:n], seed=seed)
+
+
+__all__ = ["GUIDANCE", "SEED_STRIDE", "draw", "real_latents", "ClipScore", "clip_scorer", "FashionJudge", "evaluate_concepts"]
