@@ -1,13 +1,17 @@
 """Concept erasure on the Stable Diffusion pipeline trained here: ``safemax erase`` of each concept
-with each seed, evaluated before and after (``safemax.concepts.evaluate``), and one summary
-with 95% intervals.
+with each seed and method, evaluated before and after (``safemax.concepts.evaluate``, with the
+prompt attacks on request), and one summary per method with 95% intervals — the head-to-head.
 
-    python benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd                # 3 concepts x 3 seeds
+    python benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd                # SAFEMax, 3 concepts x 3 seeds
+    python benchmarks/concept_erasure.py --methods safemax esd-x esd-u uce salun --attack soft prefix \
+        --out benchmarks/results/concepts-sd                                                 # the head-to-head
     python benchmarks/concept_erasure.py --summarise --out benchmarks/results/concepts-sd    # the tables only
     python benchmarks/concept_erasure.py --smoke --pipeline DIR --out /tmp/c                 # seconds, not a result
 
-Each run is a plain ``safemax erase --pipeline fashion-mnist-sd --concept C --seed S`` into
-``OUT/<concept>-seed<S>`` (finished runs are kept; an interrupted one resumes from its checkpoint).
+Each run is a plain ``safemax erase --pipeline fashion-mnist-sd --concept C --seed S --method M``
+into ``OUT/<method>/<concept>-seed<S>`` (finished runs are kept; an interrupted one resumes from
+its checkpoint); each method runs its own settings (``METHOD_SETTINGS``: the published ones for
+the baselines).
 The reported concepts (sneaker, T-shirt, bag by default) are not the one the settings were chosen
 on (``--tune``: a dress). The summary pools, per concept and over all, the samples of every seed:
 forget accuracy on the erasing prompts and on paraphrases (Wilson intervals on the pooled count),
@@ -25,23 +29,32 @@ from safemax.evaluation.stats import t_interval, wilson
 
 CONCEPTS = ("sneaker", "t-shirt", "bag")
 TUNE = "dress"
-SETTINGS = dict(steps=100, batch_size=8, n_per_prompt=8)
-"""The erase settings reported (chosen on ``TUNE``)."""
+METHOD_SETTINGS = {
+    "safemax": dict(steps=100, batch_size=8, n_per_prompt=8),   # SAFEMax's (to be chosen on TUNE)
+    "esd-x": dict(steps=1000, batch_size=1, n_per_prompt=8),    # ESD's published: 1000 steps of batch 1, lr 1e-5
+    "esd-u": dict(steps=1000, batch_size=1, n_per_prompt=8),
+    "uce": {},                                                  # closed form: the official defaults
+    "salun": dict(steps=100, batch_size=8, n_per_prompt=8),     # SalUn's published lr and mask, SAFEMax's budget
+    "ga": dict(steps=100, batch_size=8, n_per_prompt=8),
+}
+"""Each method's erase settings."""
+SMOKE = dict(steps=2, batch_size=2, n_per_prompt=1)
 
 
-def folder(out: str, concept: str, seed: int) -> str:
-    return os.path.join(out, f"{concept.replace(' ', '_')}-seed{seed}")
+def folder(out: str, method: str, concept: str, seed: int) -> str:
+    return os.path.join(out, method, f"{concept.replace(' ', '_')}-seed{seed}")
 
 
-def run(pipeline: str, concept: str, seed: int, out: str, settings: dict, eval_n: int, steps: int, progress=True):
+def run(pipeline: str, method: str, concept: str, seed: int, out: str, settings: dict, eval_n: int, steps: int,
+        attacks=(), progress=True):
     """One erase with its evaluation (kept when finished; resumed when interrupted)."""
     from safemax.concepts import erase
-    path = folder(out, concept, seed)
+    path = folder(out, method, concept, seed)
     if os.path.exists(os.path.join(path, "report.json")):
         return path
     resume = os.path.isdir(os.path.join(path, "checkpoint"))
-    return erase(pipeline, [concept], out=path, seed=seed, resume=resume, num_inference_steps=steps,
-                 evaluate=dict(n=eval_n), progress=progress, **settings)
+    return erase(pipeline, [concept], out=path, seed=seed, resume=resume, num_inference_steps=steps, method=method,
+                 evaluate=dict(n=eval_n, attacks=tuple(attacks)), progress=progress, **settings)
 
 
 def _pool(cells) -> dict:
@@ -60,6 +73,17 @@ def _change(before, after) -> dict:
                 ci95=[round(d - 1.96 * se, 4), round(d + 1.96 * se, 4)], n=a["n"])
 
 
+def _attack_rates(items) -> dict:
+    """Each attack's success rate, pooled over the runs that ran it."""
+    cells = {}
+    for report, manifest in items:
+        name = manifest["concepts"][0]["name"]
+        for kind, row in report["after"].get("attacks", {}).get(name, {}).items():
+            if "asr" in row:
+                cells.setdefault(kind, []).append(row["asr"])
+    return {kind: _pool(c) for kind, c in sorted(cells.items())}
+
+
 def _mean(values) -> dict:
     values = [v for v in values if v is not None]
     if not values:
@@ -68,17 +92,23 @@ def _mean(values) -> dict:
     return dict(mean=round(mean, 4), ci95_half=None if half is None else round(half, 4), n=len(values))
 
 
-def summarise(out: str, concepts, seeds) -> dict:
-    """The summary of the module's docstring, from the runs' report.json and safemax.json."""
+def summarise(out: str, methods, concepts, seeds) -> dict:
+    """``{"methods": {method: summary}}``, each the summary of the module's docstring."""
+    return dict(methods={m: summarise_method(out, m, concepts, seeds) for m in methods
+                         if os.path.isdir(os.path.join(out, m))}, concepts=list(concepts), seeds=list(seeds))
+
+
+def summarise_method(out: str, method: str, concepts, seeds) -> dict:
+    """One method's summary, from its runs' report.json and safemax.json."""
     runs = {}
     for c in concepts:
         for s in seeds:
-            path = folder(out, c, s)
+            path = folder(out, method, c, s)
             if os.path.exists(os.path.join(path, "report.json")):
                 with open(os.path.join(path, "report.json")) as f, open(os.path.join(path, "safemax.json")) as g:
                     runs[(c, s)] = (json.load(f), json.load(g))
     if not runs:
-        raise ValueError(f"no finished run in {out}: run without --summarise first")
+        raise ValueError(f"no finished {method} run in {out}: run without --summarise first")
     summary = dict(concepts=list(concepts), seeds=list(seeds), runs=len(runs), by_concept={}, overall={})
     any_report = next(iter(runs.values()))[0]
     guidances = [k for k in any_report["after"] if k.startswith("guidance_")]
@@ -101,6 +131,7 @@ def summarise(out: str, concepts, seeds) -> dict:
                 clip_after=_mean([a["kept"].get("clip_score") for _, a, _ in rows]),
                 latent_std_after=_mean([a[name]["noise"]["std"] for _, a, name in rows]),
                 latent_std_before=_mean([b[name]["noise"]["std"] for b, _, name in rows]))
+        out_["attacks"] = _attack_rates(items)
         out_["erase_seconds"] = _mean([m["seconds"]["erase"] for _, m in items])
         out_["peak_memory_mb"] = _mean([m["peak_memory_mb"] for _, m in items])
         return out_
@@ -113,8 +144,14 @@ def summarise(out: str, concepts, seeds) -> dict:
     return summary
 
 
-def table(summary: dict) -> str:
-    """The summary as markdown: one row per concept and guidance, then all concepts."""
+def table(summaries: dict) -> str:
+    """The summaries as markdown: per method one row per concept and guidance, then all concepts;
+    then a line per method with its attacks, time and memory."""
+    parts = [_method_table(m, s) for m, s in summaries["methods"].items()]
+    return "\n\n".join(parts)
+
+
+def _method_table(method: str, summary: dict) -> str:
     def share(c):
         return f"{c['value']:.3f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
 
@@ -123,7 +160,7 @@ def table(summary: dict) -> str:
 
     def mean(c):
         return "—" if c is None else f"{c['mean']:.3g}" + (f" ± {c['ci95_half']:.2g}" if c["ci95_half"] else "")
-    lines = ["| concept | guidance | FA erasing prompts (before → after) | FA paraphrases (before → after) | "
+    lines = [f"**{method}**", "", "| concept | guidance | FA erasing prompts (before → after) | FA paraphrases (before → after) | "
              "neighbours, points | other classes, points | Fréchet before → after | latent std after |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, block in list(summary["by_concept"].items()) + [("all", summary["overall"])]:
@@ -134,8 +171,9 @@ def table(summary: dict) -> str:
                          f"{change(r['neighbours'])} | {change(r['others'])} | {mean(r['frechet_before'])} → "
                          f"{mean(r['frechet_after'])} | {mean(r['latent_std_after'])} |")
     o = summary["overall"]
-    lines += ["", f"Erase time (data, preparation, fit): {mean(o['erase_seconds'])} s; peak memory "
-              f"{mean(o['peak_memory_mb'])} MiB (mean ± 95% interval over {summary['runs']} runs)."]
+    attacks = "; ".join(f"{kind} attack success {share(c)}" for kind, c in o["attacks"].items())
+    lines += ["", (f"{attacks}. " if attacks else "") + f"Erase time (data, preparation, fit): {mean(o['erase_seconds'])} s; "
+              f"peak memory {mean(o['peak_memory_mb'])} MiB (mean ± 95% interval over {summary['runs']} runs)."]
     return "\n".join(lines)
 
 
@@ -143,6 +181,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", default="fashion-mnist-sd")
     p.add_argument("--concepts", nargs="+", default=list(CONCEPTS))
+    p.add_argument("--methods", nargs="+", default=["safemax"], choices=list(METHOD_SETTINGS))
+    p.add_argument("--attack", nargs="+", default=[], choices=["soft", "prefix"], help="the prompt attacks to run too")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tune", action="store_true", help=f"run the tuning concept ({TUNE!r}) instead of the reported ones")
     p.add_argument("--eval-n", type=int, default=8, help="evaluation samples per prompt (default 8)")
@@ -151,16 +191,17 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds with a tiny pipeline), not a result")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    settings, eval_n, steps = dict(SETTINGS), args.eval_n, args.sampling_steps
+    eval_n, steps = (1, 2) if args.smoke else (args.eval_n, args.sampling_steps)
+    settings = {m: (dict(SMOKE) if args.smoke and m != "uce" else dict(METHOD_SETTINGS[m])) for m in args.methods}
     concepts = [TUNE] if args.tune else args.concepts
-    if args.smoke:
-        settings, eval_n, steps = dict(steps=2, batch_size=2, n_per_prompt=1), 1, 2
     if not args.summarise:
-        for c in concepts:
-            for s in args.seeds:
-                run(args.pipeline, c, s, args.out, settings, eval_n, steps)
-    summary = summarise(args.out, concepts, args.seeds)
-    summary["settings"] = dict(settings, eval_n=eval_n, sampling_steps=steps, pipeline=args.pipeline)
+        for m in args.methods:
+            for c in concepts:
+                for s in args.seeds:
+                    run(args.pipeline, m, c, s, args.out, settings[m], eval_n, steps, args.attack)
+    summary = summarise(args.out, args.methods, concepts, args.seeds)
+    summary["settings"] = dict(methods=settings, eval_n=eval_n, sampling_steps=steps, pipeline=args.pipeline,
+                               attacks=args.attack)
     write_json(os.path.join(args.out, "summary.json"), summary)
     text = table(summary)
     with open(os.path.join(args.out, "summary.md"), "w") as f:

@@ -224,13 +224,17 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     out = tmp_path / "c"
     argv = ["--smoke", "--pipeline", captioned_pipeline, "--concepts", "sneaker", "--seeds", "0", "1", "--out", str(out)]
     assert script.main(argv) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())["methods"]["safemax"]
     at = summary["overall"]["guidance_7.5"]
     assert summary["runs"] == 2 and at["fa_erase"]["n"] == 2 * 4 and at["fa_paraphrase"]["n"] == 2 * 10
     assert at["others"]["n"] == 2 * 7 * 4 and at["neighbours"]["ci95"][0] <= at["neighbours"]["change"]
     assert summary["overall"]["erase_seconds"]["n"] == 2 and "guidance_1" in summary["by_concept"]["sneaker"]
     text = capsys.readouterr().out
-    assert "| all | 7.5 |" in text and "| sneaker | 1 |" in text
+    assert "**safemax**" in text and "| all | 7.5 |" in text and "| sneaker | 1 |" in text
+    # a second method beside it: UCE, the closed form, with its own row block
+    assert script.main(argv + ["--methods", "uce", "--seeds", "0"]) == 0
+    both = json.loads((out / "summary.json").read_text())
+    assert set(both["methods"]) == {"uce"} and both["methods"]["uce"]["runs"] == 1
     assert script.main(argv + ["--summarise"]) == 0   # from the files, nothing run again
     assert capsys.readouterr().out.strip().endswith(text.strip().splitlines()[-1])
 
