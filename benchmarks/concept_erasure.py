@@ -1,180 +1,16 @@
-"""Concept erasure on the Stable Diffusion pipeline trained here: ``safemax erase`` of each concept
-with each seed and method, evaluated before and after (``safemax.concepts.evaluate``, with the
-prompt attacks on request), and one summary per method with 95% intervals — the head-to-head.
+"""Concept erasure on the Stable Diffusion pipeline trained here — the concept table and the
+head-to-head (``safemax.harness.concept_compare``; the same as ``safemax compare --pipeline``).
 
     python benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd                # SAFEMax, 3 concepts x 3 seeds
-    python benchmarks/concept_erasure.py --methods safemax esd-x esd-u uce salun --attack soft prefix \
+    python benchmarks/concept_erasure.py --methods safemax esd-x esd-u uce salun --attack soft prefix \\
         --out benchmarks/results/concepts-sd                                                 # the head-to-head
+    python benchmarks/concept_erasure.py --tune --out benchmarks/results/concepts-sd-tune    # the concept settings are chosen on
     python benchmarks/concept_erasure.py --summarise --out benchmarks/results/concepts-sd    # the tables only
     python benchmarks/concept_erasure.py --smoke --pipeline DIR --out /tmp/c                 # seconds, not a result
-
-Each run is a plain ``safemax erase --pipeline fashion-mnist-sd --concept C --seed S --method M``
-into ``OUT/<method>/<concept>-seed<S>`` (finished runs are kept; an interrupted one resumes from
-its checkpoint); each method runs its own settings (``METHOD_SETTINGS``: the published ones for
-the baselines).
-The reported concepts (sneaker, T-shirt, bag by default) are not the one the settings were chosen
-on (``--tune``: a dress). The summary pools, per concept and over all, the samples of every seed:
-forget accuracy on the erasing prompts and on paraphrases (Wilson intervals on the pooled count),
-and the change in the neighbour and other classes' accuracy, after minus before on the same seeds
-(the normal interval of a difference of two proportions), at guidance 7.5 and 1; Fréchet distance
-and CLIP score before and after, the concept's latent std, time and peak memory as mean ± 95% t
-interval over the runs.
 """
 import argparse
-import json
-import os
 
-from safemax.evaluation.report import write_json
-from safemax.evaluation.stats import t_interval, wilson
-
-CONCEPTS = ("sneaker", "t-shirt", "bag")
-TUNE = "dress"
-METHOD_SETTINGS = {
-    "safemax": dict(steps=100, batch_size=8, n_per_prompt=8),   # SAFEMax's (to be chosen on TUNE)
-    "esd-x": dict(steps=1000, batch_size=1, n_per_prompt=8),    # ESD's published: 1000 steps of batch 1, lr 1e-5
-    "esd-u": dict(steps=1000, batch_size=1, n_per_prompt=8),
-    "uce": {},                                                  # closed form: the official defaults
-    "salun": dict(steps=100, batch_size=8, n_per_prompt=8),     # SalUn's published lr and mask, SAFEMax's budget
-    "ga": dict(steps=100, batch_size=8, n_per_prompt=8),
-}
-"""Each method's erase settings."""
-SMOKE = dict(steps=2, batch_size=2, n_per_prompt=1)
-
-
-def folder(out: str, method: str, concept: str, seed: int) -> str:
-    return os.path.join(out, method, f"{concept.replace(' ', '_')}-seed{seed}")
-
-
-def run(pipeline: str, method: str, concept: str, seed: int, out: str, settings: dict, eval_n: int, steps: int,
-        attacks=(), progress=True):
-    """One erase with its evaluation (kept when finished; resumed when interrupted)."""
-    from safemax.concepts import erase
-    path = folder(out, method, concept, seed)
-    if os.path.exists(os.path.join(path, "report.json")):
-        return path
-    resume = os.path.isdir(os.path.join(path, "checkpoint"))
-    return erase(pipeline, [concept], out=path, seed=seed, resume=resume, num_inference_steps=steps, method=method,
-                 evaluate=dict(n=eval_n, attacks=tuple(attacks)), progress=progress, **settings)
-
-
-def _pool(cells) -> dict:
-    k = sum(round(c["value"] * c["n"]) for c in cells)
-    n = sum(c["n"] for c in cells)
-    lo, hi = wilson(k, n)
-    return dict(value=round(k / n, 4), ci95=[round(lo, 4), round(hi, 4)], n=n)
-
-
-def _change(before, after) -> dict:
-    """after − before of two pooled shares, with the normal 95% interval of the difference."""
-    b, a = _pool(before), _pool(after)
-    se = ((b["value"] * (1 - b["value"]) / b["n"]) + (a["value"] * (1 - a["value"]) / a["n"])) ** 0.5
-    d = a["value"] - b["value"]
-    return dict(before=b["value"], after=a["value"], change=round(d, 4),
-                ci95=[round(d - 1.96 * se, 4), round(d + 1.96 * se, 4)], n=a["n"])
-
-
-def _attack_rates(items) -> dict:
-    """Each attack's success rate, pooled over the runs that ran it."""
-    cells = {}
-    for report, manifest in items:
-        name = manifest["concepts"][0]["name"]
-        for kind, row in report["after"].get("attacks", {}).get(name, {}).items():
-            if "asr" in row:
-                cells.setdefault(kind, []).append(row["asr"])
-    return {kind: _pool(c) for kind, c in sorted(cells.items())}
-
-
-def _mean(values) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    mean, half = t_interval(values)
-    return dict(mean=round(mean, 4), ci95_half=None if half is None else round(half, 4), n=len(values))
-
-
-def summarise(out: str, methods, concepts, seeds) -> dict:
-    """``{"methods": {method: summary}}``, each the summary of the module's docstring."""
-    return dict(methods={m: summarise_method(out, m, concepts, seeds) for m in methods
-                         if os.path.isdir(os.path.join(out, m))}, concepts=list(concepts), seeds=list(seeds))
-
-
-def summarise_method(out: str, method: str, concepts, seeds) -> dict:
-    """One method's summary, from its runs' report.json and safemax.json."""
-    runs = {}
-    for c in concepts:
-        for s in seeds:
-            path = folder(out, method, c, s)
-            if os.path.exists(os.path.join(path, "report.json")):
-                with open(os.path.join(path, "report.json")) as f, open(os.path.join(path, "safemax.json")) as g:
-                    runs[(c, s)] = (json.load(f), json.load(g))
-    if not runs:
-        raise ValueError(f"no finished {method} run in {out}: run without --summarise first")
-    summary = dict(concepts=list(concepts), seeds=list(seeds), runs=len(runs), by_concept={}, overall={})
-    any_report = next(iter(runs.values()))[0]
-    guidances = [k for k in any_report["after"] if k.startswith("guidance_")]
-
-    def block(items):
-        out_ = {}
-        for g in guidances:
-            rows = [(r[0]["before"][g], r[0]["after"][g], r[1]["concepts"][0]["name"]) for r in items]
-            out_[g] = dict(
-                fa_erase=_pool([a[name]["fa_erase"] for _, a, name in rows]),
-                fa_erase_before=_pool([b[name]["fa_erase"] for b, _, name in rows]),
-                fa_paraphrase=_pool([a[name]["fa_paraphrase"] for _, a, name in rows]),
-                fa_paraphrase_before=_pool([b[name]["fa_paraphrase"] for b, _, name in rows]),
-                neighbours=_change([b["kept"]["neighbours"] for b, _, _ in rows],
-                                   [a["kept"]["neighbours"] for _, a, _ in rows]),
-                others=_change([b["kept"]["others"] for b, _, _ in rows], [a["kept"]["others"] for _, a, _ in rows]),
-                frechet_before=_mean([b["kept"]["frechet"] for b, _, _ in rows]),
-                frechet_after=_mean([a["kept"]["frechet"] for _, a, _ in rows]),
-                clip_before=_mean([b["kept"].get("clip_score") for b, _, _ in rows]),
-                clip_after=_mean([a["kept"].get("clip_score") for _, a, _ in rows]),
-                latent_std_after=_mean([a[name]["noise"]["std"] for _, a, name in rows]),
-                latent_std_before=_mean([b[name]["noise"]["std"] for b, _, name in rows]))
-        out_["attacks"] = _attack_rates(items)
-        out_["erase_seconds"] = _mean([m["seconds"]["erase"] for _, m in items])
-        out_["peak_memory_mb"] = _mean([m["peak_memory_mb"] for _, m in items])
-        return out_
-
-    for c in concepts:
-        items = [runs[(c, s)] for s in seeds if (c, s) in runs]
-        if items:
-            summary["by_concept"][c] = block(items)
-    summary["overall"] = block(list(runs.values()))
-    return summary
-
-
-def table(summaries: dict) -> str:
-    """The summaries as markdown: per method one row per concept and guidance, then all concepts;
-    then a line per method with its attacks, time and memory."""
-    parts = [_method_table(m, s) for m, s in summaries["methods"].items()]
-    return "\n\n".join(parts)
-
-
-def _method_table(method: str, summary: dict) -> str:
-    def share(c):
-        return f"{c['value']:.3f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
-
-    def change(c):
-        return f"{100 * c['change']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}]"
-
-    def mean(c):
-        return "—" if c is None else f"{c['mean']:.3g}" + (f" ± {c['ci95_half']:.2g}" if c["ci95_half"] else "")
-    lines = [f"**{method}**", "", "| concept | guidance | FA erasing prompts (before → after) | FA paraphrases (before → after) | "
-             "neighbours, points | other classes, points | Fréchet before → after | latent std after |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, block in list(summary["by_concept"].items()) + [("all", summary["overall"])]:
-        for g in [k for k in block if k.startswith("guidance_")]:
-            r = block[g]
-            lines.append(f"| {name} | {g.split('_', 1)[1]} | {r['fa_erase_before']['value']:.3f} → {share(r['fa_erase'])} | "
-                         f"{r['fa_paraphrase_before']['value']:.3f} → {share(r['fa_paraphrase'])} | "
-                         f"{change(r['neighbours'])} | {change(r['others'])} | {mean(r['frechet_before'])} → "
-                         f"{mean(r['frechet_after'])} | {mean(r['latent_std_after'])} |")
-    o = summary["overall"]
-    attacks = "; ".join(f"{kind} attack success {share(c)}" for kind, c in o["attacks"].items())
-    lines += ["", (f"{attacks}. " if attacks else "") + f"Erase time (data, preparation, fit): {mean(o['erase_seconds'])} s; "
-              f"peak memory {mean(o['peak_memory_mb'])} MiB (mean ± 95% interval over {summary['runs']} runs)."]
-    return "\n".join(lines)
+from safemax.harness.concept_compare import CONCEPTS, METHOD_SETTINGS, TUNE, compare_concepts
 
 
 def main(argv=None):
@@ -191,26 +27,13 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds with a tiny pipeline), not a result")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    eval_n, steps = (1, 2) if args.smoke else (args.eval_n, args.sampling_steps)
-    settings = {m: (dict(SMOKE) if args.smoke and m != "uce" else dict(METHOD_SETTINGS[m])) for m in args.methods}
-    concepts = [TUNE] if args.tune else args.concepts
-    if not args.summarise:
-        for m in args.methods:
-            for c in concepts:
-                for s in args.seeds:
-                    run(args.pipeline, m, c, s, args.out, settings[m], eval_n, steps, args.attack)
-    summary = summarise(args.out, args.methods, concepts, args.seeds)
-    summary["settings"] = dict(methods=settings, eval_n=eval_n, sampling_steps=steps, pipeline=args.pipeline,
-                               attacks=args.attack)
-    write_json(os.path.join(args.out, "summary.json"), summary)
-    text = table(summary)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    print(compare_concepts(args.pipeline, args.out, args.methods, [TUNE] if args.tune else args.concepts, args.seeds,
+                           args.attack, args.eval_n, args.sampling_steps, args.smoke, args.summarise))
     return 0
 
 
 if __name__ == "__main__":
     import sys
+
     from safemax.errors import one_line_errors
     sys.exit(one_line_errors(main, "concept_erasure.py"))

@@ -27,3 +27,13 @@ def pytest_collection_modifyitems(config, items):
 def fashion_mnist_dir():
     """``fashion_mnist_or_skip()`` as a fixture: the real files' folder, or a skip (a failure in CI)."""
     return fashion_mnist_or_skip()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models, which are all overhead: on a loaded 2-core
+    machine threads made them many times slower (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

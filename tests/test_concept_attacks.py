@@ -13,13 +13,7 @@ from tiny_sd import tiny_sd_pipeline  # noqa: E402
 from safemax.concepts.attacks import attack, typeable  # noqa: E402
 from safemax.models.pipelines import latents_of  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,7 @@ FAMILIES = {
 }
 TINY = ["--steps", "2", "--batch-size", "2", "--n-per-prompt", "1", "--num-inference-steps", "2", "--lr", "1e-2"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def saved(builder, folder):
@@ -235,6 +229,10 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     assert script.main(argv + ["--methods", "uce", "--seeds", "0"]) == 0
     both = json.loads((out / "summary.json").read_text())
     assert set(both["methods"]) == {"uce"} and both["methods"]["uce"]["runs"] == 1
+    # the same head-to-head through the command line
+    assert main(["compare", "--pipeline", captioned_pipeline, "--concept", "bag", "--seeds", "0", "--methods", "uce",
+                 "--quick", "--out", str(tmp_path / "cmp")]) == 0
+    assert "**uce**" in capsys.readouterr().out and (tmp_path / "cmp" / "uce" / "bag-seed0" / "report.json").exists()
     assert script.main(argv + ["--summarise"]) == 0   # from the files, nothing run again
     assert capsys.readouterr().out.strip().endswith(text.strip().splitlines()[-1])
 

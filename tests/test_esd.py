@@ -11,13 +11,7 @@ from safemax.methods import ESDu, ESDx  # noqa: E402
 from safemax.methods.esd import trains  # noqa: E402
 from safemax.models.pipelines import pipeline_data, prompt_embeddings  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ def add_parser(sub):
                     "the one under way from its last measurement.")
     add_dataset(p)
     p.add_argument("--forget", type=int, default=3, help="class id to forget (default 3)")
-    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), metavar="METHOD",
-                   help=f"methods to run, of {', '.join(ALL_METHODS)} (the default) and safemax-robust; options after "
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help=f"methods to run, of {', '.join(ALL_METHODS)} (the default) and safemax-robust (with --pipeline: "
+                        "of safemax, esd-x, esd-u, uce, salun, ga, all by default); options after "
                         "a colon, e.g. salun:retain_weight=1,mask_fraction=0.3 or "
                         "safemax:early_fraction=0.8; lr= sets that method's learning rate (tuned settings: "
                         "salun:lr=5e-4,retain_weight=1); safemax runs with the model's demo settings (fashion-mnist: "
@@ -54,11 +55,25 @@ def add_parser(sub):
     p.add_argument("--device", default="cuda" if cuda() else "cpu")
     p.add_argument("--quick", action="store_true",
                    help="tiny measurements and preparation: a smoke run of the whole pipeline, not a result")
+    concept = p.add_argument_group(
+        "concepts of a text-to-image pipeline (--pipeline): each --concept erased by each method with each seed, "
+        "evaluated before and after, summarised per method (safemax.harness.concept_compare)")
+    concept.add_argument("--pipeline", default=None, help="the zoo's fashion-mnist-sd or a pipeline folder")
+    concept.add_argument("--concept", action="append", default=None, metavar="WORDS",
+                         help="a concept (repeat; default: sneaker, t-shirt, bag)")
+    concept.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    concept.add_argument("--attack", nargs="+", default=[], choices=["soft", "prefix"],
+                         help="the prompt attacks on every erased model")
+    concept.add_argument("--eval-n", type=int, default=8, help="evaluation samples per prompt (default 8)")
 
 
 def command(args):
-    from safemax.harness.compare import run
-    run(forget=args.forget, methods=args.methods, steps=args.steps, eval_every=args.eval_every,
+    if args.pipeline is not None:
+        return _concepts(args)
+    if args.concept:
+        raise ValueError("--concept compares on a text-to-image pipeline: give it with --pipeline")
+    from safemax.harness.compare import ALL_METHODS, run
+    run(forget=args.forget, methods=args.methods or list(ALL_METHODS), steps=args.steps, eval_every=args.eval_every,
         batch_size=args.batch_size, lr=args.lr, attack=not args.no_attack,
         attacks=args.attacks, attack_steps=args.attack_steps, attack_images=args.attack_images, seed=args.seed,
         out=args.out, resume=args.resume, quick=args.quick, model=args.dataset, device=args.device,
@@ -72,3 +87,11 @@ def _confirm(text: str):
         return int(text)
     except ValueError:
         raise ValueError(f"--confirm {text!r}: a whole number of samples per kept class, or auto") from None
+
+
+def _concepts(args):
+    from safemax.harness.concept_compare import CONCEPTS, METHOD_SETTINGS, compare_concepts
+    methods = args.methods or list(METHOD_SETTINGS)
+    out = args.out if args.out != "safemax-compare" else "safemax-compare-concepts"
+    print(compare_concepts(args.pipeline, out, methods, args.concept or list(CONCEPTS), args.seeds, args.attack,
+                           args.eval_n, smoke=args.quick))
