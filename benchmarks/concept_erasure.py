@@ -5,12 +5,14 @@ head-to-head (``safemax.harness.concept_compare``; the same as ``safemax compare
     python benchmarks/concept_erasure.py --methods safemax esd-x esd-u uce salun --attack soft prefix \\
         --out benchmarks/results/concepts-sd                                                 # the head-to-head
     python benchmarks/concept_erasure.py --tune --out benchmarks/results/concepts-sd-tune    # the concept settings are chosen on
+    python benchmarks/concept_erasure.py --at-once 1 2 5 --methods safemax esd-x uce --out benchmarks/results/concepts-sd
+                                                                                             # several concepts in one run
     python benchmarks/concept_erasure.py --summarise --out benchmarks/results/concepts-sd    # the tables only
     python benchmarks/concept_erasure.py --smoke --pipeline DIR --out /tmp/c                 # seconds, not a result
 """
 import argparse
 
-from safemax.harness.concept_compare import CONCEPTS, METHOD_SETTINGS, TUNE, compare_concepts
+from safemax.harness.concept_compare import CONCEPTS, METHOD_SETTINGS, TUNE, compare_at_once, compare_concepts
 
 
 def main(argv=None):
@@ -23,10 +25,16 @@ def main(argv=None):
     p.add_argument("--tune", action="store_true", help=f"run the tuning concept ({TUNE!r}) instead of the reported ones")
     p.add_argument("--eval-n", type=int, default=8, help="evaluation samples per prompt (default 8)")
     p.add_argument("--sampling-steps", type=int, default=25)
+    p.add_argument("--at-once", type=int, nargs="+", default=None, metavar="N",
+                   help="instead: erase the first N of sneaker, t-shirt, bag, trousers, coat in one run, for each N")
     p.add_argument("--summarise", action="store_true", help="only the summary of the finished runs")
     p.add_argument("--smoke", action="store_true", help="a tiny run (seconds with a tiny pipeline), not a result")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.at_once:
+        print(compare_at_once(args.pipeline, args.out, args.methods, args.at_once, seed=args.seeds[0],
+                              eval_n=args.eval_n, sampling_steps=args.sampling_steps, smoke=args.smoke))
+        return 0
     print(compare_concepts(args.pipeline, args.out, args.methods, [TUNE] if args.tune else args.concepts, args.seeds,
                            args.attack, args.eval_n, args.sampling_steps, args.smoke, args.summarise))
     return 0

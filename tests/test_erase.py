@@ -233,6 +233,12 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     assert main(["compare", "--pipeline", captioned_pipeline, "--concept", "bag", "--seeds", "0", "--methods", "uce",
                  "--quick", "--out", str(tmp_path / "cmp")]) == 0
     assert "**uce**" in capsys.readouterr().out and (tmp_path / "cmp" / "uce" / "bag-seed0" / "report.json").exists()
+    # several concepts in one run, against their number
+    assert script.main(["--smoke", "--pipeline", captioned_pipeline, "--at-once", "1", "2", "--methods", "uce",
+                        "--out", str(tmp_path / "once")]) == 0
+    rows = json.loads((tmp_path / "once" / "at-once.json").read_text())["rows"]
+    assert [(r["method"], r["concepts"], r["fa_erase"]["n"]) for r in rows] == [("uce", 1, 4), ("uce", 2, 8)]
+    capsys.readouterr()
     assert script.main(argv + ["--summarise"]) == 0   # from the files, nothing run again
     assert capsys.readouterr().out.strip().endswith(text.strip().splitlines()[-1])
 

@@ -195,4 +195,53 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
     return text
 
 
-__all__ = ["CONCEPTS", "TUNE", "METHOD_SETTINGS", "compare_concepts", "run", "summarise", "table"]
+AT_ONCE = ("sneaker", "t-shirt", "bag", "trousers", "coat")
+"""The concepts erased together by ``compare_at_once``: its first 1, 2, ... 5 (never the tuning one)."""
+
+
+def compare_at_once(pipeline: str, out: str, methods=("safemax",), counts=(1, 2, 5), concepts=AT_ONCE, seed: int = 0,
+                    eval_n: int = 8, sampling_steps: int = 25, smoke: bool = False, progress: bool = True) -> str:
+    """Several concepts in one run: for each method and each ``n`` in ``counts``, the first ``n``
+    of ``concepts`` erased together into ``out/<method>/<n>-at-once`` and evaluated; the summary
+    (``out/at-once.json``, ``.md``) gives, against ``n``, the erase's time and memory, the
+    concepts' forget accuracy (pooled over them) and the kept classes' change. Returns the markdown."""
+    if max(counts) > len(concepts):
+        raise ValueError(f"counts up to {max(counts)} need as many concepts; {len(concepts)} given")
+    eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps)
+    rows = []
+    for m in methods:
+        settings = dict(SMOKE) if smoke and m != "uce" else dict(METHOD_SETTINGS[m])
+        for n in counts:
+            path = os.path.join(out, m, f"{n}-at-once")
+            if not os.path.exists(os.path.join(path, "report.json")):
+                from safemax.concepts import erase
+                erase(pipeline, list(concepts[:n]), out=path, seed=seed, method=m, num_inference_steps=sampling_steps,
+                      resume=os.path.isdir(os.path.join(path, "checkpoint")), evaluate=dict(n=eval_n),
+                      progress=progress, **settings)
+            with open(os.path.join(path, "report.json")) as f, open(os.path.join(path, "safemax.json")) as g:
+                report, manifest = json.load(f), json.load(g)
+            names = [c["name"] for c in manifest["concepts"]]
+            b, a = report["before"]["guidance_7.5"], report["after"]["guidance_7.5"]
+            kept_b = [b["kept"][k] for k in ("neighbours", "others") if b["kept"].get(k)]
+            kept_a = [a["kept"][k] for k in ("neighbours", "others") if a["kept"].get(k)]
+            rows.append(dict(method=m, concepts=n, erase_seconds=manifest["seconds"]["erase"],
+                             peak_memory_mb=manifest["peak_memory_mb"],
+                             fa_erase=_pool([a[c]["fa_erase"] for c in names]),
+                             fa_paraphrase=_pool([a[c]["fa_paraphrase"] for c in names]),
+                             kept=_change(kept_b, kept_a)))
+    write_json(os.path.join(out, "at-once.json"), dict(rows=rows, concepts=list(concepts), counts=list(counts),
+                                                       seed=seed, eval_n=eval_n))
+    lines = ["| method | concepts at once | erase time, s | peak memory, MiB | FA erasing prompts | FA paraphrases | "
+             "kept classes, points |", "| --- | ---: | ---: | ---: | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['concepts']} | {r['erase_seconds']:.1f} | {r['peak_memory_mb']:.0f} | "
+                     f"{r['fa_erase']['value']:.3f} [{r['fa_erase']['ci95'][0]:.2f}, {r['fa_erase']['ci95'][1]:.2f}] | "
+                     f"{r['fa_paraphrase']['value']:.3f} | {100 * r['kept']['change']:+.1f} |")
+    text = "\n".join(lines)
+    with open(os.path.join(out, "at-once.md"), "w") as f:
+        f.write(text + "\n")
+    return text
+
+
+__all__ = ["CONCEPTS", "TUNE", "AT_ONCE", "METHOD_SETTINGS", "compare_concepts", "compare_at_once", "run", "summarise",
+           "table"]
