@@ -302,3 +302,17 @@ def test_several_concepts_in_one_run(captioned_pipeline, tmp_path):
     assert [c["class_id"] for c in manifest["concepts"]] == [7, 8]
     assert not {captions.class_of(k) for k in manifest["keep"]} & {7, 8} and len(manifest["keep"]) == 8 * 4 + 1
     assert set(json.loads((out / "unet" / "safemax.json").read_text())["forget"]) == {"a sneaker", "a handbag"}
+
+
+def test_evaluate_on_a_pipeline_without_classes_gives_the_noise_statistics(tmp_path, capsys):
+    """A pipeline not trained on the captions has no classifier: the concept's latent statistics
+    (and no forget accuracy) at each guidance scale."""
+    base = saved(tiny_sd_pipeline, tmp_path / "base")
+    capsys.readouterr()
+    assert main(["evaluate", "--pipeline", base, "--concept", "a cat", "--exact", "--n-per-prompt", "2", "--steps", "2",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for g in ("guidance_7.5", "guidance_1"):
+        cell = result[g]["a cat"]
+        assert set(cell) == {"noise"} and cell["noise"]["std"] > 0 and result[g]["kept"] == {}
+    assert json.loads((tmp_path / "e.json").read_text())["concepts"][0]["erase_prompts"] == ["a cat"]
