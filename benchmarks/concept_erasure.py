@@ -4,7 +4,8 @@ head-to-head (``safemax.harness.concept_compare``; the same as ``safemax compare
     python benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd                # SAFEMax, 3 concepts x 3 seeds
     python benchmarks/concept_erasure.py --methods safemax esd-x esd-u uce salun --attack soft prefix \\
         --out benchmarks/results/concepts-sd                                                 # the head-to-head
-    python benchmarks/concept_erasure.py --tune --out benchmarks/results/concepts-sd-tune    # the concept settings are chosen on
+    python benchmarks/concept_erasure.py --tune --seeds 0 --methods safemax safemax:lr=3e-4 safemax:steps=200 \\
+        --out benchmarks/results/concepts-sd-tune                                            # choose SAFEMax's settings
     python benchmarks/concept_erasure.py --at-once 1 2 5 --methods safemax esd-x uce --out benchmarks/results/concepts-sd
                                                                                              # several concepts in one run
     python benchmarks/concept_erasure.py --summarise --out benchmarks/results/concepts-sd    # the tables only
@@ -19,7 +20,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", default="fashion-mnist-sd")
     p.add_argument("--concepts", nargs="+", default=list(CONCEPTS))
-    p.add_argument("--methods", nargs="+", default=["safemax"], choices=list(METHOD_SETTINGS))
+    p.add_argument("--methods", nargs="+", default=["safemax"], metavar="METHOD",
+                   help=f"of {', '.join(METHOD_SETTINGS)}; settings after a colon: safemax:lr=3e-4,steps=200")
     p.add_argument("--attack", nargs="+", default=[], choices=["soft", "prefix"], help="the prompt attacks to run too")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tune", action="store_true", help=f"run the tuning concept ({TUNE!r}) instead of the reported ones")

@@ -233,6 +233,14 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     assert main(["compare", "--pipeline", captioned_pipeline, "--concept", "bag", "--seeds", "0", "--methods", "uce",
                  "--quick", "--out", str(tmp_path / "cmp")]) == 0
     assert "**uce**" in capsys.readouterr().out and (tmp_path / "cmp" / "uce" / "bag-seed0" / "report.json").exists()
+    # a setting to try beside the method's own: its own folder and summary
+    from safemax.harness.concept_compare import method_spec
+    assert method_spec("safemax:lr=3e-4,steps=5") == ("safemax", dict(steps=5, batch_size=8, n_per_prompt=8, lr=3e-4),
+                                                        "safemax-lr=3e-4-steps=5")
+    with pytest.raises(ValueError, match="key=value"):
+        method_spec("safemax:lr")
+    with pytest.raises(ValueError, match="the concept head-to-head runs"):
+        method_spec("sa")
     # several concepts in one run, against their number
     assert script.main(["--smoke", "--pipeline", captioned_pipeline, "--at-once", "1", "2", "--methods", "uce",
                         "--out", str(tmp_path / "once")]) == 0

@@ -18,7 +18,8 @@ def add_parser(sub):
     p.add_argument("--forget", type=int, default=3, help="class id to forget (default 3)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help=f"methods to run, of {', '.join(ALL_METHODS)} (the default) and safemax-robust (with --pipeline: "
-                        "of safemax, esd-x, esd-u, uce, salun, ga, all by default); options after "
+                        "of safemax, esd-x, esd-u, uce, salun, ga, all by default, erase settings after a colon: "
+                        "safemax:lr=3e-4,steps=200); options after "
                         "a colon, e.g. salun:retain_weight=1,mask_fraction=0.3 or "
                         "safemax:early_fraction=0.8; lr= sets that method's learning rate (tuned settings: "
                         "salun:lr=5e-4,retain_weight=1); safemax runs with the model's demo settings (fashion-mnist: "

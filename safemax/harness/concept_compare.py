@@ -34,15 +34,35 @@ METHOD_SETTINGS = {
 SMOKE = dict(steps=2, batch_size=2, n_per_prompt=1)
 
 
-def folder(out: str, method: str, concept: str, seed: int) -> str:
-    return os.path.join(out, method, f"{concept.replace(' ', '_')}-seed{seed}")
+def method_spec(spec: str, smoke: bool = False):
+    """``"name"`` or ``"name:key=value,..."`` (e.g. ``"safemax:lr=3e-4,steps=200"``, a setting to
+    try) → ``(method, its erase settings, its folder name)``: ``METHOD_SETTINGS``' (``SMOKE``'s
+    sizes with ``smoke``) with the spec's on top, values read as JSON (numbers, true/false)."""
+    name, _, options = spec.partition(":")
+    if name not in METHOD_SETTINGS:
+        raise ValueError(f"method {name!r}: the concept head-to-head runs {', '.join(METHOD_SETTINGS)}")
+    settings = dict(SMOKE) if smoke and name != "uce" else dict(METHOD_SETTINGS[name])
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"method {spec!r}: write name:key=value,key=value")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except ValueError:
+            settings[key.strip()] = value
+    return name, settings, spec.replace(":", "-").replace(",", "-")
 
 
-def run(pipeline: str, method: str, concept: str, seed: int, out: str, settings: dict, eval_n: int, steps: int,
-        attacks=(), progress=True):
+def folder(out: str, label: str, concept: str, seed: int) -> str:
+    return os.path.join(out, label, f"{concept.replace(' ', '_')}-seed{seed}")
+
+
+def run(pipeline: str, spec: str, concept: str, seed: int, out: str, eval_n: int, steps: int, attacks=(),
+        smoke: bool = False, progress=True):
     """One erase with its evaluation (kept when finished; resumed when interrupted)."""
     from safemax.concepts import erase
-    path = folder(out, method, concept, seed)
+    method, settings, label = method_spec(spec, smoke)
+    path = folder(out, label, concept, seed)
     if os.path.exists(os.path.join(path, "report.json")):
         return path
     resume = os.path.isdir(os.path.join(path, "checkpoint"))
@@ -86,9 +106,10 @@ def _mean(values) -> dict:
 
 
 def summarise(out: str, methods, concepts, seeds) -> dict:
-    """``{"methods": {method: summary}}``, each the summary of the module's docstring."""
-    return dict(methods={m: summarise_method(out, m, concepts, seeds) for m in methods
-                         if os.path.isdir(os.path.join(out, m))}, concepts=list(concepts), seeds=list(seeds))
+    """``{"methods": {method spec: summary}}``, each the summary of the module's docstring."""
+    labels = {m: method_spec(m)[2] for m in methods}
+    return dict(methods={m: summarise_method(out, labels[m], concepts, seeds) for m in methods
+                         if os.path.isdir(os.path.join(out, labels[m]))}, concepts=list(concepts), seeds=list(seeds))
 
 
 def summarise_method(out: str, method: str, concepts, seeds) -> dict:
@@ -175,16 +196,13 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
                      summarise_only: bool = False, progress: bool = True) -> str:
     """Run (unless ``summarise_only``) and summarise the head-to-head into ``out/summary.json``
     and ``out/summary.md``; returns the markdown. ``smoke``: tiny settings, not a result."""
-    unknown = [m for m in methods if m not in METHOD_SETTINGS]
-    if unknown:
-        raise ValueError(f"methods {unknown}: the concept head-to-head runs {', '.join(METHOD_SETTINGS)}")
+    settings = {m: method_spec(m, smoke)[1] for m in methods}   # (checks every spec before any run)
     eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps)
-    settings = {m: (dict(SMOKE) if smoke and m != "uce" else dict(METHOD_SETTINGS[m])) for m in methods}
     if not summarise_only:
         for m in methods:
             for c in concepts:
                 for s in seeds:
-                    run(pipeline, m, c, s, out, settings[m], eval_n, sampling_steps, attacks, progress)
+                    run(pipeline, m, c, s, out, eval_n, sampling_steps, attacks, smoke, progress)
     summary = summarise(out, methods, concepts, seeds)
     summary["settings"] = dict(methods=settings, eval_n=eval_n, sampling_steps=sampling_steps, pipeline=pipeline,
                                attacks=list(attacks))
@@ -210,12 +228,12 @@ def compare_at_once(pipeline: str, out: str, methods=("safemax",), counts=(1, 2,
     eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps)
     rows = []
     for m in methods:
-        settings = dict(SMOKE) if smoke and m != "uce" else dict(METHOD_SETTINGS[m])
+        name, settings, label = method_spec(m, smoke)
         for n in counts:
-            path = os.path.join(out, m, f"{n}-at-once")
+            path = os.path.join(out, label, f"{n}-at-once")
             if not os.path.exists(os.path.join(path, "report.json")):
                 from safemax.concepts import erase
-                erase(pipeline, list(concepts[:n]), out=path, seed=seed, method=m, num_inference_steps=sampling_steps,
+                erase(pipeline, list(concepts[:n]), out=path, seed=seed, method=name, num_inference_steps=sampling_steps,
                       resume=os.path.isdir(os.path.join(path, "checkpoint")), evaluate=dict(n=eval_n),
                       progress=progress, **settings)
             with open(os.path.join(path, "report.json")) as f, open(os.path.join(path, "safemax.json")) as g:
@@ -243,5 +261,5 @@ def compare_at_once(pipeline: str, out: str, methods=("safemax",), counts=(1, 2,
     return text
 
 
-__all__ = ["CONCEPTS", "TUNE", "AT_ONCE", "METHOD_SETTINGS", "compare_concepts", "compare_at_once", "run", "summarise",
+__all__ = ["CONCEPTS", "TUNE", "AT_ONCE", "METHOD_SETTINGS", "method_spec", "compare_concepts", "compare_at_once", "run", "summarise",
            "table"]
