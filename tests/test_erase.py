@@ -100,7 +100,9 @@ def captioned_pipeline(tmp_path_factory):
 def test_a_captioned_pipeline_is_erased_and_evaluated_end_to_end(captioned_pipeline, tmp_path, capsys):
     out = tmp_path / "no-sneaker"
     assert main(["erase", "--pipeline", captioned_pipeline, "--concept", "a running shoe", "--out", str(out),
-                 *TINY, "--eval-n", "1"]) == 0
+                 *TINY, "--eval-n", "1", "--save-pipeline"]) == 0
+    from safemax.concepts.loading import is_captioned   # the whole-pipeline folder is measured as its base
+    assert is_captioned(str(out / "pipeline")) and (out / "pipeline" / "clip" / "config.json").exists()
     manifest = json.loads((out / "safemax.json").read_text())
     concept = manifest["concepts"][0]
     assert concept["class_id"] == 7 and concept["word"] == "running shoe" and concept["neighbours"] == [9, 5]

@@ -169,7 +169,7 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
                              progress, settings)
     peak = _peak_memory_mb(device)
     if save_pipeline:
-        _save_pipeline(pipe, done.pop("edited"), os.path.join(out, "pipeline"))
+        _save_pipeline(pipe, done.pop("edited"), os.path.join(out, "pipeline"), base)
     done.pop("edited", None)
     concept_latents = done.pop("concept_latents", None)
 
@@ -251,11 +251,21 @@ def _by_uce(pipe, concepts, keep, out, settings) -> dict:
                 edited=denoiser_of(pipe))
 
 
-def _save_pipeline(pipe, edited, folder: str):
-    """The whole pipeline with the edited denoiser ``edited`` (a LoRA merged), ``save_pretrained``."""
+def _save_pipeline(pipe, edited, folder: str, base: str):
+    """The whole pipeline with the edited denoiser ``edited`` (a LoRA merged), ``save_pretrained``;
+    what a zoo pipeline keeps beside its parts (``training.json`` naming its captions, the CLIP
+    that scores it) is copied along, so the folder is evaluated as its base is."""
+    import shutil
+
+    from safemax.concepts.loading import base_folder
     name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
     components = dict(pipe.components, **{name: edited})
     type(pipe)(**components).save_pretrained(folder, safe_serialization=True)
+    source = base_folder(base)
+    if source and os.path.isfile(os.path.join(source, "training.json")):
+        shutil.copy2(os.path.join(source, "training.json"), folder)
+    if source and os.path.isdir(os.path.join(source, "clip")):
+        shutil.copytree(os.path.join(source, "clip"), os.path.join(folder, "clip"), dirs_exist_ok=True)
 
 
 __all__ = ["DEFAULTS", "erase"]
