@@ -79,4 +79,6 @@ def test_the_command_erases_with_esd(tmp_path):
                  "--num-inference-steps", "2", "--no-evaluate", "--out", str(out)]) == 0
     manifest = json.loads((out / "safemax.json").read_text())
     assert manifest["method"] == "esd-x" and manifest["settings"]["ddim_steps"] == 3
+    from safetensors.torch import load_file   # ESD makes its own x_t: no forget image was drawn for it
+    assert not load_file(str(out / "checkpoint" / "data.safetensors"))["latents"].any()
     assert manifest["settings"]["weights"] == "xattn" and manifest["settings"]["lr"] == 1e-5

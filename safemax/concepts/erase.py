@@ -204,10 +204,15 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
     forget_prompts = [p for c in concepts for p in c.erase_prompts]
     prompts = forget_prompts + keep
     first = seed * SEED_STRIDE + DATA_SEED_OFFSET
-    data = _cached(os.path.join(work, "data.safetensors"), dict(prompts=prompts, n=sizes["n_per_prompt"],
-                                                                first_seed=first, **call),
-                   lambda: {"latents": latents_of(pipe, prompts, sizes["n_per_prompt"], first, progress,
-                                                  "drawing the data", **call)})["latents"]
+    n, esd = sizes["n_per_prompt"], method in ESD
+
+    def drawn():
+        if esd:   # ESD draws its own x_t and keeps nothing: only the rows' conditions are used
+            shape = latents_of(pipe, prompts[:1], 1, first, **call).shape[1:]
+            return {"latents": torch.zeros(len(prompts) * n, *shape)}
+        return {"latents": latents_of(pipe, prompts, n, first, progress, "drawing the data", **call)}
+    data = _cached(os.path.join(work, "data.safetensors"),
+                   dict(prompts=prompts, n=n, first_seed=first, drawn=not esd, **call), drawn)["latents"]
     index = torch.arange(len(prompts)).repeat_interleave(sizes["n_per_prompt"])
     cond = prompt_embeddings(pipe, prompts, **call)
     is_forget = index < len(forget_prompts)
@@ -217,7 +222,7 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
 
     targets = {c.name: prompt_embeddings(pipe, c.erase_prompts, **call) for c in concepts}
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)   # the pipeline's stays untouched
-    if method in ESD:   # negative guidance needs the unconditional (empty prompt's) condition
+    if esd:   # negative guidance needs the unconditional (empty prompt's) condition
         from safemax.methods import METHODS
         method, settings = METHODS[method](unconditional=prompt_embeddings(pipe, [""], **call), **settings), {}
     u = Unlearner(denoiser_of(pipe), scheduler, forget=targets, method=method, lr=lr, seed=seed,
@@ -236,8 +241,9 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
                              erase=round(data_seconds + prep + fit, 2)),
                 final_loss=round(history[-1]["loss"], 6) if history else None,
                 edited=adapters.merged_copy(u.unet) if u.lora is not None else u.unet,
-                concept_latents={c.name: data[torch.isin(index, torch.tensor([prompts.index(p) for p in c.erase_prompts]))]
-                                 for c in concepts})
+                concept_latents={} if esd else {   # (ESD's rows hold no image)
+                    c.name: data[torch.isin(index, torch.tensor([prompts.index(p) for p in c.erase_prompts]))]
+                    for c in concepts})
 
 
 def _by_uce(pipe, concepts, keep, out, settings) -> dict:

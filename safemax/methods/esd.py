@@ -53,6 +53,7 @@ class ESDx(Method):
     default_lr = 1e-5
     settings_class = ESDSettings
     uses_retain_data = False
+    needs_forget_images = False   # x_t comes from its own partial sampling: only the rows' conditions count
 
     def __init__(self, settings=None, unconditional=None, **options):
         super().__init__(settings, **options)
