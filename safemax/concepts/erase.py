@@ -100,16 +100,17 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
     write ``out`` (the module's table). Returns ``out``.
 
     ``method``: ``"safemax"``, a baseline the ``Unlearner`` runs (``"salun"``, ``"ga"``,
-    ``"esd-x"``, ``"esd-u"``: ``safemax.methods.esd``), or ``"uce"`` (a closed-form edit, ``safemax.concepts.uce``: no data, no fit); ``settings``: its
-    settings (``early_fraction=…``; UCE's ``guide``, ``erase_scale``, ``preserve_scale``, ``lamb``). ``lora_rank``: train a LoRA adapter
-    instead of the denoiser. ``guidance_scale``: the guidance the data are drawn with (the
+    ``"esd-x"``, ``"esd-u"``: ``safemax.methods.esd``), or ``"uce"`` (a closed-form edit,
+    ``safemax.concepts.uce``: no data, no fit); ``settings``: its settings (``early_fraction=…``;
+    UCE's ``guide``, ``erase_scale``, ``preserve_scale``, ``lamb``). ``lora_rank``: train a LoRA
+    adapter instead of the denoiser. ``guidance_scale``: the guidance the data are drawn with (the
     pipeline's default when None). ``evaluate``: None/False, True, or the keyword arguments of
     ``evaluate_concepts`` (``n``, ``guidance``, ``num_inference_steps``, ``attacks``,
     ``attack_budget``): measure before and after into ``report.json`` (the attacks on the erased
     model only, on real images of the concept where the pipeline is captioned, else on the
-    concept's data drawn for the fit). ``resume``: go on from ``out/checkpoint``. ``options``: more of the
-    pipeline's call arguments, for every sample drawn and every prompt encoded (``height``,
-    ``width``, ``max_sequence_length``, ...)."""
+    concept's data drawn for the fit). ``resume``: go on from ``out/checkpoint``. ``options``:
+    more of the pipeline's call arguments, for every sample drawn and every prompt encoded
+    (``height``, ``width``, ``max_sequence_length``, ...)."""
     from safemax.models.pipelines import family
 
     if not out:
