@@ -6,6 +6,7 @@ What a method sees of the Unlearner ``u``: ``u.denoiser`` (``noisy``, ``predict`
 ``u.targets`` (what is forgotten), ``u.generator``, ``u.local`` (this process's rows),
 ``u.trainable()`` and ``u.seed``.
 """
+import copy
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,6 +19,16 @@ from safemax.settings import Settings
 @dataclass(frozen=True)
 class NoSettings(Settings):
     """A method without settings (gradient ascent)."""
+
+
+def frozen_original(u):
+    """The original model, called like the one being trained, never trained itself: with a LoRA
+    adapter the model with its adapter off (no copy), otherwise a frozen copy — taken when the
+    method binds, before any step changes the model."""
+    if u.lora is not None:
+        from safemax.models.lora import AdaptersOff
+        return AdaptersOff(u.denoiser.unet)
+    return copy.deepcopy(u.denoiser.unet).requires_grad_(False).eval()
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

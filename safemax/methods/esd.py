@@ -19,13 +19,12 @@ is given when the method is built: ``ESDx(unconditional=prompt_embeddings(pipe, 
 (``safemax erase --method esd-x`` does it). DDPM-family models (ε or v prediction) with text
 conditions; rectified-flow models and class-conditional ones are refused.
 """
-import copy
 from dataclasses import dataclass
 
 import torch
 
 from safemax.data import rows
-from safemax.methods.base import Method, mse
+from safemax.methods.base import Method, frozen_original, mse
 from safemax.settings import Settings, finite, positive, setting, whole
 
 
@@ -76,11 +75,7 @@ class ESDx(Method):
             raise ValueError(f"{self.name} trains {what}; {type(denoiser.unet).__name__} has none")
 
     def bind(self, u) -> None:
-        if u.lora is not None:
-            from safemax.models.lora import AdaptersOff
-            self.teacher = AdaptersOff(u.denoiser.unet)
-        else:
-            self.teacher = copy.deepcopy(u.denoiser.unet).requires_grad_(False).eval()
+        self.teacher = frozen_original(u)
         for name, p in u.denoiser.unet.named_parameters():
             if p.requires_grad and not trains(name, self.weights):
                 p.requires_grad_(False)   # never gets a gradient: Adam leaves it as it is

@@ -1,6 +1,5 @@
 """SAFEMax: the forgotten condition is trained towards the max-entropy prediction, so that its
 denoising halts and it generates Gaussian noise; the kept ones towards the original model."""
-import copy
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -8,7 +7,7 @@ from typing import Optional
 import torch
 
 from safemax.data import rows
-from safemax.methods.base import Batch, Method, denoising_batch
+from safemax.methods.base import Batch, Method, denoising_batch, frozen_original
 from safemax.models import schedule
 from safemax.op.ops import safemax_loss
 from safemax.settings import (
@@ -145,12 +144,8 @@ class SafeMax(Method):
         self.teacher = None
         if self._rows_alone(u):
             return
-        if self.retain_target == "distill" and u.lora is not None:
-            # with a LoRA adapter the original is the model with the adapter off: no copy
-            from safemax.models.lora import AdaptersOff
-            self.teacher = AdaptersOff(u.denoiser.unet)
-        elif self.retain_target == "distill":  # the frozen original, before any step changes it
-            self.teacher = copy.deepcopy(u.denoiser.unet).requires_grad_(False).eval()
+        if self.retain_target == "distill":
+            self.teacher = frozen_original(u)
 
     def draw(self, u, retain, forget, batch_size) -> Batch:
         """One step's rows: the forget rows in the window (a share of them Gaussian), the retain rows."""
