@@ -30,8 +30,8 @@ import time
 import torch
 
 from safemax.data import captions
-from safemax.evaluation.metrics import classify, gaussianity
-from safemax.evaluation.stats import wilson
+from safemax.evaluation.metrics import gaussianity
+from safemax.evaluation.stats import share_of
 
 GUIDANCE = (7.5, 1.0)
 SEED_STRIDE = 100003
@@ -47,14 +47,6 @@ def draw(pipe, prompts, n: int, seed: int = 0, guidance_scale: float = 7.5, num_
     latents = latents_of(pipe, prompts, n, seed * SEED_STRIDE, progress, desc, guidance_scale=guidance_scale,
                          num_inference_steps=num_inference_steps, **(options or {}))
     return latents, decode_latents(pipe, latents)
-
-
-def _share(hits: torch.Tensor) -> dict:
-    k, n = int(hits.sum()), len(hits)
-    if n == 0:
-        return None
-    lo, hi = wilson(k, n)
-    return dict(value=round(k / n, 4), ci95=[round(lo, 4), round(hi, 4)], n=n)
 
 
 def _noise(latents: torch.Tensor) -> dict:
@@ -109,8 +101,8 @@ class FashionJudge:
         self._references = {}
 
     def classes(self, images: torch.Tensor) -> torch.Tensor:
-        from safemax.zoo.sd_parts import fashion_frame
-        return classify(self.classifier, fashion_frame(images)).argmax(1)
+        from safemax.zoo.sd_quality import classes_of
+        return classes_of(self.classifier, images)
 
     def frechet(self, images: torch.Tensor, kept: list) -> float:
         from safemax.evaluation.metrics import FrechetReference
@@ -151,9 +143,9 @@ def evaluate_concepts(pipe, concepts, keep, base: str = None, captioned: bool = 
             if clip:
                 row["clip_score"] = clip(img, [p for p in c.erase_prompts for _ in range(n)])
             if captioned:
-                row["fa_erase"] = _share(judge.classes(img) == c.class_id)
+                row["fa_erase"] = share_of(judge.classes(img) == c.class_id)
                 _, para = draw(pipe, c.paraphrases, desc=f"{c.name} paraphrases @ {g:g}", **common)
-                row["fa_paraphrase"] = _share(judge.classes(para) == c.class_id)
+                row["fa_paraphrase"] = share_of(judge.classes(para) == c.class_id)
             at[c.name] = row
         kept = {}
         if captioned:
@@ -164,7 +156,7 @@ def evaluate_concepts(pipe, concepts, keep, base: str = None, captioned: bool = 
             labels = torch.tensor([k for k, _ in prompts]).repeat_interleave(n)
             hits = judge.classes(images) == labels
             near = torch.isin(labels, torch.tensor(neighbours, dtype=torch.long))
-            kept.update(neighbours=_share(hits[near]), others=_share(hits[~near]), neighbour_classes=neighbours,
+            kept.update(neighbours=share_of(hits[near]), others=share_of(hits[~near]), neighbour_classes=neighbours,
                         frechet=judge.frechet(images, neighbours + others))
             if clip:
                 kept["clip_score"] = clip(images, [p for _, p in prompts for _ in range(n)])
@@ -201,7 +193,7 @@ def _attacked(pipe, concepts, kinds, budget, concept_latents, captioned, judge, 
             if captioned:
                 _, img = draw(found.pipe, found.prompts, n=n, seed=seed, guidance_scale=g, num_inference_steps=steps,
                               progress=progress, desc=f"{c.name}: {kind} attack", options=options)
-                row["asr"] = _share(judge.classes(img) == c.class_id)
+                row["asr"] = share_of(judge.classes(img) == c.class_id)
             out[c.name][kind] = row
     return out
 

@@ -34,6 +34,20 @@ def wilson(k: float, n: int, z: float = 1.959964) -> tuple:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def share(k: int, n: int):
+    """``{"value", "ci95", "n"}``: the share ``k / n`` with its 95% Wilson interval, rounded to 4
+    places (None when ``n`` is 0) — a measured share as the results files record it."""
+    if n == 0:
+        return None
+    lo, hi = wilson(k, n)
+    return dict(value=round(k / n, 4), ci95=[round(lo, 4), round(hi, 4)], n=n)
+
+
+def share_of(hits) -> dict:
+    """``share`` of a boolean tensor's true entries."""
+    return share(int(hits.sum()), len(hits))
+
+
 def wilson_upper(k: int, n: int) -> float:
     """The upper end of the 95% Wilson interval of ``k`` successes in ``n``."""
     return wilson(k, n)[1]

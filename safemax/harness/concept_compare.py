@@ -18,7 +18,7 @@ import json
 import os
 
 from safemax.evaluation.report import write_json
-from safemax.evaluation.stats import t_interval, wilson
+from safemax.evaluation.stats import share, t_interval
 
 CONCEPTS = ("sneaker", "t-shirt", "bag")
 TUNE = "dress"
@@ -71,10 +71,8 @@ def run(pipeline: str, spec: str, concept: str, seed: int, out: str, eval_n: int
 
 
 def _pool(cells) -> dict:
-    k = sum(round(c["value"] * c["n"]) for c in cells)
-    n = sum(c["n"] for c in cells)
-    lo, hi = wilson(k, n)
-    return dict(value=round(k / n, 4), ci95=[round(lo, 4), round(hi, 4)], n=n)
+    """The shares of several runs' cells as one: their counts summed."""
+    return share(sum(round(c["value"] * c["n"]) for c in cells), sum(c["n"] for c in cells))
 
 
 def _change(before, after) -> dict:

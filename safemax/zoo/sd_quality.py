@@ -15,16 +15,18 @@ import torch
 
 from safemax.data import captions
 from safemax.data.fashion_mnist_files import FASHION_MNIST_CLASSES
-from safemax.evaluation.stats import wilson
+from safemax.evaluation.stats import share_of
 
 BAR = 0.80
 GUIDANCE = 7.5
 
 
-def _share(hits: torch.Tensor) -> dict:
-    k, n = int(hits.sum()), len(hits)
-    lo, hi = wilson(k, n)
-    return dict(value=round(k / n, 4), ci95=[round(lo, 4), round(hi, 4)], n=n)
+def classes_of(classifier, images: torch.Tensor) -> torch.Tensor:
+    """The Fashion-MNIST classifier's class (10: not a garment) of each decoded 32×32 sample, read
+    on its 28×28 Fashion-MNIST frame."""
+    from safemax.evaluation.metrics import classify
+    from safemax.zoo.sd_parts import fashion_frame
+    return classify(classifier, fashion_frame(images)).argmax(1)
 
 
 @torch.no_grad()
@@ -34,27 +36,25 @@ def sample_quality(pipe, n: int = 2, n_empty: int = 50, guidance_scale: float = 
     the classifier calls that class, with its 95% Wilson interval; ``min_class``; ``meets``
     (every class ≥ ``BAR``); and of ``n_empty`` samples of the empty prompt the share called a
     garment (not "not a garment") and how they spread over the classes."""
-    from safemax.evaluation.metrics import classify
     from safemax.models.pipelines import decode_latents, latents_of
     from safemax.zoo import load_classifier
     from safemax.zoo.classifier import NOT_A_GARMENT
-    from safemax.zoo.sd_parts import fashion_frame
 
     classifier = load_classifier("fashion-mnist")
     call = dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps)
     prompts = [(c, p) for c in range(captions.NUM_CLASSES) for p in captions.prompts(c, "all")]
     latents = latents_of(pipe, [p for _, p in prompts], n, seed, progress, "sampling every prompt", **call)
     labels = torch.tensor([c for c, _ in prompts]).repeat_interleave(n)
-    predicted = classify(classifier, fashion_frame(decode_latents(pipe, latents))).argmax(1)
-    per_class = {FASHION_MNIST_CLASSES[c]: _share(predicted[labels == c] == c) for c in range(captions.NUM_CLASSES)}
+    predicted = classes_of(classifier, decode_latents(pipe, latents))
+    per_class = {FASHION_MNIST_CLASSES[c]: share_of(predicted[labels == c] == c) for c in range(captions.NUM_CLASSES)}
     empty = latents_of(pipe, [captions.EMPTY], n_empty, seed + len(labels), progress, "the empty prompt", **call)
-    empty_pred = classify(classifier, fashion_frame(decode_latents(pipe, empty))).argmax(1)
+    empty_pred = classes_of(classifier, decode_latents(pipe, empty))
     worst = min(per_class.items(), key=lambda kv: kv[1]["value"])
     return dict(
         guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, n_per_prompt=n, seed=seed, bar=BAR,
-        per_class=per_class, overall=_share(predicted == labels), min_class=dict(name=worst[0], **worst[1]),
+        per_class=per_class, overall=share_of(predicted == labels), min_class=dict(name=worst[0], **worst[1]),
         meets=all(v["value"] >= BAR for v in per_class.values()),
-        empty_prompt=dict(garments=_share(empty_pred != NOT_A_GARMENT),
+        empty_prompt=dict(garments=share_of(empty_pred != NOT_A_GARMENT),
                           classes={FASHION_MNIST_CLASSES[c]: int((empty_pred == c).sum())
                                    for c in range(captions.NUM_CLASSES)}))
 
@@ -92,4 +92,4 @@ if __name__ == "__main__":
     sys.exit(one_line_errors(main, "python -m safemax.zoo.sd_quality"))
 
 
-__all__ = ["BAR", "GUIDANCE", "sample_quality", "main"]
+__all__ = ["BAR", "GUIDANCE", "classes_of", "sample_quality", "main"]
