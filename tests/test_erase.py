@@ -82,6 +82,9 @@ def test_every_family_is_erased_by_the_command_and_loads_back(name, lora, tmp_pa
     assert type(whole).__name__ == manifest["pipeline_class"]
     torch.testing.assert_close(latents(whole, options), edited, atol=2e-4, rtol=2e-4)
     assert (out / "README.md").read_text().startswith("---\nbase_model:") and (out / "grid.png").stat().st_size
+    from safemax.concepts.erase import drawn_concept_latents   # the concept's drawn rows, for the attacks
+    (church,) = drawn_concept_latents(str(out), resolve(["a church"], exact=True)[0]).values()
+    assert len(church) == 1 and church.abs().sum() > 0
 
 
 # ------------------------------------------------------------------ the captioned pipeline

@@ -81,4 +81,7 @@ def test_the_command_erases_with_esd(tmp_path):
     assert manifest["method"] == "esd-x" and manifest["settings"]["ddim_steps"] == 3
     from safetensors.torch import load_file   # ESD makes its own x_t: no forget image was drawn for it
     assert not load_file(str(out / "checkpoint" / "data.safetensors"))["latents"].any()
+    from safemax.concepts.erase import drawn_concept_latents   # so no attack is fitted to those rows
+    from safemax.concepts.prompts import resolve
+    assert drawn_concept_latents(str(out), resolve(["a cat"], exact=True)[0]) == {}
     assert manifest["settings"]["weights"] == "xattn" and manifest["settings"]["lr"] == 1e-5

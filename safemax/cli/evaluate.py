@@ -74,6 +74,7 @@ def command(args):
 
 
 def _concepts(args):
+    from safemax.concepts.erase import drawn_concept_latents
     from safemax.concepts.evaluate import evaluate_concepts
     from safemax.concepts.loading import is_captioned, load_erased
     from safemax.concepts.prompts import resolve
@@ -95,31 +96,10 @@ def _concepts(args):
     options = dict((manifest or {}).get("options") or {}, **pipeline_options(args))
     result = evaluate_concepts(pipe, concepts, keep, base, captioned, n=args.n_per_prompt, seed=args.seed,
                                guidance=tuple(args.guidance), num_inference_steps=args.steps, options=options,
-                               attacks=tuple(args.attack), concept_latents=_erase_latents(args.pipeline, concepts))
+                               attacks=tuple(args.attack), concept_latents=drawn_concept_latents(args.pipeline, concepts))
     result = dict(pipeline=args.pipeline, base_model=base, concepts=[c.record() for c in concepts], keep=keep,
                   **result)
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
-
-def _erase_latents(folder, concepts) -> dict:
-    """The concepts' latents an erase drew for its fit (``OUT/checkpoint/data.safetensors``), for
-    the attacks where no real images of the concept exist; empty when there are none."""
-    import os
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    path = os.path.join(str(folder), "checkpoint", "data.safetensors")
-    if not os.path.isfile(path):
-        return {}
-    with safe_open(path, "pt") as f:
-        made = json.loads(f.metadata()["made"])
-    latents = load_file(path)["latents"]
-    n = made["n"]
-    out = {}
-    for c in concepts:
-        rows = [i * n + j for i, p in enumerate(made["prompts"]) if p in c.erase_prompts for j in range(n)]
-        if rows:
-            out[c.name] = latents[rows]
-    return out

@@ -31,7 +31,7 @@ import torch
 
 from safemax.concepts import card
 from safemax.concepts.evaluate import GUIDANCE, SEED_STRIDE, draw, evaluate_concepts
-from safemax.concepts.loading import MANIFEST, denoiser_of, is_captioned, load_base
+from safemax.concepts.loading import MANIFEST, denoiser_name, denoiser_of, is_captioned, load_base
 from safemax.concepts.prompts import resolve
 from safemax.evaluation.report import write_json
 
@@ -214,7 +214,7 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
         return {"latents": latents_of(pipe, prompts, n, first, progress, "drawing the data", **call)}
     data = _cached(os.path.join(work, "data.safetensors"),
                    dict(prompts=prompts, n=n, first_seed=first, drawn=not esd, **call), drawn)["latents"]
-    index = torch.arange(len(prompts)).repeat_interleave(sizes["n_per_prompt"])
+    index = torch.arange(len(prompts)).repeat_interleave(n)
     cond = prompt_embeddings(pipe, prompts, **call)
     is_forget = index < len(forget_prompts)
     forget_data = conditioned_latents(data[is_forget], index[is_forget], cond)
@@ -231,7 +231,7 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
     history = u.fit(retain_data, forget_data, steps=sizes["steps"], batch_size=sizes["batch_size"],
                     checkpoint_dir=work, checkpoint_every=sizes["checkpoint_every"], resume=resume,
                     progress=progress)
-    denoiser_dir = "lora" if lora_rank else ("unet" if getattr(pipe, "unet", None) is not None else "transformer")
+    denoiser_dir = "lora" if lora_rank else denoiser_name(pipe)
     u.save_pretrained(os.path.join(out, denoiser_dir))
     with open(os.path.join(out, denoiser_dir, MANIFEST)) as f:
         saved = json.load(f)
@@ -242,9 +242,35 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
                              erase=round(data_seconds + prep + fit, 2)),
                 final_loss=round(history[-1]["loss"], 6) if history else None,
                 edited=adapters.merged_copy(u.unet) if u.lora is not None else u.unet,
-                concept_latents={} if esd else {   # (ESD's rows hold no image)
-                    c.name: data[torch.isin(index, torch.tensor([prompts.index(p) for p in c.erase_prompts]))]
-                    for c in concepts})
+                concept_latents={} if esd else concept_latents(data, prompts, n, concepts))   # (ESD's rows: no image)
+
+
+def concept_latents(latents: torch.Tensor, prompts: list, n: int, concepts) -> dict:
+    """``{concept name: its rows}`` of ``latents`` drawn ``n`` a prompt, prompt-major, for
+    ``prompts``: the rows of each concept's erasing prompts (concepts with none left out) — what
+    the attacks fit their tokens to where no real images of the concept exist."""
+    out = {}
+    for c in concepts:
+        rows = [i * n + j for i, p in enumerate(prompts) if p in c.erase_prompts for j in range(n)]
+        if rows:
+            out[c.name] = latents[rows]
+    return out
+
+
+def drawn_concept_latents(out: str, concepts) -> dict:
+    """``concept_latents`` of the data an erase in ``out`` drew for its fit (its
+    ``checkpoint/data.safetensors``); empty where there are none — no such file, or ESD's rows,
+    which hold no image."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    path = os.path.join(str(out), "checkpoint", "data.safetensors")
+    if not os.path.isfile(path):
+        return {}
+    with safe_open(path, "pt") as f:
+        made = json.loads(f.metadata()["made"])
+    if not made.get("drawn", True):
+        return {}
+    return concept_latents(load_file(path)["latents"], made["prompts"], made["n"], concepts)
 
 
 def _by_uce(pipe, concepts, keep, out, settings) -> dict:
@@ -265,8 +291,7 @@ def _save_pipeline(pipe, edited, folder: str, base: str):
     import shutil
 
     from safemax.concepts.loading import base_folder
-    name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
-    components = dict(pipe.components, **{name: edited})
+    components = dict(pipe.components, **{denoiser_name(pipe): edited})
     type(pipe)(**components).save_pretrained(folder, safe_serialization=True)
     source = base_folder(base)
     if source and os.path.isfile(os.path.join(source, "training.json")):
@@ -275,4 +300,4 @@ def _save_pipeline(pipe, edited, folder: str, base: str):
         shutil.copytree(os.path.join(source, "clip"), os.path.join(folder, "clip"), dirs_exist_ok=True)
 
 
-__all__ = ["DEFAULTS", "erase"]
+__all__ = ["DEFAULTS", "erase", "concept_latents", "drawn_concept_latents"]

@@ -12,13 +12,14 @@ MANIFEST = "safemax.json"
 """The file ``safemax erase`` writes in its output folder, naming the base model and the edit."""
 
 
-def _denoiser_name(pipe) -> str:
+def denoiser_name(pipe) -> str:
+    """The pipeline's attribute (and folder) of its denoiser: ``"unet"`` or ``"transformer"``."""
     return "transformer" if getattr(pipe, "unet", None) is None else "unet"
 
 
 def denoiser_of(pipe):
     """The pipeline's denoiser: ``pipe.unet`` or ``pipe.transformer``."""
-    return getattr(pipe, _denoiser_name(pipe))
+    return getattr(pipe, denoiser_name(pipe))
 
 
 def load_base(spec, device: str = "cpu", dtype=torch.float32):
@@ -102,7 +103,7 @@ def load_erased(path, device: str = "cpu", dtype=torch.float32):
     if "base_model" not in manifest:
         raise ValueError(f"{path}/{MANIFEST} names no base_model: it was not written by safemax erase")
     pipe, _ = load_base(manifest["base_model"], device, dtype)
-    name = _denoiser_name(pipe)
+    name = denoiser_name(pipe)
     if manifest["output"] == "lora":
         pipe.load_lora_weights(os.path.join(path, "lora"))
     else:
@@ -114,4 +115,4 @@ def load_erased(path, device: str = "cpu", dtype=torch.float32):
     return pipe, manifest
 
 
-__all__ = ["MANIFEST", "denoiser_of", "load_base", "base_folder", "is_captioned", "load_erased"]
+__all__ = ["MANIFEST", "denoiser_name", "denoiser_of", "load_base", "base_folder", "is_captioned", "load_erased"]
