@@ -19,6 +19,7 @@ import os
 
 from safemax.evaluation.report import write_json
 from safemax.evaluation.stats import share, t_interval
+from safemax.settings import assignments, json_value
 
 CONCEPTS = ("sneaker", "t-shirt", "bag")
 TUNE = "dress"
@@ -42,14 +43,8 @@ def method_spec(spec: str, smoke: bool = False):
     if name not in METHOD_SETTINGS:
         raise ValueError(f"method {name!r}: the concept head-to-head runs {', '.join(METHOD_SETTINGS)}")
     settings = dict(SMOKE) if smoke and name != "uce" else dict(METHOD_SETTINGS[name])
-    for item in filter(None, options.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"method {spec!r}: write name:key=value,key=value")
-        try:
-            settings[key.strip()] = json.loads(value)
-        except ValueError:
-            settings[key.strip()] = value
+    given = assignments(filter(None, options.split(",")), lambda item: f"method {spec!r}: write name:key=value,key=value")
+    settings.update({k: json_value(v) for k, v in given.items()})
     return name, settings, spec.replace(":", "-").replace(",", "-")
 
 
@@ -57,17 +52,25 @@ def folder(out: str, label: str, concept: str, seed: int) -> str:
     return os.path.join(out, label, f"{concept.replace(' ', '_')}-seed{seed}")
 
 
-def run(pipeline: str, spec: str, concept: str, seed: int, out: str, eval_n: int, steps: int, attacks=(),
-        smoke: bool = False, progress=True):
-    """One erase with its evaluation (kept when finished; resumed when interrupted)."""
-    from safemax.concepts import erase
-    method, settings, label = method_spec(spec, smoke)
-    path = folder(out, label, concept, seed)
-    if os.path.exists(os.path.join(path, "report.json")):
-        return path
-    resume = os.path.isdir(os.path.join(path, "checkpoint"))
-    return erase(pipeline, [concept], out=path, seed=seed, resume=resume, num_inference_steps=steps, method=method,
-                 evaluate=dict(n=eval_n, attacks=tuple(attacks)), progress=progress, **settings)
+def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: int, steps: int, attacks=(),
+        smoke: bool = False, progress=True) -> tuple:
+    """One erase of ``concepts`` into ``path`` with its evaluation (kept when finished; resumed
+    when interrupted); returns its ``(report, manifest)``."""
+    if not os.path.exists(os.path.join(path, "report.json")):
+        from safemax.concepts import erase
+        method, settings, _ = method_spec(spec, smoke)
+        erase(pipeline, list(concepts), out=path, seed=seed, resume=os.path.isdir(os.path.join(path, "checkpoint")),
+              num_inference_steps=steps, method=method, evaluate=dict(n=eval_n, attacks=tuple(attacks)),
+              progress=progress, **settings)
+    return finished(path)
+
+
+def finished(path: str):
+    """``(report, manifest)`` of a finished erase in ``path``; None if it has not finished."""
+    if not os.path.exists(os.path.join(path, "report.json")):
+        return None
+    with open(os.path.join(path, "report.json")) as f, open(os.path.join(path, "safemax.json")) as g:
+        return json.load(f), json.load(g)
 
 
 def _pool(cells) -> dict:
@@ -115,10 +118,9 @@ def summarise_method(out: str, method: str, concepts, seeds) -> dict:
     runs = {}
     for c in concepts:
         for s in seeds:
-            path = folder(out, method, c, s)
-            if os.path.exists(os.path.join(path, "report.json")):
-                with open(os.path.join(path, "report.json")) as f, open(os.path.join(path, "safemax.json")) as g:
-                    runs[(c, s)] = (json.load(f), json.load(g))
+            done = finished(folder(out, method, c, s))
+            if done:
+                runs[(c, s)] = done
     if not runs:
         raise ValueError(f"no finished {method} run in {out}: run without --summarise first")
     summary = dict(concepts=list(concepts), seeds=list(seeds), runs=len(runs), by_concept={}, overall={})
@@ -200,7 +202,8 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
         for m in methods:
             for c in concepts:
                 for s in seeds:
-                    run(pipeline, m, c, s, out, eval_n, sampling_steps, attacks, smoke, progress)
+                    run(pipeline, m, [c], s, folder(out, method_spec(m)[2], c, s), eval_n, sampling_steps, attacks,
+                        smoke, progress)
     summary = summarise(out, methods, concepts, seeds)
     summary["settings"] = dict(methods=settings, eval_n=eval_n, sampling_steps=sampling_steps, pipeline=pipeline,
                                attacks=list(attacks))
@@ -226,16 +229,9 @@ def compare_at_once(pipeline: str, out: str, methods=("safemax",), counts=(1, 2,
     eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps)
     rows = []
     for m in methods:
-        name, settings, label = method_spec(m, smoke)
         for n in counts:
-            path = os.path.join(out, label, f"{n}-at-once")
-            if not os.path.exists(os.path.join(path, "report.json")):
-                from safemax.concepts import erase
-                erase(pipeline, list(concepts[:n]), out=path, seed=seed, method=name, num_inference_steps=sampling_steps,
-                      resume=os.path.isdir(os.path.join(path, "checkpoint")), evaluate=dict(n=eval_n),
-                      progress=progress, **settings)
-            with open(os.path.join(path, "report.json")) as f, open(os.path.join(path, "safemax.json")) as g:
-                report, manifest = json.load(f), json.load(g)
+            report, manifest = run(pipeline, m, concepts[:n], seed, os.path.join(out, method_spec(m)[2], f"{n}-at-once"),
+                                   eval_n, sampling_steps, smoke=smoke, progress=progress)
             names = [c["name"] for c in manifest["concepts"]]
             b, a = report["before"]["guidance_7.5"], report["after"]["guidance_7.5"]
             kept_b = [b["kept"][k] for k in ("neighbours", "others") if b["kept"].get(k)]
@@ -259,5 +255,5 @@ def compare_at_once(pipeline: str, out: str, methods=("safemax",), counts=(1, 2,
     return text
 
 
-__all__ = ["CONCEPTS", "TUNE", "AT_ONCE", "METHOD_SETTINGS", "method_spec", "compare_concepts", "compare_at_once", "run", "summarise",
-           "table"]
+__all__ = ["CONCEPTS", "TUNE", "AT_ONCE", "METHOD_SETTINGS", "method_spec", "compare_concepts", "compare_at_once", "run",
+           "finished", "summarise", "table"]
