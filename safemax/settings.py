@@ -11,6 +11,7 @@ checkpoint or a results file keeps (``record``).
 A wrong name is refused with the valid fields; a wrong value with the field's name and rule.
 """
 import dataclasses
+import json
 import math
 import typing
 
@@ -161,6 +162,27 @@ def _base_type(f):
 
 def _choices(f):
     return getattr(f.metadata.get("check"), "choices", None)
+
+
+def assignments(items, refuse) -> dict:
+    """``["key=value", ...]`` (a spec's or a command line's) → ``{key: value text}``; an item
+    without ``=`` or without a key is a ``ValueError`` saying ``refuse(item)``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(refuse(item))
+        out[key.strip()] = value
+    return out
+
+
+def json_value(text: str):
+    """``text`` read as JSON where it is JSON (numbers, true/false, lists), else the text itself:
+    the value of an untyped ``key=value`` (a pipeline's call argument, an erase setting)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def parse(f, text, what: str):

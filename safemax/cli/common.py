@@ -43,14 +43,6 @@ def add_pipeline_options(p):
 
 def pipeline_options(args) -> dict:
     """``--option`` values as ``{key: value}`` (JSON values: numbers, true/false; else text)."""
-    import json
-    out = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option {item!r}: write KEY=VALUE, e.g. --option height=512")
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
+    from safemax.settings import assignments, json_value
+    given = assignments(args.option, lambda item: f"--option {item!r}: write KEY=VALUE, e.g. --option height=512")
+    return {k: json_value(v) for k, v in given.items()}
