@@ -127,17 +127,8 @@ def resolve(concepts, keep=None, tokenizer=None, captioned: bool = False, exact:
                                  "or from --concept")
     if tokenizer is not None:
         for prompt in [p for c in out for p in c.erase_prompts] + keep:
-            check_length(tokenizer, prompt)
+            captions.check_length(tokenizer, prompt)
     return out, keep
 
 
-def check_length(tokenizer, text: str) -> None:
-    """A ``ValueError`` when ``text`` is longer than ``tokenizer`` takes (pipelines would cut it
-    silently, so the erased concept would not be the one named)."""
-    ids = tokenizer(text, truncation=False)["input_ids"]
-    if len(ids) > tokenizer.model_max_length:
-        raise ValueError(f"prompt {text!r} is {len(ids)} tokens (with the start and end tokens); this pipeline's "
-                         f"tokenizer takes at most {tokenizer.model_max_length}: shorten it")
-
-
-__all__ = ["Concept", "erasing_prompts", "class_named", "paraphrases", "resolve", "check_length"]
+__all__ = ["Concept", "erasing_prompts", "class_named", "paraphrases", "resolve"]

@@ -190,15 +190,23 @@ def token_count(tokenizer, text: str) -> int:
     return len(tokenizer(text, truncation=False)["input_ids"])
 
 
+def check_length(tokenizer, text: str) -> list:
+    """``text``'s token ids, or a ``ValueError`` when they are more than ``tokenizer`` takes (its
+    ``model_max_length``, counting the start and end tokens): a pipeline would cut the prompt
+    silently, so what it conditions on would not be what was named."""
+    ids = tokenizer(text, truncation=False)["input_ids"]
+    if len(ids) > tokenizer.model_max_length:
+        raise ValueError(f"prompt {text!r} is {len(ids)} tokens (with the start and end tokens); this "
+                         f"tokenizer takes at most {tokenizer.model_max_length}: shorten it")
+    return ids
+
+
 def check_prompt(tokenizer, text: str) -> None:
     """Raises ``ValueError`` when ``text`` is longer than ``tokenizer`` takes (its
     ``model_max_length``, counting the start and end tokens) or has unknown tokens."""
     if not isinstance(text, str):
         raise ValueError(f"a prompt must be a string, got {type(text).__name__}")
-    ids = tokenizer(text, truncation=False)["input_ids"]
-    if len(ids) > tokenizer.model_max_length:
-        raise ValueError(f"prompt {text!r} is {len(ids)} tokens (with the start and end tokens); this "
-                         f"tokenizer takes at most {tokenizer.model_max_length}: shorten it")
+    ids = check_length(tokenizer, text)
     unk = tokenizer.unk_token_id   # (CLIP's unknown token is its end token: inside, it is unknown)
     if unk is not None and unk in ids[1:-1]:
         raise ValueError(f"prompt {text!r} has characters this tokenizer does not know")
@@ -220,4 +228,4 @@ def check_tokenizer(tokenizer) -> None:
 
 __all__ = ["SYNONYMS", "NEIGHBOURS", "TEMPLATES", "ERASE_TEMPLATES", "EMPTY", "EMPTY_SHARE", "PARTS", "NUM_CLASSES", "CAPTIONS",
            "CAPTION_CLASSES", "prompts", "class_of", "caption_ids", "draw", "caption", "CaptionedImages",
-           "captioned_fashion_mnist", "token_count", "check_prompt", "check_tokenizer"]
+           "captioned_fashion_mnist", "token_count", "check_length", "check_prompt", "check_tokenizer"]
