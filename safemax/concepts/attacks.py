@@ -104,11 +104,8 @@ def attack(pipe, erase_prompts, latents: torch.Tensor, kind: str = "soft", k: in
         return vocab[nearest_ids(e)].float()
 
     def loss_of(rows, draw):
-        idx, t, eps, which = draw
         extended.rows = rows
-        cond = encoder(ids[idx].to(device))[0]
-        x_t, target = denoiser.noisy(latents[which].to(device), t.to(device), eps.to(device))
-        return torch.nn.functional.mse_loss(denoiser.predict(x_t, t.to(device), cond).float(), target.float())
+        return _denoising_loss(denoiser, latents, encoder(ids[draw[0]].to(device))[0], draw)
 
     def draw_batch():
         n = min(batch, len(latents))
@@ -155,18 +152,21 @@ def typeable(tokenizer, n: int) -> torch.Tensor:
     return torch.tensor(keep)
 
 
+def _denoising_loss(denoiser, latents, cond, draw) -> torch.Tensor:
+    """The attacks' objective on one draw ``(prompt rows, t, ε, latent rows)``: the model's
+    denoising loss on the concept's latents under the conditions ``cond`` (one row a draw)."""
+    _, t, eps, which = draw
+    device = denoiser.device()
+    x_t, target = denoiser.noisy(latents[which].to(device), t.to(device), eps.to(device))
+    return torch.nn.functional.mse_loss(denoiser.predict(x_t, t.to(device), cond).float(), target.float())
+
+
 @torch.no_grad()
 def _plain_loss(denoiser, pipe, prompts, latents, draws) -> float:
     """The same loss for the erasing prompts themselves (what the attack starts from beating)."""
     from safemax.models.pipelines import prompt_embeddings
     cond = prompt_embeddings(pipe, prompts)
-    device = denoiser.device()
-    total = 0.0
-    for idx, t, eps, which in draws:
-        x_t, target = denoiser.noisy(latents[which].to(device), t.to(device), eps.to(device))
-        total += float(torch.nn.functional.mse_loss(denoiser.predict(x_t, t.to(device), cond[idx].to(device)).float(),
-                                                    target.float()))
-    return total / len(draws)
+    return sum(float(_denoising_loss(denoiser, latents, cond[d[0]].to(denoiser.device()), d)) for d in draws) / len(draws)
 
 
 __all__ = ["KINDS", "BUDGET", "AdversarialPrompt", "attack", "typeable"]
