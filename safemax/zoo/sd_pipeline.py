@@ -33,20 +33,12 @@ layers, 4×4 patches (0.16 M); VAE (32, 64) channels (0.66 M); UNet (32, 64, 128
 cross-attention at 8×8 and 4×4 (4.13 M). Shipped: the UNet and VAE in float16, the text encoder
 and the CLIP in float32 (see ``assemble``), ~11.8 MB.
 
-**Time at full size on this project's 2-core CPU machine — an estimate**, from 5 timed steps of
-each stage (``--estimate``; one thread, while another job used the other core), not a measured run:
-
-| stage | s / step | steps × batch | hours |
-| --- | --- | --- | --- |
-| CLIP | 0.68 | 2,000 × 256 | 0.4 |
-| VAE | 1.96 | 2,000 × 64 | 1.1 |
-| UNet | 2.48 | 6,000 × 128 | 4.1 |
-| in all | | | ≈ 5.6 (plus minutes for the latents and the saving) |
-
-Measured on the same machine with two threads (the first full run, code of 19378f9; ``training.json``
-of each stage records its seconds): CLIP 2,268 s and VAE 4,294 s, most of it beside a test suite
-on the same two cores (alone: 0.55 and 1.2 s/step); the UNet 1.35 s/step alone, ≈ 2.3 h for its
-6,000 steps.
+**Time at full size on this project's 2-core CPU machine**, measured alone with two threads (the
+first full run, code of 19378f9, with twice the CLIP and VAE steps and 6,000 UNet steps, was lost
+with its machine at UNet step 2,450; ``training.json`` of each stage records its seconds): CLIP
+0.55 s/step, VAE 1.2 s/step, UNet 1.35 s/step — with the steps of ``sd_parts.FULL`` (1,000, 1,000
+and 3,500) ≈ 9 + 20 + 79 minutes, so that the whole run fits one working session. ``--estimate``
+times a few steps of each stage on another machine.
 """
 import argparse
 import copy
