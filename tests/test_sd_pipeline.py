@@ -262,13 +262,15 @@ def test_the_command_line_trains_a_smoke_pipeline_on_fashion_mnist(fashion_mnist
     assert record["stages"]["unet"]["recipe"]["steps"] == 3 and record["stages"]["clip"]["recipe"]["images"] == 48
 
 
-def test_the_sample_quality_bar_is_measured_per_class_with_intervals(trained):
+def test_the_sample_quality_bar_is_measured_per_class_with_intervals(trained, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from safemax.zoo.sd_quality import sample_quality
     pipe = StableDiffusionPipeline.from_pretrained(trained[0])
     pipe.set_progress_bar_config(disable=True)
-    q = sample_quality(pipe, n=1, n_empty=3, num_inference_steps=2, progress=False)
+    q = sample_quality(pipe, n=1, n_empty=3, num_inference_steps=2, progress=False, grid=str(tmp_path / "g.png"))
+    from PIL import Image
+    assert Image.open(tmp_path / "g.png").size == (4 * (9 * 33 + 1), 4 * (11 * 33 + 1))   # 9 a row, 10 classes + empty
     assert len(q["per_class"]) == 10 and all(c["n"] == 27 for c in q["per_class"].values())
     assert q["overall"]["n"] == 270 and q["empty_prompt"]["garments"]["n"] == 3
     assert q["meets"] == all(c["value"] >= 0.8 for c in q["per_class"].values())

@@ -3,7 +3,7 @@
 least 80% that class by the embedded Fashion-MNIST classifier, and the empty prompt draws garments.
 
     python -m safemax.zoo.sd_quality                      # the zoo's pipeline, 2 samples a prompt
-    python -m safemax.zoo.sd_quality --pipeline DIR --n 4 --out quality.json
+    python -m safemax.zoo.sd_quality --pipeline DIR --n 4 --out quality.json --grid samples.png
 
 Image ``k`` of a list of prompts starts from seed ``seed + k`` (``pipelines.latents_of``), so
 two measurements with different ``seed``\\s share no noise.
@@ -31,11 +31,13 @@ def classes_of(classifier, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_quality(pipe, n: int = 2, n_empty: int = 50, guidance_scale: float = GUIDANCE,
-                   num_inference_steps: int = 25, seed: int = 0, progress: bool = True) -> dict:
+                   num_inference_steps: int = 25, seed: int = 0, progress: bool = True, grid: str = None) -> dict:
     """Per class, the share of its samples (``n`` of each of its ``captions.prompts(c, "all")``)
     the classifier calls that class, with its 95% Wilson interval; ``min_class``; ``meets``
     (every class ≥ ``BAR``); and of ``n_empty`` samples of the empty prompt the share called a
-    garment (not "not a garment") and how they spread over the classes."""
+    garment (not "not a garment") and how they spread over the classes. ``grid``: also save a
+    PNG there, a row per class (the first sample of every third of its prompts: each synonym, many
+    templates), then a row of the empty prompt's."""
     from safemax.models.pipelines import decode_latents, latents_of
     from safemax.zoo import load_classifier
     from safemax.zoo.classifier import NOT_A_GARMENT
@@ -49,6 +51,8 @@ def sample_quality(pipe, n: int = 2, n_empty: int = 50, guidance_scale: float = 
     per_class = {FASHION_MNIST_CLASSES[c]: share_of(predicted[labels == c] == c) for c in range(captions.NUM_CLASSES)}
     empty = latents_of(pipe, [captions.EMPTY], n_empty, seed + len(labels), progress, "the empty prompt", **call)
     empty_pred = classes_of(classifier, decode_latents(pipe, empty))
+    if grid:
+        _save_grid(grid, decode_latents(pipe, latents), labels, n, decode_latents(pipe, empty))
     worst = min(per_class.items(), key=lambda kv: kv[1]["value"])
     return dict(
         guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, n_per_prompt=n, seed=seed, bar=BAR,
@@ -57,6 +61,18 @@ def sample_quality(pipe, n: int = 2, n_empty: int = 50, guidance_scale: float = 
         empty_prompt=dict(garments=share_of(empty_pred != NOT_A_GARMENT),
                           classes={FASHION_MNIST_CLASSES[c]: int((empty_pred == c).sum())
                                    for c in range(captions.NUM_CLASSES)}))
+
+
+def _save_grid(path, images, labels, n, empty, per_row: int = 9):
+    from safemax.evaluation.report import save_grid
+    rows = []
+    for c in range(captions.NUM_CLASSES):
+        first = images[labels == c][::n]                     # the first sample of each of the class's prompts
+        step = max(1, len(first) // per_row)
+        rows.append(first[::step][:per_row])
+    rows.append(empty[:per_row])
+    rows = [torch.cat([r, torch.ones(per_row - len(r), *r.shape[1:])]) for r in rows]   # short rows padded white
+    save_grid(torch.cat(rows), len(rows), path)
 
 
 def main(argv=None):
@@ -69,6 +85,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--grid", default=None, help="also save a picture of samples here (a row per class, then the empty prompt)")
     args = p.parse_args(argv)
     from safemax import zoo
     if args.pipeline in zoo.PIPELINES:
@@ -77,7 +94,7 @@ def main(argv=None):
         from diffusers import StableDiffusionPipeline
         pipe = StableDiffusionPipeline.from_pretrained(args.pipeline)
         pipe.set_progress_bar_config(disable=True)
-    result = sample_quality(pipe, args.n, args.n_empty, args.guidance_scale, args.steps, args.seed)
+    result = sample_quality(pipe, args.n, args.n_empty, args.guidance_scale, args.steps, args.seed, grid=args.grid)
     if args.out:
         from safemax.evaluation.report import write_json
         write_json(args.out, result)
