@@ -248,6 +248,12 @@ def garments_held(values):
                                      len(tuned["classes"]), held("sa/tuned"), held("salun/tuned")))
 
 
+def counted(values):
+    """(how many, of how many, the share) from a share and its n."""
+    share, n = values
+    return figure(round(share * n)), n, share
+
+
 # --- the claims ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -267,8 +273,9 @@ class Claim:
 
 C = Claim
 
-README, HOME, INDEX, METRICS, COMPARE = (
-    "README.md", "docs/index.md", "docs/results/index.md", "docs/metrics.md", "docs/results/compare.md")
+README, HOME, INDEX, METRICS, COMPARE, EMBEDDED = (
+    "README.md", "docs/index.md", "docs/results/index.md", "docs/metrics.md", "docs/results/compare.md",
+    "docs/results/embedded-model.md")
 
 # The results files, and the commands that wrote them
 DEMO = "demo/report.json"                                  # safemax demo
@@ -291,6 +298,8 @@ TUNED = "tuned-fashion-mnist/tuned.json"                   # benchmarks/tune_bas
 FLOW = "flow-digits/results.json"                          # benchmarks/flow_digits.py
 KERNELS = "kernels-cpu/summary.txt"                        # pytest --benchmark-only
 GPU_MEMORY = "gpu-h200/memory.json"                        # benchmarks/gpu_check.sh (commit 91e38ef)
+SD_TRAINING = "sd-pipeline/training.json"                  # python -m safemax.zoo.sd_pipeline (the zoo pipeline's record)
+SD_QUALITY = "sd-pipeline/quality.json"                    # python -m safemax.zoo.sd_quality --n 4
 
 # rows of ATTACKS (mean ± 95% interval over three seeds)
 SAFEMAX = {"method": "safemax", "steps": "100"}            # the demo's fit
@@ -406,6 +415,15 @@ CLAIMS = [
       J(DEMO_FM, "before.retain_acc", "before.frechet", "before.fa")),
     C(METRICS, "every class {:.3f} and {:.1f} on 900 samples (FA {:.3f} on 300)",
       J(T_SHIRT, "before.retain_acc", "before.frechet", "before.fa")),
+
+    # docs/results/embedded-model.md: the Stable Diffusion pipeline's training and its bar ---------
+    C(EMBEDDED, "CLIP {:,} steps × 256 in {} s, VAE {:,} × 64 in {} s (L1 reconstruction {:.3f}), UNet {:,} × 128 in {:,} s",
+      J(SD_TRAINING, "stages.clip.steps", "stages.clip.seconds", "stages.vae.steps", "stages.vae.seconds",
+        "stages.vae.reconstruction_l1", "stages.unet.steps", "stages.unet.seconds")),
+    C(EMBEDDED, "**{:,} of {:,}** ({:.3f}) are their class", J(SD_QUALITY, "overall.value", "overall.n"), counted),
+    C(EMBEDDED, "(the lowest classes: coat {:.3f}, shirt {:.3f}; every other class 1.000), and {} of {} samples of the empty",
+      J(SD_QUALITY, "per_class.Coat.value", "per_class.Shirt.value", "empty_prompt.garments.value",
+        "empty_prompt.garments.n"), lambda v: (v[0], v[1], *counted(v[2:])[:2])),
 
     # docs/results/compare.md: the light attack, one seed and three ---------------------------------
     C(COMPARE, "| SAFEMax | 0.00 | **{:.2f}** | {:.2f} |",
