@@ -169,6 +169,14 @@ def test_a_concept_is_the_class_its_words_name():
     assert resolve(["a church"], exact=True)[0][0].erase_prompts == ["a church"]
 
 
+def test_the_grid_shows_the_concept_its_paraphrase_and_four_kept_classes():
+    from safemax.concepts.erase import _grid_prompts
+    concepts, keep = resolve(["a sneaker"], captioned=True)
+    rows = _grid_prompts(concepts, keep)
+    assert rows[:2] == [concepts[0].erase_prompts[0], concepts[0].paraphrases[0]] and rows[-1] == ""
+    assert len({captions.class_of(r) for r in rows[2:-1]}) == 4
+
+
 @pytest.mark.parametrize("concepts, keep, captioned, message", [
     (["  "], None, False, "is empty"),
     ([], None, False, "no concept given"),

@@ -72,12 +72,14 @@ def _cached(path: str, made: dict, make):
 
 
 def _grid_prompts(concepts, keep) -> list:
-    """The grid's rows: each concept's first erasing prompt and first paraphrase, then up to four
-    kept prompts and the empty one."""
+    """The grid's rows: each concept's first erasing prompt and first paraphrase, then four kept
+    prompts spread over the kept list (on the captioned pipeline, four different classes: the list
+    runs class by class) and the empty one."""
     rows = []
     for c in concepts:
         rows += [c.erase_prompts[0]] + c.paraphrases[:1]
-    rows += [k for k in keep if k][:4] + ([""] if "" in keep else [])
+    kept = [k for k in keep if k]
+    rows += kept[::max(1, -(-len(kept) // 4))][:4] + ([""] if "" in keep else [])
     return list(dict.fromkeys(rows))
 
 
