@@ -120,6 +120,10 @@ def test_a_captioned_pipeline_is_erased_and_evaluated_end_to_end(captioned_pipel
         assert 0 <= cell["fa_erase"]["ci95"][0] <= cell["fa_erase"]["value"] <= cell["fa_erase"]["ci95"][1] <= 1
         assert at["kept"]["neighbour_classes"] == [5, 9] and at["kept"]["neighbours"]["n"] == 8
         assert at["kept"]["others"]["n"] == 7 * 4 and at["kept"]["frechet"] >= 0 and "clip_score" in at["kept"]
+        per_class = at["kept"]["per_class"]   # the kept classes one by one: they add up to the pooled shares
+        assert len(per_class) == 9 and "Sneaker" not in per_class and all(c["n"] == 4 for c in per_class.values())
+        hits = sum(round(c["value"] * c["n"]) for c in per_class.values())
+        assert hits == round(at["kept"]["neighbours"]["value"] * 8) + round(at["kept"]["others"]["value"] * 28)
         assert "guidance_1" in report[side]
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and "forget accuracy, paraphrases" in card

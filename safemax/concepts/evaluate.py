@@ -17,7 +17,8 @@ Wilson interval and its count:
 - ``fa_erase`` / ``fa_paraphrase``: the share of the concept's samples of its erasing prompts /
   of its paraphrases (other synonyms, other templates) that are still its class;
 - ``neighbours``: the share of the neighbour classes' samples (their erasing prompts) that are
-  their class; ``others``: the same for every other kept class;
+  their class; ``others``: the same for every other kept class; ``per_class``: each kept
+  class's own share (which class a collateral loss falls on);
 - ``frechet``: the Fréchet distance, in classifier features, between the kept classes' samples
   and their real test images.
 
@@ -30,6 +31,7 @@ import time
 import torch
 
 from safemax.data import captions
+from safemax.data.fashion_mnist_files import FASHION_MNIST_CLASSES
 from safemax.evaluation.metrics import gaussianity
 from safemax.evaluation.stats import share_of
 
@@ -157,6 +159,7 @@ def evaluate_concepts(pipe, concepts, keep, base: str = None, captioned: bool = 
             hits = judge.classes(images) == labels
             near = torch.isin(labels, torch.tensor(neighbours, dtype=torch.long))
             kept.update(neighbours=share_of(hits[near]), others=share_of(hits[~near]), neighbour_classes=neighbours,
+                        per_class={FASHION_MNIST_CLASSES[k]: share_of(hits[labels == k]) for k in neighbours + others},
                         frechet=judge.frechet(images, neighbours + others))
             if clip:
                 kept["clip_score"] = clip(images, [p for _, p in prompts for _ in range(n)])
