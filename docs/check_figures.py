@@ -11,7 +11,8 @@ figures to where they come from, in one line:
             ("| retain accuracy | {:.3f} | {:.3f} |"): str.format renders the figures into it
     source  the results file (under benchmarks/results/) and where the figures are in it:
               J(file, "a.b", ...)          JSON values by path ("[key=value]" picks a list's item
-                                           by a key, "[2]" by index; one path per figure)
+                                           by a key, "[2]" by index, "[a.b]" a key with a dot;
+                                           one path per figure)
               Cell(file, {col: text}, c)   column c of the one row whose cells match, in any table
                                            of a Markdown results file; the figures are the cell's
                                            numbers in order ("0.57 ± 0.47 (0.63)": 0.57, 0.47, 0.63)
@@ -92,8 +93,8 @@ class J:
         for part in re.findall(r"\[[^\]]*\]|[^.\[\]]+", path):
             if part.startswith("["):
                 key, eq, want = part[1:-1].partition("=")
-                if not eq:
-                    data = data[int(key)]
+                if not eq:   # [2]: a list's item; [guidance_7.5]: a dict's key with a dot in it
+                    data = data[key] if isinstance(data, dict) else data[int(key)]
                     continue
                 found = [x for x in data if str(x.get(key)) == want]
                 if len(found) != 1:
@@ -248,6 +249,11 @@ def garments_held(values):
                                      len(tuned["classes"]), held("sa/tuned"), held("salun/tuned")))
 
 
+def points(values):
+    """Shares' differences as points (×100)."""
+    return tuple(figure(100 * v) for v in values)
+
+
 def counted(values):
     """(how many, of how many, the share) from a share and its n."""
     share, n = values
@@ -273,9 +279,9 @@ class Claim:
 
 C = Claim
 
-README, HOME, INDEX, METRICS, COMPARE, EMBEDDED = (
+README, HOME, INDEX, METRICS, COMPARE, EMBEDDED, CONCEPTS = (
     "README.md", "docs/index.md", "docs/results/index.md", "docs/metrics.md", "docs/results/compare.md",
-    "docs/results/embedded-model.md")
+    "docs/results/embedded-model.md", "docs/results/concepts.md")
 
 # The results files, and the commands that wrote them
 DEMO = "demo/report.json"                                  # safemax demo
@@ -300,6 +306,8 @@ KERNELS = "kernels-cpu/summary.txt"                        # pytest --benchmark-
 GPU_MEMORY = "gpu-h200/memory.json"                        # benchmarks/gpu_check.sh (commit 91e38ef)
 SD_TRAINING = "sd-pipeline/training.json"                  # python -m safemax.zoo.sd_pipeline (the zoo pipeline's record)
 SD_QUALITY = "sd-pipeline/quality.json"                    # python -m safemax.zoo.sd_quality --n 4
+CONCEPTS_SD_JSON = "concepts-sd/summary.json"             # benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd
+ALL_75, ALL_1 = "methods.safemax.overall[guidance_7.5]", "methods.safemax.overall.guidance_1"
 
 # rows of ATTACKS (mean ± 95% interval over three seeds)
 SAFEMAX = {"method": "safemax", "steps": "100"}            # the demo's fit
@@ -424,6 +432,41 @@ CLAIMS = [
     C(EMBEDDED, "(the lowest classes: coat {:.3f}, shirt {:.3f}; every other class 1.000), and {} of {} samples of the empty",
       J(SD_QUALITY, "per_class.Coat.value", "per_class.Shirt.value", "empty_prompt.garments.value",
         "empty_prompt.garments.n"), lambda v: (v[0], v[1], *counted(v[2:])[:2])),
+
+    # concept erasure on the Stable Diffusion pipeline: README and docs/results/concepts.md -----------
+    C(README, "their class {:,} times in {:,})", J(SD_QUALITY, "overall.value", "overall.n"), counted),
+    C(README, "erases a garment ({:.0f} s a run", J(CONCEPTS_SD_JSON, "methods.safemax.overall.erase_seconds.mean")),
+    C(README, "forget accuracy {:.3f} → {:.3f} on {} samples",
+      J(CONCEPTS_SD_JSON, f"{ALL_75}.fa_paraphrase_before.value", f"{ALL_75}.fa_paraphrase.value", f"{ALL_75}.fa_paraphrase.n")),
+    C(README, "moves its neighbours by {:.1f} and the other classes by {:.1f} points",
+      J(CONCEPTS_SD_JSON, *(f"methods.safemax.by_concept.sneaker[guidance_7.5].{k}.change" for k in ("neighbours", "others"))),
+      points),
+    C(README, "costs the other classes {:.1f} and {:.1f} points",
+      J(CONCEPTS_SD_JSON, *(f"methods.safemax.by_concept.{c}[guidance_7.5].others.change" for c in ("t-shirt", "bag"))),
+      lambda v: tuple(-x for x in points(v))),
+    C(INDEX, "| paraphrase FA {:.3f} → **{:.3f}** ({} samples); the other classes {:.1f} (sneaker) to {:.1f} (bag) points",
+      J(CONCEPTS_SD_JSON, f"{ALL_75}.fa_paraphrase_before.value", f"{ALL_75}.fa_paraphrase.value", f"{ALL_75}.fa_paraphrase.n",
+        *(f"methods.safemax.by_concept.{c}[guidance_7.5].others.change" for c in ("sneaker", "bag"))),
+      lambda v: (*v[:3], *points(v[3:]))),
+    C(CONCEPTS, "{} of the {} paraphrase samples of the nine runs is still the concept (FA {:.3f}, 95% interval up to {:.3f}) and {} of the {}",
+      J(CONCEPTS_SD_JSON, f"{ALL_75}.fa_paraphrase.value", f"{ALL_75}.fa_paraphrase.n", f"{ALL_75}.fa_paraphrase.ci95[1]",
+        f"{ALL_75}.fa_erase.value", f"{ALL_75}.fa_erase.n"),
+      lambda v: (*counted(v[:2])[:2], v[0], v[2], *counted(v[3:])[:2])),
+    C(CONCEPTS, "come back: {:.3f} over all, the bag {:.3f} [{:.2f}, {:.2f}]",
+      J(CONCEPTS_SD_JSON, f"{ALL_1}.fa_paraphrase.value", "methods.safemax.by_concept.bag.guidance_1.fa_paraphrase.value",
+        "methods.safemax.by_concept.bag.guidance_1.fa_paraphrase.ci95[0]",
+        "methods.safemax.by_concept.bag.guidance_1.fa_paraphrase.ci95[1]")),
+    C(CONCEPTS, "neighbours by {:.1f} and the other classes by {:.1f} [{:.1f}, {:.1f}] points at guidance 7.5",
+      J(CONCEPTS_SD_JSON, *(f"methods.safemax.by_concept.sneaker[guidance_7.5].{k}" for k in
+                            ("neighbours.change", "others.change", "others.ci95[0]", "others.ci95[1]"))), points),
+    C(CONCEPTS, "costs the other classes {:.1f} points; erasing the bag its neighbours {:.1f} and the others {:.1f}",
+      J(CONCEPTS_SD_JSON, "methods.safemax.by_concept.t-shirt[guidance_7.5].others.change",
+        "methods.safemax.by_concept.bag[guidance_7.5].neighbours.change", "methods.safemax.by_concept.bag[guidance_7.5].others.change"),
+      lambda v: tuple(-x for x in points(v))),
+    C(CONCEPTS, "a run (drawing the data is most of it; the fit itself 30–90 s), peak memory {:.1f} GiB",
+      J(CONCEPTS_SD_JSON, "methods.safemax.overall.peak_memory_mb.mean"), lambda v: (figure(v[0] / 1024),)),
+    C(CONCEPTS, "**Cost**: {:.0f} ± {:.0f} s a run", J(CONCEPTS_SD_JSON, "methods.safemax.overall.erase_seconds.mean",
+                                                       "methods.safemax.overall.erase_seconds.ci95_half")),
 
     # docs/results/compare.md: the light attack, one seed and three ---------------------------------
     C(COMPARE, "| SAFEMax | 0.00 | **{:.2f}** | {:.2f} |",
