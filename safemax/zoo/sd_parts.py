@@ -65,7 +65,7 @@ FULL = SDSize(
     projection_dim=64,
     vae=_vae((32, 64), 16),
     unet=_unet((32, 64, 128), 8, 8),
-    # the steps fit the whole run into one session of this project's 2-core machine (~2 h alone)
+    # the steps fit the whole run into one session of this project's 2-core machine (69 min, sd_pipeline)
     clip_train=dict(steps=1000, batch_size=256, lr=1e-3),
     vae_train=dict(steps=1000, batch_size=64, lr=1e-3, kl_weight=1e-4),
     unet_train=dict(steps=3500, batch_size=128, lr=1e-3))

@@ -33,12 +33,12 @@ layers, 4×4 patches (0.16 M); VAE (32, 64) channels (0.66 M); UNet (32, 64, 128
 cross-attention at 8×8 and 4×4 (4.13 M). Shipped: the UNet and VAE in float16, the text encoder
 and the CLIP in float32 (see ``assemble``), ~11.8 MB.
 
-**Time at full size on this project's 2-core CPU machine**, measured alone with two threads (the
-first full run, code of 19378f9, with twice the CLIP and VAE steps and 6,000 UNet steps, was lost
-with its machine at UNet step 2,450; ``training.json`` of each stage records its seconds): CLIP
-0.55 s/step, VAE 1.2 s/step, UNet 1.35 s/step — with the steps of ``sd_parts.FULL`` (1,000, 1,000
-and 3,500) ≈ 9 + 20 + 79 minutes, so that the whole run fits one working session. ``--estimate``
-times a few steps of each stage on another machine.
+**Time at full size on this project's 2-core CPU machine**, measured (the shipped run, code of
+2ac3805, alone with two threads; ``training.json`` of each stage records its seconds): CLIP 299 s,
+VAE 713 s, UNet 3,097 s (0.88 s/step) — 69 minutes, with the steps of ``sd_parts.FULL`` (1,000,
+1,000 and 3,500) chosen so that the whole run fits one working session. (A first run with 2,000,
+2,000 and 6,000 steps was lost with its machine mid-UNet.) ``--estimate`` times a few steps of each
+stage on another machine.
 """
 import argparse
 import copy

@@ -47,12 +47,14 @@ def sample_quality(pipe, n: int = 2, n_empty: int = 50, guidance_scale: float = 
     prompts = [(c, p) for c in range(captions.NUM_CLASSES) for p in captions.prompts(c, "all")]
     latents = latents_of(pipe, [p for _, p in prompts], n, seed, progress, "sampling every prompt", **call)
     labels = torch.tensor([c for c, _ in prompts]).repeat_interleave(n)
-    predicted = classes_of(classifier, decode_latents(pipe, latents))
+    images = decode_latents(pipe, latents)
+    predicted = classes_of(classifier, images)
     per_class = {FASHION_MNIST_CLASSES[c]: share_of(predicted[labels == c] == c) for c in range(captions.NUM_CLASSES)}
-    empty = latents_of(pipe, [captions.EMPTY], n_empty, seed + len(labels), progress, "the empty prompt", **call)
-    empty_pred = classes_of(classifier, decode_latents(pipe, empty))
+    empty = decode_latents(pipe, latents_of(pipe, [captions.EMPTY], n_empty, seed + len(labels), progress,
+                                            "the empty prompt", **call))
+    empty_pred = classes_of(classifier, empty)
     if grid:
-        _save_grid(grid, decode_latents(pipe, latents), labels, n, decode_latents(pipe, empty))
+        _save_grid(grid, images, labels, n, empty)
     worst = min(per_class.items(), key=lambda kv: kv[1]["value"])
     return dict(
         guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, n_per_prompt=n, seed=seed, bar=BAR,
