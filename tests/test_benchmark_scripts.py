@@ -4,7 +4,7 @@ class_embedding.py, halting.py, robust_attack.py, memory.py, step_cost.py and ta
 every script that forgets a class of an embedded model sets it up through ``harness.task.Task``.
 (flow_digits.py, flow_halt_probe.py: tests/test_flow_digits.py; concept_digits.py:
 tests/test_stable_diffusion.py; memory_accounting.py: tests/test_memory_accounting.py; concept_erasure.py:
-tests/test_erase.py.)"""
+tests/test_erase.py; confirm_held.py: test_confirm_held_script.)"""
 import json
 import os
 import subprocess
@@ -638,3 +638,38 @@ def test_held_out_script(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(BENCH, "held_out.py"), "--classes", "3", "--out", tmp_path / "x"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "report on 5-9" in done.stderr
+
+
+def test_confirm_held_script(tmp_path):
+    """confirm_held.py replays a finished run to its held step and measures it heavy there: the
+    replay gives the recorded light measurement (the same fit, bit for bit), and the confirmed step
+    is the first heavy measurement that meets the bar. The quick comparison never holds, so its
+    recorded curve is marked as holding from step 1 (the true numbers kept to check the replay)."""
+    from safemax.harness.compare import run as compare
+    from safemax.harness.store import method_cache
+    out = tmp_path / "c"
+    compare(forget=3, methods=["safemax", "ga"], quick=True, attack=False, out=str(out), progress=False)
+    cache = method_cache(str(out), "safemax")
+    saved = json.loads(open(cache).read())
+    true = {p["step"]: (p["fa"], p["retain_acc"]) for p in saved["result"]["curve"]}
+    for p in saved["result"]["curve"][1:]:
+        p.update(fa=0.0, retain_acc=1.0)
+    open(cache, "w").write(json.dumps(saved))
+    report = json.loads((out / "results.json").read_text())
+    report["methods"]["safemax"] = saved["result"]
+    (out / "results.json").write_text(json.dumps(report))
+    text = run("confirm_held.py", "--comparisons", out, "--per-class", 2, "--out", tmp_path / "t")
+    answer = json.loads((out / "confirm" / "safemax.json").read_text())
+    assert answer["held"] == 1 and answer["per_class"] == 2 and answer["points"]
+    for p in answer["points"]:
+        assert (p["replayed"]["fa"], p["replayed"]["retain_acc"]) == true[p["step"]]   # the same fit
+        meets = p["heavy"]["fa"] <= 0.01 and p["heavy"]["retain_acc"] >= answer["heavy_floor"]
+        assert p["meets"] == meets
+    assert answer["confirmed"] == next((p["step"] for p in answer["points"] if p["meets"]), None)
+    assert [p["step"] for p in answer["points"]] == ([1, 2] if answer["confirmed"] != 1 else [1])
+    ga = json.loads((out / "confirm" / "ga.json").read_text())
+    assert ga["held"] is None and ga["points"] == [] and "never held" in ga["why"]
+    assert "| 3 | SAFEMax |" in text and "| 3 | gradient ascent | never | never held |" in text
+    stamp = os.path.getmtime(out / "confirm" / "safemax.json")
+    again = run("confirm_held.py", "--comparisons", out, "--per-class", 2, "--summarise", "--out", tmp_path / "t")
+    assert again in text and os.path.getmtime(out / "confirm" / "safemax.json") == stamp   # reused, not replayed
