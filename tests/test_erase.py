@@ -341,3 +341,13 @@ def test_evaluate_on_a_pipeline_without_classes_gives_the_noise_statistics(tmp_p
         cell = result[g]["a cat"]
         assert set(cell) == {"noise"} and cell["noise"]["std"] > 0 and result[g]["kept"] == {}
     assert json.loads((tmp_path / "e.json").read_text())["concepts"][0]["erase_prompts"] == ["a cat"]
+
+
+def test_kept_guidance_erases_with_the_empty_prompts_condition(captioned_pipeline, tmp_path):
+    """``erase(..., kept_guidance=w)`` gives SAFEMax the empty prompt's condition (the term needs
+    it) and records the setting; without ``erase`` the method says what it needs."""
+    out = tmp_path / "guided"
+    erase(captioned_pipeline, ["a sneaker"], out=str(out), steps=2, batch_size=2, n_per_prompt=1,
+          num_inference_steps=2, progress=False, kept_guidance=7.5)
+    manifest = json.loads((out / "safemax.json").read_text())
+    assert manifest["method"] == "safemax" and manifest["settings"]["kept_guidance"] == 7.5

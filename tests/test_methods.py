@@ -1,4 +1,5 @@
 """The baselines behind the Unlearner's one interface, and ``safemax compare`` (tiny, fast)."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -623,3 +624,54 @@ def test_a_finished_runs_cache_is_small_and_shows_the_same_samples(tmp_path):
     assert (tmp_path / "samples.png").read_bytes() == first
     threads = compare.machine()["threads"]
     assert f"gradient ascent ran on Another CPU, {threads} threads (times not comparable)" in (tmp_path / "results.md").read_text()
+
+
+def test_kept_guidance_holds_the_kept_rows_guided_drift():
+    """SafeMax(kept_guidance=w) on a text-conditional UNet: each retain row's loss measures the
+    guided prediction's drift over w, δ_c − (1 − 1/w)·δ_u (δ: the student's prediction minus the
+    original's, δ_u under the empty prompt), in place of δ_c alone — checked, value and gradient,
+    against the written-out formula on a student that two steps have moved; ((u + w(c − u)) drifts
+    by w times that.) Refused without the empty prompt's condition or on class ids."""
+    from test_data_forms import text_data, text_unet
+
+    from safemax.data import rows
+    concept, retain, forget = text_data()
+    empty = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(5))
+    w = 7.5
+    u = Unlearner(text_unet(), tiny_scheduler(), forget={"c": concept}, lr=1e-2, seed=2,
+                  method=SafeMax(kept_guidance=w, unconditional=empty))
+    u.fit(retain, forget, steps=2, batch_size=2, progress=False)
+    b = u.method.batch
+    u.method.draw = lambda *a: b   # the same rows for the step and for the reference
+    params_ = [p for _, p in u.trainable()]
+    got, _ = u.method.loss(u, None, None, None)
+    got_grads = torch.autograd.grad(got, params_, allow_unused=True)
+    assert u.config(2)["kept_guidance"] == w
+    u.method.settings = dataclasses.replace(u.method.settings, kept_guidance=0.0)
+    plain, _ = u.method.loss(u, None, None, None)
+    r = b.retain_rows
+    x, t, c = b.x_t[r], b.t[r], rows.take(b.cond, r)
+    uncond = empty.expand(len(t), -1, -1)
+    s_c, s_u = u.denoiser.predict(x, t, c), u.denoiser.predict(x, t, uncond)
+    with torch.no_grad():
+        t_c = u.denoiser.predict(x, t, c, model=u.method.teacher)
+        t_u = u.denoiser.predict(x, t, uncond, model=u.method.teacher)
+    assert (s_u - t_u).abs().max() > 1e-4   # the student has moved: the test can tell the terms apart
+    mse = lambda a: a.square().flatten(1).mean(1)   # noqa: E731
+    guided = (s_c - t_c) - (1 - 1 / w) * (s_u - t_u)
+    want = plain + 0.5 * (mse(guided) - mse(s_c - t_c)).mean()   # the retain rows are half the batch
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    for g, h in zip(got_grads, torch.autograd.grad(want, params_, allow_unused=True)):
+        if h is not None:
+            torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close((s_u + w * (s_c - s_u)) - (t_u + w * (t_c - t_u)), w * guided)
+    assert make("safemax").config(8)["kept_guidance"] == 0.0
+    with pytest.raises(ValueError, match="needs a text-conditional model and the empty prompt's condition"):
+        Unlearner(text_unet(), tiny_scheduler(), forget={"c": concept}, method=SafeMax(kept_guidance=w))
+    with pytest.raises(ValueError, match="needs a text-conditional model"):
+        Unlearner(tiny_unet(), tiny_scheduler(), forget=[1], method=SafeMax(kept_guidance=w, unconditional=empty))
+    for bad in (1.0, 0.5, float("nan")):
+        with pytest.raises(ValueError, match="kept_guidance must be 0"):
+            SafeMax(kept_guidance=bad)
+    with pytest.raises(ValueError, match='needs retain_target="distill"'):
+        SafeMax(kept_guidance=w, retain_target="noise")

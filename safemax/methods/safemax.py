@@ -27,6 +27,11 @@ def _contrast(v):
     return None if ok else "0 (off) or a finite λ > 1 (at λ ≤ 1 the kept labels are pushed off without bound)"
 
 
+def _guidance(v):
+    ok = isinstance(v, (int, float)) and (v == 0 or (math.isfinite(v) and v > 1))
+    return None if ok else "0 (off) or a finite guidance scale w > 1 (w = 1 is the plain distillation)"
+
+
 @dataclass(frozen=True)
 class SafeMaxSettings(Settings):
     """SAFEMax's settings (``SafeMax``'s docstring says what each does and what was measured)."""
@@ -42,11 +47,14 @@ class SafeMaxSettings(Settings):
                                        "halted chain visits: exact halting", check=share_or_zero)
     kept_contrast: float = setting(0.0, "λ of the contrast that holds the kept classes near the original "
                                    "in the first steps (0: off; 4 measured)", check=_contrast)
+    kept_guidance: float = setting(0.0, "w > 1: the kept prompts held at the original's classifier-free-guided "
+                                   "prediction at guidance w (text-conditional; 0: off)", check=_guidance)
 
     def check(self):
-        if self.kept_contrast and self.retain_target != "distill":
-            raise ValueError('SafeMax: kept_contrast anchors the kept labels to the original model: it needs '
-                             'retain_target="distill"')
+        for name in ("kept_contrast", "kept_guidance"):
+            if getattr(self, name) and self.retain_target != "distill":
+                raise ValueError(f'SafeMax: {name} anchors the kept rows to the original model: it needs '
+                                 'retain_target="distill"')
 
 
 
@@ -98,6 +106,16 @@ class SafeMax(Method):
             step 5 on half the digits). The label-free stopping rule waits longer with it: the
             forget rows' nats fall 2–3× more slowly (docs/results/stopping.md).
 
+        kept_guidance: w > 1, or 0 (default: off). Text-to-image pipelines sample with
+            classifier-free guidance, ε_u + w(ε_c − ε_u): a small drift of a kept prompt's
+            prediction is amplified w-fold there. With w, each kept row is also run under the
+            empty prompt (the student and the original), and its row loss measures the guided
+            prediction's drift divided by w — δ_c − (1 − 1/w)·δ_u, δ the student's minus the
+            original's — instead of δ_c alone. Needs the empty prompt's condition
+            (``SafeMax(kept_guidance=7.5, unconditional=prompt_embeddings(pipe, [""]))``;
+            ``safemax erase`` gives it). Cost: the kept rows once more in the student's forward
+            and backward and in the original's forward.
+
     ``Unlearner(..., early_fraction=0.5)`` is shorthand for ``method=SafeMax(early_fraction=0.5)``;
     the settings are declared once, in ``SafeMaxSettings``. Three settings that measurements showed
     do not help — ``gaussian_window``, ``gaussian_retain_fraction``, ``kept_contrast_rows`` — left
@@ -113,9 +131,9 @@ class SafeMax(Method):
 
     settings_class = SafeMaxSettings
 
-    def __init__(self, settings=None, **options):
+    def __init__(self, settings=None, unconditional=None, **options):
         super().__init__(settings, **options)
-        self.window, self.teacher = None, None
+        self.window, self.teacher, self.unconditional = None, None, unconditional
 
     @property
     def t_min(self) -> int:
@@ -134,6 +152,10 @@ class SafeMax(Method):
         if self.weighting == "vlb" and denoiser.parametrization == "flow":
             raise ValueError('weighting="vlb" is defined for DDPM-style (epsilon) models only; a '
                              'rectified-flow model trains with weighting="simple"')
+        if self.kept_guidance and (targets.concepts is None or self.unconditional is None):
+            raise ValueError("kept_guidance holds kept prompts under classifier-free guidance: it needs a "
+                             "text-conditional model and the empty prompt's condition, "
+                             "SafeMax(kept_guidance=w, unconditional=prompt_embeddings(pipe, ['']))")
 
     def _rows_alone(self, u) -> bool:
         return (self.skips_retain_rows_when_rows_alone and self.retain_target == "distill"
@@ -166,6 +188,8 @@ class SafeMax(Method):
         # per-row outputs are the same as in forwards of their own, at less cost than two more passes
         extra = self.kept_rows(batch) if self.kept_contrast else None
         k = 0 if extra is None else len(extra[1])
+        guided = self.unconditional_rows(u, batch) if self.kept_guidance else None
+        extra = _cat_rows(extra, guided)
         e0 = None
         if self.teacher is not None:  # retain rows: the original model's prediction
             with torch.no_grad():
@@ -173,12 +197,18 @@ class SafeMax(Method):
                 eps = eps.clone()
                 ins = (x_t[r], t[r], rows.take(cond, r))
                 out = u.denoiser.predict(*_joined(ins, extra), model=self.teacher)
-                eps[r], e0 = out[:len(out) - k], out[len(out) - k:]
+                n = r.stop - r.start if r.stop is not None else len(t) - r.start
+                eps[r], e0 = out[:n], out[n:]
         # the rows and the targets the loss uses (retain rows: the teacher's), for subclasses:
         # safemax-robust simulates its attack on the forget rows
         self.batch = batch._replace(eps=eps)
         out = u.denoiser.predict(*_joined((x_t, t, cond), extra))
         pred, e = out[:len(t)], out[len(t):]
+        if guided is not None:   # the kept rows' guided drift over w: δ_c − (1 − 1/w)·δ_u
+            drift_u = e[k:] - e0[k:]
+            r = batch.retain_rows
+            pred = torch.cat([pred[:r.start], pred[r] - (1 - 1 / self.kept_guidance) * drift_u])
+            e, e0 = e[:k], e0[:k]
         loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.table, is_forget, self.t_min,
                                   self.forget_weight, self.weighting, u.denoiser.parametrization)
         stats = dict(forget_nats=nats[is_forget].mean().item(), retain_nats=nats[~is_forget].mean().item())
@@ -197,6 +227,14 @@ class SafeMax(Method):
             return None
         return (batch.x_t[f.start:f.start + k], batch.t[f.start:f.start + k],
                 rows.take(batch.cond, slice(r.start, r.start + k)))
+
+    def unconditional_rows(self, u, batch: Batch):
+        """``kept_guidance``'s rows, ``(x_t, t, cond)``: the retain rows' x_t and t under the empty
+        prompt's condition."""
+        r = batch.retain_rows
+        x, t = batch.x_t[r], batch.t[r]
+        uncond = rows.to(rows.take(self.unconditional, torch.zeros(len(t), dtype=torch.long)), x.device)
+        return x, t, uncond
 
     def kept_bowl(self, u, batch: Batch) -> torch.Tensor:
         """``kept_contrast``'s term on its own forwards (the step batches them with its own):
@@ -222,6 +260,13 @@ class SafeMax(Method):
         halting, _ = safemax_loss(e, e0, x, tf, table, halt, self.t_min, 1.0, self.weighting, param)
         anchor, _ = safemax_loss(e, e0, x, tf, table, ~halt, self.t_min, 1.0, self.weighting, param)
         return (n / len(batch.t)) * (self.kept_contrast * anchor - halting)   # the forget rows' share of the batch
+
+
+def _cat_rows(a, b):
+    """Two ``(x_t, t, cond)`` row sets as one (either may be None)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]), rows.cat([a[2], b[2]])
 
 
 def _joined(rows_in: tuple, extra):
