@@ -24,6 +24,12 @@
 #         finished runs committed in the results folder; to bring its results back through the
 #         device's $OUT, start from a copy there:
 #         cp -r benchmarks/results/tuned-fashion-mnist "$OUT/tuned" && TUNE_OUT="$OUT/tuned" PARTS="build tune" ...
+#     PARTS="build confirm" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
+#         confirms the tuned-baselines head-to-head's held steps with the heavy measurement
+#         (benchmarks/confirm_held.py: each run replayed to its held step; every run, the
+#         cheapest first — the late ones, 300-500 steps, are hours on the CPU); resumable. Its
+#         answers are written beside the comparisons (head-to-head/class*/confirm/): start from a
+#         copy under $OUT to bring them back, as for tune (CONFIRM_OUT=the copy).
 #     PARTS="build retrain" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
 #         the Fashion-MNIST model trained without the T-shirt, and the relearning attacks on it and
 #         on SAFEMax: docs/results/robust.md's reference on the second benchmark
@@ -103,6 +109,10 @@ TAIL=40 part fashion-mnist-lr1e-4 "$PY" benchmarks/classes.py --model fashion-mn
   --steps 200 --lr 1e-4 --curve-every 20 --out "${FASHION_MNIST_LR_OUT:-benchmarks/results/classes-fashion-mnist-lr1e-4}"
 TAIL=40 part tune "$PY" benchmarks/tune_baselines.py --model fashion-mnist --device cuda \
   --attacks weak strong long lora inversion --out "${TUNE_OUT:-benchmarks/results/tuned-fashion-mnist}"
+TAIL=20 part confirm bash -c 'py=$1; o=$2; h=$o/head-to-head
+  "$py" benchmarks/confirm_held.py --device cuda --comparisons "$h"/class2 "$h"/class6 "$h"/class9 \
+    --prices "$h/prices.json" --reference safemax:lr=0.0001,kept_contrast=4 --out "$o/confirmed"' \
+  _ "$PY" "${CONFIRM_OUT:-benchmarks/results/tuned-fashion-mnist}"
 # the Fashion-MNIST retrain reference: the model trained without the T-shirt (resumable: its state
 # is saved every minute), then it and every method (the table's rows: SAFEMax, robust SAFEMax and at
 # half its term, SalUn, Selective Amnesia) attacked every way over three seeds (seed 0's rows are kept)
