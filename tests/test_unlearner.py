@@ -278,3 +278,33 @@ def test_window_by_noise_level():
     assert w.early_fraction == (T - w.t_min) / T and w.snr_at_t_min == pytest.approx(float(snr[w.t_min]))
     with pytest.raises(ValueError, match="max_snr must exceed"):
         Unlearner(tiny_unet(), sched, forget=[1], max_snr=float(snr[-1]) / 2)
+
+
+def test_train_cross_attention_moves_the_cross_attention_alone(tmp_path):
+    """train="cross-attention": a concept fit changes the attn2 weights and leaves every other weight
+    bit for bit the original's (SAFEMax's teacher stays the original too); it resumes like any fit,
+    and a model without cross-attention, or a LoRA beside it, is refused with what to do."""
+    from test_data_forms import text_data, text_unet
+    concept, retain, forget = text_data()
+    unet = text_unet()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    u = Unlearner(unet, scheduler(), forget={"c": concept}, lr=1e-2, seed=2, train="cross-attention")
+    assert u.trainable() and all("attn2." in n for n, _ in u.trainable())
+    u.fit(retain, forget, steps=3, batch_size=2, progress=False, checkpoint_dir=str(tmp_path / "a"))
+    after = unet.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all("attn2." in k for k in moved)
+    for k, v in u.method.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert u.config(2)["train"] == "cross-attention"
+    # interrupted after 2 steps and resumed: the same weights as the uninterrupted 3
+    v = Unlearner(text_unet(), scheduler(), forget={"c": concept}, lr=1e-2, seed=2, train="cross-attention")
+    v.fit(retain, forget, steps=2, batch_size=2, progress=False, checkpoint_dir=str(tmp_path / "b"))
+    w = Unlearner(text_unet(), scheduler(), forget={"c": concept}, lr=1e-2, seed=2, train="cross-attention")
+    w.fit(retain, forget, steps=3, batch_size=2, progress=False, checkpoint_dir=str(tmp_path / "b"), resume=True)
+    for k, t in w.unet.state_dict().items():
+        torch.testing.assert_close(t, after[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match="UNet2DModel has none"):
+        Unlearner(tiny_unet(), scheduler(), forget=[1], train="cross-attention")
+    with pytest.raises(ValueError, match="cannot be combined with a LoRA adapter"):
+        Unlearner(text_unet(), scheduler(), forget={"c": concept}, train="cross-attention", lora_rank=4)

@@ -25,6 +25,7 @@ import torch
 
 from safemax.data import rows
 from safemax.methods.base import Method, frozen_original, mse
+from safemax.models.cross_attention import is_cross_attention
 from safemax.settings import Settings, finite, positive, setting, whole
 
 
@@ -40,8 +41,8 @@ class ESDSettings(Settings):
 def trains(name: str, weights: str) -> bool:
     """Whether ESD's ``weights`` (``"xattn"`` or ``"noxattn"``) train the parameter ``name``."""
     if weights == "xattn":
-        return "attn2" in name
-    return not ("attn2" in name or "time_embedding" in name or name.startswith(("conv_out", "conv_norm_out")))
+        return is_cross_attention(name)
+    return not (is_cross_attention(name) or "time_embedding" in name or name.startswith(("conv_out", "conv_norm_out")))
 
 
 class ESDx(Method):

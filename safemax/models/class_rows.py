@@ -17,7 +17,7 @@ import torch
 
 from safemax.models.families import DiT, family_of
 
-TRAIN_CHOICES = ("all", "class-embedding")
+TRAIN_CHOICES = ("all", "class-embedding", "cross-attention")   # (cross-attention: models.cross_attention)
 
 # the row-only fit's learning rate when none is given: a row moves by about lr per coordinate and
 # step under Adam and must travel several units, not a fine-tuning step's 5e-4; 0.3 forgets the

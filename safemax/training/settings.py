@@ -48,12 +48,12 @@ class UnlearnerSettings(Settings):
                                            "more time")
     lora_rank: Optional[int] = setting(None, "train a LoRA adapter of this rank instead of the model (needs peft)",
                                        check=_rank)
-    train: str = setting("all", "which weights train: all, or the forgotten classes' class-embedding rows alone",
-                         check=_train)
+    train: str = setting("all", "which weights train: all, the forgotten classes' class-embedding rows alone, "
+                         "or the text cross-attention alone", check=_train)
 
     def check(self):
         if self.train != "all" and self.lora_rank is not None:
-            raise ValueError(f"train={self.train!r} trains the class-embedding rows themselves; it cannot be "
+            raise ValueError(f"train={self.train!r} trains some of the model's own weights; it cannot be "
                              "combined with a LoRA adapter (lora_rank / lora): use one or the other")
 
     def record(self) -> dict:

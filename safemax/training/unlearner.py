@@ -24,6 +24,7 @@ import torch
 from safemax.data import Batches
 from safemax.methods import make_method
 from safemax.models import class_rows
+from safemax.models.cross_attention import train_cross_attention_only
 from safemax.models import lora as adapters
 from safemax.models.denoiser import make_denoiser
 from safemax.models.lora import make_config as make_lora_config
@@ -88,7 +89,9 @@ class Unlearner:
             the kept classes' outputs stay bit-for-bit the original (no dip, no retain cost) and
             forgetting takes ~10 steps, but the shared weights still know the class — it is
             shallower than ``"all"`` (docs/results/class-embedding.md). Its lr defaults to
-            ``safemax.models.class_rows.DEFAULT_LR`` (0.3): a row must travel far. Not with LoRA.
+            ``safemax.models.class_rows.DEFAULT_LR`` (0.3): a row must travel far. Or
+            ``"cross-attention"``: a text-conditional model's cross-attention (``attn2``) alone,
+            as ESD-x trains (``safemax.models.cross_attention``). Neither with LoRA.
     """
 
     def __init__(self, unet, scheduler, forget, *, method="safemax", lr: float = None, seed: int = 0,
@@ -101,8 +104,10 @@ class Unlearner:
         self.method = make_method(method, **settings)
         self.lora = lora_config = make_lora_config(lora_rank, lora)  # a peft.LoraConfig or None
         if train != "all" and lora_config is not None:
-            raise ValueError(f"train={train!r} trains the class-embedding rows themselves; it cannot be "
+            raise ValueError(f"train={train!r} trains some of the model's own weights; it cannot be "
                              "combined with a LoRA adapter (lora_rank / lora): use one or the other")
+        if train == "cross-attention":   # frozen before the teacher is copied and the optimizer built
+            train_cross_attention_only(unet)
         self.train_weights = train
         self.denoiser = make_denoiser(unet, scheduler)
         self.targets = ForgetTargets(forget, unet)
