@@ -246,6 +246,9 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     assert script.main(argv + ["--methods", "uce", "--seeds", "0"]) == 0
     both = json.loads((out / "summary.json").read_text())
     assert set(both["methods"]) == {"uce"} and both["methods"]["uce"]["runs"] == 1
+    # it measured no original of its own: the safemax run's evaluation of it, taken over whole
+    before = [json.loads((out / m / "sneaker-seed0" / "report.json").read_text())["before"] for m in ("safemax", "uce")]
+    assert before[1] == before[0] and before[0]["seconds"] > 0
     # the same head-to-head through the command line
     assert main(["compare", "--pipeline", captioned_pipeline, "--concept", "bag", "--seeds", "0", "--methods", "uce",
                  "--quick", "--out", str(tmp_path / "cmp")]) == 0

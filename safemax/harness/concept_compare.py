@@ -59,10 +59,32 @@ def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: 
     if not os.path.exists(os.path.join(path, "report.json")):
         from safemax.concepts import erase
         method, settings, _ = method_spec(spec, smoke)
+        _reuse_before(path, eval_n, steps)
         erase(pipeline, list(concepts), out=path, seed=seed, resume=os.path.isdir(os.path.join(path, "checkpoint")),
               num_inference_steps=steps, method=method, evaluate=dict(n=eval_n, attacks=tuple(attacks)),
               progress=progress, **settings)
     return finished(path)
+
+
+def _reuse_before(path: str, eval_n: int, steps: int) -> None:
+    """Give the erase in ``path`` the original pipeline's evaluation (its report's ``before``:
+    minutes on the CPU, the same for every method) from a finished run of the same concepts and
+    seed by another method beside it (``out/<method>/<concepts>-seed<s>``), measured the same way —
+    so that a head-to-head measures the original once per concept and seed, not once per method.
+    The erase's own time does not include it either way."""
+    target = os.path.join(path, "checkpoint", "before.json")
+    method_dir, name = os.path.split(path)
+    out = os.path.dirname(method_dir)
+    if os.path.exists(target) or not os.path.isdir(out):
+        return
+    for other in sorted(os.listdir(out)):
+        done = finished(os.path.join(out, other, name))
+        if done and done[0]["before"]["n_per_prompt"] == eval_n and done[0]["before"]["num_inference_steps"] == steps:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target + ".tmp", "w") as f:   # as it is (the run's report records the provenance)
+                json.dump(done[0]["before"], f)
+            os.replace(target + ".tmp", target)
+            return
 
 
 def finished(path: str):
