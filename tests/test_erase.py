@@ -245,7 +245,9 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     # a second method beside it: UCE, the closed form, with its own row block
     assert script.main(argv + ["--methods", "uce", "--seeds", "0"]) == 0
     both = json.loads((out / "summary.json").read_text())
-    assert set(both["methods"]) == {"uce"} and both["methods"]["uce"]["runs"] == 1
+    # the folder's summary keeps the safemax runs the call did not name (both seeds)
+    assert set(both["methods"]) == {"safemax", "uce"} and both["methods"]["uce"]["runs"] == 1
+    assert both["methods"]["safemax"]["runs"] == 2 and both["seeds"] == [0, 1]
     # it measured no original of its own: the safemax run's evaluation of it, taken over whole
     before = [json.loads((out / m / "sneaker-seed0" / "report.json").read_text())["before"] for m in ("safemax", "uce")]
     assert before[1] == before[0] and before[0]["seconds"] > 0
@@ -268,7 +270,8 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     assert [(r["method"], r["concepts"], r["fa_erase"]["n"]) for r in rows] == [("uce", 1, 4), ("uce", 2, 8)]
     capsys.readouterr()
     assert script.main(argv + ["--summarise"]) == 0   # from the files, nothing run again
-    assert capsys.readouterr().out.strip().endswith(text.strip().splitlines()[-1])
+    again = capsys.readouterr().out
+    assert text.strip().splitlines()[-1] in again and "**uce**" in again   # every method in the folder
 
 
 # ------------------------------------------------------------------ UCE

@@ -16,6 +16,7 @@ as mean ± 95% t interval over the runs.
 """
 import json
 import os
+import re
 
 from safemax.evaluation.report import write_json
 from safemax.evaluation.stats import share, t_interval
@@ -64,6 +65,31 @@ def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: 
               num_inference_steps=steps, method=method, evaluate=dict(n=eval_n, attacks=tuple(attacks)),
               progress=progress, **settings)
     return finished(path)
+
+
+def spec_of(label: str):
+    """The method spec whose runs ``method_spec`` keeps in the folder ``label`` (None: no method's)."""
+    name = max((m for m in METHOD_SETTINGS if label == m or label.startswith(m + "-")), key=len, default=None)
+    if name is None:
+        return None
+    rest = label[len(name) + 1:]
+    return name + (":" + ",".join(re.split(r"-(?=[A-Za-z_]+=)", rest)) if rest else "")
+
+
+def on_disk(out: str) -> dict:
+    """The methods (specs), concepts and seeds of the finished one-concept runs in ``out``."""
+    found = dict(methods=[], concepts=set(), seeds=set())
+    for label in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        spec = spec_of(label)
+        if spec is None or method_spec(spec)[2] != label:
+            continue
+        runs = [m for m in (re.fullmatch(r"(.+)-seed(\d+)", n) for n in sorted(os.listdir(os.path.join(out, label)))
+                            if os.path.isdir(os.path.join(out, label, n))) if m and finished(os.path.join(out, label, m.group(0)))]
+        if runs:
+            found["methods"].append(spec)
+            found["concepts"] |= {m.group(1).replace("_", " ") for m in runs}
+            found["seeds"] |= {int(m.group(2)) for m in runs}
+    return found
 
 
 def _reuse_before(path: str, eval_n: int, steps: int) -> None:
@@ -226,6 +252,14 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
                 for s in seeds:
                     run(pipeline, m, [c], s, folder(out, method_spec(m)[2], c, s), eval_n, sampling_steps, attacks,
                         smoke, progress)
+    # every finished run in ``out``, not only this call's: a call for one method, concept or seed
+    # must not drop the others' rows from the folder's summary
+    disk = on_disk(out)
+    methods = list(dict.fromkeys(list(methods) + [m for m in disk["methods"] if m not in methods]))
+    order = list(CONCEPTS) + [TUNE]
+    concepts = sorted(set(concepts) | set(disk["concepts"]), key=lambda c: (order.index(c) if c in order else len(order), c))
+    seeds = sorted(set(seeds) | set(disk["seeds"]))
+    settings = {m: method_spec(m, smoke)[1] for m in methods}
     summary = summarise(out, methods, concepts, seeds)
     summary["settings"] = dict(methods=settings, eval_n=eval_n, sampling_steps=sampling_steps, pipeline=pipeline,
                                attacks=list(attacks))
