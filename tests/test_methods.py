@@ -627,9 +627,9 @@ def test_a_finished_runs_cache_is_small_and_shows_the_same_samples(tmp_path):
 
 
 def test_kept_guidance_holds_the_kept_rows_guided_drift():
-    """SafeMax(kept_guidance=w) on a text-conditional UNet: each retain row's loss measures the
-    guided prediction's drift over w, δ_c − (1 − 1/w)·δ_u (δ: the student's prediction minus the
-    original's, δ_u under the empty prompt), in place of δ_c alone — checked, value and gradient,
+    """SafeMax(kept_guidance=w) on a text-conditional UNet: the loss gains, beside each retain row's
+    own distillation, the guided prediction's drift over w, δ_c − (1 − 1/w)·δ_u (δ: the student's
+    prediction minus the original's, δ_u under the empty prompt), weighted as the retain rows — checked, value and gradient,
     against the written-out formula on a student that two steps have moved; ((u + w(c − u)) drifts
     by w times that.) Refused without the empty prompt's condition or on class ids."""
     from test_data_forms import text_data, text_unet
@@ -659,7 +659,7 @@ def test_kept_guidance_holds_the_kept_rows_guided_drift():
     assert (s_u - t_u).abs().max() > 1e-4   # the student has moved: the test can tell the terms apart
     mse = lambda a: a.square().flatten(1).mean(1)   # noqa: E731
     guided = (s_c - t_c) - (1 - 1 / w) * (s_u - t_u)
-    want = plain + 0.5 * (mse(guided) - mse(s_c - t_c)).mean()   # the retain rows are half the batch
+    want = plain + 0.5 * mse(guided).mean()   # beside the plain distillation, as the kept rows' share (half)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
     for g, h in zip(got_grads, torch.autograd.grad(want, params_, allow_unused=True)):
         if h is not None:

@@ -109,9 +109,11 @@ class SafeMax(Method):
         kept_guidance: w > 1, or 0 (default: off). Text-to-image pipelines sample with
             classifier-free guidance, ε_u + w(ε_c − ε_u): a small drift of a kept prompt's
             prediction is amplified w-fold there. With w, each kept row is also run under the
-            empty prompt (the student and the original), and its row loss measures the guided
-            prediction's drift divided by w — δ_c − (1 − 1/w)·δ_u, δ the student's minus the
-            original's — instead of δ_c alone. Needs the empty prompt's condition
+            empty prompt (the student and the original), and the loss gains, beside the row's
+            own distillation (δ_c), the guided prediction's drift divided by w —
+            δ_c − (1 − 1/w)·δ_u, δ the student's minus the original's — weighted as the kept
+            rows are. (In place of δ_c, at commit ba6a6f3, it let δ_c itself drift: on the coat
+            the kept classes lost 25–71 points, docs/results/concepts.md.) Needs the empty prompt's condition
             (``SafeMax(kept_guidance=7.5, unconditional=prompt_embeddings(pipe, [""]))``;
             ``safemax erase`` gives it). Cost: the kept rows once more in the student's forward
             and backward and in the original's forward.
@@ -204,14 +206,19 @@ class SafeMax(Method):
         self.batch = batch._replace(eps=eps)
         out = u.denoiser.predict(*_joined((x_t, t, cond), extra))
         pred, e = out[:len(t)], out[len(t):]
-        if guided is not None:   # the kept rows' guided drift over w: δ_c − (1 − 1/w)·δ_u
-            drift_u = e[k:] - e0[k:]
+        if guided is not None:   # the kept rows' guided drift over w, δ_c − (1 − 1/w)·δ_u, as a second term
             r = batch.retain_rows
-            pred = torch.cat([pred[:r.start], pred[r] - (1 - 1 / self.kept_guidance) * drift_u])
+            held = pred[r] - (1 - 1 / self.kept_guidance) * (e[k:] - e0[k:])
+            guided_loss, _ = safemax_loss(held, eps[r], x_t[r], t[r], u.denoiser.table,
+                                          torch.zeros_like(is_forget[r]), self.t_min, 1.0, self.weighting,
+                                          u.denoiser.parametrization)
             e, e0 = e[:k], e0[:k]
         loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.table, is_forget, self.t_min,
                                   self.forget_weight, self.weighting, u.denoiser.parametrization)
         stats = dict(forget_nats=nats[is_forget].mean().item(), retain_nats=nats[~is_forget].mean().item())
+        if guided is not None:   # weighted as the retain rows' share of the batch
+            loss = loss + (len(guided[1]) / len(t)) * guided_loss
+            stats["kept_guided"] = guided_loss.item()
         if self.kept_contrast:
             bowl = self._bowl(u, batch, extra, e, e0)
             loss = loss + bowl
