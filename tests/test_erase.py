@@ -3,6 +3,7 @@ pipeline saved to disk, erased by the command and loaded back by its own pipelin
 captioned zoo-style pipeline (trained here at tiny size) erased and evaluated end to end; resume;
 one clear line for each bad input."""
 import json
+import os
 
 import pytest
 import torch
@@ -357,3 +358,28 @@ def test_kept_guidance_erases_with_the_empty_prompts_condition(captioned_pipelin
           num_inference_steps=2, progress=False, kept_guidance=7.5)
     manifest = json.loads((out / "safemax.json").read_text())
     assert manifest["method"] == "safemax" and manifest["settings"]["kept_guidance"] == 7.5
+
+
+def test_the_drift_probe_measures_an_erase_against_the_class_signal(captioned_pipeline, tmp_path):
+    """benchmarks/concept_drift.py at its smallest: the original against itself changes nothing;
+    against an erase, the changes are measured at every step, for each kept prompt asked."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "concept_drift", Path(__file__).resolve().parents[1] / "benchmarks" / "concept_drift.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    same = script.main(["--pipeline", captioned_pipeline, "--erased", os.path.join(captioned_pipeline, "unet"),
+                        "--classes", "0", "--n", "1", "--steps", "2", "--out", str(tmp_path / "d")])
+    assert same is None
+    (path,) = (tmp_path / "d").iterdir()
+    rows = json.loads(path.read_text())["classes"]["t-shirt"]
+    assert len(rows) == 2 and all(r["delta_c"] == r["delta_u"] == r["delta_guided"] == 0 for r in rows)
+    out = tmp_path / "e"
+    erase(captioned_pipeline, ["a sneaker"], out=str(out / "safemax" / "sneaker-seed0"), steps=2, batch_size=2,
+          n_per_prompt=1, num_inference_steps=2, progress=False, lr=1e-2)
+    script.main(["--pipeline", captioned_pipeline, "--erased", str(out / "safemax" / "sneaker-seed0"),
+                 "--classes", "0", "2", "--n", "1", "--steps", "2", "--out", str(tmp_path / "d2")])
+    record = json.loads((tmp_path / "d2" / "safemax-sneaker-seed0.json").read_text())
+    assert set(record["classes"]) == {"t-shirt", "pullover"} and record["guidance"] == 7.5
+    assert all(r["delta_c"] > 0 and r["signal"] >= 0 for rs in record["classes"].values() for r in rs)
