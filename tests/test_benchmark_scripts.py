@@ -673,3 +673,20 @@ def test_confirm_held_script(tmp_path):
     stamp = os.path.getmtime(out / "confirm" / "safemax.json")
     again = run("confirm_held.py", "--comparisons", out, "--per-class", 2, "--summarise", "--out", tmp_path / "t")
     assert again in text and os.path.getmtime(out / "confirm" / "safemax.json") == stamp   # reused, not replayed
+
+
+def test_held_out_pools_the_classes():
+    """held_out.pooled: the mean over the classes where a method was confirmed, and a lower bound
+    counting the others at their budget."""
+    sys.path.insert(0, BENCH)
+    try:
+        from held_out import pooled
+    finally:
+        sys.path.remove(BENCH)
+    row = lambda c, t, r: dict(confirmed=c, priced_seconds=t, vs_safemax=r)   # noqa: E731
+    summaries = [dict(methods=dict(safemax=row(40, 40.0, 1.0), ga=row(None, None, {">": 6.0}))),
+                 dict(methods=dict(safemax=row(60, 60.0, 1.0), ga=row(100, 120.0, 2.0)))]
+    p = pooled(summaries)
+    assert p["safemax"]["n"] == 2 and p["safemax"]["confirmed"]["mean"] == 50 and p["safemax"]["ratio_at_least"] is None
+    assert p["ga"]["n"] == 1 and p["ga"]["vs_safemax"] == dict(mean=2.0, half=None)
+    assert p["ga"]["ratio_at_least"]["mean"] == 4.0   # (6 + 2) / 2
