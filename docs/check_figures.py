@@ -91,6 +91,9 @@ class J:
     @staticmethod
     def walk(data, path):
         for part in re.findall(r"\[[^\]]*\]|[^.\[\]]+", path):
+            if part.startswith("[") and isinstance(data, dict) and part[1:-1] in data:
+                data = data[part[1:-1]]   # [safemax:kept_guidance=7.5]: a dict's key with "=" in it
+                continue
             if part.startswith("["):
                 key, eq, want = part[1:-1].partition("=")
                 if not eq:   # [2]: a list's item; [guidance_7.5]: a dict's key with a dot in it
@@ -315,6 +318,8 @@ SD_TRAINING = "sd-pipeline/training.json"                  # python -m safemax.z
 SD_QUALITY = "sd-pipeline/quality.json"                    # python -m safemax.zoo.sd_quality --n 4
 CONCEPTS_SD_JSON = "concepts-sd/summary.json"             # benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd
 ALL_75, ALL_1 = "methods.safemax.overall[guidance_7.5]", "methods.safemax.overall.guidance_1"
+KG = "methods[safemax:kept_guidance=7.5]"                 #   its SAFEMax with kept_guidance=7.5
+KG_75, KG_1 = KG + ".overall[guidance_7.5]", KG + ".overall.guidance_1"
 
 # rows of ATTACKS (mean ± 95% interval over three seeds)
 SAFEMAX = {"method": "safemax", "steps": "100"}            # the demo's fit
@@ -454,6 +459,21 @@ CLAIMS = [
     C(README, "costs the other classes {:.1f} and {:.1f} points",
       J(CONCEPTS_SD_JSON, *(f"methods.safemax.by_concept.{c}[guidance_7.5].others.change" for c in ("t-shirt", "bag"))),
       lambda v: tuple(-x for x in points(v))),
+    C(README, "keeps the neighbours\n({:+.1f} points; default {:.1f})",
+      J(CONCEPTS_SD_JSON, f"{KG_75}.neighbours.change", f"{ALL_75}.neighbours.change"), points),
+    C(README, "but the other classes still lose {:.1f}\npoints", J(CONCEPTS_SD_JSON, f"{KG_75}.others.change"),
+      lambda v: tuple(-x for x in points(v))),
+    C(CONCEPTS, "| all | 7.5 | 1.000 → {:.3f} [0.00, 0.01] | 1.000 → {:.3f} [0.00, 0.01] | {:+.1f} [{:+.1f}, {:+.1f}] | {:+.1f} [{:+.1f}, {:+.1f}] |",
+      J(CONCEPTS_SD_JSON, f"{KG_75}.fa_erase.value", f"{KG_75}.fa_paraphrase.value",
+        *(f"{KG_75}.{k}.{x}" for k in ("neighbours", "others") for x in ("change", "ci95[0]", "ci95[1]"))),
+      lambda v: (*v[:2], *points(v[2:]))),
+    C(CONCEPTS, "the neighbours move\n  {:+.1f} [{:+.1f}, {:+.1f}] points (default {:.1f}", J(CONCEPTS_SD_JSON, f"{KG_75}.neighbours.change",
+      f"{KG_75}.neighbours.ci95[0]", f"{KG_75}.neighbours.ci95[1]", f"{ALL_75}.neighbours.change"), points),
+    C(CONCEPTS, "guidance 1 the other classes lose {:.1f} [{:.1f}, {:.1f}] points", J(CONCEPTS_SD_JSON, f"{KG_1}.others.change",
+      f"{KG_1}.others.ci95[0]", f"{KG_1}.others.ci95[1]"), lambda v: (-points(v)[0], *points(v[1:]))),
+    C(CONCEPTS, "Cost: {:.0f} ± {:.0f} s a run against {:.0f} ± {:.0f}", J(CONCEPTS_SD_JSON, f"{KG}.overall.erase_seconds.mean",
+      f"{KG}.overall.erase_seconds.ci95_half", "methods.safemax.overall.erase_seconds.mean",
+      "methods.safemax.overall.erase_seconds.ci95_half")),
     C(INDEX, "| paraphrase FA {:.3f} → **{:.3f}** ({} samples); the other classes {:.1f} (sneaker) to {:.1f} (bag) points",
       J(CONCEPTS_SD_JSON, f"{ALL_75}.fa_paraphrase_before.value", f"{ALL_75}.fa_paraphrase.value", f"{ALL_75}.fa_paraphrase.n",
         *(f"methods.safemax.by_concept.{c}[guidance_7.5].others.change" for c in ("sneaker", "bag"))),
