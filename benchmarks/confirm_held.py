@@ -17,7 +17,7 @@ do those that fit.
 
 Each run's answer is kept beside its comparison (``<comparison>/confirm/<spec>.json``) and reused;
 the table (``OUT/confirmed.md``, ``confirmed.json``) lists every run of the given comparisons and
-specs, confirmed or not yet (*not replayed*). Confirmation can only keep a held step or move it
+specs, confirmed or not yet (*not replayed*; *under way*: as far as a replay under way or interrupted got). Confirmation can only keep a held step or move it
 later (or to *never*): a run not yet replayed has its light held step as a lower bound.
 """
 import argparse
@@ -27,7 +27,7 @@ import os
 from safemax.evaluation.report import write_json
 from safemax.harness.bar import RETAIN_SLACK, summarise
 from safemax.harness.confirm import confirm_folder, confirm_run
-from safemax.harness.store import method_cache
+from safemax.harness.store import Partial, method_cache, partial_folder
 from safemax.harness.tables import label
 
 
@@ -48,26 +48,42 @@ def held_step(r: dict):
 
 
 def kept(comparison: str, spec: str):
-    """The confirmation of ``spec`` on disk, or None."""
+    """The confirmation of ``spec`` on disk, or None; one under way (interrupted, or running now)
+    as far as it got, with ``under_way`` True and ``confirmed`` None."""
     path = os.path.join(confirm_folder(comparison), os.path.basename(method_cache(comparison, spec)))
-    if not os.path.exists(path):
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    curve = os.path.join(partial_folder(path), Partial.CURVE)
+    if not os.path.exists(curve):
         return None
-    with open(path) as f:
-        return json.load(f)
+    with open(curve) as f:
+        saved = json.load(f)
+    points = saved["curve"]
+    if not points:
+        return None
+    original = os.path.join(confirm_folder(comparison), f"original-{saved['config']['confirm_per_class']}.json")
+    with open(original) as f:
+        floor = json.load(f)["retain_acc"] - RETAIN_SLACK
+    return dict(points=points, confirmed=None, under_way=True, heavy_floor=floor,
+                per_class=saved["config"]["confirm_per_class"])
 
 
 def row(comparison: str, spec: str, r: dict, prices: dict = None) -> dict:
     c = kept(comparison, spec)
-    out = dict(comparison=comparison, forget=r["forget"], spec=spec, held=held_step(r), budget=r["steps"], replayed=c is not None,
+    out = dict(id=f"{r['forget']}/{spec}", comparison=comparison, forget=r["forget"], spec=spec, held=held_step(r),
+               budget=r["steps"],
+               replayed=c is not None and not c.get("under_way"), under_way=bool(c and c.get("under_way")),
                confirmed=c["confirmed"] if c else None)
     if c and c["points"]:
         last = next((p for p in c["points"] if p["meets"]), c["points"][-1])
         out.update(at=last["step"], heavy=last["heavy"], heavy_floor=c["heavy_floor"], per_class=c["per_class"],
+                   points=c["points"],
                    recorded=last["recorded"], replayed_light=last["replayed"],
                    replay_agrees=last["recorded"].get("retain_acc") == last["replayed"].get("retain_acc")
                    and last["recorded"].get("fa") == last["replayed"].get("fa"))
     if prices and spec in prices["seconds_per_step"]:
-        step = out["confirmed"] if c else out["held"]
+        step = out["confirmed"] if out["replayed"] else None if out["under_way"] else out["held"]
         out["priced_seconds"] = None if step is None else prices["prep_seconds"].get(spec, 0.0) + step * prices["seconds_per_step"][spec]
     return out
 
@@ -78,7 +94,9 @@ def markdown(rows: list, reference: str = None) -> str:
              "replay's light = recorded | priced s | × reference |",
              "| ---: | --- | ---: | ---: | --- | --- | ---: | ---: |"]
     for r in rows:
-        if not r["replayed"]:
+        if r["under_way"]:
+            confirmed = f"not by step {r['at']} (under way)"
+        elif not r["replayed"]:
             confirmed = "not replayed" + (f" (≥ {r['held']})" if r["held"] is not None else "")
         else:
             confirmed = "never" + (f" within {r['budget']}" if r["held"] is not None else " held") if r["confirmed"] is None else str(r["confirmed"])
@@ -89,7 +107,7 @@ def markdown(rows: list, reference: str = None) -> str:
         t = r.get("priced_seconds")
         ratio = "—"
         if t is not None and ref.get(r["forget"]):
-            ratio = f"{'≥ ' if not r['replayed'] else ''}{t / ref[r['forget']]:.1f}×"
+            ratio = f"{'≥ ' if not r['replayed'] and not r['spec'] == reference else ''}{t / ref[r['forget']]:.1f}×"
         lines.append(f"| {r['forget']} | {label(r['spec'])} | {'never' if r['held'] is None else r['held']} | {confirmed} | "
                      f"{heavy} | {agree} | {'—' if t is None else format(t, '.1f')} | {ratio} |")
     return "\n".join(lines) + "\n"

@@ -318,6 +318,8 @@ SD_TRAINING = "sd-pipeline/training.json"                  # python -m safemax.z
 SD_QUALITY = "sd-pipeline/quality.json"                    # python -m safemax.zoo.sd_quality --n 4
 CONCEPTS_SD_JSON = "concepts-sd/summary.json"             # benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd
 ALL_75, ALL_1 = "methods.safemax.overall[guidance_7.5]", "methods.safemax.overall.guidance_1"
+CONFIRMED = "tuned-fashion-mnist/confirmed/confirmed.json"  # benchmarks/confirm_held.py (the tuned head-to-head, afterwards)
+KC4 = "safemax:lr=0.0001,kept_contrast=4"                  #   SAFEMax's tuned setting there
 KG = "methods[safemax:kept_guidance=7.5]"                 #   its SAFEMax with kept_guidance=7.5
 KG_75, KG_1 = KG + ".overall[guidance_7.5]", KG + ".overall.guidance_1"
 
@@ -459,6 +461,10 @@ CLAIMS = [
     C(README, "costs the other classes {:.1f} and {:.1f} points",
       J(CONCEPTS_SD_JSON, *(f"methods.safemax.by_concept.{c}[guidance_7.5].others.change" for c in ("t-shirt", "bag"))),
       lambda v: tuple(-x for x in points(v))),
+    C(README, "SAFEMax's tuned held step on the ankle boot ({} steps) stands", J(CONFIRMED, f"rows[id=9/{KC4}].confirmed")),
+    C(README, "({:.1f} points down at {:,} kept samples", J(CONFIRMED, f"rows[id=6/{KC4}].heavy_floor",
+      f"rows[id=6/{KC4}].points[0].heavy.retain_acc", f"rows[id=6/{KC4}].per_class"),
+      lambda v: (figure(100 * (v[0] + 0.02 - v[1])), figure(9 * v[2]))),
     C(README, "keeps the neighbours\n({:+.1f} points; default {:.1f})",
       J(CONCEPTS_SD_JSON, f"{KG_75}.neighbours.change", f"{ALL_75}.neighbours.change"), points),
     C(README, "but the other classes still lose {:.1f}\npoints", J(CONCEPTS_SD_JSON, f"{KG_75}.others.change"),
