@@ -259,7 +259,7 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
     order = list(CONCEPTS) + [TUNE]
     concepts = sorted(set(concepts) | set(disk["concepts"]), key=lambda c: (order.index(c) if c in order else len(order), c))
     seeds = sorted(set(seeds) | set(disk["seeds"]))
-    settings = {m: method_spec(m, smoke)[1] for m in methods}
+    settings |= {m: method_spec(m, smoke)[1] for m in methods if m not in settings}
     summary = summarise(out, methods, concepts, seeds)
     summary["settings"] = dict(methods=settings, eval_n=eval_n, sampling_steps=sampling_steps, pipeline=pipeline,
                                attacks=list(attacks))

@@ -22,14 +22,16 @@ from safemax.settings import (
 )
 
 
-def _contrast(v):
-    ok = isinstance(v, (int, float)) and (v == 0 or (math.isfinite(v) and v > 1))
-    return None if ok else "0 (off) or a finite λ > 1 (at λ ≤ 1 the kept labels are pushed off without bound)"
+def _off_or_above_one(what: str):
+    """A check: 0 (off) or a finite number above 1; ``what`` says which and why."""
+    def check(v):
+        ok = isinstance(v, (int, float)) and (v == 0 or (math.isfinite(v) and v > 1))
+        return None if ok else f"0 (off) or a finite {what}"
+    return check
 
 
-def _guidance(v):
-    ok = isinstance(v, (int, float)) and (v == 0 or (math.isfinite(v) and v > 1))
-    return None if ok else "0 (off) or a finite guidance scale w > 1 (w = 1 is the plain distillation)"
+_contrast = _off_or_above_one("λ > 1 (at λ ≤ 1 the kept labels are pushed off without bound)")
+_guidance = _off_or_above_one("guidance scale w > 1 (w = 1 is the plain distillation)")
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,8 @@ class SafeMax(Method):
         extra = self.kept_rows(batch) if self.kept_contrast else None
         k = 0 if extra is None else len(extra[1])
         guided = self.unconditional_rows(u, batch) if self.kept_guidance else None
-        extra = _cat_rows(extra, guided)
+        if guided is not None:   # after kept_contrast's rows, in the same two forwards
+            extra = guided if extra is None else _joined(extra, guided)
         e0 = None
         if self.teacher is not None:  # retain rows: the original model's prediction
             with torch.no_grad():
@@ -199,8 +202,7 @@ class SafeMax(Method):
                 eps = eps.clone()
                 ins = (x_t[r], t[r], rows.take(cond, r))
                 out = u.denoiser.predict(*_joined(ins, extra), model=self.teacher)
-                n = r.stop - r.start if r.stop is not None else len(t) - r.start
-                eps[r], e0 = out[:n], out[n:]
+                eps[r], e0 = out[:len(ins[1])], out[len(ins[1]):]
         # the rows and the targets the loss uses (retain rows: the teacher's), for subclasses:
         # safemax-robust simulates its attack on the forget rows
         self.batch = batch._replace(eps=eps)
@@ -267,13 +269,6 @@ class SafeMax(Method):
         halting, _ = safemax_loss(e, e0, x, tf, table, halt, self.t_min, 1.0, self.weighting, param)
         anchor, _ = safemax_loss(e, e0, x, tf, table, ~halt, self.t_min, 1.0, self.weighting, param)
         return (n / len(batch.t)) * (self.kept_contrast * anchor - halting)   # the forget rows' share of the batch
-
-
-def _cat_rows(a, b):
-    """Two ``(x_t, t, cond)`` row sets as one (either may be None)."""
-    if a is None or b is None:
-        return a if b is None else b
-    return torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]), rows.cat([a[2], b[2]])
 
 
 def _joined(rows_in: tuple, extra):
