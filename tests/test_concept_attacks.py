@@ -69,3 +69,30 @@ def test_attacks_through_erase_and_evaluate(tmp_path, capsys, fashion_mnist_dir)
                  "--attack", "prefix"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["attacks"]["bag"]["prefix"]["asr"]["n"] == 4
+
+
+def test_a_finished_erase_gets_the_attacks_it_lacks_once(tmp_path, fashion_mnist_dir, monkeypatch):
+    """A head-to-head asks every method the same attacks, runs finished before it asked included:
+    attack_erased adds the missing kinds to the report (marked with their own provenance), the
+    card shows them, and a second call runs nothing."""
+    from test_erase import TINY
+
+    from safemax.cli import main
+    from safemax.concepts import evaluate
+    from safemax.zoo import sd_pipeline
+    n = 40
+    base = sd_pipeline.train(str(tmp_path / "pipe"), "tiny", work=str(tmp_path / "work"),
+                             data=(torch.rand(n, 1, 32, 32) * 2 - 1, torch.arange(n) % 10), progress=False)
+    out = tmp_path / "no-bag"
+    assert main(["erase", "--pipeline", base, "--concept", "bag", "--out", str(out), *TINY, "--eval-n", "1",
+                 "--keep", "a photo of a coat"]) == 0
+    assert "attacks" not in json.loads((out / "report.json").read_text())["after"]
+    report = evaluate.attack_erased(str(out), ["prefix"], progress=False)
+    row = report["after"]["attacks"]["bag"]["prefix"]
+    assert row["asr"]["n"] == 4 and row["added_later"]["commit"] and "attack" in row["added_later"]["note"]
+    assert json.loads((out / "report.json").read_text())["after"]["attacks"]["bag"]["prefix"] == row
+    assert "prefix" in (out / "README.md").read_text()
+    monkeypatch.setattr(evaluate, "_attacked", lambda *a, **k: pytest.fail("ran an attack the run already has"))
+    assert evaluate.attack_erased(str(out), ["prefix"]) == report
+    with pytest.raises(ValueError, match="no finished"):
+        evaluate.attack_erased(str(tmp_path), ["soft"])

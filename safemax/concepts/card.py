@@ -75,6 +75,12 @@ def _figures(report: dict, manifest: dict) -> list:
         for field, label in (("frechet", "Fréchet distance, kept classes"), ("clip_score", "CLIP score, kept prompts")):
             if ka.get(field) is not None:
                 lines.append(f"| {g} | {label} | {kb.get(field, '—')} | {ka[field]} |")
+    guided = next((k.split("_", 1)[1] for k in after if k.startswith("guidance_")), "—")
+    for name, by_kind in after.get("attacks", {}).items():   # the erased model's only: no "before"
+        for kind, row in by_kind.items():
+            if isinstance(row, dict) and "asr" in row:
+                lines.append(f"| {guided} | {name}: {kind} prompt attack's success ({row['budget']['steps']} steps) | — | "
+                             f"{_share(row['asr'])} |")
     return lines
 
 

@@ -56,7 +56,8 @@ def folder(out: str, label: str, concept: str, seed: int) -> str:
 def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: int, steps: int, attacks=(),
         smoke: bool = False, progress=True) -> tuple:
     """One erase of ``concepts`` into ``path`` with its evaluation (kept when finished; resumed
-    when interrupted); returns its ``(report, manifest)``."""
+    when interrupted; given the ``attacks`` it lacks when finished without them); returns its
+    ``(report, manifest)``."""
     if not os.path.exists(os.path.join(path, "report.json")):
         from safemax.concepts import erase
         method, settings, _ = method_spec(spec, smoke)
@@ -64,6 +65,9 @@ def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: 
         erase(pipeline, list(concepts), out=path, seed=seed, resume=os.path.isdir(os.path.join(path, "checkpoint")),
               num_inference_steps=steps, method=method, evaluate=dict(n=eval_n, attacks=tuple(attacks)),
               progress=progress, **settings)
+    elif attacks:   # a run finished before the attacks were asked of it gets them now
+        from safemax.concepts.evaluate import attack_erased
+        attack_erased(path, attacks, progress=progress)
     return finished(path)
 
 
