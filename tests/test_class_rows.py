@@ -145,3 +145,28 @@ def test_the_inversion_attack_moves_only_the_attacked_rows():
             assert torch.equal(value, before[name]), name
     with pytest.raises(ValueError, match="train must be one of"):
         relearning_attack(model, tiny_scheduler(), forget.tensors[0][:4], forget.tensors[1][:4], train="text")
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default(tmp_path):
+    """A setting added after a checkpoint was written is absent from its config: at its default the
+    fit is the one the checkpoint made and resumes; set otherwise it is another fit and is refused."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from safemax.training.checkpoint import FILENAME
+    retain, forget = tiny_data()
+    base = tiny_unet()
+    Unlearner(copy.deepcopy(base), tiny_scheduler(), forget=[1], seed=3).fit(
+        retain, forget, steps=2, batch_size=8, checkpoint_dir=str(tmp_path), progress=False)
+    path = str(tmp_path / FILENAME)
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata()
+    meta = json.loads(metadata["meta"])
+    del meta["config"]["kept_contrast"]   # as written before kept_contrast existed
+    save_file(load_file(path), path, metadata=dict(metadata, meta=json.dumps(meta)))
+    with pytest.raises(ValueError, match="other settings"):
+        Unlearner(copy.deepcopy(base), tiny_scheduler(), forget=[1], seed=3, kept_contrast=4.0).fit(
+            retain, forget, steps=3, batch_size=8, checkpoint_dir=str(tmp_path), resume=True, progress=False)
+    u = Unlearner(copy.deepcopy(base), tiny_scheduler(), forget=[1], seed=3)
+    u.fit(retain, forget, steps=3, batch_size=8, checkpoint_dir=str(tmp_path), resume=True, progress=False)
+    assert u.step == 3

@@ -121,6 +121,15 @@ def saved_step(checkpoint_dir: str):
         return json.loads(f.metadata()["meta"])["step"]
 
 
+def _as_then(config: dict, saved: dict, u) -> dict:
+    """``config`` without the settings ``saved`` lacks that sit at their defaults: a setting added
+    to safemax after a checkpoint was written, left at its default, is the fit the checkpoint
+    made (one set otherwise is not)."""
+    import dataclasses
+    defaults = {f.name: f.default for s in (u.settings, u.method.settings) for f in dataclasses.fields(s)}
+    return {k: v for k, v in config.items() if k in saved or k not in defaults or v != defaults[k]}
+
+
 def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
     """Restore an Unlearner's fit state from ``checkpoint_dir``; False if there is no checkpoint.
     Refuses a checkpoint of other settings or of another original model."""
@@ -131,7 +140,7 @@ def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
         return False
     with safe_open(path, framework="pt") as f:  # check before anything is restored
         meta = json.loads(f.metadata()["meta"])
-    if meta["config"] != u.config(batch_size):
+    if meta["config"] != _as_then(u.config(batch_size), meta["config"], u):
         raise ValueError(f"checkpoint {path} was made with other settings "
                          f"({meta['config']}) than this fit ({u.config(batch_size)})")
     if meta.get("original_sha256") != u.original_digest:
