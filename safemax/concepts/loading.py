@@ -36,10 +36,9 @@ def load_base(spec, device: str = "cpu", dtype=torch.float32):
         raise ValueError(f"{spec} is an output of safemax erase, not a base pipeline: erase from its base "
                          f"({_manifest(spec)['base_model']}), or evaluate it with safemax evaluate")
     elif os.path.isfile(os.path.join(spec, "model_index.json")):
-        from diffusers import DiffusionPipeline
         _check_index(spec)
         try:
-            pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=dtype, use_safetensors=True)
+            pipe = zoo.open_pipeline(spec, dtype)
         except (OSError, EnvironmentError, ValueError) as e:
             raise ValueError(f"pipeline {spec!r}: diffusers cannot load it: {' '.join(str(e).split())}") from None
         pipe, base = pipe.to(device), os.path.abspath(spec)

@@ -131,22 +131,38 @@ def load_unet(name: str = "digits", device="cpu", dtype=torch.float32):
     return unet.to(device).eval(), scheduler_for(name)
 
 
-PIPELINES = {"fashion-mnist-sd": os.path.join(HERE, "fashion_mnist_sd")}
-"""The text-to-image pipelines trained here (``python -m safemax.zoo.sd_pipeline``), by name."""
+PIPELINES = {"fashion-mnist-sd": os.path.join(HERE, "fashion_mnist_sd"),
+             "fashion-mnist-sd3": os.path.join(HERE, "fashion_mnist_sd3")}
+"""The text-to-image pipelines trained here (``python -m safemax.zoo.sd_pipeline``,
+``python -m safemax.zoo.sd3_pipeline``), by name."""
+_TRAINED_BY = {"fashion-mnist-sd": "sd_pipeline", "fashion-mnist-sd3": "sd3_pipeline"}
+
+
+def open_pipeline(folder: str, dtype=torch.float32, **kwargs):
+    """``DiffusionPipeline.from_pretrained(folder)`` (safetensors only), with the components its
+    ``model_index.json`` lists as absent passed as ``None`` — what diffusers asks of an SD3 saved
+    without its T5 (``text_encoder_3=None, tokenizer_3=None``), as SD3 allows."""
+    import json
+
+    from diffusers import DiffusionPipeline
+    with open(os.path.join(folder, "model_index.json")) as f:
+        index = json.load(f)
+    absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
+    return DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, **{**absent, **kwargs})
 
 
 def load_pipeline(name: str = "fashion-mnist-sd", device="cpu", dtype=torch.float32):
-    """The Stable Diffusion pipeline ``name`` trained here on captioned Fashion-MNIST (a diffusers
-    ``StableDiffusionPipeline``, float32 by default, progress bar off); its prompts are in
+    """The text-to-image pipeline ``name`` trained here on captioned Fashion-MNIST — a diffusers
+    ``StableDiffusionPipeline`` ("fashion-mnist-sd") or ``StableDiffusion3Pipeline``
+    ("fashion-mnist-sd3"), float32 by default, progress bar off; its prompts are in
     ``safemax.data.captions``, its CLIP in ``safemax.zoo.sd_pipeline.load_clip``."""
     if name not in PIPELINES:
         raise ValueError(f"unknown pipeline {name!r}; the zoo has: {', '.join(PIPELINES)}")
     folder = PIPELINES[name]
     if not os.path.exists(os.path.join(folder, "model_index.json")):
-        raise FileNotFoundError(f"the {name} pipeline is not trained yet: python -m safemax.zoo.sd_pipeline "
+        raise FileNotFoundError(f"the {name} pipeline is not trained yet: python -m safemax.zoo.{_TRAINED_BY[name]} "
                                 f"--out {folder}")
-    from diffusers import StableDiffusionPipeline
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype)
+    pipe = open_pipeline(folder, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -185,7 +201,7 @@ def load_default_classifier(device="cpu") -> DigitClassifier:
 
 
 __all__ = ["MODELS", "ZooModel", "model_info", "load_unet", "load_classifier", "scheduler_for",
-           "PIPELINES", "load_pipeline",
+           "PIPELINES", "load_pipeline", "open_pipeline",
            "ImageClassifier", "DigitClassifier", "NOT_A_CLASS", "NOT_A_DIGIT", "NOT_A_GARMENT",
            "NUM_CLASSES", "noise_images", "default_scheduler", "load_default_unet",
            "load_default_classifier", "UNET_CONFIG", "SCHEDULER_CONFIG"]

@@ -22,7 +22,7 @@ LATENT_SIZE = 16
 PAD = (IMAGE_SIZE - 28) // 2
 
 __all__ = ["IMAGE_SIZE", "LATENT_SIZE", "SDSize", "FULL", "TINY", "SIZES", "size_of", "make_clip",
-           "text_encoder_of", "make_vae", "make_unet", "make_scheduler", "tokenize", "encode_texts",
+           "text_encoder_of", "text_encoder_with_projection", "make_vae", "make_unet", "make_scheduler", "tokenize", "encode_texts",
            "caption_table", "CaptionPrompts", "clip_loss", "vae_loss", "fashion_frame", "parameters"]
 
 
@@ -114,6 +114,17 @@ def text_encoder_of(clip):
     return encoder.to(clip.device).eval()
 
 
+def text_encoder_with_projection(clip):
+    """The ``CLIPTextModelWithProjection`` of a ``CLIPModel`` (its text tower and text projection,
+    copied): what SD3's pipeline reads its pooled prompt embedding from."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    config = CLIPTextConfig(**dict(clip.config.text_config.to_dict(), projection_dim=clip.config.projection_dim))
+    encoder = CLIPTextModelWithProjection(config)
+    encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    encoder.text_projection.load_state_dict(clip.text_projection.state_dict())
+    return encoder.to(clip.device).eval()
+
+
 def make_vae(size):
     """A fresh ``AutoencoderKL``: 1×32×32 images ↔ 4×16×16 latents."""
     from diffusers import AutoencoderKL
@@ -170,10 +181,17 @@ class CaptionPrompts(Prompts):
     empty caption (``Prompts``' drop), which classifier-free guidance needs. Drawing from the
     trainer's generator keeps the run reproducible and its resume exact."""
 
-    def __init__(self, table: torch.Tensor, drop: float = captions.EMPTY_SHARE):
-        if table.shape[0] != len(captions.CAPTIONS):
-            raise ValueError(f"table: one row per caption ({len(captions.CAPTIONS)}), got {table.shape[0]}")
-        super().__init__(encode=table.__getitem__, empty=table[0], drop=drop)
+    def __init__(self, table, drop: float = captions.EMPTY_SHARE):
+        tables = table if isinstance(table, dict) else {None: table}   # a text family's dict (SD3's two)
+        for name, t in tables.items():
+            if t.shape[0] != len(captions.CAPTIONS):
+                raise ValueError(f"table{'' if name is None else f'[{name!r}]'}: one row per caption "
+                                 f"({len(captions.CAPTIONS)}), got {t.shape[0]}")
+        if isinstance(table, dict):
+            super().__init__(encode=lambda i: {k: v[i] for k, v in table.items()},
+                             empty={k: v[0] for k, v in table.items()}, drop=drop)
+        else:
+            super().__init__(encode=table.__getitem__, empty=table[0], drop=drop)
 
     def __call__(self, labels: torch.Tensor, generator: torch.Generator):
         return super().__call__(captions.draw(labels, generator), generator)

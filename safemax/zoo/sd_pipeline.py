@@ -60,7 +60,7 @@ from safemax.zoo.trainer import state_path, train_denoiser
 DEFAULT_WORK = os.path.expanduser("~/.cache/safemax/fashion-mnist-sd")
 STAGES = ("clip", "vae", "unet")
 
-__all__ = ["train", "train_clip", "train_vae", "train_unet", "assemble", "load_clip", "load_data",
+__all__ = ["train", "train_clip", "train_vae", "train_unet", "assemble", "load_clip", "load_data", "latents_of_images",
            "estimate", "main", "DEFAULT_WORK", "STAGES"]
 
 
@@ -129,12 +129,13 @@ def _batches(images, labels, batch_size, device):
 
 
 def train_clip(tokenizer, data, size="full", work=DEFAULT_WORK, seed=0, resume=False, steps=None,
-               device="cpu", **loop):
-    """Stage 2: the small CLIP, contrastive on (image, caption of its class); ``work/clip``.
-    Returns the ``CLIPModel`` (None when ``minutes`` ran out first: resume goes on)."""
+               device="cpu", name: str = "clip", desc: str = "1/3 CLIP", **loop):
+    """Stage 2: the small CLIP, contrastive on (image, caption of its class); ``work/<name>``
+    (SD3's pipeline trains a second one under another name and seed). Returns the ``CLIPModel``
+    (None when ``minutes`` ran out first: resume goes on)."""
     from transformers import CLIPModel
     size, images, labels = sd_parts.size_of(size), *data
-    recipe, folder = _recipe(size, "clip", seed, steps, len(labels)), os.path.join(work, "clip")
+    recipe, folder = _recipe(size, "clip", seed, steps, len(labels)), os.path.join(work, name)
     if _finished(folder, recipe, resume):
         return CLIPModel.from_pretrained(folder, dtype=torch.float32).to(device).eval()
     clip = _seeded(seed, sd_parts.make_clip, size, tokenizer).to(device)
@@ -145,8 +146,8 @@ def train_clip(tokenizer, data, size="full", work=DEFAULT_WORK, seed=0, resume=F
         x, y = batch(g)
         return sd_parts.clip_loss(model, x, ids[captions.draw(y, g)].to(device), y.to(device))
 
-    run = train_stage(clip, loss, steps=recipe["steps"], lr=recipe["lr"], seed=seed, work=work, name="clip",
-                      resume=resume and os.path.exists(state_path(work, "clip")), desc="1/3 CLIP",
+    run = train_stage(clip, loss, steps=recipe["steps"], lr=recipe["lr"], seed=seed, work=work, name=name,
+                      resume=resume and os.path.exists(state_path(work, name)), desc=desc,
                       fixed=dict(batch_size=recipe["batch_size"]), **loop)
     if run.stopped != "steps":
         return None
@@ -171,7 +172,7 @@ def train_vae(data, size="full", work=DEFAULT_WORK, seed=0, resume=False, steps=
                       fixed=dict(batch_size=recipe["batch_size"]), **loop)
     if run.stopped != "steps":
         return None
-    latents = _latents(vae, images, scaling_factor=1.0)
+    latents = latents_of_images(vae, images, scaling_factor=1.0)
     vae.register_to_config(scaling_factor=round(1.0 / float(latents.std()), 5))
     vae.save_pretrained(folder, safe_serialization=True)
     _record(folder, recipe, run, scaling_factor=vae.config.scaling_factor,
@@ -180,7 +181,7 @@ def train_vae(data, size="full", work=DEFAULT_WORK, seed=0, resume=False, steps=
 
 
 @torch.no_grad()
-def _latents(vae, images, scaling_factor=None, batch_size=500):
+def latents_of_images(vae, images, scaling_factor=None, batch_size=500):
     """The images' latents (the posterior means: deterministic), times the scaling factor."""
     device = next(vae.parameters()).device
     sf = vae.config.scaling_factor if scaling_factor is None else scaling_factor
@@ -205,7 +206,7 @@ def train_unet(tokenizer, text_encoder, vae, data, size="full", work=DEFAULT_WOR
         return UNet2DConditionModel.from_pretrained(folder, torch_dtype=torch.float32).to(device).eval()
     condition = sd_parts.CaptionPrompts(sd_parts.caption_table(tokenizer, text_encoder))
     unet = _seeded(seed, sd_parts.make_unet, size).to(device)
-    run = train_denoiser(unet, sd_parts.make_scheduler(), (_latents(vae, images), labels),
+    run = train_denoiser(unet, sd_parts.make_scheduler(), (latents_of_images(vae, images), labels),
                          steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"], seed=seed,
                          condition=condition, minutes=minutes, work=work, name="unet",
                          resume=resume and os.path.exists(state_path(work, "unet")),

@@ -65,6 +65,19 @@ def sample_quality(pipe, n: int = 2, n_empty: int = 50, guidance_scale: float = 
                                    for c in range(captions.NUM_CLASSES)}))
 
 
+def usual_call(folder: str) -> dict:
+    """The guidance scale and steps a pipeline trained here is judged at: those its
+    ``training.json`` records (SD3's 7.0 and 28), else Stable Diffusion's 7.5 and 25."""
+    import os
+    call = dict(guidance_scale=GUIDANCE, num_inference_steps=25)
+    record = os.path.join(str(folder), "training.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            made = json.load(f)
+        call.update({k: made[k] for k in call if k in made})
+    return call
+
+
 def _save_grid(path, images, labels, n, empty, per_row: int = 9):
     from safemax.evaluation.report import save_grid
     rows = []
@@ -83,8 +96,9 @@ def main(argv=None):
     p.add_argument("--pipeline", default="fashion-mnist-sd", help="the zoo's name or a pipeline folder")
     p.add_argument("--n", type=int, default=2, help="samples of each of the 270 class prompts (default 2)")
     p.add_argument("--n-empty", type=int, default=50)
-    p.add_argument("--guidance-scale", type=float, default=GUIDANCE)
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help=f"default: the pipeline's usual (its training.json's; SD3's 7.0), else {GUIDANCE}")
+    p.add_argument("--steps", type=int, default=None, help="default: the pipeline's usual (SD3's 28), else 25")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.add_argument("--grid", default=None, help="also save a picture of samples here (a row per class, then the empty prompt)")
@@ -93,10 +107,11 @@ def main(argv=None):
     if args.pipeline in zoo.PIPELINES:
         pipe = zoo.load_pipeline(args.pipeline)
     else:
-        from diffusers import StableDiffusionPipeline
-        pipe = StableDiffusionPipeline.from_pretrained(args.pipeline)
+        pipe = zoo.open_pipeline(args.pipeline)
         pipe.set_progress_bar_config(disable=True)
-    result = sample_quality(pipe, args.n, args.n_empty, args.guidance_scale, args.steps, args.seed, grid=args.grid)
+    usual = usual_call(zoo.PIPELINES.get(args.pipeline, args.pipeline))
+    result = sample_quality(pipe, args.n, args.n_empty, args.guidance_scale or usual["guidance_scale"],
+                            args.steps or usual["num_inference_steps"], args.seed, grid=args.grid)
     if args.out:
         from safemax.evaluation.report import write_json
         write_json(args.out, result)
@@ -111,4 +126,4 @@ if __name__ == "__main__":
     sys.exit(one_line_errors(main, "python -m safemax.zoo.sd_quality"))
 
 
-__all__ = ["BAR", "GUIDANCE", "classes_of", "sample_quality", "main"]
+__all__ = ["BAR", "GUIDANCE", "classes_of", "sample_quality", "usual_call", "main"]
