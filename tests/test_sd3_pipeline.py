@@ -1,0 +1,101 @@
+"""The SD3-architecture pipeline trained here (safemax.zoo.sd3_pipeline), at its tiny size on a tiny
+Stable Diffusion pipeline's parts (seconds): the folder is a StableDiffusion3Pipeline that diffusers
+loads (without T5, as SD3 allows) and that draws at SD3's own guidance; its first text encoder is
+the base's CLIP, its second its own; the transformer learns on the pipeline's own prompt
+embeddings; its stage resumes bit for bit; and a wrong base is one clear error."""
+import json
+import os
+
+import pytest
+import torch
+from test_sd_pipeline import interrupt_at, synthetic, weights
+
+from safemax.data import captions
+from safemax.zoo import sd_parts
+from safemax.zoo import sd3_pipeline as s3
+from safemax.zoo import sd_pipeline as sp
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd")
+    return sp.train(str(root / "pipe"), "tiny", work=str(root / "work"), data=synthetic(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd3")
+    out = s3.train(str(root / "pipe"), "tiny", base=base, work=str(root / "work"), data=synthetic(), progress=False)
+    return out, str(root / "work")
+
+
+def test_the_folder_is_an_sd3_pipeline_on_the_base_s_parts(base, trained):
+    from diffusers import StableDiffusion3Pipeline
+
+    from safemax.zoo import open_pipeline
+    from safemax.zoo.sd_quality import usual_call
+    out, work = trained
+    index = json.load(open(os.path.join(out, "model_index.json")))
+    assert index["_class_name"] == "StableDiffusion3Pipeline" and index["text_encoder_3"] == [None, None]
+    assert not any(f.endswith(".bin") for _, _, files in os.walk(out) for f in files)   # safetensors only
+    pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)   # diffusers alone
+    assert type(open_pipeline(out)).__name__ == "StableDiffusion3Pipeline"
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and pipe.vae.config.shift_factor == 0.0
+
+    clip = sp.load_clip(base)   # the first text encoder is the base's CLIP text tower and projection
+    for k, v in clip.text_model.state_dict().items():
+        assert torch.equal(pipe.text_encoder.text_model.state_dict()[k], v), k
+    assert torch.equal(pipe.text_encoder.text_projection.weight, clip.text_projection.weight)
+    assert not torch.equal(pipe.text_encoder_2.text_model.embeddings.token_embedding.weight,
+                           clip.text_model.embeddings.token_embedding.weight)   # the second is its own
+    record = json.load(open(os.path.join(out, "training.json")))
+    assert record["synonyms"] == [list(w) for w in captions.SYNONYMS] and set(record["stages"]) == set(s3.STAGES)
+    assert usual_call(out) == dict(guidance_scale=7.0, num_inference_steps=28)
+
+    # the caption table is the pipeline's own encode_prompt of each caption
+    table = s3.caption_table(pipe)
+    emb, _, pooled, _ = pipe.encode_prompt(["a photo of a bag", ""], None, None, do_classifier_free_guidance=False)
+    row = captions.CAPTIONS.index("a photo of a bag")
+    assert torch.allclose(table["prompt_embeds"][row], emb[0]) and torch.allclose(table["pooled_prompt_embeds"][0], pooled[1])
+
+    images = pipe(["a photo of a bag", ""], num_inference_steps=2, guidance_scale=s3.GUIDANCE, output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
+
+
+def test_the_transformer_stage_resumes_bit_for_bit(base, tmp_path):
+    tokenizer, clip, vae = s3.base_parts(base)
+    encoders = [sd_parts.text_encoder_with_projection(clip)] * 2
+
+    def run(work, resume=False, callback=None):
+        return s3.train_transformer(tokenizer, encoders, vae, synthetic(), "tiny", work=str(work), steps=4,
+                                    resume=resume, progress=False, callback=callback)
+
+    whole = weights(run(tmp_path / "whole"))
+    with pytest.raises(SystemExit):
+        run(tmp_path / "cut", callback=interrupt_at(2))
+    resumed = weights(run(tmp_path / "cut", resume=True))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_the_caption_condition_of_a_text_family_dict_drops_every_key_together():
+    n = len(captions.CAPTIONS)
+    table = {"prompt_embeds": torch.arange(n, dtype=torch.float32).view(-1, 1, 1).expand(-1, 4, 2),
+             "pooled_prompt_embeds": torch.arange(n, dtype=torch.float32).view(-1, 1).expand(-1, 3)}
+    cond = sd_parts.CaptionPrompts(table, drop=0.3)(torch.arange(10).repeat(50), torch.Generator().manual_seed(0))
+    ids = cond["prompt_embeds"][:, 0, 0]
+    assert torch.equal(ids, cond["pooled_prompt_embeds"][:, 0]) and 0.2 < (ids == 0).float().mean() < 0.4
+    with pytest.raises(ValueError, match=r"table\['pooled_prompt_embeds'\]: one row per caption"):
+        sd_parts.CaptionPrompts(dict(table, pooled_prompt_embeds=table["pooled_prompt_embeds"][:3]))
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="not a Stable Diffusion pipeline trained by safemax.zoo.sd_pipeline"):
+        s3.train(str(tmp_path / "p"), "tiny", base=str(tmp_path), data=synthetic())
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        s3.train(str(tmp_path / "p"), "huge", data=synthetic())
+    with pytest.raises(ValueError, match=r"unknown stages \['unet'\]"):
+        s3.train(str(tmp_path / "p"), "tiny", data=synthetic(), steps={"unet": 3})
