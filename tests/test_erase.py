@@ -383,3 +383,37 @@ def test_the_drift_probe_measures_an_erase_against_the_class_signal(captioned_pi
     record = json.loads((tmp_path / "d2" / "safemax-sneaker-seed0.json").read_text())
     assert set(record["classes"]) == {"t-shirt", "pullover"} and record["guidance"] == 7.5
     assert all(r["delta_c"] > 0 and r["signal"] >= 0 for rs in record["classes"].values() for r in rs)
+
+
+def test_uce_from_the_word_on_moves_the_concept_s_states_to_the_guide_and_keeps_the_kept():
+    """tokens="after": the word's state and every later one (end, padding — a CLIP keeps the
+    pooled meaning there) are mapped towards their guide states, which the word-only edit leaves
+    far off, while every state of the kept prompts moves less than the word-only edit moves it
+    (on a tiny random encoder, whose states are all alike, neither edit leaves them in place)."""
+    from tiny_sd import tiny_sd_pipeline
+
+    from safemax.concepts.uce import all_token_embeddings, cross_attention_projections, states_from_the_word, uce_edit
+    pipe = tiny_sd_pipeline()
+    erase, keep = ["a photo of a cat", "cat"], ["a photo of a dog", "a tree"]
+    e, g = (x.double() for x in states_from_the_word(pipe, erase))
+    k = all_token_embeddings(pipe, keep).double()
+    assert len(e) == len(g) == sum(pipe.tokenizer.model_max_length - len(pipe.tokenizer(p).input_ids) + 2 for p in erase)
+    before = {n: m.weight.detach().double().clone() for n, m in cross_attention_projections(pipe.unet).items()}
+
+    def residuals(edit):
+        p = tiny_sd_pipeline()
+        record = uce_edit(p, erase, keep, **edit)
+        out = []
+        for name, m in cross_attention_projections(p.unet).items():
+            w, w0 = m.weight.detach().double(), before[name]
+            out.append(((e @ w.T - g @ w0.T).norm() / (e @ w0.T - g @ w0.T).norm(),
+                        (k @ w.T - k @ w0.T).norm() / (k @ w0.T).norm()))
+        return record, torch.tensor(out)
+
+    word_record, word = residuals({})
+    after_record, after = residuals(dict(tokens="after"))
+    assert word_record["tokens"] == "word" and after_record["tokens"] == "after"
+    assert (after[:, 0] < 0.6 * word[:, 0]).all()          # the concept's states move to their guides
+    assert (after[:, 1] < word[:, 1]).all()                # and every kept state moves less than under the word-only edit
+    with pytest.raises(ValueError, match='tokens must be "word"'):
+        uce_edit(pipe, erase, keep, tokens="all")

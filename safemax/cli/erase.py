@@ -57,6 +57,8 @@ def add_parser(sub):
     uce.add_argument("--erase-scale", type=float, default=None, help="weight of the erased concepts (default 1)")
     uce.add_argument("--preserve-scale", type=float, default=None, help="weight of the kept prompts (default 1)")
     uce.add_argument("--lamb", type=float, default=None, help="λ, the pull towards the original weights (default 0.5)")
+    uce.add_argument("--tokens", choices=["word", "after"], default=None,
+                     help="which token states are edited: the concept word's (default, as published) or it and every state after it: end, padding")
 
 
 def command(args):
@@ -74,6 +76,6 @@ def command(args):
                 save_pipeline=args.save_pipeline,
                 evaluate=dict(n=args.eval_n, attacks=tuple(args.attack)) if args.evaluate else False,
                 checkpoint_every=args.checkpoint_every, options=pipeline_options(args), **method_options(args),
-                **{k: getattr(args, k) for k in ("guide", "erase_scale", "preserve_scale", "lamb")
+                **{k: getattr(args, k) for k in ("guide", "erase_scale", "preserve_scale", "lamb", "tokens")
                    if getattr(args, k) is not None})
     print(f"erased: {out} (safemax.json says what was done; README.md is its model card; grid.png shows it)")

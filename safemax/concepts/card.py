@@ -92,7 +92,8 @@ def _how(manifest: dict) -> str:
     if manifest["method"] == "uce":
         return (f"**How:** UCE's closed-form edit of the UNet's {settings['modules']} cross-attention key and value "
                 f"projections (guide {settings['guide']!r}, erase scale {settings['erase_scale']:g}, preserve scale "
-                f"{settings['preserve_scale']:g}, λ {settings['lamb']:g}); {tail}")
+                f"{settings['preserve_scale']:g}, λ {settings['lamb']:g}"
+                + (", the word's and every later token state" if settings.get("tokens") == "after" else "") + f"); {tail}")
     target = (f"LoRA adapter (rank {settings['lora_rank']})" if settings.get("lora_rank") else manifest["denoiser_dir"])
     return (f"**How:** {manifest['steps']} steps of {manifest['method']} on the {target}, batch "
             f"{settings['batch_size']}, learning rate {settings['lr']:g}, {manifest['n_per_prompt']} samples of each "

@@ -38,7 +38,7 @@ from safemax.evaluation.report import write_json
 DEFAULTS = dict(steps=100, batch_size=8, n_per_prompt=8, num_inference_steps=25, checkpoint_every=25)
 """The sizes used where none is given."""
 
-UCE_SETTINGS = {"guide", "erase_scale", "preserve_scale", "lamb"}
+UCE_SETTINGS = {"guide", "erase_scale", "preserve_scale", "lamb", "tokens"}
 ESD = ("esd-x", "esd-u")
 
 DATA_SEED_OFFSET = 50_000

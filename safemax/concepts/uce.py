@@ -64,31 +64,78 @@ def token_embeddings(pipe, prompts) -> torch.Tensor:
 
 
 @torch.no_grad()
+def states_from_the_word(pipe, erase_prompts, guide: str = ""):
+    """``(erase_c [M, D], guide_c [M, D])``: each erasing prompt's states from its concept word
+    on — the word, the end token, the padding, which a causal CLIP encoder lets know the concept
+    (the states before the word are the same as a kept prompt's with that start) — each with
+    the guide's state it is mapped to: the word to the guide's last state before its end token
+    (as published), the end token to the guide's end token, each padding state to the guide's
+    padding state at the same position."""
+    from safemax.models.pipelines import prompt_embeddings
+    prompts = list(erase_prompts) + [guide]
+    emb = prompt_embeddings(pipe, prompts)
+    emb = emb["prompt_embeds"] if isinstance(emb, dict) else emb
+    length = pipe.tokenizer.model_max_length
+    ends = pipe.tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                          return_tensors="pt")["attention_mask"].sum(1) - 1      # each prompt's end token
+    g_end = int(ends[-1])
+    erase_rows, guide_rows = [], []
+    for i, end in enumerate(ends[:-1].tolist()):
+        positions = list(range(end - 1, length))
+        erase_rows += [emb[i, j] for j in positions]
+        guide_rows += [emb[-1, max(g_end - 1, 0)], emb[-1, g_end]] + [emb[-1, max(j, g_end + 1)] for j in positions[2:]]
+    return torch.stack(erase_rows), torch.stack(guide_rows)
+
+
+@torch.no_grad()
+def all_token_embeddings(pipe, prompts) -> torch.Tensor:
+    """``[N·L, D]``: every token state of each prompt, prompt-major."""
+    from safemax.models.pipelines import prompt_embeddings
+    emb = prompt_embeddings(pipe, prompts)
+    emb = emb["prompt_embeds"] if isinstance(emb, dict) else emb
+    return emb.reshape(-1, emb.shape[-1])
+
+
+@torch.no_grad()
 def uce_edit(pipe, erase_prompts, keep_prompts=(), guide: str = "", erase_scale: float = 1.0,
-             preserve_scale: float = 1.0, lamb: float = 0.5) -> dict:
+             preserve_scale: float = 1.0, lamb: float = 0.5, tokens: str = "word") -> dict:
     """Edit ``pipe``'s UNet in place so that each erasing prompt's concept gives ``guide``'s
-    keys and values, keeping ``keep_prompts``'; returns a record (modules edited, seconds)."""
+    keys and values, keeping ``keep_prompts``'; returns a record (modules edited, seconds).
+
+    ``tokens="word"`` (the published method): one embedding per prompt, its concept word's.
+    ``tokens="after"``: every state from the concept word on is mapped to its guide state
+    (``states_from_the_word``) and every state of the kept prompts is preserved — for text
+    encoders that carry the concept past its word (a CLIP's end and padding states hold its
+    pooled meaning, and a UNet cross-attends to all of them)."""
     from safemax.concepts.loading import denoiser_of
     from safemax.models.pipelines import family
     fam = family(pipe)
     if fam not in FAMILIES:
         raise ValueError(f"UCE edits the cross-attention projections of Stable Diffusion 1.x/2.x and SDXL UNets; "
                          f"a {type(pipe).__name__} ({fam}) has none it defines: use another method")
+    if tokens not in ("word", "after"):
+        raise ValueError(f'tokens must be "word" (UCE as published) or "after" (the word and every state after '
+                         f'it), got {tokens!r}')
     start = time.perf_counter()
     modules = cross_attention_projections(denoiser_of(pipe))
     erase_prompts = list(erase_prompts)
     keep_prompts = [k for k in keep_prompts if k != guide]   # the guide keeps its own output anyway
-    emb = token_embeddings(pipe, erase_prompts + [guide] + keep_prompts)
-    erase_c, guide_c, keep_c = emb[:len(erase_prompts)], emb[len(erase_prompts)], emb[len(erase_prompts) + 1:]
+    n = len(erase_prompts)
+    if tokens == "word":
+        emb = token_embeddings(pipe, erase_prompts + [guide] + keep_prompts)
+        erase_c, guide_c, keep_c = emb[:n], emb[n:n + 1].expand(n, -1), emb[n + 1:]
+    else:
+        erase_c, guide_c = states_from_the_word(pipe, erase_prompts, guide)
+        keep_c = all_token_embeddings(pipe, keep_prompts) if keep_prompts else erase_c[:0]
     for m in modules.values():
         w_old = m.weight.detach()
         dev = w_old.device
-        guide_v = (w_old.double() @ guide_c.to(dev).double()).expand(len(erase_prompts), -1)
+        guide_v = guide_c.to(dev).double() @ w_old.double().T
         m.weight.copy_(uce_weight(w_old.cpu(), erase_c, guide_v.cpu(), keep_c, erase_scale, preserve_scale,
                                   lamb).to(dev))
     return dict(modules=len(modules), guide=guide, erase_scale=erase_scale, preserve_scale=preserve_scale,
-                lamb=lamb, erase_prompts=len(erase_prompts), keep_prompts=len(keep_prompts),
+                lamb=lamb, tokens=tokens, erase_prompts=n, keep_prompts=len(keep_prompts),
                 seconds=round(time.perf_counter() - start, 3))
 
 
-__all__ = ["FAMILIES", "uce_weight", "cross_attention_projections", "token_embeddings", "uce_edit"]
+__all__ = ["FAMILIES", "uce_weight", "cross_attention_projections", "token_embeddings", "states_from_the_word", "all_token_embeddings", "uce_edit"]
