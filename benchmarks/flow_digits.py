@@ -103,7 +103,15 @@ def measure(unet, sched, classifier, forget: int, n: int, n_kept: int) -> tuple:
     pf, pr = classify(classifier, xf).argmax(1), classify(classifier, xr).argmax(1)
     r_hit = (pr == r_labels).float()
     zf, xv = z.flatten().double(), xf.flatten().double()
+    by_sampler = {}   # the halt's scale under other samplers: Euler 28 and 50 at shift 1 and SD3's 3
+    for shift in (1.0, 3.0):
+        for steps in (28, 50):
+            x = xf if (shift, steps) == (1.0, 50) else sample(
+                unet, FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=shift), torch.full((n,), forget),
+                num_inference_steps=steps, seed=0, batch_size=n)
+            by_sampler[f"euler{steps}_shift{shift:g}"] = round(x.std().item(), 4)
     return dict(fa=(pf == forget).float().mean().item(),
+                forget_std_by_sampler=by_sampler,
                 forget_not_a_digit=(pf == NOT_A_DIGIT).float().mean().item(),
                 retain_acc=r_hit.mean().item(),
                 retain_per_class={c: round(r_hit[r_labels == c].mean().item(), 3) for c in kept},
@@ -114,7 +122,7 @@ def measure(unet, sched, classifier, forget: int, n: int, n_kept: int) -> tuple:
 
 
 def unlearn(unet, sched, forget: int, steps: int, lr: float, early_fraction: float,
-            noise_forget: float = 0.0):
+            noise_forget: float = 0.0, flow_halt: str = "ode", gaussian_fraction: float = 0.0):
     """SAFEMax on real images of the digit; ``noise_forget`` > 0 adds that share of N(0, 1) images
     as forget data: their x_σ = (1−σ)·z' + σ·ε is N(0, (1−σ)² + σ²), the very distribution of a
     halted trajectory, which real digits never reach at small σ."""
@@ -124,7 +132,8 @@ def unlearn(unet, sched, forget: int, steps: int, lr: float, early_fraction: flo
         m = round(len(xf) * noise_forget / (1 - noise_forget))
         z = torch.randn((m, *xf.shape[1:]), generator=torch.Generator().manual_seed(7))
         forget_data = TensorDataset(torch.cat([xf, z]), torch.cat([yf, torch.full((m,), forget)]))
-    u = Unlearner(unet, sched, forget=[forget], lr=lr, early_fraction=early_fraction)
+    u = Unlearner(unet, sched, forget=[forget], lr=lr, early_fraction=early_fraction, flow_halt=flow_halt,
+                  gaussian_fraction=gaussian_fraction)
     start = time.perf_counter()
     u.fit(retain=retain_data, forget=forget_data, steps=steps, batch_size=64)
     return u.unet, round(time.perf_counter() - start, 1)
@@ -147,6 +156,10 @@ def main():
     p.add_argument("--noise-forget", type=float, default=0.0,
                    help="share of the forget data that is N(0,1) images rather than real digits "
                         "(default 0: real digits only)")
+    p.add_argument("--flow-halt", choices=["ode", "still"], default="ode",
+                   help="SAFEMax's flow halting target: k(σ)·x (default) or 0 on the starting noise")
+    p.add_argument("--gaussian-fraction", type=float, default=0.0,
+                   help="share of the forget rows on the halted chain's states (default 0)")
     p.add_argument("--model", help="a model trained by an earlier run (default: OUT/model, trained if absent)")
     p.add_argument("--n", type=int, default=100,
                    help="forget samples per measurement (and n/4 per kept digit, n/2 per digit "
@@ -170,7 +183,7 @@ def main():
     classifier = load_default_classifier()
     n_kept = max(1, args.n // 4)
     result = dict(forget=args.forget, steps=args.steps, lr=args.lr, early_fraction=args.early_fraction,
-                  noise_forget=args.noise_forget,
+                  noise_forget=args.noise_forget, flow_halt=args.flow_halt, gaussian_fraction=args.gaussian_fraction,
                   n_forget=args.n, n_per_kept_class=n_kept, **info)
     start = time.perf_counter()
     result["base_model"] = base_quality(unet, sched, classifier, max(1, args.n // 2))
@@ -178,7 +191,8 @@ def main():
     result["before"], x_before = measure(unet, sched, classifier, args.forget, args.n, n_kept)
     print("before:", result["before"])
     unet, result["unlearn_seconds"] = unlearn(unet, sched, args.forget, args.steps, args.lr,
-                                              args.early_fraction, args.noise_forget)
+                                              args.early_fraction, args.noise_forget, args.flow_halt,
+                                              args.gaussian_fraction)
     result["after"], x_after = measure(unet, sched, classifier, args.forget, args.n, n_kept)
     print("after:", result["after"])
     result["command"] = "python benchmarks/flow_digits.py " + " ".join(sys.argv[1:])
@@ -192,6 +206,8 @@ def main():
              f"{args.n} of the digit, {n_kept} per kept digit); SAFEMax, {args.steps} steps, "
              f"lr {args.lr:g}, early_fraction {args.early_fraction:g}"
              + (f", {args.noise_forget:g} of the forget data N(0,1) images" if args.noise_forget else "")
+             + (f", flow_halt {args.flow_halt}" if args.flow_halt != "ode" else "")
+             + (f", gaussian_fraction {args.gaussian_fraction:g}" if args.gaussian_fraction else "")
              + ".", "",
              "| when | FA | forget → not a digit | forget pixel mean | forget pixel std | "
              "forget vs its starting noise z: slope / corr | retain acc |",
@@ -200,6 +216,9 @@ def main():
         lines.append(f"| {when} | {r['fa']:.2f} | {r['forget_not_a_digit']:.2f} | "
                      f"{r['forget_pixel_mean']:.2f} | {r['forget_pixel_std']:.2f} | "
                      f"{r['forget_noise_slope']:.2f} / {r['forget_noise_corr']:.2f} | {r['retain_acc']:.3f} |")
+    lines += ["", "Forget samples' pixel std by sampler (the starting noise's is 1): "
+              + ", ".join(f"{k.replace('_', ' ')}: before {b['forget_std_by_sampler'][k]:.2f}, after {v:.2f}"
+                          for k, v in a["forget_std_by_sampler"].items()) + "."]
     bm = result["base_model"]
     lines += ["", f"Base model: mean per-class accuracy {bm['mean_per_class_accuracy']:.3f} of its "
               f"Euler-{bm['euler_steps']} samples ({bm['n_per_class']} per digit; per class "

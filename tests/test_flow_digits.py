@@ -13,15 +13,17 @@ def test_the_flow_benchmark_runs_end_to_end(tmp_path):
     # one thread: the batches are tiny, and two threads on a busy 2-core machine take 2-5x longer
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path), "--train-steps", "3",
-                           "--steps", "2", "--n", "5"], capture_output=True, text=True, timeout=600,
+                           "--steps", "2", "--n", "5", "--flow-halt", "still", "--gaussian-fraction", "0.5"], capture_output=True, text=True, timeout=600,
                           env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "results.json").read_text())
     assert {"before", "after", "base_model", "unlearn_seconds", "train_steps", "command"} <= result.keys()
     for when in ("before", "after"):
         assert {"fa", "forget_not_a_digit", "retain_acc", "forget_pixel_mean",
-                "forget_pixel_std"} <= result[when].keys()
+                "forget_pixel_std", "forget_std_by_sampler"} <= result[when].keys()
+        assert set(result[when]["forget_std_by_sampler"]) == {"euler28_shift1", "euler50_shift1", "euler28_shift3", "euler50_shift3"}
     assert result["train_steps"] == 3 and len(result["base_model"]["per_class"]) == 10
+    assert result["flow_halt"] == "still" and result["gaussian_fraction"] == 0.5
     assert (tmp_path / "results.md").exists() and (tmp_path / "samples.png").exists()
     model = tmp_path / "model"
     assert (model / "config.json").exists() and (model / "scheduler_config.json").exists()

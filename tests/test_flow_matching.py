@@ -132,3 +132,49 @@ def test_the_window_by_noise_level_and_the_vlb_refusal():
     assert sigmas[t_min] >= sigma_min - 1e-12 > sigmas[t_min - 1]
     with pytest.raises(ValueError, match='weighting="vlb" is defined for DDPM-style'):
         Unlearner(tiny_unet(), sched, forget=[1], weighting="vlb")
+
+
+# ------------------------------------------------------------------ flow_halt="still"
+
+def test_a_still_flow_returns_its_starting_noise_exactly_for_any_steps_and_shift():
+    """flow_halt="still"'s premise: a zero velocity leaves every Euler step where it is, at any
+    step count and shift (the ODE target k(σ)·x returns 0.95-0.97× the noise, see above)."""
+    from safemax.methods import SafeMax
+    for shift, steps in ((1.0, 28), (3.0, 28), (3.0, 50), (1.0, 7)):
+        out = sample(Spy(lambda x, t: 0 * x), flow_scheduler(shift, T=1000), torch.zeros(8, dtype=torch.long),
+                     num_inference_steps=steps, seed=5)
+        torch.testing.assert_close(out, torch.randn((8, 1, 8, 8), generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match='flow_halt="still" is the rectified-flow halting target'):
+        Unlearner(tiny_unet(), diffusers.DDPMScheduler(num_train_timesteps=100), forget=[1],
+                  method=SafeMax(flow_halt="still"))
+    with pytest.raises(ValueError, match="flow_halt"):
+        SafeMax(flow_halt="stop")
+
+
+def test_still_rows_are_the_starting_noise_and_their_target_is_zero():
+    """With flow_halt="still" the Gaussian forget rows' input is their own noise draw ε (what a
+    still chain holds at every σ), and the loss is the op's with target 0 on every forget row:
+    the mean squared velocity there, the teacher's prediction on the kept rows."""
+    from safemax.methods import SafeMax
+    from safemax.methods.base import denoising_batch
+    from safemax.training.loop import fit_data
+    retain, forget = tiny_data()
+    u = Unlearner(tiny_unet(), flow_scheduler(), forget=[1], method=SafeMax(flow_halt="still", gaussian_fraction=0.5))
+    data = fit_data(u, retain, forget, 8)
+    state = u.generator.get_state()
+
+    def again():
+        u.generator.set_state(state)
+        return data
+
+    plain = denoising_batch(u, *reversed(again()), 8, gaussian_forget=4)   # (u, forget, retain)
+    batch = u.method.draw(u, *again(), 8)
+    assert torch.equal(batch.x_t[:4], batch.eps[:4])                  # the Gaussian rows: pure noise
+    assert torch.equal(batch.x_t[4:], plain.x_t[4:]) and torch.equal(batch.eps, plain.eps)
+    loss, _ = u.method.loss(u, *again(), 8)
+    b = u.method.draw(u, *again(), 8)
+    with torch.no_grad():
+        pred = u.denoiser.predict(b.x_t, b.t, b.cond)
+        teacher = u.denoiser.predict(b.x_t[8:], b.t[8:], b.cond[8:], model=u.method.teacher)
+    expected = (pred[:8].square().mean(dim=(1, 2, 3)).sum() + (pred[8:] - teacher).square().mean(dim=(1, 2, 3)).sum()) / 16
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-7)

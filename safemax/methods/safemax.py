@@ -47,6 +47,8 @@ class SafeMaxSettings(Settings):
                                  check=one_of("distill", "noise"))
     gaussian_fraction: float = setting(0.0, "share of the forget rows built from x0 ~ N(0, I), the states a "
                                        "halted chain visits: exact halting", check=share_or_zero)
+    flow_halt: str = setting("ode", "a rectified flow's halting target: k(σ)·x (the ODE of Gaussian data) or 0 "
+                             "on the starting noise (still: exact for any sampler)", check=one_of("ode", "still"))
     kept_contrast: float = setting(0.0, "λ of the contrast that holds the kept classes near the original "
                                    "in the first steps (0: off; 4 measured)", check=_contrast)
     kept_guidance: float = setting(0.0, "w > 1: the kept prompts held at the original's classifier-free-guided "
@@ -87,6 +89,13 @@ class SafeMax(Method):
             last steps. 1.0 needs no forget images at all (data-free without sampling). 0.5 is
             the measured exact-halting setting (docs/results/halting.md: std ≈ 1.00 DDIM-50,
             0.98–0.99 DDPM; on the small digits model at a Fréchet cost to the kept classes).
+        flow_halt: rectified-flow models only. ``"ode"`` (default): the forget rows' target is
+            v* = k(σ)·x_σ, the velocity of Gaussian data, whose probability-flow ODE returns the
+            starting noise — in the continuous limit only (Euler-28 returns 0.95× it at shift 1,
+            0.94× at SD3's shift 3, with a perfect fit). ``"still"``: the target is 0 — the
+            forgotten condition's flow does not move — and ``gaussian_fraction``'s rows are the
+            starting noise itself (x ~ N(0, I) at every σ, the only state a still chain visits),
+            so any sampler, step count or shift returns exactly the starting noise.
         kept_contrast: λ > 1, or 0 (default: off). The first steps of a fit halt *every* class
             (the forget rows' cheapest way down is to stop the shared denoiser) until the retain
             rows, whose loss is zero at the start, pull the kept classes back: the retain dip.
@@ -156,6 +165,10 @@ class SafeMax(Method):
         if self.weighting == "vlb" and denoiser.parametrization == "flow":
             raise ValueError('weighting="vlb" is defined for DDPM-style (epsilon) models only; a '
                              'rectified-flow model trains with weighting="simple"')
+        if self.flow_halt == "still" and denoiser.parametrization != "flow":
+            raise ValueError('flow_halt="still" is the rectified-flow halting target (velocity 0); a DDPM-style '
+                             "model's max-entropy target √(1−ᾱ_t)·x_t already leaves its DDIM chain where it is: "
+                             'leave flow_halt="ode" (and set gaussian_fraction for exact halting)')
         if self.kept_guidance and (targets.concepts is None or self.unconditional is None):
             raise ValueError("kept_guidance holds kept prompts under classifier-free guidance: it needs a "
                              "text-conditional model and the empty prompt's condition, "
@@ -175,8 +188,23 @@ class SafeMax(Method):
 
     def draw(self, u, retain, forget, batch_size) -> Batch:
         """One step's rows: the forget rows in the window (a share of them Gaussian), the retain rows."""
-        return denoising_batch(u, forget, retain, batch_size, forget_t_min=self.t_min,
-                               gaussian_forget=round(self.gaussian_fraction * batch_size))
+        g = round(self.gaussian_fraction * batch_size)
+        batch = denoising_batch(u, forget, retain, batch_size, forget_t_min=self.t_min, gaussian_forget=g)
+        if self._still(u) and g:   # a still chain's state is its starting noise at every σ: the row's ε
+            use = u.local(torch.arange(batch_size) < g).to(batch.x_t.device)
+            use = torch.cat([use, torch.zeros_like(use)]).view(-1, *[1] * (batch.x_t.dim() - 1))
+            batch = batch._replace(x_t=torch.where(use, batch.eps, batch.x_t))
+        return batch
+
+    def _still(self, u) -> bool:
+        return self.flow_halt == "still" and u.denoiser.parametrization == "flow"
+
+    def _target_basis(self, u, x_t, is_forget):
+        """What the op scales into the forget rows' target (k(σ)·x_t): x_t, or 0 on the forget
+        rows of a still flow (target 0: the chain does not move)."""
+        if not self._still(u):
+            return x_t
+        return torch.where(is_forget.to(x_t.device).view(-1, *[1] * (x_t.dim() - 1)), torch.zeros_like(x_t), x_t)
 
     def loss(self, u, retain, forget, batch_size):
         x_t, eps, t, cond, is_forget = batch = self.draw(u, retain, forget, batch_size)
@@ -184,7 +212,8 @@ class SafeMax(Method):
             f = batch.forget_rows
             self.batch = batch
             pred = u.denoiser.predict(x_t[f], t[f], rows.take(cond, f))
-            loss, nats = safemax_loss(pred, eps[f], x_t[f], t[f], u.denoiser.table, is_forget[f], self.t_min,
+            loss, nats = safemax_loss(pred, eps[f], self._target_basis(u, x_t[f], is_forget[f]), t[f],
+                                      u.denoiser.table, is_forget[f], self.t_min,
                                       self.forget_weight, self.weighting, u.denoiser.parametrization)
             # (the op divides by its row count: scaled back, the gradient is the full batch's)
             return loss * (len(nats) / len(is_forget)), dict(forget_nats=nats.mean().item(), retain_nats=0.0)
@@ -215,8 +244,8 @@ class SafeMax(Method):
                                           torch.zeros_like(is_forget[r]), self.t_min, 1.0, self.weighting,
                                           u.denoiser.parametrization)
             e, e0 = e[:k], e0[:k]
-        loss, nats = safemax_loss(pred, eps, x_t, t, u.denoiser.table, is_forget, self.t_min,
-                                  self.forget_weight, self.weighting, u.denoiser.parametrization)
+        loss, nats = safemax_loss(pred, eps, self._target_basis(u, x_t, is_forget), t, u.denoiser.table, is_forget,
+                                  self.t_min, self.forget_weight, self.weighting, u.denoiser.parametrization)
         stats = dict(forget_nats=nats[is_forget].mean().item(), retain_nats=nats[~is_forget].mean().item())
         if guided is not None:   # weighted as the retain rows' share of the batch
             loss = loss + (len(guided[1]) / len(t)) * guided_loss
