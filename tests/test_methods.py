@@ -626,6 +626,51 @@ def test_a_finished_runs_cache_is_small_and_shows_the_same_samples(tmp_path):
     assert f"gradient ascent ran on Another CPU, {threads} threads (times not comparable)" in (tmp_path / "results.md").read_text()
 
 
+def test_forget_guidance_makes_the_guided_prediction_of_the_forget_rows_the_max_entropy_one():
+    """SafeMax(forget_guidance=w): each forget row's target is ε_u + (ε* − ε_u)/w, ε_u the original's
+    prediction under the empty prompt at the row's state and ε* = √(1−ᾱ_t)·x_t — so that a
+    prediction on target, guided at w with the original's ε_u, is ε* itself. Checked, value and
+    gradient, against the written-out loss; refused on a flow and without the empty prompt."""
+    from test_data_forms import text_data, text_unet
+
+    from safemax.data import rows
+    concept, retain, forget = text_data()
+    empty = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(5))
+    w = 7.5
+    u = Unlearner(text_unet(), tiny_scheduler(), forget={"c": concept}, lr=1e-2, seed=2,
+                  method=SafeMax(forget_guidance=w, unconditional=empty))
+    u.fit(retain, forget, steps=2, batch_size=2, progress=False)
+    b = u.method.batch
+    u.method.draw = lambda *a: b
+    params_ = [p for _, p in u.trainable()]
+    got, _ = u.method.loss(u, None, None, None)
+    got_grads = torch.autograd.grad(got, params_, allow_unused=True)
+    f, r = b.forget_rows, b.retain_rows
+    x, t = b.x_t, b.t
+    pred = u.denoiser.predict(x, t, b.cond)
+    with torch.no_grad():
+        e_u = u.denoiser.predict(x[f], t[f], empty.expand(len(t[f]), -1, -1), model=u.method.teacher)
+        kept = u.denoiser.predict(x[r], t[r], rows.take(b.cond, r), model=u.method.teacher)
+    star = (1 - u.denoiser.table[t[f]]).sqrt().float().view(-1, 1, 1, 1) * x[f]
+    target = e_u + (star - e_u) / w
+    torch.testing.assert_close(e_u + w * (target - e_u), star)           # the guided target is ε*
+    mse = lambda a: a.square().flatten(1).mean(1)   # noqa: E731
+    want = torch.cat([mse(pred[f] - target), mse(pred[r] - kept)]).mean()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    for g, h in zip(got_grads, torch.autograd.grad(want, params_, allow_unused=True)):
+        if h is not None:
+            torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-8)
+    assert u.config(2)["forget_guidance"] == w and make("safemax").config(8)["forget_guidance"] == 0.0
+    with pytest.raises(ValueError, match="needs a text-conditional model and the empty prompt's condition"):
+        Unlearner(text_unet(), tiny_scheduler(), forget={"c": concept}, method=SafeMax(forget_guidance=w))
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    flow = FlowMatchEulerDiscreteScheduler(num_train_timesteps=100)
+    with pytest.raises(ValueError, match="forget_guidance is implemented for DDPM-style"):
+        Unlearner(text_unet(), flow, forget={"c": concept}, method=SafeMax(forget_guidance=w, unconditional=empty))
+    with pytest.raises(ValueError, match="forget_guidance must be 0"):
+        SafeMax(forget_guidance=1.0)
+
+
 def test_kept_guidance_holds_the_kept_rows_guided_drift():
     """SafeMax(kept_guidance=w) on a text-conditional UNet: the loss gains, beside each retain row's
     own distillation, the guided prediction's drift over w, δ_c − (1 − 1/w)·δ_u (δ: the student's

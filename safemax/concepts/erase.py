@@ -225,8 +225,9 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
 
     targets = {c.name: prompt_embeddings(pipe, c.erase_prompts, **call) for c in concepts}
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)   # the pipeline's stays untouched
-    if esd or settings.get("kept_guidance"):   # negative guidance, and SAFEMax's kept_guidance, need the
-        from safemax.methods import METHODS     # unconditional (empty prompt's) condition
+    # negative guidance, and SAFEMax's kept_guidance and forget_guidance, need the empty prompt's condition
+    if esd or settings.get("kept_guidance") or settings.get("forget_guidance"):
+        from safemax.methods import METHODS
         method, settings = METHODS[method](unconditional=prompt_embeddings(pipe, [""], **call), **settings), {}
     u = Unlearner(denoiser_of(pipe), scheduler, forget=targets, method=method, lr=lr, seed=seed,
                   lora_rank=lora_rank, **settings)
