@@ -99,3 +99,19 @@ def test_bad_input_is_one_clear_error(tmp_path):
         s3.train(str(tmp_path / "p"), "huge", data=synthetic())
     with pytest.raises(ValueError, match=r"unknown stages \['unet'\]"):
         s3.train(str(tmp_path / "p"), "tiny", data=synthetic(), steps={"unet": 3})
+
+
+def test_a_concept_is_erased_from_it_through_the_command(trained, tmp_path):
+    """safemax erase on the SD3 pipeline trained here (a folder with no T5): the captioned
+    evaluation (its classifier, paraphrases, kept classes) runs on it, as on the Stable Diffusion one,
+    with the flow's still halting."""
+    from safemax.cli import main
+    out, _ = trained
+    assert main(["erase", "--pipeline", out, "--concept", "bag", "--out", str(tmp_path / "e"), "--steps", "2",
+                 "--batch-size", "2", "--n-per-prompt", "1", "--num-inference-steps", "2", "--eval-n", "1",
+                 "--flow-halt", "still", "--gaussian-fraction", "0.5"]) == 0
+    manifest = json.loads((tmp_path / "e" / "safemax.json").read_text())
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert manifest["family"] == "sd3" and manifest["captioned"] and manifest["settings"]["flow_halt"] == "still"
+    cell = report["after"]["guidance_7.5"]["bag"]
+    assert cell["fa_erase"]["n"] == 4 and report["after"]["guidance_7.5"]["kept"]["others"]["n"] > 0
