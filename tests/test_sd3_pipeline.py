@@ -115,3 +115,29 @@ def test_a_concept_is_erased_from_it_through_the_command(trained, tmp_path):
     assert manifest["family"] == "sd3" and manifest["captioned"] and manifest["settings"]["flow_halt"] == "still"
     cell = report["after"]["guidance_7.5"]["bag"]
     assert cell["fa_erase"]["n"] == 4 and report["after"]["guidance_7.5"]["kept"]["others"]["n"] > 0
+
+
+@pytest.mark.parametrize("tokens", ["word", "after"])
+def test_uce_on_sd3_edits_the_text_projections_only_and_maps_the_concept_to_the_guide(trained, tokens):
+    """UCE on the SD3 pipeline (this project's extension: its MMDiT's context projections read a stream
+    the timestep has modulated, so the prompt-only maps are edited): only the context embedder and
+    the pooled text projection change; with a vanishing λ the concept's token state and pooled
+    embedding give the guide's outputs, a kept prompt's its own."""
+    from safemax.concepts.uce import pooled_embeddings, text_projections, token_embeddings, uce_edit
+    from safemax.zoo import open_pipeline
+    out, _ = trained
+    pipe = open_pipeline(out)
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    record = uce_edit(pipe, ["a photo of a bag"], ["a photo of a coat"], lamb=1e-6, tokens=tokens)
+    after = pipe.transformer.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"context_embedder.weight", "time_text_embed.text_embedder.linear_1.weight"}
+    assert record["modules"] == 2 and record["tokens"] == tokens
+    fresh = open_pipeline(out)
+    bag, empty, coat = token_embeddings(fresh, ["a photo of a bag", "", "a photo of a coat"])
+    p_bag, p_empty, p_coat = pooled_embeddings(fresh, ["a photo of a bag", "", "a photo of a coat"])
+    for name, (m, kind) in text_projections(pipe).items():
+        w_old = before[f"{name}.weight"]
+        c, g, k = (bag, empty, coat) if kind == "tokens" else (p_bag, p_empty, p_coat)
+        torch.testing.assert_close(m.weight @ c, w_old @ g, atol=5e-3, rtol=5e-3)   # the concept -> the guide
+        torch.testing.assert_close(m.weight @ k, w_old @ k, atol=5e-3, rtol=5e-3)   # the kept prompt stays

@@ -90,8 +90,10 @@ def _how(manifest: dict) -> str:
     tail = (f"{seconds['erase']:.1f} s in all on {manifest['device']}, peak memory {manifest['peak_memory_mb']:.0f} MiB. "
             "Every setting is in `safemax.json`.")
     if manifest["method"] == "uce":
-        return (f"**How:** UCE's closed-form edit of the UNet's {settings['modules']} cross-attention key and value "
-                f"projections (guide {settings['guide']!r}, erase scale {settings['erase_scale']:g}, preserve scale "
+        what = ("the transformer's context embedder and pooled text projection" if manifest.get("family") == "sd3"
+                else f"the UNet's {settings['modules']} cross-attention key and value projections")
+        return (f"**How:** UCE's closed-form edit of {what}"
+                f" (guide {settings['guide']!r}, erase scale {settings['erase_scale']:g}, preserve scale "
                 f"{settings['preserve_scale']:g}, λ {settings['lamb']:g}"
                 + (", the word's and every later token state" if settings.get("tokens") == "after" else "") + f"); {tail}")
     target = (f"LoRA adapter (rank {settings['lora_rank']})" if settings.get("lora_rank") else manifest["denoiser_dir"])

@@ -15,15 +15,21 @@ code's defaults 1, 1 and 0.5). As the official code (rohitgandikota/unified-conc
 at its last token before the end token (the concept's word), and an object's guide is the empty
 prompt (its start token's output).
 
-Stable Diffusion 1.x/2.x and SDXL (UNets with ``attn2`` cross-attention). The transformer
-families (SD3, Flux, PixArt, Sana) are refused: their text enters through joint attention or
-other projections the published method does not define.
+Stable Diffusion 1.x/2.x and SDXL (UNets with ``attn2`` cross-attention). SD3/3.5's MMDiT has no
+projection from the text states to keys and values that the prompt alone determines: its joint
+blocks' context projections (``add_k_proj``/``add_v_proj``) read a context stream that the
+timestep's modulation and the image tokens have already changed. What the prompt alone feeds are
+two linear maps, and on SD3 UCE's closed form edits those instead: ``context_embedder`` (every
+token state in, the context stream out) and the pooled prompt's first projection
+(``time_text_embed.text_embedder.linear_1``: the pooled CLIP embeddings in, towards every block's
+modulation), the concept's pooled embedding mapped to the guide's and the kept prompts' kept.
+This is this project's extension, not the published method. Flux, PixArt and Sana are refused.
 """
 import time
 
 import torch
 
-FAMILIES = ("sd", "sdxl")
+FAMILIES = ("sd", "sdxl", "sd3")
 
 
 def uce_weight(w_old: torch.Tensor, erase_c, guide_v, keep_c, erase_scale: float = 1.0,
@@ -42,6 +48,18 @@ def uce_weight(w_old: torch.Tensor, erase_c, guide_v, keep_c, erase_scale: float
     right = lamb * torch.eye(d, dtype=torch.float64) + erase_scale * erase_c.T @ erase_c \
         + preserve_scale * keep_c.T @ keep_c
     return torch.linalg.solve(right, left.T).T.to(w_old.dtype)   # left @ right⁻¹ (right is symmetric)
+
+
+def text_projections(pipe) -> dict:
+    """``{name: (Linear, kind)}`` of what UCE edits in ``pipe``'s denoiser: each reads every token
+    state (kind ``"tokens"``) or the pooled prompt embedding (``"pooled"``) — see the module."""
+    from safemax.concepts.loading import denoiser_of
+    from safemax.models.pipelines import family
+    denoiser = denoiser_of(pipe)
+    if family(pipe) == "sd3":
+        return {"context_embedder": (denoiser.context_embedder, "tokens"),
+                "time_text_embed.text_embedder.linear_1": (denoiser.time_text_embed.text_embedder.linear_1, "pooled")}
+    return {name: (m, "tokens") for name, m in cross_attention_projections(denoiser).items()}
 
 
 def cross_attention_projections(denoiser) -> dict:
@@ -84,7 +102,18 @@ def states_from_the_word(pipe, erase_prompts, guide: str = ""):
         positions = list(range(end - 1, length))
         erase_rows += [emb[i, j] for j in positions]
         guide_rows += [emb[-1, max(g_end - 1, 0)], emb[-1, g_end]] + [emb[-1, max(j, g_end + 1)] for j in positions[2:]]
+        # SD3's T5 states after the CLIP ones (a bidirectional encoder: each may know the concept),
+        # each to the guide's at its position (without a T5 they are zeros and change nothing)
+        erase_rows += list(emb[i, length:])
+        guide_rows += list(emb[-1, length:])
     return torch.stack(erase_rows), torch.stack(guide_rows)
+
+
+@torch.no_grad()
+def pooled_embeddings(pipe, prompts) -> torch.Tensor:
+    """``[N, P]``: each prompt's pooled embedding (SD3's ``pooled_prompt_embeds``)."""
+    from safemax.models.pipelines import prompt_embeddings
+    return prompt_embeddings(pipe, list(prompts))["pooled_prompt_embeds"]
 
 
 @torch.no_grad()
@@ -107,17 +136,17 @@ def uce_edit(pipe, erase_prompts, keep_prompts=(), guide: str = "", erase_scale:
     (``states_from_the_word``) and every state of the kept prompts is preserved — for text
     encoders that carry the concept past its word (a CLIP's end and padding states hold its
     pooled meaning, and a UNet cross-attends to all of them)."""
-    from safemax.concepts.loading import denoiser_of
     from safemax.models.pipelines import family
     fam = family(pipe)
     if fam not in FAMILIES:
-        raise ValueError(f"UCE edits the cross-attention projections of Stable Diffusion 1.x/2.x and SDXL UNets; "
-                         f"a {type(pipe).__name__} ({fam}) has none it defines: use another method")
+        raise ValueError(f"UCE edits the cross-attention projections of Stable Diffusion 1.x/2.x and SDXL UNets "
+                         f"(and SD3's text projections); a {type(pipe).__name__} ({fam}) has none it defines: use "
+                         "another method")
     if tokens not in ("word", "after"):
         raise ValueError(f'tokens must be "word" (UCE as published) or "after" (the word and every state after '
                          f'it), got {tokens!r}')
     start = time.perf_counter()
-    modules = cross_attention_projections(denoiser_of(pipe))
+    modules = text_projections(pipe)
     erase_prompts = list(erase_prompts)
     keep_prompts = [k for k in keep_prompts if k != guide]   # the guide keeps its own output anyway
     n = len(erase_prompts)
@@ -127,15 +156,20 @@ def uce_edit(pipe, erase_prompts, keep_prompts=(), guide: str = "", erase_scale:
     else:
         erase_c, guide_c = states_from_the_word(pipe, erase_prompts, guide)
         keep_c = all_token_embeddings(pipe, keep_prompts) if keep_prompts else erase_c[:0]
-    for m in modules.values():
+    rows_of = {"tokens": (erase_c, guide_c, keep_c)}
+    if any(kind == "pooled" for _, kind in modules.values()):
+        pooled = pooled_embeddings(pipe, erase_prompts + [guide] + keep_prompts)
+        rows_of["pooled"] = (pooled[:n], pooled[n:n + 1].expand(n, -1), pooled[n + 1:])
+    for m, kind in modules.values():
+        e_c, g_c, k_c = rows_of[kind]
         w_old = m.weight.detach()
         dev = w_old.device
-        guide_v = guide_c.to(dev).double() @ w_old.double().T
-        m.weight.copy_(uce_weight(w_old.cpu(), erase_c, guide_v.cpu(), keep_c, erase_scale, preserve_scale,
-                                  lamb).to(dev))
+        guide_v = g_c.to(dev).double() @ w_old.double().T
+        m.weight.copy_(uce_weight(w_old.cpu(), e_c, guide_v.cpu(), k_c, erase_scale, preserve_scale, lamb).to(dev))
     return dict(modules=len(modules), guide=guide, erase_scale=erase_scale, preserve_scale=preserve_scale,
                 lamb=lamb, tokens=tokens, erase_prompts=n, keep_prompts=len(keep_prompts),
                 seconds=round(time.perf_counter() - start, 3))
 
 
-__all__ = ["FAMILIES", "uce_weight", "cross_attention_projections", "token_embeddings", "states_from_the_word", "all_token_embeddings", "uce_edit"]
+__all__ = ["FAMILIES", "uce_weight", "text_projections", "cross_attention_projections", "pooled_embeddings",
+           "token_embeddings", "states_from_the_word", "all_token_embeddings", "uce_edit"]
