@@ -78,7 +78,7 @@ def test_a_finished_erase_gets_the_attacks_it_lacks_once(tmp_path, fashion_mnist
     from test_erase import TINY
 
     from safemax.cli import main
-    from safemax.concepts import evaluate
+    from safemax.concepts import attacked, evaluate
     from safemax.zoo import sd_pipeline
     n = 40
     base = sd_pipeline.train(str(tmp_path / "pipe"), "tiny", work=str(tmp_path / "work"),
@@ -87,12 +87,12 @@ def test_a_finished_erase_gets_the_attacks_it_lacks_once(tmp_path, fashion_mnist
     assert main(["erase", "--pipeline", base, "--concept", "bag", "--out", str(out), *TINY, "--eval-n", "1",
                  "--keep", "a photo of a coat"]) == 0
     assert "attacks" not in json.loads((out / "report.json").read_text())["after"]
-    report = evaluate.attack_erased(str(out), ["prefix"], progress=False)
+    report = attacked.attack_erased(str(out), ["prefix"], progress=False)
     row = report["after"]["attacks"]["bag"]["prefix"]
     assert row["asr"]["n"] == 4 and row["added_later"]["commit"] and "attack" in row["added_later"]["note"]
     assert json.loads((out / "report.json").read_text())["after"]["attacks"]["bag"]["prefix"] == row
     assert "prefix" in (out / "README.md").read_text()
     monkeypatch.setattr(evaluate, "_attacked", lambda *a, **k: pytest.fail("ran an attack the run already has"))
-    assert evaluate.attack_erased(str(out), ["prefix"]) == report
+    assert attacked.attack_erased(str(out), ["prefix"]) == report
     with pytest.raises(ValueError, match="no finished"):
-        evaluate.attack_erased(str(tmp_path), ["soft"])
+        attacked.attack_erased(str(tmp_path), ["soft"])

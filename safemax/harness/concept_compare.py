@@ -66,7 +66,7 @@ def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: 
               num_inference_steps=steps, method=method, evaluate=dict(n=eval_n, attacks=tuple(attacks)),
               progress=progress, **settings)
     elif attacks:   # a run finished before the attacks were asked of it gets them now
-        from safemax.concepts.evaluate import attack_erased
+        from safemax.concepts.attacked import attack_erased
         attack_erased(path, attacks, progress=progress)
     return finished(path)
 
