@@ -44,6 +44,12 @@
 #         the default settings, evaluated before and after), its manifest's time and peak memory
 #         printed; needs the trained pipeline in safemax/zoo/fashion_mnist_sd (skipped, as failed,
 #         without it)
+#     PARTS="build fsdp" bash benchmarks/gpu_check.sh
+#         sharded full fine-tuning (tests/test_fsdp.py, ~2 min): one GPU process of Accelerate's own
+#         FSDP2 (benchmarks/accelerate-configs/fsdp.yaml: NCCL, the model, Adam and the teacher as
+#         CUDA shards, a checkpoint gathered and resumed) against the plain fit on the same GPU, and
+#         the 2-process tests on CPU processes (gloo). One GPU holds all of every shard: it proves
+#         the CUDA path, not the split across GPUs, which the CPU processes prove
 # Estimated on an H200 (the first runs were not timed part by part): build 1-2 min, memory ~1.5,
 # large-memory ~5-6 (7 runs of ~25-75 s: a fresh process, the model built on the GPU, the
 # Unlearner's SHA-256 of the original weights on the host — ~1 s per GiB, 22 GiB for Flux — a
@@ -128,6 +134,9 @@ TAIL=20 part retrain bash -c 'py=$1; o=$2; set -e
   _ "$PY" "$retrain_out"
 TAIL=20 part sd-pipeline "$PY" -m safemax.zoo.sd_pipeline --device cuda --resume \
   --work "${SD_WORK:-$out/sd-work}" --out "${SD_OUT:-$out/fashion_mnist_sd}" --minutes $(( (BUDGET - SECONDS - 60) / 60 ))
+# (a skip, e.g. of the GPU test without the CUDA kernels, fails the part: it would prove nothing)
+TAIL=12 part fsdp bash -c 'log=$("$1" -m pytest tests/test_fsdp.py -q -p no:cacheprovider -rs 2>&1); rc=$?
+  echo "$log"; [[ $log != *SKIPPED* ]] || { echo "fsdp: a test was skipped"; exit 1; }; exit $rc' _ "$PY"
 TAIL=12 part erase bash -c 'py=$1; o=$2; set -e
   "$py" -m safemax erase --pipeline fashion-mnist-sd --concept "a sneaker" --device cuda --out "$o/erase-sneaker"
   "$py" -c "import json, sys; m = json.load(open(sys.argv[1])); print(\"erase seconds\", m[\"seconds\"], \"peak MiB\", m[\"peak_memory_mb\"], \"device\", m[\"device\"])" "$o/erase-sneaker/safemax.json"' \

@@ -101,6 +101,9 @@ class Method:
     uses_forget_data = True  # real (or generated) forget-class images
     needs_forget_images = True  # False: only the forget rows' conditions are used (no sampling)
     uses_retain_data = True  # real images of the kept classes
+    # why the method cannot train a model sharded over processes (FSDP), or None: a method that
+    # reads whole weights or whole gradients (a per-weight mask, a Fisher) sees only its shard
+    unsharded_because = None
 
     def __init__(self, settings=None, **options):
         if settings is not None and options:

@@ -120,6 +120,7 @@ class SafeMaxRobust(SafeMax):
     name = "safemax-robust"
     default_lr = 5e-4  # SAFEMax's (the demo's)
     skips_retain_rows_when_rows_alone = False   # its attacked retain term reads their targets
+    unsharded_because = "its simulated attack calls the model with whole shifted weights (functional_call)"
 
     settings_class = SafeMaxRobustSettings
 

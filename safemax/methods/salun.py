@@ -30,6 +30,7 @@ class SalUn(Method):
 
     name = "salun"
     max_grad_norm = 1.0  # the published configs clip the gradient norm at 1
+    unsharded_because = "its saliency mask ranks every weight's whole gradient by name"
 
     settings_class = SalUnSettings
 

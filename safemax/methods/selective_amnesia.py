@@ -41,6 +41,7 @@ class SelectiveAmnesia(Method):
     max_grad_norm = 1.0  # the published configs clip the gradient norm at 1
     uses_forget_data = False
     uses_retain_data = False
+    unsharded_because = "its Fisher and EWC penalty read every whole weight by name"
 
     settings_class = SelectiveAmnesiaSettings
 

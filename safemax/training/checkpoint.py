@@ -16,18 +16,25 @@ from safetensors.torch import save_file
 
 from safemax import __version__
 from safemax.models import lora as adapters
+from safemax.training import sharding
 
 FILENAME = "checkpoint.safetensors"
 
 
 def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         generator: torch.Generator, meta: dict, extra: dict = None, only_trainable: bool = False) -> None:
+         generator: torch.Generator, meta: dict, extra: dict = None, only_trainable: bool = False,
+         gathered: tuple = None) -> None:
     """``only_trainable``: of the model, only the parameters that require grad (a LoRA
-    adapter: the frozen base weights are not written)."""
-    weights = {k: v for k, v in model.named_parameters() if v.requires_grad} if only_trainable \
-        else model.state_dict()
+    adapter: the frozen base weights are not written). ``gathered``: ``(weights, optimizer
+    state dict)`` in full, to write instead of the model's and the optimizer's own (a model
+    sharded over processes: ``sharding.full_state``)."""
+    if gathered is not None:
+        weights, state = gathered
+    else:
+        weights = {k: v for k, v in model.named_parameters() if v.requires_grad} if only_trainable \
+            else model.state_dict()
+        state = optimizer.state_dict()
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in weights.items()}
-    state = optimizer.state_dict()
     for index, param_state in state["state"].items():
         for key, value in param_state.items():
             if not torch.is_tensor(value):
@@ -43,9 +50,11 @@ def save(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         generator: torch.Generator, only_trainable: bool = False) -> tuple:
+         generator: torch.Generator, only_trainable: bool = False, restore=None) -> tuple:
     """Restore model, optimizer and generator in place; return ``(meta, extra)``.
-    ``only_trainable``: the file holds exactly the parameters that require grad."""
+    ``only_trainable``: the file holds exactly the parameters that require grad. ``restore``:
+    ``restore(weights, optimizer state dict)`` puts the full state in place instead (a model
+    sharded over processes: ``sharding.load_full_state``)."""
     device = next(model.parameters()).device
     model_state, optim_state, extra = {}, {}, {}
     with safe_open(path, framework="pt") as f:
@@ -62,6 +71,10 @@ def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 extra[rest] = value
             elif key == "rng":
                 generator.set_state(value)
+    optim = {"state": optim_state, "param_groups": json.loads(metadata["param_groups"])}
+    if restore is not None:
+        restore(model_state, optim)
+        return json.loads(metadata["meta"]), extra
     if only_trainable:
         params = {k: v for k, v in model.named_parameters() if v.requires_grad}
         if params.keys() != model_state.keys():
@@ -75,7 +88,7 @@ def load(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.load_state_dict({
         "state": {i: {k: (v.to(device) if k != "step" else v) for k, v in s.items()}
                   for i, s in optim_state.items()},
-        "param_groups": json.loads(metadata["param_groups"]),
+        "param_groups": optim["param_groups"],
     })
     return json.loads(metadata["meta"]), extra
 
@@ -93,8 +106,10 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def save_fit(u, checkpoint_dir: str, batch_size: int) -> None:
     """Write an Unlearner's whole fit state (weights, optimizer, generator, step, history, the
-    method's prepared tensors, the data-free forget set, the loss scaler) to ``checkpoint_dir``."""
-    if not u.is_main_process:  # every process holds the same state; one writes it
+    method's prepared tensors, the data-free forget set, the loss scaler) to ``checkpoint_dir``.
+    Under FSDP every process must call it (the shards are gathered); the main process writes."""
+    gathered = sharding.full_state(u) if u.sharded is not None else None
+    if not u.is_main_process:  # every process holds the same (gathered) state; one writes it
         return
     os.makedirs(checkpoint_dir, exist_ok=True)
     extra = {f"method.{k}": v for k, v in u.method.state().items()}
@@ -108,7 +123,7 @@ def save_fit(u, checkpoint_dir: str, batch_size: int) -> None:
                 grad_scaler=u.scaler_state())
     # with LoRA only the adapter: the base weights are the original's (checked by digest)
     save(os.path.join(checkpoint_dir, FILENAME), u.unet, u.optimizer, u.generator, meta, extra,
-         only_trainable=u.lora is not None)
+         only_trainable=u.lora is not None, gathered=gathered)
 
 
 def saved_step(checkpoint_dir: str):
@@ -147,7 +162,10 @@ def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
         raise ValueError(f"checkpoint {path} continues a fit of another model (or was written by an "
                          "older safemax): resume with the same original model the fit started from, "
                          "or start afresh in an empty checkpoint_dir")
-    meta, extra = load(path, u.unet, u.optimizer, u.generator, only_trainable=u.lora is not None)
+    restore = (lambda weights, optim: sharding.load_full_state(u, weights, optim)) if u.sharded is not None \
+        else None   # (every process reads the whole file and keeps its shard)
+    meta, extra = load(path, u.unet, u.optimizer, u.generator, only_trainable=u.lora is not None,
+                       restore=restore)
     u.step, u.history = meta["step"], meta["history"]
     u.prep_seconds = meta.get("prep_seconds")
     u.resumed_scaler_state = meta.get("grad_scaler")
@@ -160,14 +178,16 @@ def resume_fit(u, checkpoint_dir: str, batch_size: int) -> bool:
 
 def save_unlearned(u, path: str) -> None:
     """``Unlearner.save_pretrained``: the unlearned model (or its LoRA adapter), the scheduler's
-    config and ``safemax.json``; only the main process writes."""
+    config and ``safemax.json``; only the main process writes (under FSDP every process must call
+    it: the full weights are gathered from the shards)."""
+    model = sharding.full_model(u) if u.sharded is not None else u.unet
     if not u.is_main_process:
         return
     os.makedirs(path, exist_ok=True)
     if u.lora is not None:
         saved_as = adapters.save(u.unet, u.lora, path)
     else:
-        u.unet.save_pretrained(path, safe_serialization=True)
+        model.save_pretrained(path, safe_serialization=True)
     if hasattr(u.scheduler, "save_pretrained"):
         u.scheduler.save_pretrained(path)
     info = {**u.config(None), "safemax_version": __version__, "steps": u.step,

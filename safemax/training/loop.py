@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from safemax.data import Batches
 from safemax.methods import Method
-from safemax.training import checkpoint, parallel, stopping
+from safemax.training import checkpoint, parallel, sharding, stopping
 
 
 def fit_data(u, retain, forget, batch_size: int):
@@ -92,9 +92,9 @@ def run(u, retain_b, forget_b, steps: int, batch_size: int, clip, checkpoint_dir
     params = [p for _, p in u.trainable()]
     bar = tqdm(total=steps, initial=u.step, desc=u.method.name, unit="step", dynamic_ncols=True,
                disable=not (progress and u.is_main_process))
-    # wrapped after preparing: DDP must not see the preparation
-    wrapping = parallel.prepared(u.accelerator, u.unet, u.optimizer, u.owns_accelerator,
-                                 u.resumed_scaler_state)
+    # wrapped after preparing: DDP must not see the preparation (FSDP shards once, when built)
+    wrapping = sharding.prepared(u) if u.sharded is not None else \
+        parallel.prepared(u.accelerator, u.unet, u.optimizer, u.owns_accelerator, u.resumed_scaler_state)
     try:
         with wrapping as (model, optimizer, autocast):
             u.denoiser.model = model
@@ -112,10 +112,14 @@ def run(u, retain_b, forget_b, steps: int, batch_size: int, clip, checkpoint_dir
                 if rule is not None and should_stop(u, rule, record):
                     break
     except KeyboardInterrupt:
-        if checkpoint_dir and u.is_main_process:
+        if checkpoint_dir and u.is_main_process and u.sharded is None:
             checkpoint.save_fit(u, checkpoint_dir, batch_size)
             bar.write(f"safemax: interrupted; checkpoint of step {u.step} saved in "
                       f"{checkpoint_dir} (fit(..., resume=True) continues)")
+        elif checkpoint_dir and u.is_main_process:   # gathering the shards needs every process
+            saved = checkpoint.saved_step(checkpoint_dir)
+            bar.write(f"safemax: interrupted at step {u.step}; under FSDP no checkpoint is gathered then: "
+                      + (f"the one of step {saved} in {checkpoint_dir} stands" if saved else "none was written"))
         raise
     finally:
         bar.close()

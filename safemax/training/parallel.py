@@ -4,7 +4,8 @@ Data parallelism here keeps the *global* batch independent of the number of proc
 process draws the same global batch from the same seeded generator (indices, timesteps, noise:
 cheap) and trains on its own contiguous share of the rows; DDP averages the gradients. So a
 2-process run equals a 1-process run with the same ``batch_size`` up to float rounding, and a
-checkpoint resumes on any number of processes.
+checkpoint resumes on any number of processes. Under FSDP the same batches train a model sharded
+over the processes (``safemax.training.sharding``).
 """
 import contextlib
 import math
@@ -20,14 +21,21 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launched_sharded() -> bool:
+    """True under ``accelerate launch`` with an FSDP config (one process or more)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def make_accelerator(accelerator=None, mixed_precision: str = None):
     """The ``accelerate.Accelerator`` a fit runs under, or None for a plain single-process fit.
 
     One is created when ``mixed_precision`` asks for it or when the script was started by a
-    multi-process launcher; a user-built one is taken as is (its own mixed precision)."""
+    multi-process launcher or an FSDP config; a user-built one is taken as is (its own mixed
+    precision)."""
     if mixed_precision not in (None, "no", "bf16", "fp16"):
         raise ValueError(f'mixed_precision must be None, "no", "bf16" or "fp16", got {mixed_precision!r}')
-    if accelerator is None and mixed_precision in (None, "no") and not launched_distributed():
+    if accelerator is None and mixed_precision in (None, "no") and not launched_distributed() \
+            and not launched_sharded():
         return None
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
@@ -48,13 +56,17 @@ def make_accelerator(accelerator=None, mixed_precision: str = None):
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError('mixed_precision="fp16" needs a GPU (Accelerate runs float16 autocast and '
                          'loss scaling on accelerators only); on a CPU use "bf16"')
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
-                                        DistributedType.MEGATRON_LM):
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
         raise NotImplementedError(
-            f"{accelerator.distributed_type.value}: the Unlearner trains with DDP (each process holds "
-            "the whole model, which SAFEMax's frozen teacher copy and the baselines' per-weight "
-            "masks and Fisher need); configure `accelerate config` for multi-GPU DDP and use "
-            "mixed_precision / gradient_checkpointing to fit larger models (docs: tutorials/scale-out)")
+            f"{accelerator.distributed_type.value}: the Unlearner shards with FSDP2 (accelerate launch "
+            "--config_file benchmarks/accelerate-configs/fsdp.yaml) or trains with DDP (--multi_gpu); "
+            "docs: tutorials/scale-out")
+    if launched_sharded() and accelerator.distributed_type != DistributedType.FSDP:
+        # Accelerate turns FSDP on for GPU-family processes only: CPU processes stay MULTI_CPU (DDP)
+        raise RuntimeError(
+            f"the launch asks for FSDP, but Accelerate runs these processes as "
+            f"{accelerator.distributed_type.value} on {accelerator.device.type} (it shards on GPUs "
+            "only): each would hold the whole model. Launch on GPUs, or without the FSDP config for DDP")
     if launched_distributed() and accelerator.num_processes == 1:
         raise RuntimeError(
             f"launched as one of {os.environ['WORLD_SIZE']} processes, but the Accelerator runs a single "
@@ -132,9 +144,12 @@ def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
     over all of them for nothing: 0.6 of 1.8 ms a step on the embedded model, see
     docs/results/step-cost.md).
     A non-finite norm stops the fit either way."""
-    if math.isinf(max_norm):
-        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if hasattr(norm, "full_tensor"):   # FSDP: a DTensor over the shards' gradients; the whole norm
+        norm = norm.full_tensor()
+    if not math.isinf(max_norm):   # (clip_grad_norm_ is these two calls)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
 
 
 def mean_over_processes(accelerator, values: list) -> list:

@@ -15,7 +15,8 @@ Under ``accelerate launch`` the fit runs data-parallel (see ``safemax.training.p
 The Unlearner owns the loop, the optimizer and the fit's state; what is forgotten lives in
 ``safemax.training.conditions``, how the model is called in ``safemax.models.denoiser``, the schedule math in
 ``safemax.models.schedule``, each method's loss in ``safemax.methods``, checkpoints in
-``safemax.training.checkpoint`` and the Accelerate wrapping in ``safemax.training.parallel``.
+``safemax.training.checkpoint``, the Accelerate wrapping in ``safemax.training.parallel`` and the
+FSDP sharding in ``safemax.training.sharding``.
 """
 import time
 
@@ -28,7 +29,7 @@ from safemax.models.cross_attention import train_cross_attention_only
 from safemax.models import lora as adapters
 from safemax.models.denoiser import make_denoiser
 from safemax.models.lora import make_config as make_lora_config
-from safemax.training import checkpoint, loop, parallel, stopping
+from safemax.training import checkpoint, loop, parallel, sharding, stopping
 from safemax.training.conditions import ForgetTargets
 from safemax.training.settings import FitSettings, UnlearnerSettings
 
@@ -73,9 +74,10 @@ class Unlearner:
             Accelerate's autocast (fp16 with loss scaling); weights and optimizer stay float32.
         gradient_checkpointing: recompute the UNet's activations in the backward pass instead
             of storing them (less memory, about one more forward of time).
-        accelerator: an ``accelerate.Accelerator`` to run under (DDP across processes, its mixed
-            precision); by default one is made when ``mixed_precision`` is set or the script
-            runs under ``accelerate launch`` / ``torchrun`` with several processes.
+        accelerator: an ``accelerate.Accelerator`` to run under (DDP across processes, or FSDP2:
+            the model, Adam and the teacher sharded over them; its mixed precision); by default
+            one is made when ``mixed_precision`` is set or the script runs under ``accelerate
+            launch`` / ``torchrun`` with several processes or an FSDP config.
         lora_rank: train a LoRA adapter of this rank instead of the model (needs ``peft``): the
             base weights are frozen, an adapter is added to the attention projections ``to_q,
             to_k, to_v, to_out.0`` (alpha = rank, gaussian init, seeded by ``seed``) and only it
@@ -120,8 +122,9 @@ class Unlearner:
         self.warmup_steps = warmup_steps
         self.owns_accelerator = accelerator is None
         self.accelerator = parallel.make_accelerator(accelerator, mixed_precision)
+        sharding.check(self.accelerator, self.method, lora_config, train)
         self.local = parallel.Shard(self.accelerator)
-        if self.accelerator is not None:
+        if self.accelerator is not None and not sharding.is_fsdp(self.accelerator):  # FSDP places shards
             unet.to(self.accelerator.device)
             self.denoiser.follow_device()
         if gradient_checkpointing:
@@ -146,6 +149,7 @@ class Unlearner:
         start = time.perf_counter()
         self.method.bind(self)  # e.g. SAFEMax's frozen copy of the original model
         self.bind_seconds = time.perf_counter() - start
+        self.sharded = sharding.shard(self)  # under FSDP: model, Adam and teacher, in place (else None)
 
     @property
     def unet(self):
@@ -259,7 +263,8 @@ class Unlearner:
     def save_pretrained(self, path: str):
         """Write the unlearned UNet in diffusers format (``UNet2DModel.from_pretrained(path)``
         loads it), the scheduler config, and ``safemax.json`` describing what was done. Under
-        Accelerate only the main process writes.
+        Accelerate only the main process writes (under FSDP every process must call it: the full
+        weights are gathered from their shards).
 
         With LoRA, the adapter instead: for SD 1.x/2.x, SDXL, SD3/3.5, Flux.1 and Sana the
         pipeline's LoRA file (``pytorch_lora_weights.safetensors``: ``pipe.load_lora_weights(path)``);
