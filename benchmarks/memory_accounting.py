@@ -24,6 +24,10 @@ exactly these tensors whatever the batch or image size:
 *Resident* (between steps) = weights + adapter + teacher + Adam; the *step* adds gradients and
 (under autocast) up to the copies, and then the activations — the only part that grows with
 batch and image size, which this module does not compute (``benchmarks/memory.py`` measures it).
+
+Full fine-tuning sharded by FSDP2 over N GPUs (``fsdp_side``; safemax.training.sharding, the
+config benchmarks/accelerate-configs/fsdp.yaml): weights, teacher, gradients and Adam state are
+each GPU's shards, exactly; buffers and activations are not sharded; the gathered units are a bound.
 """
 import argparse
 import json
@@ -207,6 +211,55 @@ def weight_side(spec_or_model, lora_rank: int = None, weights: str = "fp32",
     return out
 
 
+def shard_counts(model, processes: int) -> dict:
+    """Element counts of a model sharded by FSDP2 over ``processes``: ``params``, the first
+    rank's shard of every parameter — FSDP2 splits dim 0 as ``torch.chunk`` does, ceil(rows/N)
+    rows on the first ranks, so the first holds the most —; and the FSDP units the shipped config
+    makes (TRANSFORMER_BASED_WRAP: a unit per module of a class in the model's
+    ``_no_split_modules``, each holding the parameters no inner unit holds; the rest is the
+    root's): ``root``, the root's own parameters, and ``largest_unit``, the largest other unit's."""
+    units = {n for n, m in model.named_modules()
+             if n and type(m).__name__ in set(getattr(model, "_no_split_modules", None) or ())}
+    own = {}
+    params = 0
+    for name, p in model.named_parameters():
+        rows = p.shape[0] if p.dim() else 1
+        params += -(-rows // processes) * (p.numel() // max(rows, 1))
+        unit = max((u for u in units if name.startswith(u + ".")), key=len, default="")
+        own[unit] = own.get(unit, 0) + p.numel()
+    return dict(params=params, root=own.get("", 0),
+                largest_unit=max((v for k, v in own.items() if k), default=0))
+
+
+def fsdp_side(spec_or_model, processes: int, retain_target: str = "distill", mixed_precision: str = None,
+              _counts=None, _shards=None) -> dict:
+    """Bytes one GPU holds of a full fine-tuning sharded by FSDP2 over ``processes`` GPUs (the
+    first rank's, the largest), before activations (which are each GPU's own rows', not sharded).
+
+    Exact: the shards of the float32 weights, of the teacher (SAFEMax's frozen copy, sharded the
+    same way), of the gradients and of Adam's two moments (a ``step`` scalar per tensor); the
+    buffers, which FSDP does not shard, in the weights and the teacher. A bound, ``gathered``:
+    FSDP2 all-gathers a unit's weights for its forward and backward, in the compute dtype (bf16
+    under mixed precision, so autocast has no float32 weights left to copy), and their unsharded
+    gradients before the reduce-scatter: the root's weights and gradient for the whole step, two
+    units' weights at a time (the one computing and the one prefetched) and two units' gradients
+    (the one computing and the one being reduce-scattered)."""
+    if retain_target not in ("distill", "noise"):
+        raise ValueError(f'retain_target must be "distill" or "noise", got {retain_target!r}')
+    if _counts is None:
+        model = build(spec_or_model) if isinstance(spec_or_model, str) else spec_or_model
+        _counts, _shards = counts(model), shard_counts(model, processes)
+    c, s = _counts, _shards
+    weights = (s["params"] + c["buffers"]) * 4
+    teacher = weights if retain_target == "distill" else 0
+    grads, adam = s["params"] * 4, s["params"] * 8 + c["tensors"] * 4
+    gathered = (2 * s["root"] + 4 * s["largest_unit"]) * (2 if mixed_precision in ("bf16", "fp16") else 4)
+    out = dict(processes=processes, weights_bytes=weights, teacher_bytes=teacher, grad_bytes=grads,
+               adam_bytes=adam, gathered_bytes=gathered, resident_bytes=weights + teacher + adam)
+    out["step_without_activations_bytes"] = out["resident_bytes"] + grads + gathered
+    return out
+
+
 OPTIONS = [  # (label, lora_rank, weights, retain_target, mixed_precision)
     ("full, fp32", None, "fp32", "distill", None),
     ("full, bf16 autocast", None, "fp32", "distill", "bf16"),
@@ -288,8 +341,24 @@ def w_twin_teacher(spec, c, mp) -> float:
     return weight_side(spec, None, "fp32", "distill", mp, _counts=c)["teacher_bytes"] / 2 ** 30
 
 
+FSDP_GPU = 80  # GiB: the GPUs the FSDP columns shard over (A100/H100 80 GB)
+
+
+def fsdp_cell(per_gpu: float, activations: float = None, gpu=FSDP_GPU, reserve=RESERVE) -> str:
+    """An FSDP column's cell: ✗ where the computed per-GPU part alone exceeds the GPU, "✓ est." /
+    "✗ est." with an activation estimate (activations are not sharded), else "?"; the figure is
+    the computed per-GPU GiB before activations."""
+    if per_gpu + reserve > gpu:
+        mark = "✗"
+    elif activations is None:
+        mark = "?"
+    else:
+        mark = "✓ est." if per_gpu + activations + reserve <= gpu else "✗ est."
+    return f"{mark} ({per_gpu:.1f})"
+
+
 def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE,
-         estimated=None, options=FIT_OPTIONS) -> list:
+         estimated=None, options=FIT_OPTIONS, fsdp=()) -> list:
     """Markdown lines of the table "which model fits which GPU with which options".
 
     ``measured``: rows of ``memory.py --device cuda`` (memory.json). A cell is ✓ or ✗ by the
@@ -299,14 +368,20 @@ def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE
     (``activation_estimates``) turns a "?" into "✓ est."/"✗ est.": computed resident + the
     estimated step peak of the same option; for another option with gradient checkpointing, its
     computed weight side before activations + the estimated step peak of LoRA on bf16 weights with
-    checkpointing (``CHECKPOINTED_PROXY``)."""
+    checkpointing (``CHECKPOINTED_PROXY``).
+
+    ``fsdp``: process counts N of the FSDP columns — full fine-tuning sharded over N ×
+    ``FSDP_GPU`` GiB GPUs (``fsdp_cell``: the computed per-GPU GiB, and the activations of the
+    checkpointing proxy where estimated); "—" for LoRA, which is not sharded."""
     estimated = estimated or {}
     lines = ["| model | option | computed: before activations GiB | measured peak GiB | "
-             "estimated peak GiB | " + " | ".join(f"{g} GiB" for g in gpus) + " |",
-             "| --- | --- | ---: | ---: | ---: |" + " :---: |" * len(gpus)]
+             "estimated peak GiB | " + " | ".join(f"{g} GiB" for g in gpus)
+             + "".join(f" | FSDP {n} × {FSDP_GPU} GiB: per GPU" for n in fsdp) + " |",
+             "| --- | --- | ---: | ---: | ---: |" + " :---: |" * (len(gpus) + len(fsdp))]
     for spec in models:
         model = build(spec)
         c = counts(model)
+        shards = {n: shard_counts(model, n) for n in fsdp}
         runs = {_key(r): r for r in measured if r.get("model") == spec and r.get("latent") == latent
                 and r.get("batch") == batch and r.get("device") == "cuda" and "error" not in r}
         loras = {}
@@ -350,6 +425,11 @@ def fits(measured, models=LARGE, latent=128, batch=1, gpus=GPUS, reserve=RESERVE
                 label += f", retain_target={target}" if target != "distill" else ""
             fmt = lambda v: f"{v:.1f}" if v is not None else "—"  # noqa: E731
             shown = fmt(peak) if bound is None else f"≤ {bound:.1f} (the run with a teacher, less it)"
+            for n in fsdp:   # activations: the checkpointing proxy's estimate, as above
+                per = fsdp_side(spec, n, target, mp, _counts=c, _shards=shards[n])
+                acts = proxy[0] if proxy and "checkpointing" in config else None
+                cells.append("—" if rank else fsdp_cell(per["step_without_activations_bytes"] / 2 ** 30, acts,
+                                                         reserve=reserve))
             lines.append(f"| {spec} | {label} | {before:.1f} | {shown} | {fmt(est)} | "
                          + " | ".join(cells) + " |")
     return lines
@@ -388,6 +468,8 @@ def main():
     p.add_argument("--validate", nargs="+", metavar="MEMORY_JSON",
                    help="print measured resident memory against the computed, from memory.json files")
     p.add_argument("--measured-only", action="store_true", help="--fits: only the options measured")
+    p.add_argument("--fsdp", nargs="*", type=int, default=[], metavar="N",
+                   help=f"--fits: columns of full fine-tuning sharded by FSDP over N × {FSDP_GPU} GiB GPUs")
     p.add_argument("--latent", type=int, default=128, help="--fits: the latent size judged (default 128)")
     p.add_argument("--batch", type=int, default=1, help="--fits: forget rows per step judged (default 1)")
     p.add_argument("--out", default=None, help="write weight_side.json/.md (or fits.md) here")
@@ -400,7 +482,7 @@ def main():
         cpu = [r for path in args.estimate_from for r in json.load(open(path))]
         lines = fits(measured, tuple(args.models or LARGE), args.latent, args.batch,
                      estimated=activation_estimates(cpu, args.latent, args.batch),
-                     options=[] if args.measured_only else FIT_OPTIONS)
+                     options=[] if args.measured_only else FIT_OPTIONS, fsdp=tuple(args.fsdp))
         text = "\n".join(lines) + "\n"
         print(text)
         if args.out:

@@ -129,3 +129,51 @@ def test_checkpointed_options_borrow_the_lora_estimate():
     lines = acc.fits([], models=("sd3-medium",), estimated=est)
     full = next(x for x in lines if "| full, bf16 autocast + checkpointing |" in x)
     assert "| 44.0 |" in full and full.endswith("| ✗ | ✗ | ✓ est. | ✓ est. |")  # 42.0 + 2.0
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_fsdp_shards_are_the_first_chunk_of_dim_0(n):
+    # FSDP2 splits every parameter's dim 0 as torch.chunk does; the first rank holds the most
+    meta = tiny("meta")
+    s = acc.shard_counts(meta, n)
+    assert s["params"] == sum(torch.chunk(p, n)[0].numel() for p in meta.parameters())
+    # the units TRANSFORMER_BASED_WRAP makes from _no_split_modules, and the root's leftovers
+    assert s["root"] + s["largest_unit"] <= acc.counts(meta)["params"]
+    units = [m for m in meta.modules() if type(m).__name__ in meta._no_split_modules]
+    assert units and s["largest_unit"] == max(
+        sum(p.numel() for p in u.parameters()) - sum(p.numel() for v in u.modules() if v is not u
+                                                     and v in units for p in v.parameters())
+        for u in units)
+
+
+def test_fsdp_side_shards_what_a_full_fit_holds_and_not_the_rest():
+    meta = tiny("meta")
+    one, two = acc.weight_side(meta), acc.fsdp_side(meta, 2)
+    s = acc.shard_counts(meta, 2)
+    assert two["weights_bytes"] == two["teacher_bytes"] == 4 * (s["params"] + acc.counts(meta)["buffers"])
+    assert two["grad_bytes"] == 4 * s["params"] and two["adam_bytes"] == 8 * s["params"] + 4 * acc.counts(meta)["tensors"]
+    assert one["resident_bytes"] / 2 <= two["resident_bytes"] < one["resident_bytes"] / 2 * 1.05
+    assert acc.fsdp_side(meta, 2, retain_target="noise")["teacher_bytes"] == 0
+    bf16 = acc.fsdp_side(meta, 2, mixed_precision="bf16")
+    assert bf16["gathered_bytes"] * 2 == two["gathered_bytes"] == 4 * (2 * s["root"] + 4 * s["largest_unit"])
+
+
+def test_flux_full_fine_tuning_fits_four_80_gib_gpus_sharded_and_the_docs_say_so():
+    # Flux.1-dev: 221.7 GiB of weights, teacher, Adam and gradients, sharded over N, plus the
+    # gathered units (the root's and 2 double blocks' weights and gradients, bf16): the FSDP columns
+    lines = acc.fits([], models=("flux-dev",), fsdp=(2, 4, 8))
+    full = next(x for x in lines if "| full, bf16 autocast + checkpointing |" in x)
+    assert full.endswith("| ✗ (113.6) | ? (58.2) | ? (30.5) |")
+    assert next(x for x in lines if "| LoRA r=16, bf16 weights |" in x).endswith("| — | — | — |")
+    # docs/results/memory.md's table is this computation (its estimates change no Flux row), and so
+    # are the figures its text and the scale-out tutorial quote
+    def doc(*path):
+        return open(os.path.join(os.path.dirname(__file__), "..", "docs", *path), encoding="utf-8").read()
+    memory = doc("results", "memory.md")
+    table = memory.split("<!-- fits -->\n")[1].split("<!-- /fits -->")[0].splitlines()
+    assert table[0] == lines[0] and [x for x in table if x.startswith("| flux-dev |")] == lines[2:]
+    per = {n: f"{acc.fsdp_side('flux-dev', n, mixed_precision='bf16')['step_without_activations_bytes'] / 2 ** 30:.1f}"
+           for n in (2, 4, 8)}
+    flat = lambda text: " ".join(text.split())  # noqa: E731
+    assert f"it needs {per[2]} GiB per GPU over 2 GPUs (✗), {per[4]} over 4 and {per[8]} over 8" in flat(memory)
+    assert f"it needs {per[4]} GiB per GPU over 4 GPUs and {per[8]} over 8" in flat(doc("tutorials", "scale-out.md"))
