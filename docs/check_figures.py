@@ -317,6 +317,7 @@ GPU_MEMORY = "gpu-h200/memory.json"                        # benchmarks/gpu_chec
 SD_TRAINING = "sd-pipeline/training.json"                  # python -m safemax.zoo.sd_pipeline (the zoo pipeline's record)
 SD_QUALITY = "sd-pipeline/quality.json"                    # python -m safemax.zoo.sd_quality --n 4
 CONCEPTS_SD_JSON = "concepts-sd/summary.json"             # benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd
+CONCEPTS_SD_TUNE_JSON = "concepts-sd-tune/summary.json"   # benchmarks/concept_erasure.py --tune --out benchmarks/results/concepts-sd-tune
 ALL_75, ALL_1 = "methods.safemax.overall[guidance_7.5]", "methods.safemax.overall.guidance_1"
 CONFIRMED = "tuned-fashion-mnist/confirmed/confirmed.json"  # benchmarks/confirm_held.py (the tuned head-to-head, afterwards)
 KC4 = "safemax:lr=0.0001,kept_contrast=4"                  #   SAFEMax's tuned setting there
@@ -501,6 +502,17 @@ CLAIMS = [
       lambda v: tuple(-x for x in points(v))),
     C(CONCEPTS, "a run (drawing the data is most of it; the fit itself 30–90 s), peak memory {:.1f} GiB",
       J(CONCEPTS_SD_JSON, "methods.safemax.overall.peak_memory_mb.mean"), lambda v: (figure(v[0] / 1024),)),
+    # concepts: the baselines head to head (UCE's seed 0 so far; the tuning on the dress)
+    C(CONCEPTS, "scale 1, λ 0.5; seed 0, three concepts): at guidance 7.5 the erasing prompts are still their class in\n  {:.3f} [{:.2f}, {:.2f}] of the samples and the paraphrases in {:.3f} (the bag not erased at all:\n  {:.3f}); at guidance 1, {:.3f}",
+      J(CONCEPTS_SD_JSON, "methods.uce.overall[guidance_7.5].fa_erase.value", "methods.uce.overall[guidance_7.5].fa_erase.ci95[0]",
+        "methods.uce.overall[guidance_7.5].fa_erase.ci95[1]", "methods.uce.overall[guidance_7.5].fa_paraphrase.value",
+        "methods.uce.by_concept.bag[guidance_7.5].fa_erase.value", "methods.uce.overall.guidance_1.fa_erase.value")),
+    C(CONCEPTS, "The soft attack succeeds on {:.3f} of its samples,\n  the prefix attack on {:.3f}",
+      J(CONCEPTS_SD_JSON, "methods.uce.overall.attacks.soft.value", "methods.uce.overall.attacks.prefix.value")),
+    C(CONCEPTS, "erasing prompts and {:.3f} on the paraphrases at 7.5; editing the word's and every later state\n  (`uce:tokens=after`, new) {:.3f} and {:.3f}",
+      J(CONCEPTS_SD_TUNE_JSON, "methods.uce.by_concept.dress[guidance_7.5].fa_paraphrase.value",
+        "methods[uce:tokens=after].by_concept.dress[guidance_7.5].fa_erase.value",
+        "methods[uce:tokens=after].by_concept.dress[guidance_7.5].fa_paraphrase.value")),
     C(CONCEPTS, "**Cost**: {:.0f} ± {:.0f} s a run", J(CONCEPTS_SD_JSON, "methods.safemax.overall.erase_seconds.mean",
                                                        "methods.safemax.overall.erase_seconds.ci95_half")),
 
