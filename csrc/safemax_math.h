@@ -36,8 +36,10 @@ SAFEMAX_HD double flow_target_scale(double sigma) {
 // `table` holds the schedule in float64, indexed by t = 0..T−1: ᾱ_t (flow = false) or σ_t
 // (flow = true). An out-of-range t gives a NaN plan, so that a kernel which cannot raise (CUDA)
 // poisons the outputs instead of reading out of bounds.
+// `given`: the forget rows' target is the tensor handed as x_t itself (scale 1) — a target the
+// caller formed, e.g. one that makes the classifier-free-guided prediction the max-entropy one.
 SAFEMAX_HD RowPlan plan_row(const double* table, int64_t T, int64_t t, bool forget,
-                            int64_t t_min, double forget_weight, bool flow) {
+                            int64_t t_min, double forget_weight, bool flow, bool given) {
   RowPlan p;
   if (t < 0 || t >= T) {
     const double nan = NAN;
@@ -51,14 +53,14 @@ SAFEMAX_HD RowPlan plan_row(const double* table, int64_t T, int64_t t, bool forg
     // Flow matching has no per-step KL coefficient ("vlb" is refused before any kernel runs):
     // c := 1, so a row's "nats" is its mean squared velocity residual.
     p.c = 1.0;
-    p.scale = forget ? flow_target_scale(table[t]) : 1.0;
+    p.scale = forget && !given ? flow_target_scale(table[t]) : 1.0;
   } else {
     const double abar_t = table[t];
     const double abar_prev = t > 0 ? table[t - 1] : 1.0;  // ᾱ_{−1} := 1
     const double alpha = abar_t / abar_prev;
     const double beta = 1.0 - alpha;
     p.c = beta / (2.0 * alpha * (1.0 - abar_t));
-    p.scale = forget ? epsilon_target_scale(abar_t) : 1.0;
+    p.scale = forget && !given ? epsilon_target_scale(abar_t) : 1.0;
   }
   p.active = !forget || t >= t_min;
   p.weight = !p.active ? 0.0 : (forget ? forget_weight : 1.0);

@@ -77,6 +77,7 @@ PreparedInputs prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const 
                        const at::Tensor& timesteps, const at::Tensor& alphas_cumprod,
                        const at::Tensor& forget, int64_t t_min, double forget_weight,
                        c10::string_view weighting, c10::string_view parametrization,
+                       c10::string_view forget_target,
                        TimestepCheck timestep_check) {
   // alphas_cumprod is the schedule table: ᾱ_t for "epsilon", σ_t for "flow".
   const bool flow = parametrization == "flow";
@@ -113,6 +114,10 @@ PreparedInputs prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const 
   TORCH_CHECK_VALUE(flow || parametrization == "epsilon",
                     "safemax_loss: parametrization must be \"epsilon\" or \"flow\", got \"",
                     std::string(parametrization), "\"");
+  TORCH_CHECK_VALUE(forget_target == "max-entropy" || forget_target == "given",
+                    "safemax_loss: forget_target must be \"max-entropy\" (the parametrization's halting "
+                    "target) or \"given\" (x_t holds the forget rows' target), got \"",
+                    std::string(forget_target), "\"");
   TORCH_CHECK_VALUE(!(flow && weighting == "vlb"),
                     "safemax_loss: weighting \"vlb\" is not defined for parametrization "
                     "\"flow\" (its KL coefficient has no flow-matching derivation); use "
@@ -146,6 +151,7 @@ PreparedInputs prepare(const at::Tensor& eps_pred, const at::Tensor& eps, const 
   pb.forget_weight = forget_weight;
   pb.vlb = weighting == "vlb";
   pb.flow = flow;
+  pb.given_target = forget_target == "given";
   if (timestep_check == TimestepCheck::kOnHost) check_timesteps_on_host(pb);
   return p;
 }
@@ -164,10 +170,11 @@ ForwardCall prepare_forward(const at::Tensor& eps_pred, const at::Tensor& eps,
                             const at::Tensor& x_t, const at::Tensor& timesteps,
                             const at::Tensor& alphas_cumprod, const at::Tensor& forget,
                             int64_t t_min, double forget_weight, c10::string_view weighting,
-                            c10::string_view parametrization, TimestepCheck timestep_check) {
+                            c10::string_view parametrization, c10::string_view forget_target,
+                            TimestepCheck timestep_check) {
   ForwardCall call;
   call.in = prepare(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                    weighting, parametrization, timestep_check);
+                    weighting, parametrization, forget_target, timestep_check);
   const auto opts = eps_pred.options().dtype(acc_dtype(call.in.pb.kind));
   call.loss = at::empty({}, opts);
   call.nats = at::empty({call.in.pb.batch}, opts);
@@ -181,10 +188,11 @@ BackwardCall prepare_backward(const at::Tensor& grad_loss, const at::Tensor& gra
                               const at::Tensor& alphas_cumprod, const at::Tensor& forget,
                               int64_t t_min, double forget_weight, c10::string_view weighting,
                               std::array<bool, 3> output_mask, c10::string_view parametrization,
+                              c10::string_view forget_target,
                               TimestepCheck timestep_check) {
   BackwardCall call;
   call.in = prepare(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                    weighting, parametrization, timestep_check);
+                    weighting, parametrization, forget_target, timestep_check);
   const auto acc = eps_pred.options().dtype(acc_dtype(call.in.pb.kind));
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, "safemax_loss_backward: grad_loss must be a scalar");
   TORCH_CHECK_VALUE(grad_nats.dim() == 1 && grad_nats.size(0) == call.in.pb.batch,
@@ -223,9 +231,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu_op(
     const at::Tensor& eps_pred, const at::Tensor& eps, const at::Tensor& x_t,
     const at::Tensor& timesteps, const at::Tensor& alphas_cumprod, const at::Tensor& forget,
     int64_t t_min, double forget_weight, c10::string_view weighting,
-    c10::string_view parametrization) {
+    c10::string_view parametrization, c10::string_view forget_target) {
   ForwardCall call = prepare_forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                                     forget_weight, weighting, parametrization,
+                                     forget_weight, weighting, parametrization, forget_target,
                                      TimestepCheck::kOnHost);
   if (call.has_work()) forward_cpu(call.problem(), call.out());
   return call.result();
@@ -236,10 +244,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu_op(
     const at::Tensor& eps, const at::Tensor& x_t, const at::Tensor& timesteps,
     const at::Tensor& alphas_cumprod, const at::Tensor& forget, int64_t t_min,
     double forget_weight, c10::string_view weighting, std::array<bool, 3> output_mask,
-    c10::string_view parametrization) {
+    c10::string_view parametrization, c10::string_view forget_target) {
   BackwardCall call = prepare_backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps,
                                        alphas_cumprod, forget, t_min, forget_weight, weighting,
-                                       output_mask, parametrization, TimestepCheck::kOnHost);
+                                       output_mask, parametrization, forget_target,
+                                       TimestepCheck::kOnHost);
   if (call.has_work()) backward_cpu(call.problem(), call.in_grads(), call.out());
   return call.result();
 }
@@ -248,18 +257,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu_op(
 }  // namespace safemax
 
 // `alphas_cumprod` is the schedule table: ᾱ_t for parametrization "epsilon" (DDPM-style noise
-// prediction), σ_t for "flow" (rectified flow, velocity prediction). `parametrization` comes last
-// in both schemas, with a default, so every call written before it existed means "epsilon".
+// prediction), σ_t for "flow" (rectified flow, velocity prediction). `forget_target` "given": the
+// forget rows' target is x_t itself rather than the parametrization's max-entropy multiple of it.
+// The later arguments come last in both schemas, with defaults, so that every call written
+// before they existed means what it meant ("epsilon", "max-entropy").
 TORCH_LIBRARY(safemax, m) {
   m.def(
       "safemax_loss(Tensor eps_pred, Tensor eps, Tensor x_t, Tensor timesteps, "
       "Tensor alphas_cumprod, Tensor forget, int t_min, float forget_weight=1.0, "
-      "str weighting=\"simple\", str parametrization=\"epsilon\") -> (Tensor loss, Tensor nats)");
+      "str weighting=\"simple\", str parametrization=\"epsilon\", str forget_target=\"max-entropy\") "
+      "-> (Tensor loss, Tensor nats)");
   m.def(
       "safemax_loss_backward(Tensor grad_loss, Tensor grad_nats, Tensor eps_pred, Tensor eps, "
       "Tensor x_t, Tensor timesteps, Tensor alphas_cumprod, Tensor forget, int t_min, "
       "float forget_weight, str weighting, bool[3] output_mask, "
-      "str parametrization=\"epsilon\") "
+      "str parametrization=\"epsilon\", str forget_target=\"max-entropy\") "
       "-> (Tensor grad_eps_pred, Tensor grad_eps, Tensor grad_x_t)");
 }
 

@@ -66,7 +66,8 @@ ForwardCall prepare_forward(const at::Tensor& eps_pred, const at::Tensor& eps,
                             const at::Tensor& x_t, const at::Tensor& timesteps,
                             const at::Tensor& alphas_cumprod, const at::Tensor& forget,
                             int64_t t_min, double forget_weight, c10::string_view weighting,
-                            c10::string_view parametrization, TimestepCheck timestep_check);
+                            c10::string_view parametrization, c10::string_view forget_target,
+                            TimestepCheck timestep_check);
 
 BackwardCall prepare_backward(const at::Tensor& grad_loss, const at::Tensor& grad_nats,
                               const at::Tensor& eps_pred, const at::Tensor& eps,
@@ -74,6 +75,7 @@ BackwardCall prepare_backward(const at::Tensor& grad_loss, const at::Tensor& gra
                               const at::Tensor& alphas_cumprod, const at::Tensor& forget,
                               int64_t t_min, double forget_weight, c10::string_view weighting,
                               std::array<bool, 3> output_mask, c10::string_view parametrization,
+                              c10::string_view forget_target,
                               TimestepCheck timestep_check);
 
 }  // namespace safemax

@@ -24,6 +24,7 @@ struct LossProblem {
   double forget_weight = 1.0;
   bool vlb = false;   // weighting: false = "simple", true = "vlb" (epsilon only)
   bool flow = false;  // parametrization: false = "epsilon", true = "flow" (rectified flow)
+  bool given_target = false;  // forget_target: false = "max-entropy", true = "given" (x_t is it)
 };
 
 // Accumulation ("acc") type: double for Float64 inputs, float otherwise. Loss, nats and the

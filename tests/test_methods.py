@@ -630,7 +630,7 @@ def test_forget_guidance_makes_the_guided_prediction_of_the_forget_rows_the_max_
     """SafeMax(forget_guidance=w): each forget row's target is ε_u + (ε* − ε_u)/w, ε_u the original's
     prediction under the empty prompt at the row's state and ε* = √(1−ᾱ_t)·x_t — so that a
     prediction on target, guided at w with the original's ε_u, is ε* itself. Checked, value and
-    gradient, against the written-out loss; refused on a flow and without the empty prompt."""
+    gradient, against the written-out loss; refused without the empty prompt."""
     from test_data_forms import text_data, text_unet
 
     from safemax.data import rows
@@ -663,12 +663,40 @@ def test_forget_guidance_makes_the_guided_prediction_of_the_forget_rows_the_max_
     assert u.config(2)["forget_guidance"] == w and make("safemax").config(8)["forget_guidance"] == 0.0
     with pytest.raises(ValueError, match="needs a text-conditional model and the empty prompt's condition"):
         Unlearner(text_unet(), tiny_scheduler(), forget={"c": concept}, method=SafeMax(forget_guidance=w))
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    flow = FlowMatchEulerDiscreteScheduler(num_train_timesteps=100)
-    with pytest.raises(ValueError, match="forget_guidance is implemented for DDPM-style"):
-        Unlearner(text_unet(), flow, forget={"c": concept}, method=SafeMax(forget_guidance=w, unconditional=empty))
     with pytest.raises(ValueError, match="forget_guidance must be 0"):
         SafeMax(forget_guidance=1.0)
+
+
+@pytest.mark.parametrize("flow_halt", ["ode", "still"])
+def test_forget_guidance_on_a_flow_makes_the_guided_velocity_the_halting_one(flow_halt):
+    """On a rectified flow the forget rows' target is v_u + (h − v_u)/w, h = k(σ)·x (ode) or 0
+    (still: the guided velocity is then 0 and the chain does not move), handed to the op as given."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from test_data_forms import text_data, text_unet
+
+    from safemax.data import rows
+    concept, retain, forget = text_data()
+    empty = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(5))
+    w = 5.0
+    u = Unlearner(text_unet(), FlowMatchEulerDiscreteScheduler(num_train_timesteps=100), forget={"c": concept},
+                  lr=1e-2, seed=2, method=SafeMax(forget_guidance=w, unconditional=empty, flow_halt=flow_halt,
+                                                  gaussian_fraction=0.5))
+    u.fit(retain, forget, steps=2, batch_size=2, progress=False)
+    b = u.method.batch
+    u.method.draw = lambda *a: b
+    got, _ = u.method.loss(u, None, None, None)
+    f, r = b.forget_rows, b.retain_rows
+    x, t = b.x_t, b.t
+    pred = u.denoiser.predict(x, t, b.cond)
+    with torch.no_grad():
+        v_u = u.denoiser.predict(x[f], t[f], empty.expand(len(t[f]), -1, -1), model=u.method.teacher)
+        kept = u.denoiser.predict(x[r], t[r], rows.take(b.cond, r), model=u.method.teacher)
+    sigma = u.denoiser.table[t[f]].float().view(-1, 1, 1, 1)
+    halt = torch.zeros_like(x[f]) if flow_halt == "still" else (2 * sigma - 1) / ((1 - sigma) ** 2 + sigma ** 2) * x[f]
+    target = v_u + (halt - v_u) / w
+    torch.testing.assert_close(v_u + w * (target - v_u), halt)             # the guided velocity halts
+    mse = lambda a: a.square().flatten(1).mean(1)   # noqa: E731
+    torch.testing.assert_close(got, torch.cat([mse(pred[f] - target), mse(pred[r] - kept)]).mean(), rtol=1e-5, atol=1e-7)
 
 
 def test_kept_guidance_holds_the_kept_rows_guided_drift():

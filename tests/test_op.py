@@ -301,6 +301,47 @@ def test_opcheck_backward_op(parametrization):
                           (*grads, *args, 500, 1.0, "simple", [True, False, True], parametrization))
 
 
+# ---------------------------------------------------------------- forget_target="given"
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("parametrization,weighting", MODES, ids=MODE_IDS)
+def test_a_given_forget_target_matches_the_reference(dtype, parametrization, weighting):
+    """forget_target="given": x_t is the forget rows' target itself (scale 1, whatever σ or ᾱ),
+    values and gradients as the reference, and the same as handing the op the retain rows' form."""
+    args = make_problem((6, 3, 5, 5), dtype=dtype, seed=4, forget=[1, 0, 1, 1, 0, 1],
+                        timesteps=[900, 10, 500, 700, 999, 100], parametrization=parametrization)
+    given = lambda *a: safemax_loss(*a, forget_target="given")   # noqa: E731
+    ref = lambda *a: safemax_loss_reference(*a, forget_target="given")   # noqa: E731
+    w = torch.linspace(-1.0, 2.0, 6, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    got = _loss_and_grads(given, args, 50, 0.7, weighting, w, parametrization)
+    want = _loss_and_grads(ref, args, 50, 0.7, weighting, w, parametrization)
+    for g, r in zip((got[0], got[1], *got[2]), (want[0], want[1], *want[2])):
+        _close(g, r, dtype)
+    if dtype == torch.float64:   # the target is x_t itself: as the rows' own "eps" with weight 1
+        eps_pred, eps, x_t, ts, table, forget = args
+        as_target = torch.where(forget.view(-1, 1, 1, 1), x_t, eps)
+        same, _ = safemax_loss(eps_pred, as_target, x_t, ts, table, torch.zeros_like(forget), 0, 1.0, weighting,
+                               parametrization)
+        both, _ = safemax_loss(eps_pred, eps, x_t, ts, table, forget, 0, 1.0, weighting, parametrization,
+                               forget_target="given")
+        torch.testing.assert_close(both, same)
+
+
+@pytest.mark.parametrize("parametrization,weighting", MODES, ids=MODE_IDS)
+def test_a_given_forget_target_gradchecks_and_opchecks(parametrization, weighting):
+    eps_pred, eps, x_t, ts, table, forget = make_problem(
+        (4, 2, 3, 3), dtype=torch.float64, forget=[1, 0, 1, 1], timesteps=[900, 50, 700, 100],
+        requires_grad=True, parametrization=parametrization)
+    assert torch.autograd.gradcheck(lambda a, b, c: safemax_loss(a, b, c, ts, table, forget, 500, 0.8, weighting,
+                                                                 parametrization, "given"), (eps_pred, eps, x_t))
+    torch.library.opcheck(torch.ops.safemax.safemax_loss.default,
+                          (eps_pred, eps, x_t, ts, table, forget, 500, 0.5, weighting, parametrization, "given"))
+    grads = (torch.tensor(1.5, dtype=torch.float64), torch.randn(4, dtype=torch.float64))
+    torch.library.opcheck(torch.ops.safemax.safemax_loss_backward.default,
+                          (*grads, *(a.detach() for a in (eps_pred, eps, x_t)), ts, table, forget, 500, 1.0,
+                           weighting, [True, False, True], parametrization, "given"))
+
+
 def test_default_parametrization_is_epsilon():
     """Calls written before the argument existed keep their meaning, forward and backward."""
     args = make_problem((3, 2, 4, 4), forget=[1, 0, 1], timesteps=[900, 10, 600])
@@ -432,6 +473,8 @@ BAD_INPUTS = [
     ("weighting", _bad(weighting="kl"), ValueError, 'weighting must be "simple" or "vlb"'),
     ("parametrization", _bad(parametrization="v_prediction"), ValueError,
      'parametrization must be "epsilon" or "flow", got "v_prediction"'),
+    ("forget_target", _bad(forget_target="guided"), ValueError,
+     'forget_target must be "max-entropy" .* or "given" .*, got "guided"'),
     ("vlb in flow", _bad(parametrization="flow", weighting="vlb"), ValueError,
      'weighting "vlb" is not defined for parametrization "flow"'),
     ("flow: t_min too large", _bad(parametrization="flow", t_min=1001), ValueError, r"t_min must be in \[0, T\]"),
@@ -733,6 +776,20 @@ def test_cuda_matches_reference(dtype, parametrization, weighting, shape):
     args = make_problem(shape, dtype=dtype, device="cuda", seed=3, parametrization=parametrization)
     check_against_reference(args, t_min=300, forget_weight=0.75, weighting=weighting,
                             parametrization=parametrization)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("parametrization,weighting", MODES, ids=MODE_IDS)
+def test_cuda_given_forget_target_matches_the_reference(parametrization, weighting):
+    args = make_problem((5, 3, 8, 8), device="cuda", seed=6, forget=[1, 0, 1, 1, 0],
+                        timesteps=[900, 10, 500, 700, 100], parametrization=parametrization)
+    w = torch.linspace(-1.0, 2.0, 5, device="cuda")
+    got = _loss_and_grads(lambda *a: safemax_loss(*a, forget_target="given"), args, 50, 0.7, weighting, w,
+                          parametrization)
+    want = _loss_and_grads(lambda *a: safemax_loss_reference(*a, forget_target="given"), args, 50, 0.7, weighting,
+                           w, parametrization)
+    for g, r in zip((got[0], got[1], *got[2]), (want[0], want[1], *want[2])):
+        _close(g, r, torch.float32)
 
 
 @pytest.mark.cuda

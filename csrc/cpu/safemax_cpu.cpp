@@ -29,7 +29,7 @@ std::vector<RowPlan> plan_rows(const LossProblem& pb) {
   std::vector<RowPlan> plans(pb.batch);
   for (int64_t b = 0; b < pb.batch; ++b) {
     plans[b] = plan_row(pb.alphas_cumprod, pb.num_timesteps, pb.timesteps[b], pb.forget[b],
-                        pb.t_min, pb.forget_weight, pb.flow);
+                        pb.t_min, pb.forget_weight, pb.flow, pb.given_target);
   }
   return plans;
 }

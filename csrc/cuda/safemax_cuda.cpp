@@ -22,12 +22,12 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda_op(
     const at::Tensor& eps_pred, const at::Tensor& eps, const at::Tensor& x_t,
     const at::Tensor& timesteps, const at::Tensor& alphas_cumprod, const at::Tensor& forget,
     int64_t t_min, double forget_weight, c10::string_view weighting,
-    c10::string_view parametrization) {
+    c10::string_view parametrization, c10::string_view forget_target) {
   const c10::cuda::CUDAGuard guard(eps_pred.device());
   // Timestep range is not checked on the host (that would synchronise): an out-of-range
   // timestep gives NaN in that row's nats and in the loss (see plan_row).
   ForwardCall call = prepare_forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                                     forget_weight, weighting, parametrization,
+                                     forget_weight, weighting, parametrization, forget_target,
                                      TimestepCheck::kInKernel);
   if (call.has_work()) {
     const at::Tensor workspace =
@@ -45,11 +45,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda_op(
     const at::Tensor& eps, const at::Tensor& x_t, const at::Tensor& timesteps,
     const at::Tensor& alphas_cumprod, const at::Tensor& forget, int64_t t_min,
     double forget_weight, c10::string_view weighting, std::array<bool, 3> output_mask,
-    c10::string_view parametrization) {
+    c10::string_view parametrization, c10::string_view forget_target) {
   const c10::cuda::CUDAGuard guard(eps_pred.device());
   BackwardCall call = prepare_backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps,
                                        alphas_cumprod, forget, t_min, forget_weight, weighting,
-                                       output_mask, parametrization, TimestepCheck::kInKernel);
+                                       output_mask, parametrization, forget_target,
+                                       TimestepCheck::kInKernel);
   if (call.has_work()) {
     const int code = backward_cuda(call.problem(), call.in_grads(), call.out(),
                                    c10::cuda::getCurrentCUDAStream().stream());

@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(kThreads)
                    unsigned int* ticket, acc_t* loss_out, acc_t* nats_out) {
   const RowChunk c = chunk_of_block(pb, chunks_per_row);
   const RowPlan plan = plan_row(pb.alphas_cumprod, pb.num_timesteps, pb.timesteps[c.row],
-                                pb.forget[c.row], pb.t_min, pb.forget_weight, pb.flow);
+                                pb.forget[c.row], pb.t_min, pb.forget_weight, pb.flow,
+                                pb.given_target);
   acc_t sum = 0;
   if (plan.active) {  // masked rows are never read
     const auto* pred = static_cast<const scalar_t*>(pb.eps_pred);
@@ -161,7 +162,7 @@ __global__ void __launch_bounds__(kThreads)
     const volatile acc_t* row_partials = partials + b * chunks_per_row;
     for (int64_t k = 0; k < chunks_per_row; ++k) row_sum += static_cast<double>(row_partials[k]);
     const RowPlan p = plan_row(pb.alphas_cumprod, pb.num_timesteps, pb.timesteps[b],
-                               pb.forget[b], pb.t_min, pb.forget_weight, pb.flow);
+                               pb.forget[b], pb.t_min, pb.forget_weight, pb.flow, pb.given_target);
     const double mse = row_sum / static_cast<double>(pb.per_sample);
     nats_out[b] = static_cast<acc_t>(row_nats(p, mse));
     loss_part += row_loss_term(p, mse, pb.vlb);
@@ -177,7 +178,7 @@ __global__ void __launch_bounds__(kThreads)
   const RowChunk c = chunk_of_block(pb, chunks_per_row);
   const bool forget = pb.forget[c.row];
   const RowPlan plan = plan_row(pb.alphas_cumprod, pb.num_timesteps, pb.timesteps[c.row],
-                                forget, pb.t_min, pb.forget_weight, pb.flow);
+                                forget, pb.t_min, pb.forget_weight, pb.flow, pb.given_target);
   const acc_t coef = static_cast<acc_t>(
       row_grad_coef(plan, static_cast<double>(*grad_loss), static_cast<double>(grad_nats[c.row]),
                     pb.batch, pb.per_sample, pb.vlb));

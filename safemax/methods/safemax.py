@@ -103,10 +103,10 @@ class SafeMax(Method):
             the chain overshoots (latent std 1.6-2.2 at 7.5 on the pipeline trained here). With
             w, the forget rows' target is ε_u + (ε* − ε_u)/w, ε_u the original's prediction
             under the empty prompt at the row's state, so that the guided prediction is ε*
-            while the unconditional one stays the original's. DDPM-style models (the target is
-            handed to the op as a basis it scales by √(1−ᾱ_t) > 0); needs the empty prompt's
-            condition as kept_guidance does. Cost: the forget rows once more in the original's
-            forward.
+            while the unconditional one stays the original's; for a flow, v_u + (v* − v_u)/w, and
+            under ``flow_halt="still"`` (1 − 1/w)·v_u, whose guided velocity is 0. The op takes
+            the target as given (``forget_target="given"``). Needs the empty prompt's condition as
+            kept_guidance does. Cost: the forget rows once more in the original's forward.
         kept_contrast: λ > 1, or 0 (default: off). The first steps of a fit halt *every* class
             (the forget rows' cheapest way down is to stop the shared denoiser) until the retain
             rows, whose loss is zero at the start, pull the kept classes back: the retain dip.
@@ -180,9 +180,6 @@ class SafeMax(Method):
             raise ValueError('flow_halt="still" is the rectified-flow halting target (velocity 0); a DDPM-style '
                              "model's max-entropy target √(1−ᾱ_t)·x_t already leaves its DDIM chain where it is: "
                              'leave flow_halt="ode" (and set gaussian_fraction for exact halting)')
-        if self.forget_guidance and denoiser.parametrization != "epsilon":
-            raise ValueError("forget_guidance is implemented for DDPM-style (epsilon) models; a rectified flow's "
-                             "guided halting target is not yet one the op takes: leave forget_guidance=0")
         if self.forget_guidance and (targets.concepts is None or self.unconditional is None):
             raise ValueError("forget_guidance halts the forgotten prompts under classifier-free guidance: it needs a "
                              "text-conditional model and the empty prompt's condition, "
@@ -217,25 +214,31 @@ class SafeMax(Method):
     def _still(self, u) -> bool:
         return self.flow_halt == "still" and u.denoiser.parametrization == "flow"
 
-    def _target_basis(self, u, x_t, t, is_forget):
-        """What the op scales into the forget rows' target (√(1−ᾱ_t)·x_t, k(σ)·x_t): x_t; 0 on
-        the forget rows of a still flow (target 0: the chain does not move); with
-        forget_guidance w, x_t/w + (1 − 1/w)·ε_u/√(1−ᾱ_t), so that the op's target is
-        ε_u + (ε* − ε_u)/w (ε_u: the original's prediction under the empty prompt)."""
-        rows_ = is_forget.to(x_t.device).view(-1, *[1] * (x_t.dim() - 1))
-        if self._still(u):
-            return torch.where(rows_, torch.zeros_like(x_t), x_t)
-        if not self.forget_guidance:
-            return x_t
+    def _forget_target(self, u, x_t, t, is_forget):
+        """``(tensor, forget_target)`` for the op: ``(x_t, "max-entropy")`` — the op forms
+        √(1−ᾱ_t)·x_t or k(σ)·x_t — or, for a still flow or with forget_guidance, the forget rows'
+        target itself (``"given"``): the halting prediction h (ε*, k(σ)·x, or 0 when still) and,
+        under guidance w, ε_u + (h − ε_u)/w, ε_u the original's prediction under the empty prompt
+        at the row's state — so that the guided prediction is h."""
+        if not (self._still(u) or self.forget_guidance):
+            return x_t, "max-entropy"
         f = is_forget.to(x_t.device)
-        uncond = rows.to(rows.take(self.unconditional, torch.zeros(int(f.sum()), dtype=torch.long)), x_t.device)
-        with torch.no_grad():
-            e_u = u.denoiser.predict(x_t[f], t[f], uncond, model=self.teacher)
-        w = self.forget_guidance
-        scale = (1 - u.denoiser.table[t[f]]).sqrt().to(x_t.dtype).view(-1, *[1] * (x_t.dim() - 1))
-        guided = x_t.clone()
-        guided[f] = x_t[f] / w + (1 - 1 / w) * e_u.to(x_t.dtype) / scale
-        return guided
+        row = (-1, *[1] * (x_t.dim() - 1))
+        if self._still(u):
+            halt = torch.zeros_like(x_t[f])
+        elif u.denoiser.parametrization == "flow":
+            sigma = u.denoiser.table[t[f]].double()
+            halt = ((2 * sigma - 1) / ((1 - sigma) ** 2 + sigma ** 2)).to(x_t.dtype).view(row) * x_t[f]
+        else:
+            halt = (1 - u.denoiser.table[t[f]].double()).sqrt().to(x_t.dtype).view(row) * x_t[f]
+        target = x_t.clone()
+        target[f] = halt
+        if self.forget_guidance:
+            uncond = rows.to(rows.take(self.unconditional, torch.zeros(int(f.sum()), dtype=torch.long)), x_t.device)
+            with torch.no_grad():
+                e_u = u.denoiser.predict(x_t[f], t[f], uncond, model=self.teacher).to(x_t.dtype)
+            target[f] = e_u + (halt - e_u) / self.forget_guidance
+        return target, "given"
 
     def loss(self, u, retain, forget, batch_size):
         x_t, eps, t, cond, is_forget = batch = self.draw(u, retain, forget, batch_size)
@@ -243,9 +246,9 @@ class SafeMax(Method):
             f = batch.forget_rows
             self.batch = batch
             pred = u.denoiser.predict(x_t[f], t[f], rows.take(cond, f))
-            loss, nats = safemax_loss(pred, eps[f], self._target_basis(u, x_t[f], t[f], is_forget[f]), t[f],
-                                      u.denoiser.table, is_forget[f], self.t_min,
-                                      self.forget_weight, self.weighting, u.denoiser.parametrization)
+            target, given = self._forget_target(u, x_t[f], t[f], is_forget[f])
+            loss, nats = safemax_loss(pred, eps[f], target, t[f], u.denoiser.table, is_forget[f], self.t_min,
+                                      self.forget_weight, self.weighting, u.denoiser.parametrization, given)
             # (the op divides by its row count: scaled back, the gradient is the full batch's)
             return loss * (len(nats) / len(is_forget)), dict(forget_nats=nats.mean().item(), retain_nats=0.0)
         # kept_contrast's rows ride along in the step's two forwards (one student, one teacher):
@@ -275,8 +278,9 @@ class SafeMax(Method):
                                           torch.zeros_like(is_forget[r]), self.t_min, 1.0, self.weighting,
                                           u.denoiser.parametrization)
             e, e0 = e[:k], e0[:k]
-        loss, nats = safemax_loss(pred, eps, self._target_basis(u, x_t, t, is_forget), t, u.denoiser.table, is_forget,
-                                  self.t_min, self.forget_weight, self.weighting, u.denoiser.parametrization)
+        target, given = self._forget_target(u, x_t, t, is_forget)
+        loss, nats = safemax_loss(pred, eps, target, t, u.denoiser.table, is_forget, self.t_min, self.forget_weight,
+                                  self.weighting, u.denoiser.parametrization, given)
         stats = dict(forget_nats=nats[is_forget].mean().item(), retain_nats=nats[~is_forget].mean().item())
         if guided is not None:   # weighted as the retain rows' share of the batch
             loss = loss + (len(guided[1]) / len(t)) * guided_loss

@@ -37,6 +37,7 @@ with warnings.catch_warnings():  # allocating complex32 or quantized dtypes warn
 del _dtype
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 PARAMETRIZATIONS = ("epsilon", "flow")
+FORGET_TARGETS = ("max-entropy", "given")
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -69,7 +70,7 @@ def _check_per_sample(t, name, dtype, fix, eps_pred):
 
 
 def _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                  weighting, parametrization):
+                  weighting, parametrization, forget_target="max-entropy"):
     """The C++ ``prepare``'s checks, minus the timestep range (data)."""
     flow = parametrization == "flow"
     torch._check_value(eps_pred.layout == torch.strided,
@@ -101,6 +102,9 @@ def _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, 
         f'safemax_loss: weighting must be "simple" or "vlb", got "{weighting}"'))
     torch._check_value(parametrization in PARAMETRIZATIONS, lambda: (
         f'safemax_loss: parametrization must be "epsilon" or "flow", got "{parametrization}"'))
+    torch._check_value(forget_target in FORGET_TARGETS, lambda: (
+        'safemax_loss: forget_target must be "max-entropy" (the parametrization\'s halting target) or '
+        f'"given" (x_t holds the forget rows\' target), got "{forget_target}"'))
     torch._check_value(not (flow and weighting == "vlb"), lambda: (
         'safemax_loss: weighting "vlb" is not defined for parametrization "flow" (its KL '
         'coefficient has no flow-matching derivation); use weighting="simple"'))
@@ -110,18 +114,19 @@ def _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, 
 
 @torch.library.register_fake("safemax::safemax_loss")
 def _forward_fake(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                  forget_weight=1.0, weighting="simple", parametrization="epsilon"):
+                  forget_weight=1.0, weighting="simple", parametrization="epsilon", forget_target="max-entropy"):
     _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                  weighting, parametrization)
+                  weighting, parametrization, forget_target)
     acc = _acc_dtype(eps_pred.dtype)
     return eps_pred.new_empty((), dtype=acc), eps_pred.new_empty((eps_pred.shape[0],), dtype=acc)
 
 
 @torch.library.register_fake("safemax::safemax_loss_backward")
 def _backward_fake(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_cumprod, forget,
-                   t_min, forget_weight, weighting, output_mask, parametrization="epsilon"):
+                   t_min, forget_weight, weighting, output_mask, parametrization="epsilon",
+                   forget_target="max-entropy"):
     _check_inputs(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight,
-                  weighting, parametrization)
+                  weighting, parametrization, forget_target)
     torch._check_value(grad_loss.numel() == 1,
                        lambda: "safemax_loss_backward: grad_loss must be a scalar")
     torch._check_value(grad_nats.dim() == 1 and grad_nats.shape[0] == eps_pred.shape[0],
@@ -134,10 +139,10 @@ def _backward_fake(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_c
 
 def _setup_context(ctx, inputs, output):
     (eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min, forget_weight, weighting,
-     parametrization) = inputs
+     parametrization, forget_target) = inputs
     ctx.save_for_backward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget)
     ctx.scalars = (t_min, forget_weight, weighting)
-    ctx.parametrization = parametrization
+    ctx.parametrization, ctx.forget_target = parametrization, forget_target
 
 
 def _autograd_backward(ctx, grad_loss, grad_nats):
@@ -146,8 +151,8 @@ def _autograd_backward(ctx, grad_loss, grad_nats):
     if grad_nats is None:
         grad_nats = torch.zeros_like(timesteps, dtype=_acc_dtype(eps_pred.dtype))
     grads = _backward(grad_loss, grad_nats, eps_pred, eps, x_t, timesteps, alphas_cumprod,
-                      forget, *ctx.scalars, wanted, ctx.parametrization)
-    return tuple(g if w else None for g, w in zip(grads, wanted)) + (None,) * 7
+                      forget, *ctx.scalars, wanted, ctx.parametrization, ctx.forget_target)
+    return tuple(g if w else None for g, w in zip(grads, wanted)) + (None,) * 8
 
 
 torch.library.register_autograd("safemax::safemax_loss", _autograd_backward,
@@ -155,7 +160,7 @@ torch.library.register_autograd("safemax::safemax_loss", _autograd_backward,
 
 
 def safemax_loss(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                 forget_weight=1.0, weighting="simple", parametrization="epsilon"):
+                 forget_weight=1.0, weighting="simple", parametrization="epsilon", forget_target="max-entropy"):
     """The SAFEMax loss of a mixed forget/retain batch, fused (docs/method.md, docs/op.md).
 
     One op for two parametrizations; the tensor names are those of ``"epsilon"`` and keep their
@@ -183,6 +188,10 @@ def safemax_loss(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
         weighting: ``"simple"`` (mean squared error) or ``"vlb"`` (nats, the KL term; epsilon
             only: ``"flow"`` refuses it with a ValueError, there is no derivation for it).
         parametrization: ``"epsilon"`` (default) or ``"flow"``.
+        forget_target: ``"max-entropy"`` (default): the forget rows' target is the
+            parametrization's multiple of ``x_t`` above; ``"given"``: ``x_t`` holds the forget rows'
+            target itself (e.g. SAFEMax's guidance-aware one, ε_u + (ε* − ε_u)/w), and the
+            gradient to it on those rows is minus the gradient to the prediction.
 
     Returns:
         ``(loss, nats)``: the 0-dim batch loss and the ``[B]`` per-sample values, 0 on masked
@@ -192,4 +201,4 @@ def safemax_loss(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
         Differentiable in eps_pred, eps and x_t.
     """
     return _forward(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                    forget_weight, weighting, parametrization)
+                    forget_weight, weighting, parametrization, forget_target)

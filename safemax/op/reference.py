@@ -42,13 +42,17 @@ def flow_coefficients(sigmas: torch.Tensor, timesteps: torch.Tensor):
 
 
 def safemax_loss_reference(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget, t_min,
-                           forget_weight=1.0, weighting="simple", parametrization="epsilon"):
+                           forget_weight=1.0, weighting="simple", parametrization="epsilon",
+                           forget_target="max-entropy"):
     """Reference ``(loss, nats)``; same arguments and contract as :func:`safemax.op.ops.safemax_loss`
-    (``alphas_cumprod`` is the schedule table: ᾱ_t for ``"epsilon"``, σ_t for ``"flow"``)."""
+    (``alphas_cumprod`` is the schedule table: ᾱ_t for ``"epsilon"``, σ_t for ``"flow"``;
+    ``forget_target="given"``: ``x_t`` is the forget rows' target itself)."""
     if weighting not in ("simple", "vlb"):
         raise ValueError(f'weighting must be "simple" or "vlb", got {weighting!r}')
     if parametrization not in ("epsilon", "flow"):
         raise ValueError(f'parametrization must be "epsilon" or "flow", got {parametrization!r}')
+    if forget_target not in ("max-entropy", "given"):
+        raise ValueError(f'forget_target must be "max-entropy" or "given", got {forget_target!r}')
     if parametrization == "flow" and weighting == "vlb":
         raise ValueError('weighting "vlb" is not defined for parametrization "flow"')
     acc = torch.float64 if eps_pred.dtype == torch.float64 else torch.float32
@@ -57,6 +61,8 @@ def safemax_loss_reference(eps_pred, eps, x_t, timesteps, alphas_cumprod, forget
     coefficients = flow_coefficients if parametrization == "flow" else row_coefficients
     scale, c = coefficients(alphas_cumprod, timesteps)
     scale, c = scale.to(acc), c.to(acc)
+    if forget_target == "given":   # x_t is the target itself; c (the nats coefficient) stays
+        scale = torch.ones_like(scale)
     row = (B,) + (1,) * (eps_pred.dim() - 1)
 
     pred, e, x = eps_pred.to(acc), eps.to(acc), x_t.to(acc)
