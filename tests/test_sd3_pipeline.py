@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from test_sd_pipeline import interrupt_at, synthetic, weights
+from test_sd_pipeline import resumes_bit_for_bit, synthetic
 
 from safemax.data import captions
 from safemax.zoo import sd_parts
@@ -74,11 +74,7 @@ def test_the_transformer_stage_resumes_bit_for_bit(base, tmp_path):
         return s3.train_transformer(tokenizer, encoders, vae, synthetic(), "tiny", work=str(work), steps=4,
                                     resume=resume, progress=False, callback=callback)
 
-    whole = weights(run(tmp_path / "whole"))
-    with pytest.raises(SystemExit):
-        run(tmp_path / "cut", callback=interrupt_at(2))
-    resumed = weights(run(tmp_path / "cut", resume=True))
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    resumes_bit_for_bit(run, tmp_path)
 
 
 def test_the_caption_condition_of_a_text_family_dict_drops_every_key_together():

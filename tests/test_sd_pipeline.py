@@ -51,6 +51,16 @@ def weights(model) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def resumes_bit_for_bit(run, tmp_path, at: int = 2) -> None:
+    """``run(work, resume=False, callback=None)`` (a stage trained into ``work``), stopped by
+    Ctrl-C after step ``at`` and resumed, ends with the weights of an uninterrupted run."""
+    whole = weights(run(tmp_path / "whole"))
+    with pytest.raises(SystemExit):
+        run(tmp_path / "cut", callback=interrupt_at(at))
+    resumed = weights(run(tmp_path / "cut", resume=True))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 @pytest.mark.parametrize("stage", ["clip", "vae"])
 def test_a_stage_interrupted_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(stage, tokenizer, tmp_path):
     data = synthetic()
@@ -80,11 +90,7 @@ def test_the_unet_stage_resumes_through_the_trainer(tokenizer, tmp_path):
         return sp.train_unet(tokenizer, text_encoder, vae, data, size="tiny", work=str(work), steps=5,
                              resume=resume, progress=False, callback=callback)
 
-    whole = weights(run(tmp_path / "whole"))
-    with pytest.raises(SystemExit):
-        run(tmp_path / "cut", callback=interrupt_at(2))
-    resumed = weights(run(tmp_path / "cut", resume=True))
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    resumes_bit_for_bit(run, tmp_path)
 
 
 def test_the_caption_condition_draws_captions_of_each_rows_class_and_drops_some():

@@ -255,20 +255,7 @@ def main(argv=None):
     p.add_argument("--out", help="the pipeline's folder (the zoo's: safemax/zoo/fashion_mnist_sd3)")
     p.add_argument("--base", default="fashion-mnist-sd",
                    help="the Stable Diffusion pipeline whose tokenizer, text encoder and VAE are taken (default: the zoo's)")
-    p.add_argument("--work", default=DEFAULT_WORK, help=f"the stages' states and outputs (default {DEFAULT_WORK})")
-    p.add_argument("--size", choices=list(SIZES), default="full")
-    p.add_argument("--tiny", action="store_const", const="tiny", dest="size", help="the smoke size (--size tiny)")
-    for stage in STAGES:
-        p.add_argument(f"--{stage.replace('_', '-')}-steps", type=int, default=None, dest=f"{stage}_steps",
-                       help=f"{stage} steps (default: the size's)")
-    p.add_argument("--resume", action="store_true", help="skip finished stages, continue the one under way")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="train on the first N images only (smoke runs)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--minutes", type=float, default=None, help="stop this session after that long (then --resume)")
-    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="the shipped weights' dtype")
-    p.add_argument("--estimate", action="store_true", help="time a few transformer steps at --size and exit")
+    sd.add_training_arguments(p, DEFAULT_WORK, SIZES, STAGES, "a few transformer steps")
     args = p.parse_args(argv)
     if args.estimate:
         print(json.dumps(estimate(args.size, args.base, device=args.device), indent=2))

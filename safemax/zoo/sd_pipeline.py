@@ -61,7 +61,7 @@ DEFAULT_WORK = os.path.expanduser("~/.cache/safemax/fashion-mnist-sd")
 STAGES = ("clip", "vae", "unet")
 
 __all__ = ["train", "train_clip", "train_vae", "train_unet", "assemble", "load_clip", "load_data", "latents_of_images",
-           "estimate", "main", "DEFAULT_WORK", "STAGES"]
+           "estimate", "add_training_arguments", "main", "DEFAULT_WORK", "STAGES"]
 
 
 def load_data(limit: int = None):
@@ -337,15 +337,17 @@ def estimate(size="full", repeats: int = 3, device: str = "cpu") -> dict:
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m safemax.zoo.sd_pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="the pipeline's folder (the zoo's: safemax/zoo/fashion_mnist_sd)")
-    p.add_argument("--work", default=DEFAULT_WORK, help=f"the stages' states and outputs (default {DEFAULT_WORK})")
-    p.add_argument("--size", choices=list(sd_parts.SIZES), default="full")
+def add_training_arguments(p, work: str, sizes, stages, estimated: str) -> None:
+    """The options a zoo pipeline's training command shares (this one's, SD3's): where its state
+    is, its size, each stage's steps (``--<stage>-steps``, dest ``<stage>_steps``), resuming, the
+    seed, a smoke run's data limit, the device, the session's minutes and checkpoints, the
+    shipped dtype and ``--estimate``."""
+    p.add_argument("--work", default=work, help=f"the stages' states and outputs (default {work})")
+    p.add_argument("--size", choices=list(sizes), default="full")
     p.add_argument("--tiny", action="store_const", const="tiny", dest="size", help="the smoke size (--size tiny)")
-    for stage in STAGES:
-        p.add_argument(f"--{stage}-steps", type=int, default=None, help=f"{stage} steps (default: the size's)")
+    for stage in stages:
+        p.add_argument(f"--{stage.replace('_', '-')}-steps", type=int, default=None, dest=f"{stage}_steps",
+                       help=f"{stage} steps (default: the size's)")
     p.add_argument("--resume", action="store_true", help="skip finished stages, continue the one under way")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only (smoke runs)")
@@ -353,7 +355,14 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=None, help="stop this session after that long (then --resume)")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="the shipped weights' dtype")
-    p.add_argument("--estimate", action="store_true", help="time a few steps of each stage at --size and exit")
+    p.add_argument("--estimate", action="store_true", help=f"time {estimated} at --size and exit")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m safemax.zoo.sd_pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="the pipeline's folder (the zoo's: safemax/zoo/fashion_mnist_sd)")
+    add_training_arguments(p, DEFAULT_WORK, sd_parts.SIZES, STAGES, "a few steps of each stage")
     args = p.parse_args(argv)
     if args.estimate:
         print(json.dumps(estimate(args.size, device=args.device), indent=2))
