@@ -8,8 +8,9 @@ the demo, the benchmarks and the tests run anywhere, offline.
 | `"fashion-mnist"` | Fashion-MNIST's 60,000 training images, 28×28 (not shipped: see `safemax.data.fashion_mnist_files`) | 2.7 M parameters | + "not a garment" |
 
 ``load_unet(name)`` gives ``(unet, scheduler)``, ``load_classifier(name)`` the classifier; the
-text-to-image pipeline trained here on captioned Fashion-MNIST comes from
-``load_pipeline("fashion-mnist-sd")`` (``python -m safemax.zoo.sd_pipeline`` trains it). The
+text-to-image pipelines trained here on captioned Fashion-MNIST come from
+``load_pipeline("fashion-mnist-sd")`` (Stable Diffusion; ``python -m safemax.zoo.sd_pipeline``
+trains it) and ``load_pipeline("fashion-mnist-sd3")`` (SD3; ``python -m safemax.zoo.sd3_pipeline``). The
 older ``load_default_unet`` / ``load_default_classifier`` / ``default_scheduler`` serve "digits".
 """
 import os
