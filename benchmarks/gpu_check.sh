@@ -39,11 +39,16 @@
 #         estimate). Its work folder and the finished pipeline are written under $OUT (SD_WORK,
 #         SD_OUT), so they come back; it stops itself a minute before the budget ends (--minutes)
 #         and a call that carries the work folder back resumes it.
+#     PARTS="build sd3-pipeline" FASHION_MNIST_DIR=data/fashion-mnist bash benchmarks/gpu_check.sh
+#         issue 44's SD3-type pipeline trained on the GPU (python -m safemax.zoo.sd3_pipeline: a
+#         second CLIP and the MMDiT on the zoo SD pipeline's text encoder and VAE; hours on the CPU
+#         beside other jobs), then its sample-quality bar at SD3's guidance 7.0 and 28 steps; work
+#         folder and pipeline under $OUT (SD3_WORK, SD3_OUT), resumed by a call that carries them back
 #     PARTS="build erase" bash benchmarks/gpu_check.sh
-#         issue 42: one `safemax erase` of the zoo's Stable Diffusion pipeline on the GPU (the sneaker,
-#         the default settings, evaluated before and after), its manifest's time and peak memory
-#         printed; needs the trained pipeline in safemax/zoo/fashion_mnist_sd (skipped, as failed,
-#         without it)
+#         issues 42 and 44: one `safemax erase` of each zoo pipeline on the GPU (the sneaker, the
+#         default settings, evaluated before and after), each manifest's time and peak memory
+#         printed; needs the trained Stable Diffusion pipeline in safemax/zoo/fashion_mnist_sd
+#         (the part fails without it); the SD3 one when safemax/zoo/fashion_mnist_sd3 is trained
 #     PARTS="build fsdp" bash benchmarks/gpu_check.sh
 #         sharded full fine-tuning (tests/test_fsdp.py, ~2 min): one GPU process of Accelerate's own
 #         FSDP2 (benchmarks/accelerate-configs/fsdp.yaml: NCCL, the model, Adam and the teacher as
@@ -137,9 +142,19 @@ TAIL=20 part sd-pipeline "$PY" -m safemax.zoo.sd_pipeline --device cuda --resume
 # (a skip, e.g. of the GPU test without the CUDA kernels, fails the part: it would prove nothing)
 TAIL=12 part fsdp bash -c 'log=$("$1" -m pytest tests/test_fsdp.py -q -p no:cacheprovider -rs 2>&1); rc=$?
   echo "$log"; [[ $log != *SKIPPED* ]] || { echo "fsdp: a test was skipped"; exit 1; }; exit $rc' _ "$PY"
-TAIL=12 part erase bash -c 'py=$1; o=$2; set -e
-  "$py" -m safemax erase --pipeline fashion-mnist-sd --concept "a sneaker" --device cuda --out "$o/erase-sneaker"
-  "$py" -c "import json, sys; m = json.load(open(sys.argv[1])); print(\"erase seconds\", m[\"seconds\"], \"peak MiB\", m[\"peak_memory_mb\"], \"device\", m[\"device\"])" "$o/erase-sneaker/safemax.json"' \
+sd3_out=${SD3_OUT:-$out/fashion_mnist_sd3}
+TAIL=20 part sd3-pipeline bash -c 'py=$1; w=$2; o=$3; m=$4; set -e
+  "$py" -m safemax.zoo.sd3_pipeline --device cuda --resume --work "$w" --out "$o" --minutes "$m"
+  "$py" -m safemax.zoo.sd_quality --pipeline "$o" --n 4 --out "$o/quality.json"' \
+  _ "$PY" "${SD3_WORK:-$out/sd3-work}" "$sd3_out" $(( (BUDGET - SECONDS - 240) / 60 ))
+TAIL=16 part erase bash -c 'py=$1; o=$2; set -e
+  for pipe in fashion-mnist-sd fashion-mnist-sd3; do
+    if [ "$pipe" = fashion-mnist-sd3 ] && [ ! -f safemax/zoo/fashion_mnist_sd3/model_index.json ]; then
+      echo "$pipe: not trained yet (safemax/zoo/fashion_mnist_sd3): skipped"; continue
+    fi
+    "$py" -m safemax erase --pipeline "$pipe" --concept "a sneaker" --device cuda --out "$o/erase-$pipe"
+    "$py" -c "import json, sys; m = json.load(open(sys.argv[1])); print(sys.argv[2], \"erase seconds\", m[\"seconds\"], \"peak MiB\", m[\"peak_memory_mb\"], \"device\", m[\"device\"])" "$o/erase-$pipe/safemax.json" "$pipe"
+  done' \
   _ "$PY" "$out"
 ((${#not_run[@]})) && echo "not run (out of time, BUDGET=$BUDGET s): ${not_run[*]}"
 echo "total $SECONDS s"
