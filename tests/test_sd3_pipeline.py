@@ -137,3 +137,14 @@ def test_uce_on_sd3_edits_the_text_projections_only_and_maps_the_concept_to_the_
         c, g, k = (bag, empty, coat) if kind == "tokens" else (p_bag, p_empty, p_coat)
         torch.testing.assert_close(m.weight @ c, w_old @ g, atol=5e-3, rtol=5e-3)   # the concept -> the guide
         torch.testing.assert_close(m.weight @ k, w_old @ k, atol=5e-3, rtol=5e-3)   # the kept prompt stays
+
+
+def test_the_zoo_serves_it_by_name_and_says_how_to_train_it(monkeypatch, tmp_path, trained):
+    import safemax.zoo as zoo
+    monkeypatch.setitem(zoo.PIPELINES, "fashion-mnist-sd3", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="not trained yet: python -m safemax.zoo.sd3_pipeline --out"):
+        zoo.load_pipeline("fashion-mnist-sd3")
+    monkeypatch.setitem(zoo.PIPELINES, "fashion-mnist-sd3", trained[0])
+    pipe = zoo.load_pipeline("fashion-mnist-sd3")
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and pipe.text_encoder_3 is None
+    assert pipe.transformer.dtype == torch.float32
