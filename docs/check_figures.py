@@ -512,6 +512,12 @@ CLAIMS = [
       lambda v: tuple(-x for x in points(v))),
     C(CONCEPTS, "a run (drawing the data is most of it; the fit itself 30–90 s), peak memory {:.1f} GiB",
       J(CONCEPTS_SD_JSON, "methods.safemax.overall.peak_memory_mb.mean"), lambda v: (figure(v[0] / 1024),)),
+    # concepts: forget_guidance on the dress (tuning runs)
+    C(CONCEPTS, "concept, seed 0, `benchmarks/results/concepts-sd-tune/`) it does not erase: FA at guidance 7.5\n{:.3f} (with half the forget rows Gaussian {:.3f}; with forget weight 7.5 too {:.3f}), against the\ndefault's {:.3f}",
+      J(CONCEPTS_SD_TUNE_JSON, "methods[safemax:forget_guidance=7.5].by_concept.dress[guidance_7.5].fa_erase.value",
+        "methods[safemax:forget_guidance=7.5,gaussian_fraction=0.5].by_concept.dress[guidance_7.5].fa_erase.value",
+        "methods[safemax:forget_guidance=7.5,forget_weight=7.5,gaussian_fraction=0.5].by_concept.dress[guidance_7.5].fa_erase.value",
+        "methods.safemax.by_concept.dress[guidance_7.5].fa_erase.value")),
     # concepts: the baselines head to head (UCE's seed 0 so far; the tuning on the dress)
     C(CONCEPTS, "scale 1, λ 0.5; seed 0, three concepts): at guidance 7.5 the erasing prompts are still their class in\n  {:.3f} [{:.2f}, {:.2f}] of the samples and the paraphrases in {:.3f} (the bag not erased at all:\n  {:.3f}); at guidance 1, {:.3f}",
       J(CONCEPTS_SD_JSON, "methods.uce.overall[guidance_7.5].fa_erase.value", "methods.uce.overall[guidance_7.5].fa_erase.ci95[0]",
