@@ -512,6 +512,16 @@ CLAIMS = [
       lambda v: tuple(-x for x in points(v))),
     C(CONCEPTS, "a run (drawing the data is most of it; the fit itself 30–90 s), peak memory {:.1f} GiB",
       J(CONCEPTS_SD_JSON, "methods.safemax.overall.peak_memory_mb.mean"), lambda v: (figure(v[0] / 1024),)),
+    *[C(CONCEPTS, f"| {label} | {{:.3f}} | {{:.3f}} |",
+        J(CONCEPTS_SD_TUNE_JSON, f"methods[{spec}].by_concept.dress[guidance_7.5].fa_erase.value",
+          f"methods[{spec}].by_concept.dress[guidance_7.5].fa_paraphrase.value"))
+      for label, spec in (("published (the word's state, erase scale 1)", "uce"), ("erase scale 5", "uce:erase_scale=5"),
+                          ("erase scale 20", "uce:erase_scale=20"),
+                          ("the word's and every later state (`tokens=after`, new)", "uce:tokens=after"),
+                          ("`tokens=after`, erase scale 5", "uce:tokens=after,erase_scale=5"))],
+    C(CONCEPTS, "| **`tokens=after`, erase scale 20** (chosen: the lowest mean) | **{:.3f}** | **{:.3f}** |",
+      J(CONCEPTS_SD_TUNE_JSON, "methods[uce:tokens=after,erase_scale=20].by_concept.dress[guidance_7.5].fa_erase.value",
+        "methods[uce:tokens=after,erase_scale=20].by_concept.dress[guidance_7.5].fa_paraphrase.value")),
     # concepts: forget_guidance on the dress (tuning runs)
     C(CONCEPTS, "concept, seed 0, `benchmarks/results/concepts-sd-tune/`) it does not erase: FA at guidance 7.5\n{:.3f} (with half the forget rows Gaussian {:.3f}; with forget weight 7.5 too {:.3f}), against the\ndefault's {:.3f}",
       J(CONCEPTS_SD_TUNE_JSON, "methods[safemax:forget_guidance=7.5].by_concept.dress[guidance_7.5].fa_erase.value",
@@ -525,10 +535,6 @@ CLAIMS = [
         "methods.uce.by_concept.bag[guidance_7.5].fa_erase.value", "methods.uce.overall.guidance_1.fa_erase.value")),
     C(CONCEPTS, "The soft attack succeeds on {:.3f} of its samples,\n  the prefix attack on {:.3f}",
       J(CONCEPTS_SD_JSON, "methods.uce.overall.attacks.soft.value", "methods.uce.overall.attacks.prefix.value")),
-    C(CONCEPTS, "erasing prompts and {:.3f} on the paraphrases at 7.5; editing the word's and every later state\n  (`uce:tokens=after`, new) {:.3f} and {:.3f}",
-      J(CONCEPTS_SD_TUNE_JSON, "methods.uce.by_concept.dress[guidance_7.5].fa_paraphrase.value",
-        "methods[uce:tokens=after].by_concept.dress[guidance_7.5].fa_erase.value",
-        "methods[uce:tokens=after].by_concept.dress[guidance_7.5].fa_paraphrase.value")),
     C(CONCEPTS, "**Cost**: {:.0f} ± {:.0f} s a run", J(CONCEPTS_SD_JSON, "methods.safemax.overall.erase_seconds.mean",
                                                        "methods.safemax.overall.erase_seconds.ci95_half")),
 
