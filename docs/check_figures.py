@@ -522,6 +522,17 @@ CLAIMS = [
     C(CONCEPTS, "| **`tokens=after`, erase scale 20** (chosen: the lowest mean) | **{:.3f}** | **{:.3f}** |",
       J(CONCEPTS_SD_TUNE_JSON, "methods[uce:tokens=after,erase_scale=20].by_concept.dress[guidance_7.5].fa_erase.value",
         "methods[uce:tokens=after,erase_scale=20].by_concept.dress[guidance_7.5].fa_paraphrase.value")),
+    C(CONCEPTS, "- **SAFEMax (default)**: prefix attack success {:.3f} [{:.2f}, {:.2f}], soft {:.3f} [{:.2f}, {:.2f}]",
+      J(CONCEPTS_SD_JSON, *(f"methods.safemax.overall.attacks.{k}.{f}" for k in ("prefix", "soft")
+                            for f in ("value", "ci95[0]", "ci95[1]")))),
+    C(CONCEPTS, "SAFEMax's budget of 100 steps of 8): FA {:.3f},\n  both attacks {:.3f} — but the model is wrecked: the neighbours lose {:.1f} points at guidance 7.5,\n  the other classes {:.1f}",
+      J(CONCEPTS_SD_JSON, "methods.salun.overall[guidance_7.5].fa_erase.value", "methods.salun.overall.attacks.soft.value",
+        "methods.salun.overall[guidance_7.5].neighbours.change", "methods.salun.overall[guidance_7.5].others.change"),
+      lambda v: (v[0], v[1], -100 * v[2], -100 * v[3])),
+    C(README, "prompt attacks bring\nSAFEMax's concepts back in {:.3f} of samples or fewer; UCE's published edit keeps every other class\nbut leaves {:.3f} of the concept at guidance 7.5 and yields to the soft attack in {:.3f}; SalUn at\nSAFEMax's budget erases and resists both attacks but wrecks the kept classes (−{:.1f} points)",
+      J(CONCEPTS_SD_JSON, "methods.safemax.overall.attacks.soft.value", "methods.uce.overall[guidance_7.5].fa_erase.value",
+        "methods.uce.overall.attacks.soft.value", "methods.salun.overall[guidance_7.5].others.change"),
+      lambda v: (v[0], v[1], v[2], -100 * v[3])),
     # concepts: forget_guidance on the dress (tuning runs)
     C(CONCEPTS, "concept, seed 0, `benchmarks/results/concepts-sd-tune/`) it does not erase: FA at guidance 7.5\n{:.3f} (with half the forget rows Gaussian {:.3f}; with forget weight 7.5 too {:.3f}), against the\ndefault's {:.3f}",
       J(CONCEPTS_SD_TUNE_JSON, "methods[safemax:forget_guidance=7.5].by_concept.dress[guidance_7.5].fa_erase.value",
