@@ -285,6 +285,7 @@ C = Claim
 README, HOME, INDEX, METRICS, COMPARE, EMBEDDED, CONCEPTS = (
     "README.md", "docs/index.md", "docs/results/index.md", "docs/metrics.md", "docs/results/compare.md",
     "docs/results/embedded-model.md", "docs/results/concepts.md")
+TUNED_PAGE = "docs/results/tuned-baselines.md"
 
 # The results files, and the commands that wrote them
 DEMO = "demo/report.json"                                  # safemax demo
@@ -468,6 +469,12 @@ CLAIMS = [
       J(CONCEPTS_SD_JSON, *(f"methods.safemax.by_concept.{c}[guidance_7.5].others.change" for c in ("t-shirt", "bag"))),
       lambda v: tuple(-x for x in points(v))),
     C(README, "SAFEMax's tuned held step on the ankle boot ({} steps) stands", J(CONFIRMED, f"rows[id=9/{KC4}].confirmed")),
+    C(TUNED_PAGE, "| ankle boot | SAFEMax default | {} | **{}** | at {}: {:.3f}, {:.3f}; at {}: {:.3f}, {:.3f} ({:.3f}) |",
+      J(CONFIRMED, "rows[id=9/safemax:lr=0.0001].held", "rows[id=9/safemax:lr=0.0001].confirmed",
+        "rows[id=9/safemax:lr=0.0001].points[0].step", "rows[id=9/safemax:lr=0.0001].points[0].heavy.fa",
+        "rows[id=9/safemax:lr=0.0001].points[0].heavy.retain_acc", "rows[id=9/safemax:lr=0.0001].points[1].step",
+        "rows[id=9/safemax:lr=0.0001].points[1].heavy.fa", "rows[id=9/safemax:lr=0.0001].points[1].heavy.retain_acc",
+        "rows[id=9/safemax:lr=0.0001].heavy_floor")),
     C(README, "it moves from {} to {} ({:.1f} points down at {} at {:,} kept samples",
       J(CONFIRMED, f"rows[id=6/{KC4}].held", f"rows[id=6/{KC4}].confirmed", f"rows[id=6/{KC4}].heavy_floor",
         f"rows[id=6/{KC4}].points[0].heavy.retain_acc", f"rows[id=6/{KC4}].points[0].step", f"rows[id=6/{KC4}].per_class"),
