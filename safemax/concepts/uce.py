@@ -69,12 +69,19 @@ def cross_attention_projections(denoiser) -> dict:
 
 
 @torch.no_grad()
+def _token_states(pipe, prompts) -> torch.Tensor:
+    """``[N, L, D]``: each prompt's token states as the pipeline's denoiser reads them (a text
+    family's ``prompt_embeds``; SD3's: the CLIP states, then the T5 ones)."""
+    from safemax.models.pipelines import prompt_embeddings
+    emb = prompt_embeddings(pipe, list(prompts))
+    return emb["prompt_embeds"] if isinstance(emb, dict) else emb
+
+
+@torch.no_grad()
 def token_embeddings(pipe, prompts) -> torch.Tensor:
     """``[N, D]``: each prompt's text-encoder output at its last token before the end token
     (the empty prompt: its start token), as UCE takes a concept's embedding."""
-    from safemax.models.pipelines import prompt_embeddings
-    emb = prompt_embeddings(pipe, prompts)
-    emb = emb["prompt_embeds"] if isinstance(emb, dict) else emb
+    emb = _token_states(pipe, prompts)
     mask = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
                           truncation=True, return_tensors="pt")["attention_mask"]
     last = (mask.sum(1) - 2).clamp_min(0)
@@ -89,10 +96,8 @@ def states_from_the_word(pipe, erase_prompts, guide: str = ""):
     the guide's state it is mapped to: the word to the guide's last state before its end token
     (as published), the end token to the guide's end token, each padding state to the guide's
     padding state at the same position."""
-    from safemax.models.pipelines import prompt_embeddings
     prompts = list(erase_prompts) + [guide]
-    emb = prompt_embeddings(pipe, prompts)
-    emb = emb["prompt_embeds"] if isinstance(emb, dict) else emb
+    emb = _token_states(pipe, prompts)
     length = pipe.tokenizer.model_max_length
     ends = pipe.tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
                           return_tensors="pt")["attention_mask"].sum(1) - 1      # each prompt's end token
@@ -119,9 +124,7 @@ def pooled_embeddings(pipe, prompts) -> torch.Tensor:
 @torch.no_grad()
 def all_token_embeddings(pipe, prompts) -> torch.Tensor:
     """``[N·L, D]``: every token state of each prompt, prompt-major."""
-    from safemax.models.pipelines import prompt_embeddings
-    emb = prompt_embeddings(pipe, prompts)
-    emb = emb["prompt_embeds"] if isinstance(emb, dict) else emb
+    emb = _token_states(pipe, prompts)
     return emb.reshape(-1, emb.shape[-1])
 
 

@@ -10,6 +10,7 @@ from safemax.data import rows
 from safemax.methods.base import Batch, Method, denoising_batch, frozen_original
 from safemax.models import schedule
 from safemax.op.ops import safemax_loss
+from safemax.op.reference import flow_coefficients, row_coefficients
 from safemax.settings import (
     Settings,
     finite,
@@ -223,14 +224,12 @@ class SafeMax(Method):
         if not (self._still(u) or self.forget_guidance):
             return x_t, "max-entropy"
         f = is_forget.to(x_t.device)
-        row = (-1, *[1] * (x_t.dim() - 1))
         if self._still(u):
             halt = torch.zeros_like(x_t[f])
-        elif u.denoiser.parametrization == "flow":
-            sigma = u.denoiser.table[t[f]].double()
-            halt = ((2 * sigma - 1) / ((1 - sigma) ** 2 + sigma ** 2)).to(x_t.dtype).view(row) * x_t[f]
-        else:
-            halt = (1 - u.denoiser.table[t[f]].double()).sqrt().to(x_t.dtype).view(row) * x_t[f]
+        else:   # the op's own max-entropy coefficient, as its reference (the executable spec) forms it
+            flow = u.denoiser.parametrization == "flow"
+            scale = (flow_coefficients if flow else row_coefficients)(u.denoiser.table, t[f])[0]
+            halt = scale.to(x_t.dtype).view(-1, *[1] * (x_t.dim() - 1)) * x_t[f]
         target = x_t.clone()
         target[f] = halt
         if self.forget_guidance:

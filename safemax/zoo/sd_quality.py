@@ -110,8 +110,9 @@ def main(argv=None):
         pipe = zoo.open_pipeline(args.pipeline)
         pipe.set_progress_bar_config(disable=True)
     usual = usual_call(zoo.PIPELINES.get(args.pipeline, args.pipeline))
-    result = sample_quality(pipe, args.n, args.n_empty, args.guidance_scale or usual["guidance_scale"],
-                            args.steps or usual["num_inference_steps"], args.seed, grid=args.grid)
+    guidance = usual["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
+    steps = usual["num_inference_steps"] if args.steps is None else args.steps
+    result = sample_quality(pipe, args.n, args.n_empty, guidance, steps, args.seed, grid=args.grid)
     if args.out:
         from safemax.evaluation.report import write_json
         write_json(args.out, result)
