@@ -249,6 +249,7 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     # the folder's summary keeps the safemax runs the call did not name (both seeds)
     assert set(both["methods"]) == {"safemax", "uce"} and both["methods"]["uce"]["runs"] == 1
     assert both["methods"]["safemax"]["runs"] == 2 and both["seeds"] == [0, 1]
+    assert (out / "summary.png").stat().st_size > 10_000   # quality against time, a point a method
     # it measured no original of its own: the safemax run's evaluation of it, taken over whole
     before = [json.loads((out / m / "sneaker-seed0" / "report.json").read_text())["before"] for m in ("safemax", "uce")]
     assert before[1] == before[0] and before[0]["seconds"] > 0
@@ -273,6 +274,22 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     assert script.main(argv + ["--summarise"]) == 0   # from the files, nothing run again
     again = capsys.readouterr().out
     assert text.strip().splitlines()[-1] in again and "**uce**" in again   # every method in the folder
+
+
+def test_the_head_to_head_picture_places_each_method_at_its_time():
+    from safemax.harness import concept_plot
+
+    def cell(v, n=100):
+        return dict(value=v, ci95=[max(0, v - 0.1), min(1, v + 0.1)], n=n)
+    block = {"guidance_7.5": dict(fa_paraphrase=cell(0.2), others=dict(change=-0.05, ci95=[-0.08, -0.02])),
+             "attacks": {"soft": cell(0.7)}, "erase_seconds": dict(mean=0.04, ci95_half=0.1)}
+    summary = {"methods": {"uce": {"overall": block},
+                           "safemax": {"overall": dict(block, attacks={}, erase_seconds=dict(mean=137, ci95_half=None))}}}
+    points = {m: (sec, panels) for m, sec, _, panels in concept_plot._points(summary)}
+    assert points["uce"][0] == 0.04 and points["safemax"][0] == 137
+    assert points["uce"][1]["others"] == pytest.approx((5, 2, 8))   # points lost, its interval turned with it
+    assert "soft attack" in points["uce"][1] and "soft attack" not in points["safemax"][1]
+    assert not concept_plot.plot({"methods": {}}, "/nonexistent/never.png")   # nothing to place: nothing written
 
 
 # ------------------------------------------------------------------ UCE

@@ -18,6 +18,7 @@ import json
 import os
 import re
 
+from safemax.harness.concept_plot import plot
 from safemax.evaluation.report import write_json
 from safemax.evaluation.stats import share, t_interval
 from safemax.settings import assignments, json_value
@@ -271,6 +272,7 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
     text = table(summary)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text + "\n")
+    plot(summary, os.path.join(out, "summary.png"))   # quality against time, one point a method
     return text
 
 
