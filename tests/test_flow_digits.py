@@ -29,8 +29,13 @@ def test_the_flow_benchmark_runs_end_to_end(tmp_path):
     assert (model / "config.json").exists() and (model / "scheduler_config.json").exists()
     # benchmarks/flow_halt_probe.py on the model just trained: SAFEMax, then k_eff on the halted path
     probe = os.path.join(os.path.dirname(SCRIPT), "flow_halt_probe.py")
-    done = subprocess.run([sys.executable, probe, "--model", str(model), "--steps", "1",
-                           "--out", str(tmp_path / "probe.md")], capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    table = (tmp_path / "probe.md").read_text()
-    assert "| σ | k(σ) | k_eff on the halted path |" in table and table.count("\n| 0.") + table.count("\n| 1.") == 8
+    for halt, target in (("ode", "k·x"), ("still", "0")):
+        done = subprocess.run([sys.executable, probe, "--model", str(model), "--steps", "1", "--flow-halt", halt,
+                               "--gaussian-fraction", "0.5", "--out", str(tmp_path / "probe.md")],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        table = (tmp_path / "probe.md").read_text()
+        assert f"| σ | target k(σ) | k_eff on the halted path | MSE(v, {target}) on the halted path |" in table
+        assert table.count("\n| 0.") + table.count("\n| 1.") == 8
+        if halt == "still":   # the target is 0 at every σ
+            assert all(line.split("|")[2].strip() == "+0.000" for line in table.splitlines() if line.startswith("| 0."))
