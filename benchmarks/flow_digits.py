@@ -29,6 +29,7 @@ from safemax import Unlearner
 from safemax.data import digits_dataset, split_by_class
 from safemax.evaluation.metrics import classify
 from safemax.evaluation.report import save_grid, write_json
+from safemax.harness.task import Task
 from safemax.models.sampling import sample
 from safemax.zoo import NOT_A_DIGIT, UNET_CONFIG, load_default_classifier
 from safemax.zoo.train import shift_images
@@ -91,9 +92,11 @@ def base_quality(unet, sched, classifier, n_per_class: int, num_inference_steps:
                 n_per_class=n_per_class, euler_steps=num_inference_steps)
 
 
-def measure(unet, sched, classifier, forget: int, n: int, n_kept: int) -> tuple:
-    """FA, "not a digit" share, retain accuracy, and how far the forget samples are their own
-    starting noise z (a halted flow returns ≈0.97·z with diffusers' Euler-50 at shift 1)."""
+def measure(unet, sched, classifier, forget: int, n: int, n_kept: int, reference=None) -> tuple:
+    """FA, "not a digit" share, retain accuracy, the kept digits' Fréchet distance to their real
+    images (``reference``: a ``FrechetReference``; omitted, not measured), and how far the forget
+    samples are their own starting noise z (a halted flow returns ≈0.97·z with diffusers'
+    Euler-50 at shift 1)."""
     kept = [c for c in range(10) if c != forget]
     r_labels = torch.tensor(kept).repeat_interleave(n_kept)
     # the forget rows in one batch, so that their starting noise is the first draw of seed 0
@@ -115,6 +118,7 @@ def measure(unet, sched, classifier, forget: int, n: int, n_kept: int) -> tuple:
                 forget_not_a_digit=(pf == NOT_A_DIGIT).float().mean().item(),
                 retain_acc=r_hit.mean().item(),
                 retain_per_class={c: round(r_hit[r_labels == c].mean().item(), 3) for c in kept},
+                frechet=None if reference is None else reference.distance(xr),
                 forget_pixel_mean=xf.mean().item(), forget_pixel_std=xf.std().item(),
                 forget_noise_slope=float(xv @ zf / (zf @ zf)),  # x ≈ slope·z
                 forget_noise_corr=float(torch.corrcoef(torch.stack([xv, zf]))[0, 1])), \
@@ -186,14 +190,22 @@ def main():
                   noise_forget=args.noise_forget, flow_halt=args.flow_halt, gaussian_fraction=args.gaussian_fraction,
                   n_forget=args.n, n_per_kept_class=n_kept, **info)
     start = time.perf_counter()
-    result["base_model"] = base_quality(unet, sched, classifier, max(1, args.n // 2))
+    reference = Task("digits", args.forget).real_retain   # the kept digits' real images, in classifier features
+    # the original model's measurement depends on the model, the digit and n only: measured once, reused
+    before_file = os.path.join(model_dir, f"before-digit{args.forget}-n{args.n}.pt")
+    if os.path.exists(before_file):
+        result["base_model"], result["before"], x_before = torch.load(before_file).values()
+    else:
+        result["base_model"] = base_quality(unet, sched, classifier, max(1, args.n // 2))
+        result["before"], x_before = measure(unet, sched, classifier, args.forget, args.n, n_kept, reference)
+        torch.save(dict(base_model=result["base_model"], before=result["before"], x=x_before), before_file)
     print("base model:", result["base_model"])
-    result["before"], x_before = measure(unet, sched, classifier, args.forget, args.n, n_kept)
     print("before:", result["before"])
     unet, result["unlearn_seconds"] = unlearn(unet, sched, args.forget, args.steps, args.lr,
                                               args.early_fraction, args.noise_forget, args.flow_halt,
                                               args.gaussian_fraction)
-    result["after"], x_after = measure(unet, sched, classifier, args.forget, args.n, n_kept)
+    unet.save_pretrained(os.path.join(args.out, "unlearned"))   # (for probes afterwards; not committed)
+    result["after"], x_after = measure(unet, sched, classifier, args.forget, args.n, n_kept, reference)
     print("after:", result["after"])
     result["command"] = "python benchmarks/flow_digits.py " + " ".join(sys.argv[1:])
     k = min(10, args.n)
@@ -210,12 +222,13 @@ def main():
              + (f", gaussian_fraction {args.gaussian_fraction:g}" if args.gaussian_fraction else "")
              + ".", "",
              "| when | FA | forget → not a digit | forget pixel mean | forget pixel std | "
-             "forget vs its starting noise z: slope / corr | retain acc |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "forget vs its starting noise z: slope / corr | retain acc | kept digits' Fréchet |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for when, r in (("before", b), ("after", a)):
         lines.append(f"| {when} | {r['fa']:.2f} | {r['forget_not_a_digit']:.2f} | "
                      f"{r['forget_pixel_mean']:.2f} | {r['forget_pixel_std']:.2f} | "
-                     f"{r['forget_noise_slope']:.2f} / {r['forget_noise_corr']:.2f} | {r['retain_acc']:.3f} |")
+                     f"{r['forget_noise_slope']:.2f} / {r['forget_noise_corr']:.2f} | {r['retain_acc']:.3f} | "
+                     f"{'—' if r.get('frechet') is None else format(r['frechet'], '.2f')} |")
     lines += ["", "Forget samples' pixel std by sampler (the starting noise's is 1): "
               + ", ".join(f"{k.replace('_', ' ')}: before {b['forget_std_by_sampler'][k]:.2f}, after {v:.2f}"
                           for k, v in a["forget_std_by_sampler"].items()) + "."]

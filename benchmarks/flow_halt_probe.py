@@ -43,7 +43,7 @@ def probe(unet, forget: int, n: int = 64, seed: int = 5, flow_halt: str = "ode")
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="the trained flow model to unlearn (or --unlearned)")
     p.add_argument("--out", required=True, help="a markdown file for the table")
     p.add_argument("--forget", type=int, default=3)
     p.add_argument("--steps", type=int, default=100)
@@ -51,10 +51,17 @@ def main():
     p.add_argument("--noise-forget", type=float, default=0.0)
     p.add_argument("--flow-halt", choices=["ode", "still"], default="ode")
     p.add_argument("--gaussian-fraction", type=float, default=0.0)
+    p.add_argument("--unlearned", help="probe this model, unlearned already (flow_digits.py's OUT/unlearned), "
+                                       "instead of fitting one: the fit's settings are then only the table's label")
     args = p.parse_args()
-    unet = UNet2DModel.from_pretrained(args.model)
-    unet, _ = unlearn(unet, flow_scheduler(), args.forget, args.steps, args.lr, 1.0, args.noise_forget,
-                      args.flow_halt, args.gaussian_fraction)
+    if not (args.model or args.unlearned):
+        p.error("give --model (a trained flow model to unlearn) or --unlearned (a model unlearned already)")
+    if args.unlearned:
+        unet = UNet2DModel.from_pretrained(args.unlearned)
+    else:
+        unet = UNet2DModel.from_pretrained(args.model)
+        unet, _ = unlearn(unet, flow_scheduler(), args.forget, args.steps, args.lr, 1.0, args.noise_forget,
+                          args.flow_halt, args.gaussian_fraction)
     target = "k·x" if args.flow_halt == "ode" else "0"
     lines = [f"SAFEMax on digit {args.forget}, {args.steps} steps, lr {args.lr:g}, noise share of the "
              f"forget data {args.noise_forget:g}, flow_halt {args.flow_halt}, gaussian_fraction "

@@ -24,8 +24,16 @@ def test_the_flow_benchmark_runs_end_to_end(tmp_path):
         assert set(result[when]["forget_std_by_sampler"]) == {"euler28_shift1", "euler50_shift1", "euler28_shift3", "euler50_shift3"}
     assert result["train_steps"] == 3 and len(result["base_model"]["per_class"]) == 10
     assert result["flow_halt"] == "still" and result["gaussian_fraction"] == 0.5
+    assert result["before"]["frechet"] > 0 and result["after"]["frechet"] > 0   # the kept digits' Fréchet
     assert (tmp_path / "results.md").exists() and (tmp_path / "samples.png").exists()
     model = tmp_path / "model"
+    # a second fit of the same model and digit reuses the original's measurement (kept in the model's folder)
+    assert (model / "before-digit3-n5.pt").exists()
+    done = subprocess.run([sys.executable, SCRIPT, "--model", str(model), "--out", str(tmp_path / "second"),
+                           "--steps", "1", "--n", "5"], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    second = json.loads((tmp_path / "second" / "results.json").read_text())
+    assert second["before"] == result["before"] and second["base_model"] == result["base_model"]
     assert (model / "config.json").exists() and (model / "scheduler_config.json").exists()
     # benchmarks/flow_halt_probe.py on the model just trained: SAFEMax, then k_eff on the halted path
     probe = os.path.join(os.path.dirname(SCRIPT), "flow_halt_probe.py")
@@ -38,4 +46,9 @@ def test_the_flow_benchmark_runs_end_to_end(tmp_path):
         assert f"| σ | target k(σ) | k_eff on the halted path | MSE(v, {target}) on the halted path |" in table
         assert table.count("\n| 0.") + table.count("\n| 1.") == 8
         if halt == "still":   # the target is 0 at every σ
+            assert (tmp_path / "unlearned" / "config.json").exists()   # flow_digits.py kept its unlearned model
+            done = subprocess.run([sys.executable, probe, "--unlearned", str(tmp_path / "unlearned"), "--flow-halt",
+                                   "still", "--out", str(tmp_path / "again.md")], capture_output=True, text=True,
+                                  timeout=600, env=env)
+            assert done.returncode == 0, done.stderr[-2000:]
             assert all(line.split("|")[2].strip() == "+0.000" for line in table.splitlines() if line.startswith("| 0."))
