@@ -95,10 +95,11 @@ def run_one(setting: str, digit: int, steps: int, seed: int, model: str = "digit
 
 
 def table(rows) -> str:
-    lines = ["| setting | class | seed | FA | retain acc | Fréchet | std DDIM-50 | std DDPM | train s | prep s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| setting | class | seed | lr | steps | FA | retain acc | Fréchet | std DDIM-50 | std DDPM | train s | prep s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['digit']} | {r['seed']} | {r['fa']:.2f} | {r['retain_acc']:.3f} | "
+        lines.append(f"| {r['setting']} | {r['digit']} | {r['seed']} | {r.get('lr', 5e-4):g} | {r['steps']} | "
+                     f"{r['fa']:.2f} | {r['retain_acc']:.3f} | "
                      f"{r['frechet']:.2f} | {r['ddim_std']:.3f} | {'—' if r['ddpm_std'] is None else format(r['ddpm_std'], '.3f')} | "
                      f"{r['train_seconds']:.1f} | {r['prep_seconds']:.1f} |")
     return "\n".join(lines)

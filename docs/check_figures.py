@@ -178,6 +178,18 @@ class Texts:
         return f"{self.file} [/{self.pattern}/]"
 
 
+class Both:
+    """Several sources' figures one after the other (the same figure of two runs in one text)."""
+    def __init__(self, *sources):
+        self.sources = sources
+
+    def load(self):
+        return tuple(f for source in self.sources for f in source.load())
+
+    def __str__(self):
+        return " + ".join(map(str, self.sources))
+
+
 class Text(Texts):
     """The first match of a regex in a text results file: its groups."""
     def load(self):
@@ -263,6 +275,18 @@ def counted(values):
     return figure(round(share * n)), n, share
 
 
+def flow_halt_headline(v):
+    """README's still-halting sentence from three runs' (4 stds, retain before/after, Fréchet before/after):
+    each run's std (all four samplers must round alike), the worst retain change and Fréchet rise."""
+    runs = [v[i:i + 8] for i in range(0, len(v), 8)]
+    stds = []
+    for r in runs:
+        if len({round(x, 3) for x in r[:4]}) > 2:
+            raise ValueError(f"the samplers disagree: {r[:4]}")
+        stds.append(r[0])
+    return (*stds, max(100 * abs(r[5] - r[4]) for r in runs), max(100 * (r[7] / r[6] - 1) for r in runs))
+
+
 # --- the claims ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -286,6 +310,8 @@ README, HOME, INDEX, METRICS, COMPARE, EMBEDDED, CONCEPTS = (
     "README.md", "docs/index.md", "docs/results/index.md", "docs/metrics.md", "docs/results/compare.md",
     "docs/results/embedded-model.md", "docs/results/concepts.md")
 TUNED_PAGE = "docs/results/tuned-baselines.md"
+FLOW_PAGE = "docs/results/flow-matching.md"
+HALTING_PAGE = "docs/results/halting.md"
 
 # The results files, and the commands that wrote them
 DEMO = "demo/report.json"                                  # safemax demo
@@ -313,6 +339,28 @@ COMPARE_ATTACKS = "compare-attacks/results.md"             # safemax compare --a
 ATTACKS = "retrain-digits/every-attack.md"                 # benchmarks/robust_attack.py ... --seed 0 1 2 (three seeds)
 TUNED = "tuned-fashion-mnist/tuned.json"                   # benchmarks/tune_baselines.py --model fashion-mnist
 FLOW = "flow-digits/results.json"                          # benchmarks/flow_digits.py
+HALTING_LR = "halting-digits-lr/halting.md"               # benchmarks/halting.py --digits 3 --lr ... --out halting-digits-lr
+HALTING_LR_ROWS = [("real forget images", "real", "1e-4, 200", "0.0001", "200"),
+                   ("`gaussian_fraction=0.5`", "gaussian:0.5", "1e-4, 200", "0.0001", "200"),
+                   ("`gaussian_fraction=0.5`", "gaussian:0.5", "2e-4, 100", "0.0002", "100")]
+HALTING_LR_COLUMNS = ("retain acc", "Fréchet", "std DDIM-50", "std DDPM")
+FLOW_HALT = "flow-digits-halt/{}/results.json"             # benchmarks/flow_digits.py --model ... --out flow-digits-halt/<run>
+STD_BY_SAMPLER = [f"after.forget_std_by_sampler.euler{n}_shift{s}" for s in (1, 3) for n in (28, 50)]
+# the flow halting page's rows: its text and the run's figures, from one template (flow_halt_rows writes the rows)
+FLOW_HALT_TUNING = "| {} | {{:.3f}} / {{:.3f}} | {{:.3f}} / {{:.3f}} | {{:.2f}} | {{:.3f}} | {{:.2f}} | {{:.0f}} |"
+FLOW_HALT_TUNING_PATHS = [*STD_BY_SAMPLER, "after.fa", "after.retain_acc", "after.frechet", "unlearn_seconds"]
+FLOW_HALT_REPORT = ("| {} | {} | {{:.3f}} / {{:.3f}} | {{:.3f}} / {{:.3f}} | {{:.2f}} | {{:.3f}} → {{:.3f}} | "
+                    "{{:.2f}} → {{:.2f}} |")
+FLOW_HALT_REPORT_PATHS = [*STD_BY_SAMPLER, "after.fa", "before.retain_acc", "after.retain_acc", "before.frechet",
+                          "after.frechet"]
+FLOW_HALT_RUNS = [   # (label, run folder) of the digit-3 table: the setting is chosen there
+    ("`ode` (today's default), 100 steps", "ode"),
+    ("`still`, `gaussian_fraction=0.5`, 100 steps", "still-gf0.5"),
+    ("`still`, `gaussian_fraction=0.5`, 100 steps at lr 3e-4", "still-gf0.5-lr3e-4"),
+    ("**`still`, `gaussian_fraction=0.5`, 300 steps** (chosen)", "still-gf0.5-300steps")]
+FLOW_HALT_REPORTED = [(d, label, f"digit{d}-{run}") for d in (7, 5) for label, run in
+                      (("`ode` (today's default), 100 steps", "ode"),
+                       ("`still`, `gaussian_fraction=0.5`, 300 steps", "still-gf0.5-300steps"))]
 KERNELS = "kernels-cpu/summary.txt"                        # pytest --benchmark-only
 GPU_MEMORY = "gpu-h200/memory.json"                        # benchmarks/gpu_check.sh (commit 91e38ef)
 SD_TRAINING = "sd-pipeline/training.json"                  # python -m safemax.zoo.sd_pipeline (the zoo pipeline's record)
@@ -389,6 +437,10 @@ CLAIMS = [
     C(README, "teach it the 3 (weak {:.2f}, strong {:.2f}, long {:.2f})", Cell(ATTACKS, RETRAINED, ("weak", "strong", "long"), means=True)),
     C(README, "two and SalUn on one, at {:.0f}–{:.0f}× SAFEMax's time", J(TUNED, ""), baselines_over_safemax),
     # README: flow matching, the fused op
+    C(README, "std {:.3f}, {:.3f} and {:.3f} for digits 3, 7 and 5 under Euler 28 and 50 at shift 1 and 3,\nthe kept digits within {:.1f} points and {:.1f} % Fréchet",
+      Both(*[J(FLOW_HALT.format(run), *STD_BY_SAMPLER, "before.retain_acc", "after.retain_acc", "before.frechet", "after.frechet")
+             for run in ("still-gf0.5-300steps", "digit7-still-gf0.5-300steps", "digit5-still-gf0.5-300steps")]),
+      flow_halt_headline),
     C(README, "takes digit 3 from FA {:.2f} to **{:.2f}** with retain accuracy {:.3f} → {:.3f};",
       J(FLOW, "before.fa", "after.fa", "before.retain_acc", "after.retain_acc")),
     C(README, "is {:.0f}–{:.0f}× faster than the same loss written as a plain masked MSE in eager PyTorch and {:.2f}–{:.2f}× faster",
@@ -575,7 +627,43 @@ CLAIMS = [
       Cells(ATTACKS, [SAFEMAX, SAFEMAX_200, SALUN], "weak"), lambda rows: (*rows[0][:2], *rows[1][:2], *rows[2][:2])),
     C(COMPARE, "SAFEMax holds ({:.2f} here;", Cell(COMPARE_ATTACKS, {"method": "SAFEMax"}, "lora")),
     C(COMPARE, "here; {:.2f} ± {:.2f} over three seeds after the demo's 100 steps)", Cell(ATTACKS, SAFEMAX, "lora")),
+
+    # docs/results/halting.md: lower learning rates on the digits ------------------------------------
+    *[C(HALTING_PAGE, f"| {label} | {lr} | {{:.3f}} | {{:.2f}} | {{:.3f}} | {{:.3f}} |",
+        Cell(HALTING_LR, {"setting": setting, "lr": lr_cell, "steps": steps}, HALTING_LR_COLUMNS))
+      for label, setting, lr, lr_cell, steps in HALTING_LR_ROWS],
+
+    # docs/results/flow-matching.md: exact halting on the flow digits model --------------------------
+    *[C(FLOW_PAGE, FLOW_HALT_TUNING.format(label), J(FLOW_HALT.format(run), *FLOW_HALT_TUNING_PATHS))
+      for label, run in FLOW_HALT_RUNS],
+    *[C(FLOW_PAGE, FLOW_HALT_REPORT.format(d, label), J(FLOW_HALT.format(run), *FLOW_HALT_REPORT_PATHS))
+      for d, label, run in FLOW_HALT_REPORTED if (RESULTS / FLOW_HALT.format(run)).exists()],
+    C(FLOW_PAGE, "the 3's samples have std {:.2f}, the kept digits' retain accuracy is {:.3f} and their\nFréchet distance {:.2f}",
+      J(FLOW_HALT.format("still-gf0.5-300steps"), "before.forget_pixel_std", "before.retain_acc", "before.frechet")),
+    C(FLOW_PAGE, "(retain accuracy {:.3f} → {:.3f}, Fréchet\n  +{:.1f}%)",
+      J(FLOW_HALT.format("still-gf0.5-300steps"), "before.retain_acc", "after.retain_acc", "before.frechet", "after.frechet"),
+      lambda v: (v[0], v[1], figure(100 * (v[3] / v[2] - 1)))),
+    C(FLOW_PAGE, "std {:.3f} (7) and {:.3f} (5) under all\n  four samplers, retain accuracy −{:.1f} and +{:.1f} points, Fréchet +{:.1f} % and −{:.1f} %",
+      Both(*[J(FLOW_HALT.format(f"digit{d}-still-gf0.5-300steps"), STD_BY_SAMPLER[0], "before.retain_acc",
+               "after.retain_acc", "before.frechet", "after.frechet") for d in (7, 5)]),
+      lambda v: (v[0], v[5], 100 * (v[1] - v[2]), 100 * (v[7] - v[6]), 100 * (v[4] / v[3] - 1), 100 * (1 - v[9] / v[8]))),
+    C(FLOW_PAGE, "k_eff ≈ +{:.2f} at every σ after 100 steps",
+      Text("flow-digits-halt/still-gf0.5/halt-probe.md", r"^\| 0\.50 \| \+0\.000 \| \+(\d\.\d+) \|")),
+    C(FLOW_PAGE, "+{:.3f} after\n  300 ([100 steps]",
+      Text("flow-digits-halt/still-gf0.5-300steps/halt-probe.md", r"^\| 0\.50 \| \+0\.000 \| \+(\d\.\d+) \|")),
 ]
+
+
+def flow_halt_rows(reported: bool = False) -> str:
+    """The flow halting page's table rows, rendered from the runs by the claims' own templates
+    (``cd docs && python -c "import check_figures as c; print(c.flow_halt_rows())"`` prints them to paste)."""
+    def render(template, run, paths):
+        data = json.loads((RESULTS / FLOW_HALT.format(run)).read_text())
+        return template.format(*[figure(J.walk(data, p)) for p in paths])
+    if reported:
+        return "\n".join(render(FLOW_HALT_REPORT.format(d, label), run, FLOW_HALT_REPORT_PATHS)
+                         for d, label, run in FLOW_HALT_REPORTED if (RESULTS / FLOW_HALT.format(run)).exists())
+    return "\n".join(render(FLOW_HALT_TUNING.format(label), run, FLOW_HALT_TUNING_PATHS) for label, run in FLOW_HALT_RUNS)
 
 
 # --- the check -------------------------------------------------------------------------------------
