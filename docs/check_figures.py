@@ -369,6 +369,7 @@ CONCEPTS_SD_JSON = "concepts-sd/summary.json"             # benchmarks/concept_e
 CONCEPTS_SD_TUNE_JSON = "concepts-sd-tune/summary.json"   # benchmarks/concept_erasure.py --tune --out benchmarks/results/concepts-sd-tune
 ALL_75, ALL_1 = "methods.safemax.overall[guidance_7.5]", "methods.safemax.overall.guidance_1"
 CONFIRMED = "tuned-fashion-mnist/confirmed/confirmed.json"  # benchmarks/confirm_held.py (the tuned head-to-head, afterwards)
+PULLOVER_CONFIRM = "tuned-fashion-mnist/head-to-head/class2/confirm/{}.json"   #   a pullover run's confirmation
 KC4 = "safemax:lr=0.0001,kept_contrast=4"                  #   SAFEMax's tuned setting there
 KG = "methods[safemax:kept_guidance=7.5]"                 #   its SAFEMax with kept_guidance=7.5
 KG_75, KG_1 = KG + ".overall[guidance_7.5]", KG + ".overall.guidance_1"
@@ -531,6 +532,23 @@ CLAIMS = [
         "rows[id=9/safemax:lr=0.0001].points[0].heavy.retain_acc", "rows[id=9/safemax:lr=0.0001].points[1].step",
         "rows[id=9/safemax:lr=0.0001].points[1].heavy.fa", "rows[id=9/safemax:lr=0.0001].points[1].heavy.retain_acc",
         "rows[id=9/safemax:lr=0.0001].heavy_floor")),
+    C(TUNED_PAGE, "| pullover | SAFEMax default | {} | **{}** | {:.3f}, {:.3f} ({:.3f}; the original {:.3f}) |",
+      Both(J(CONFIRMED, "rows[id=2/safemax:lr=0.0001].held", "rows[id=2/safemax:lr=0.0001].confirmed",
+             "rows[id=2/safemax:lr=0.0001].heavy.fa", "rows[id=2/safemax:lr=0.0001].heavy.retain_acc",
+             "rows[id=2/safemax:lr=0.0001].heavy_floor"),
+           J(PULLOVER_CONFIRM.format("safemax_lr_0.0001"), "heavy_original.retain_acc"))),
+    C(TUNED_PAGE, "| pullover | SAFEMax tuned (`kept_contrast=4`) | {} | **{}** | {:.3f}, {:.3f} ({:.3f}; the original {:.3f}) |",
+      Both(J(CONFIRMED, f"rows[id=2/{KC4}].held", f"rows[id=2/{KC4}].confirmed", f"rows[id=2/{KC4}].heavy.fa",
+             f"rows[id=2/{KC4}].heavy.retain_acc", f"rows[id=2/{KC4}].heavy_floor"),
+           J(PULLOVER_CONFIRM.format("safemax_lr_0.0001_kept_contrast_4"), "heavy_original.retain_acc"))),
+    C(TUNED_PAGE, "(450 and 500 steps: {:.0f} and\n{:.0f} minutes on a shared core) confirm both settings at their light held steps — the default at {}\n(heavy retain accuracy {:.3f} against a floor of {:.3f}), `kept_contrast=4` at {} ({:.3f})",
+      Both(J(PULLOVER_CONFIRM.format("safemax_lr_0.0001"), "replay_seconds"),
+           J(PULLOVER_CONFIRM.format("safemax_lr_0.0001_kept_contrast_4"), "replay_seconds"),
+           J(CONFIRMED, "rows[id=2/safemax:lr=0.0001].confirmed", "rows[id=2/safemax:lr=0.0001].heavy.retain_acc",
+             "rows[id=2/safemax:lr=0.0001].heavy_floor", f"rows[id=2/{KC4}].confirmed", f"rows[id=2/{KC4}].heavy.retain_acc")),
+      lambda v: (figure(v[0] / 60), figure(v[1] / 60), *v[2:])),
+    C(README, "both its settings are confirmed at their held steps ({} and\n{})",
+      J(CONFIRMED, "rows[id=2/safemax:lr=0.0001].confirmed", f"rows[id=2/{KC4}].confirmed")),
     C(README, "it moves from {} to {} ({:.1f} points down at {} at {:,} kept samples",
       J(CONFIRMED, f"rows[id=6/{KC4}].held", f"rows[id=6/{KC4}].confirmed", f"rows[id=6/{KC4}].heavy_floor",
         f"rows[id=6/{KC4}].points[0].heavy.retain_acc", f"rows[id=6/{KC4}].points[0].step", f"rows[id=6/{KC4}].per_class"),
