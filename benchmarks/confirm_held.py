@@ -16,8 +16,8 @@ do those that fit.
     python benchmarks/confirm_held.py ... --summarise     # the table of what is confirmed so far; runs nothing
 
 Each run's answer is kept beside its comparison (``<comparison>/confirm/<spec>.json``) and reused;
-the table (``OUT/confirmed.md``, ``confirmed.json``) lists every run of the given comparisons and
-specs, confirmed or not yet (*not replayed*; *under way*: as far as a replay under way or interrupted got). Confirmation can only keep a held step or move it
+the table (``OUT/confirmed.md``, ``confirmed.json``) lists every finished run of the given
+comparisons (``--specs`` chooses only what is replayed), confirmed or not yet (*not replayed*; *under way*: as far as a replay under way or interrupted got). Confirmation can only keep a held step or move it
 later (or to *never*): a run not yet replayed has its light held step as a lower bound.
 """
 import argparse
@@ -131,6 +131,9 @@ def main(argv=None):
         with open(args.prices) as f:
             prices = json.load(f)
     todo = [(comparison, spec, r) for comparison in args.comparisons for spec, r in runs(comparison, args.specs)]
+    # the table lists every finished run of the comparisons: --specs chooses what is replayed, and a
+    # summary with it must not drop the other methods' rows (the lower bounds the ratios rest on)
+    listed = [(comparison, spec, r) for comparison in args.comparisons for spec, r in runs(comparison)]
     if not args.summarise:   # the cheapest first: held step × the run's own step time
         for comparison, spec, r in sorted(todo, key=lambda t: (held_step(t[2]) or 0) * (t[2]["step_seconds"] or 1)):
             held = held_step(r)
@@ -138,7 +141,7 @@ def main(argv=None):
                 continue
             print(f"confirming {spec} in {comparison} (light held step {held})", flush=True)
             confirm_run(comparison, spec, per_class=per_class, device=args.device)
-    rows = [row(comparison, spec, r, prices) for comparison, spec, r in todo]
+    rows = [row(comparison, spec, r, prices) for comparison, spec, r in listed]
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "confirmed.json"), dict(rows=rows, reference=args.reference,
                                                                prices=args.prices, per_class=args.per_class))

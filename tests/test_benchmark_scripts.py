@@ -673,6 +673,10 @@ def test_confirm_held_script(tmp_path):
     stamp = os.path.getmtime(out / "confirm" / "safemax.json")
     again = run("confirm_held.py", "--comparisons", out, "--per-class", 2, "--summarise", "--out", tmp_path / "t")
     assert again in text and os.path.getmtime(out / "confirm" / "safemax.json") == stamp   # reused, not replayed
+    # --specs chooses what is replayed, not what the table lists: the other runs keep their rows
+    only = run("confirm_held.py", "--comparisons", out, "--specs", "safemax", "--per-class", 2, "--summarise",
+               "--out", tmp_path / "t")
+    assert "| 3 | gradient ascent | never | never held |" in only and only == again
 
 
 def test_held_out_pools_the_classes():
