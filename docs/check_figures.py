@@ -367,6 +367,7 @@ SD_TRAINING = "sd-pipeline/training.json"                  # python -m safemax.z
 SD_QUALITY = "sd-pipeline/quality.json"                    # python -m safemax.zoo.sd_quality --n 4
 CONCEPTS_SD_JSON = "concepts-sd/summary.json"             # benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd
 CONCEPTS_SD_TUNE_JSON = "concepts-sd-tune/summary.json"   # benchmarks/concept_erasure.py --tune --out benchmarks/results/concepts-sd-tune
+AT_ONCE = "concepts-sd-at-once/at-once.md"                # benchmarks/concept_erasure.py --at-once 1 2 5 --methods uce safemax
 ALL_75, ALL_1 = "methods.safemax.overall[guidance_7.5]", "methods.safemax.overall.guidance_1"
 CONFIRMED = "tuned-fashion-mnist/confirmed/confirmed.json"  # benchmarks/confirm_held.py (the tuned head-to-head, afterwards)
 PULLOVER_CONFIRM = "tuned-fashion-mnist/head-to-head/class2/confirm/{}.json"   #   a pullover run's confirmation
@@ -637,6 +638,12 @@ CLAIMS = [
       J(CONCEPTS_SD_JSON, "methods.uce.overall.attacks.soft.value", "methods.uce.overall.attacks.prefix.value")),
     C(CONCEPTS, "**Cost**: {:.0f} ± {:.0f} s a run", J(CONCEPTS_SD_JSON, "methods.safemax.overall.erase_seconds.mean",
                                                        "methods.safemax.overall.erase_seconds.ci95_half")),
+
+    # concepts: several at once (seed 0)
+    *[C(CONCEPTS, f"| {label} | {n} | {{:.1f}} | {{:.3f}} [{{:.2f}}, {{:.2f}}] | {{:.3f}} | {{:+.1f}} |",
+        Cell(AT_ONCE, {"method": m, "concepts at once": str(n)},
+             ("erase time, s", "FA erasing prompts", "FA paraphrases", "kept classes, points")))
+      for m, label in (("uce", "UCE (published)"), ("safemax", "SAFEMax (default)")) for n in (1, 2, 5)],
 
     # docs/results/compare.md: the light attack, one seed and three ---------------------------------
     C(COMPARE, "| SAFEMax | 0.00 | **{:.2f}** | {:.2f} |",
