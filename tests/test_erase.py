@@ -276,6 +276,21 @@ def test_the_concept_benchmark_pools_its_runs(captioned_pipeline, tmp_path, caps
     assert text.strip().splitlines()[-1] in again and "**uce**" in again   # every method in the folder
 
 
+def test_each_erase_reports_its_own_peak_memory():
+    """Several erases in one process (--at-once, a sweep) each report their own CPU peak: the
+    peak resident size is reset before each (Linux), not the process's largest so far."""
+    import os
+    from safemax.concepts.erase import _peak_memory_mb, _reset_peak_memory
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the peak resident size can be reset on Linux only")
+    big = torch.ones(200 * 2**20 // 4)   # 200 MiB, touched
+    big.add_(1)
+    before = _peak_memory_mb("cpu")
+    del big
+    _reset_peak_memory("cpu")
+    assert before - _peak_memory_mb("cpu") > 150
+
+
 def test_the_head_to_head_picture_places_each_method_at_its_time():
     from safemax.harness import concept_plot
 

@@ -46,12 +46,32 @@ DATA_SEED_OFFSET = 50_000
 evaluation's (``seed·100003 + k``)."""
 
 
+def _reset_peak_memory(device) -> None:
+    """Start the peak that ``_peak_memory_mb`` reads from now: CUDA's peak allocation, or on Linux
+    the process's peak resident size (writing 5 to /proc/self/clear_refs resets VmHWM), so that
+    several erases in one process (``--at-once``, a sweep) each report their own."""
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:   # (not Linux, or not allowed: the process's peak since it started)
+        pass
+
+
 def _peak_memory_mb(device) -> float:
-    """The device's peak allocation (CUDA) or the process's peak resident memory (CPU), MiB."""
+    """The device's peak allocation (CUDA) or the process's peak resident memory (CPU; on Linux
+    since ``_reset_peak_memory``), MiB."""
     if str(device).startswith("cuda"):
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux, bytes on macOS
-    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(line for line in f if line.startswith("VmHWM:"))
+        return round(int(hwm.split()[1]) / 2**10, 1)   # kB
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux, bytes on macOS
+        return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def _cached(path: str, made: dict, make):
@@ -160,8 +180,7 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
             before = evaluate_concepts(pipe, concepts, keep, base, captioned, **eval_kw)
             write_json(before_path, before)
 
-    if str(device).startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    _reset_peak_memory(device)
     if method == "uce":
         done = _by_uce(pipe, concepts, keep, out, settings)
     else:
