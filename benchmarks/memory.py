@@ -49,6 +49,7 @@ import time
 
 import memory_accounting as accounting
 
+from safemax.evaluation.memory import peak_bytes, proc_status_kib, reset_peak
 from safemax.evaluation.provenance import provenance
 from safemax.evaluation.report import write_json
 
@@ -62,11 +63,6 @@ SD_UNET = accounting.SD_UNET
 TEXT = {"sd": 77, "sdxl": 77, "sd3-medium": 77 + 256, "flux-dev": 512}  # prompt tokens
 CHANNELS = {"sd": 4, "sdxl": 4, "sd3-medium": 16, "flux-dev": 16}
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _conditions(name: str, n: int, latent: int, g):
@@ -140,7 +136,7 @@ def measure(model: str, mixed_precision, checkpointing: bool, device: str, laten
         base = torch.cuda.memory_allocated()
     else:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        base = _rss_kib("VmRSS") * 1024
+        base = proc_status_kib("VmRSS") * 1024
     start = time.perf_counter()
     unet, scheduler, forget, retain, forget_data = _build(model, latent, batch, device, weights)
     unet.to(device)
@@ -156,22 +152,13 @@ def measure(model: str, mixed_precision, checkpointing: bool, device: str, laten
     start = time.perf_counter()
     u.fit(retain, forget_data, steps=1, batch_size=batch, progress=False)  # warm-up: Adam state
     warmup_seconds = time.perf_counter() - start
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        resident = torch.cuda.memory_allocated()
-    else:
+    if device != "cuda":
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
-        resident = _rss_kib("VmRSS") * 1024
+    reset_peak(device)  # (CPU: the peak RSS, VmHWM, back to the current RSS)
+    resident = torch.cuda.memory_allocated() if device == "cuda" else proc_status_kib("VmRSS") * 1024
     start = time.perf_counter()
     u.fit(retain, forget_data, steps=1 + steps, batch_size=batch, progress=False)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _rss_kib("VmHWM") * 1024
+    peak = peak_bytes(device)
     seconds = (time.perf_counter() - start) / steps
     return dict(model=model, params=params, device=device, latent=latent if model != "embedded" else None,
                 batch=batch, rows=2 * batch, resident_gib=resident / 2**30,

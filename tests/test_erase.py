@@ -280,15 +280,15 @@ def test_each_erase_reports_its_own_peak_memory():
     """Several erases in one process (--at-once, a sweep) each report their own CPU peak: the
     peak resident size is reset before each (Linux), not the process's largest so far."""
     import os
-    from safemax.concepts.erase import _peak_memory_mb, _reset_peak_memory
+    from safemax.evaluation.memory import peak_bytes, reset_peak
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("the peak resident size can be reset on Linux only")
     big = torch.ones(200 * 2**20 // 4)   # 200 MiB, touched
     big.add_(1)
-    before = _peak_memory_mb("cpu")
+    before = peak_bytes("cpu")
     del big
-    _reset_peak_memory("cpu")
-    assert before - _peak_memory_mb("cpu") > 150
+    reset_peak("cpu")
+    assert before - peak_bytes("cpu") > 150 * 2**20
 
 
 def test_the_head_to_head_picture_places_each_method_at_its_time():

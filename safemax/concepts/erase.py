@@ -23,8 +23,6 @@ and of each kept prompt (retain rows), drawn with its classifier-free guidance; 
 """
 import json
 import os
-import resource
-import sys
 import time
 
 import torch
@@ -33,6 +31,7 @@ from safemax.concepts import card
 from safemax.concepts.evaluate import GUIDANCE, SEED_STRIDE, draw, evaluate_concepts
 from safemax.concepts.loading import MANIFEST, denoiser_name, denoiser_of, is_captioned, load_base
 from safemax.concepts.prompts import resolve
+from safemax.evaluation.memory import peak_bytes, reset_peak
 from safemax.evaluation.report import write_json
 
 DEFAULTS = dict(steps=100, batch_size=8, n_per_prompt=8, num_inference_steps=25, checkpoint_every=25)
@@ -44,34 +43,6 @@ ESD = ("esd-x", "esd-u")
 DATA_SEED_OFFSET = 50_000
 """The training data's images are drawn from seeds ``seed·100003 + 50000 + k``: never the
 evaluation's (``seed·100003 + k``)."""
-
-
-def _reset_peak_memory(device) -> None:
-    """Start the peak that ``_peak_memory_mb`` reads from now: CUDA's peak allocation, or on Linux
-    the process's peak resident size (writing 5 to /proc/self/clear_refs resets VmHWM), so that
-    several erases in one process (``--at-once``, a sweep) each report their own."""
-    if str(device).startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:   # (not Linux, or not allowed: the process's peak since it started)
-        pass
-
-
-def _peak_memory_mb(device) -> float:
-    """The device's peak allocation (CUDA) or the process's peak resident memory (CPU; on Linux
-    since ``_reset_peak_memory``), MiB."""
-    if str(device).startswith("cuda"):
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    try:
-        with open("/proc/self/status") as f:
-            hwm = next(line for line in f if line.startswith("VmHWM:"))
-        return round(int(hwm.split()[1]) / 2**10, 1)   # kB
-    except (OSError, StopIteration):
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux, bytes on macOS
-        return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def _cached(path: str, made: dict, make):
@@ -180,7 +151,7 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
             before = evaluate_concepts(pipe, concepts, keep, base, captioned, **eval_kw)
             write_json(before_path, before)
 
-    _reset_peak_memory(device)
+    reset_peak(device)
     if method == "uce":
         done = _by_uce(pipe, concepts, keep, out, settings)
     else:
@@ -189,7 +160,7 @@ def erase(pipeline, concepts, keep=None, out: str = None, method: str = "safemax
             call["guidance_scale"] = guidance_scale
         done = _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr, lora_rank, resume,
                              progress, settings)
-    peak = _peak_memory_mb(device)
+    peak = round(peak_bytes(device) / 2**20, 1)   # MiB
     if save_pipeline:
         _save_pipeline(pipe, done.pop("edited"), os.path.join(out, "pipeline"), base)
     done.pop("edited", None)
