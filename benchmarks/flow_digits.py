@@ -70,6 +70,9 @@ def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-
     run.ema.save_pretrained(model_dir)
     sched.save_pretrained(model_dir)
     os.remove(run.state_file)   # (saved: nothing left to resume)
+    for name in os.listdir(model_dir):   # an earlier model's measurements (main() keeps them here)
+        if name.startswith("before-") and name.endswith(".pt"):
+            os.remove(os.path.join(model_dir, name))
     info = dict(train_steps=run.steps, train_minutes=round(run.seconds / 60, 1),
                 train_batch=batch, train_lr=lr, augment=augment, final_loss=round(run.mean_loss(100), 4),
                 train_command="python benchmarks/flow_digits.py " + " ".join(sys.argv[1:]))
@@ -194,7 +197,8 @@ def main():
     # the original model's measurement depends on the model, the digit and n only: measured once, reused
     before_file = os.path.join(model_dir, f"before-digit{args.forget}-n{args.n}.pt")
     if os.path.exists(before_file):
-        result["base_model"], result["before"], x_before = torch.load(before_file).values()
+        kept = torch.load(before_file)
+        result["base_model"], result["before"], x_before = kept["base_model"], kept["before"], kept["x"]
     else:
         result["base_model"] = base_quality(unet, sched, classifier, max(1, args.n // 2))
         result["before"], x_before = measure(unet, sched, classifier, args.forget, args.n, n_kept, reference)
