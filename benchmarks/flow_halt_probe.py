@@ -19,6 +19,7 @@ from diffusers import UNet2DModel
 from flow_digits import flow_scheduler, unlearn
 
 from safemax.data import digits_dataset, split_by_class
+from safemax.evaluation.provenance import commit
 
 
 @torch.no_grad()
@@ -39,6 +40,14 @@ def probe(unet, forget: int, n: int = 64, seed: int = 5, flow_halt: str = "ode")
                          mse_path=float((vp - k * xp).square().mean()),
                          mse_data=float((vd - k * xd).square().mean())))
     return rows
+
+
+def _measured_at() -> str:
+    """The probe's commit (a results file records where it came from; an --unlearned model's fit
+    is recorded in its own results.json)."""
+    c = commit()
+    dirty = "unknown" if c["dirty"] is None else ("yes" if c["dirty"] else "no")
+    return f"Probed at commit {c['commit']} (uncommitted changes: {dirty})."
 
 
 def main():
@@ -65,7 +74,8 @@ def main():
     target = "k·x" if args.flow_halt == "ode" else "0"
     lines = [f"SAFEMax on digit {args.forget}, {args.steps} steps, lr {args.lr:g}, noise share of the "
              f"forget data {args.noise_forget:g}, flow_halt {args.flow_halt}, gaussian_fraction "
-             f"{args.gaussian_fraction:g}. `python benchmarks/flow_halt_probe.py " + " ".join(sys.argv[1:]) + "`", "",
+             f"{args.gaussian_fraction:g}. `python benchmarks/flow_halt_probe.py " + " ".join(sys.argv[1:]) + "`",
+             "", _measured_at(), "",
              f"| σ | target k(σ) | k_eff on the halted path | MSE(v, {target}) on the halted path | "
              f"MSE(v, {target}) on x_σ from real digits |", "| ---: | ---: | ---: | ---: | ---: |"]
     for r in probe(unet, args.forget, flow_halt=args.flow_halt):

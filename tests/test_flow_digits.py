@@ -44,7 +44,7 @@ def test_the_flow_benchmark_runs_end_to_end(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         table = (tmp_path / "probe.md").read_text()
         assert f"| σ | target k(σ) | k_eff on the halted path | MSE(v, {target}) on the halted path |" in table
-        assert table.count("\n| 0.") + table.count("\n| 1.") == 8
+        assert table.count("\n| 0.") + table.count("\n| 1.") == 8 and "Probed at commit " in table
         if halt == "still":   # the target is 0 at every σ
             assert (tmp_path / "unlearned" / "config.json").exists()   # flow_digits.py kept its unlearned model
             done = subprocess.run([sys.executable, probe, "--unlearned", str(tmp_path / "unlearned"), "--flow-halt",
