@@ -1,10 +1,12 @@
 """benchmarks/flow_digits.py (the flow-matching results page's figures), end to end with tiny
 settings: it trains a rectified-flow UNet for 3 steps, measures, unlearns for 2 and writes its
-three outputs."""
+three outputs; and the zoo's flow model (``load_unet("flow-digits")``) with its recorded halt."""
 import json
 import os
 import subprocess
 import sys
+
+import torch
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "flow_digits.py")
 
@@ -52,3 +54,57 @@ def test_the_flow_benchmark_runs_end_to_end(tmp_path):
                                   timeout=600, env=env)
             assert done.returncode == 0, done.stderr[-2000:]
             assert all(line.split("|")[2].strip() == "+0.000" for line in table.splitlines() if line.startswith("| 0."))
+
+
+# ---------------------------------------------------------------- the zoo's flow model
+
+def test_the_zoo_ships_the_flow_digits_model_with_its_own_sampler_and_halt():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from safemax.harness.defaults import defaults, method_settings
+    from safemax.zoo import DigitClassifier, load_classifier, load_unet, model_info
+    info = model_info("flow-digits")
+    unet, sched = load_unet("flow-digits")
+    assert isinstance(sched, FlowMatchEulerDiscreteScheduler) and sched.config.shift == 1.0 and info.flow
+    assert unet.config.sample_size == 16 and next(unet.parameters()).dtype == torch.float32
+    # the weights every figure of docs/results/flow-matching.md was measured on (float32), and small
+    size = sum(os.path.getsize(os.path.join(info.unet_dir, f)) for f in os.listdir(info.unet_dir))
+    assert size <= 5 * 2**20
+    assert isinstance(load_classifier("flow-digits"), DigitClassifier) and info.data == "digits"
+    # its halt is recorded as its default, and every SAFEMax run on it takes it
+    own = defaults("flow-digits")
+    assert (own["flow_halt"], own["gaussian_fraction"], own["steps"], own["lr"]) == ("still", 0.5, 300, 1e-4)
+    assert method_settings("flow-digits", "safemax")[1] == dict(gaussian_fraction=0.5, flow_halt="still")
+    assert method_settings("flow-digits", "salun")[1] == {}   # (a baseline: its own settings)
+    assert defaults("digits")["flow_halt"] == "ode"
+    # the base model draws its digits: Euler-28 samples, judged by the digits' classifier
+    labels = torch.arange(10).repeat_interleave(2)
+    from safemax.evaluation.metrics import classify
+    from safemax.models.sampling import sample
+    x = sample(unet, sched, labels, num_inference_steps=28, seed=0)
+    assert (classify(load_classifier("flow-digits"), x).argmax(1) == labels).float().mean() >= 0.8
+
+
+def test_the_demo_runs_the_flow_model_with_its_halt(tmp_path):
+    from safemax.cli import main
+    out = tmp_path / "demo"
+    assert main(["demo", "--dataset", "flow-digits", "--steps", "2", "--batch-size", "8", "--quick",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (report["model"], report["flow_halt"], report["gaussian_fraction"]) == ("flow-digits", "still", 0.5)
+    assert "Samples: Euler 5 steps" in (out / "report.md").read_text()
+    info = json.loads((out / "unet" / "safemax.json").read_text())
+    assert info["flow_halt"] == "still"   # the unlearned model says how it was made
+
+
+def test_a_flow_model_folder_loads_with_the_scheduler_it_names(tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from safemax.cli.loading import dataset_for, load_unet_and_scheduler
+    from safemax.zoo import load_unet
+    unet, sched = load_unet("flow-digits")
+    unet.save_pretrained(tmp_path)
+    sched.save_pretrained(tmp_path)
+    unet, loaded = load_unet_and_scheduler(str(tmp_path))
+    assert isinstance(loaded, FlowMatchEulerDiscreteScheduler)   # not a DDPM read from a flow's config
+    assert dataset_for(str(tmp_path), unet) == "digits"   # the digits' classifier measures both digits models

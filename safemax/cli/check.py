@@ -183,7 +183,7 @@ def _demo_sizes(path: str, r: dict) -> tuple:
         return r["n_forget"], r["n_per_class"], r["num_inference_steps"], "report.json"
     try:
         with open(os.path.join(os.path.dirname(os.path.abspath(path)), "report.md")) as f:
-            m = re.search(r"Samples: DDIM (\d+) steps, (\d+) of .+?, (\d+) of each other", f.read(), re.S)
+            m = re.search(r"Samples: (?:DDIM|Euler) (\d+) steps, (\d+) of .+?, (\d+) of each other", f.read(), re.S)
         if m:
             return int(m.group(2)), int(m.group(3)), int(m.group(1)), "report.md"
     except OSError:
@@ -202,7 +202,8 @@ def _demo(args, r: dict, size: dict, out: str) -> list:
     n_f, n_pc = min(n_forget, size["n_forget"]), min(n_per_class, size["n_per_class"])
     # a report without gaussian_fraction predates the option: real forget rows, i.e. 0
     settings = dict(forget=r["forget"], steps=r["steps"], batch_size=r["batch_size"], early_fraction=r["early_fraction"],
-                    lr=r["lr"], seed=r.get("seed", 0), dataset=model, gaussian_fraction=r.get("gaussian_fraction", 0.0))
+                    lr=r["lr"], seed=r.get("seed", 0), dataset=model, gaussian_fraction=r.get("gaussian_fraction", 0.0),
+                    flow_halt=r.get("flow_halt", "ode"))
     print(f"the demo on {model}: forget {r['forget']}, {r['steps']} steps at batch {r['batch_size']}+{r['batch_size']}, "
           f"lr {r['lr']:g}, early fraction {r['early_fraction']:g}, Gaussian fraction {settings['gaussian_fraction']:g}, "
           f"seed {settings['seed']}")

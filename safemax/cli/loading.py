@@ -7,6 +7,7 @@ import os
 def load_unet_and_scheduler(spec: str, device: str = "cpu"):
     """``spec`` is an embedded model's name (``"digits"``, ``"fashion-mnist"``; ``"default"`` is
     the digits) or a local folder. Nothing is downloaded."""
+    import diffusers
     import torch
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -26,8 +27,14 @@ def load_unet_and_scheduler(spec: str, device: str = "cpu"):
         raise ValueError(f"model {spec!r}: diffusers cannot load the UNet in {unet_dir}: "
                          f"{' '.join(str(e).split())}") from None
     unet = unet.to(device)
-    if os.path.exists(os.path.join(sched_dir, "scheduler_config.json")):
-        scheduler = DDPMScheduler.from_pretrained(sched_dir)
+    config = os.path.join(sched_dir, "scheduler_config.json")
+    if os.path.exists(config):   # the class the folder names (a flow's Euler scheduler, a DDIM...)
+        with open(config) as f:
+            kind = json.load(f).get("_class_name", "DDPMScheduler")
+        if not hasattr(diffusers, kind):
+            raise ValueError(f"model {spec!r}: its scheduler_config.json names {kind!r}, which this diffusers "
+                             f"({diffusers.__version__}) does not have")
+        scheduler = getattr(diffusers, kind).from_pretrained(sched_dir)
     else:
         print(f"safemax: no scheduler_config.json in {spec}; assuming a linear-β DDPM with T = 1000")
         scheduler = DDPMScheduler(num_train_timesteps=1000)
@@ -43,19 +50,19 @@ def embedded_name(spec: str):
 
 
 def dataset_for(spec: str, unet) -> str:
-    """Which embedded model's classifier and data measure ``spec``: its own name, else the one
-    whose image size and channels the UNet has."""
+    """Which embedded model's classifier and data measure ``spec``: its own name, else the data
+    whose image size and channels the UNet has (the digits measure both digits models)."""
     from safemax.zoo import MODELS
     name = embedded_name(spec)
     if name is not None:
         return name
     cfg = unet.config
-    fits = [m.name for m in MODELS.values()
-            if m.image_size == cfg.sample_size and cfg.in_channels == 1 and cfg.get("num_class_embeds") == 10]
+    fits = sorted({m.data for m in MODELS.values()
+                   if m.image_size == cfg.sample_size and cfg.in_channels == 1 and cfg.get("num_class_embeds") == 10})
     if len(fits) != 1:
         raise ValueError(f"cannot tell which embedded classifier measures {spec!r} (a {cfg.in_channels}-channel "
                          f"{cfg.sample_size}×{cfg.sample_size} model); the classifiers measure 1-channel "
-                         + ", ".join(f"{m.image_size}×{m.image_size} ({m.name})" for m in MODELS.values())
+                         + ", ".join(f"{m.image_size}×{m.image_size} ({m.name})" for m in MODELS.values() if m.data == m.name)
                          + " class-conditional models: pass --dataset")
     return fits[0]
 

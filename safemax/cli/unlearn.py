@@ -50,9 +50,11 @@ def command(args):
     from safemax.data import ImageFolder, digits_dataset, fashion_mnist, split_by_class
     from safemax.training.settings import UnlearnerSettings
     from safemax.training.unlearner import Unlearner
+    from safemax.zoo import model_info
 
     unet, scheduler = load_unet_and_scheduler(args.model, args.device)
-    data_name = args.data or embedded_name(args.model) or "digits"
+    embedded = embedded_name(args.model)
+    data_name = args.data or (model_info(embedded).data if embedded else "digits")
     if data_name == "digits":
         data = digits_dataset(size=unet.config.sample_size)
     elif data_name == "fashion-mnist":

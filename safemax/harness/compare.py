@@ -154,7 +154,7 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
     this many samples per kept class (and 3× the forget samples) confirms it (``bar.Confirmer``):
     ``"auto"`` takes the fewest that resolve the 2-point bar for this model (``bar.power``); 0
     (default): none — the held steps then rest on the light measurement alone."""
-    from safemax.harness.defaults import method_settings
+    from safemax.harness.defaults import MODEL_OPTIONS, method_settings
 
     methods = list(dict.fromkeys(methods))
     if not methods:
@@ -216,8 +216,9 @@ def run(forget: int = 3, methods=ALL_METHODS, steps: int = 500, eval_every: int 
         method_lr, options = method_settings(model, name, options, lr)
         cache = method_cache(out, spec)
         config = dict(settings, method=spec, lr=method_lr)
-        if "gaussian_fraction" in options and "gaussian_fraction" not in parsed[spec][1]:
-            config["gaussian_fraction"] = options["gaussian_fraction"]   # the cache says so
+        for key in MODEL_OPTIONS:   # a model default the spec left out: the cache says so
+            if key in options and key not in parsed[spec][1]:
+                config[key] = options[key]
         saved = finished(cache, config, race) if resume else None
         if saved is None:
             with RunLock(cache, label(spec)):

@@ -21,6 +21,7 @@ import os
 from safemax.evaluation.metrics import evaluate
 from safemax.evaluation.report import write_json
 from safemax.harness.compare import build_method, parse_method
+from safemax.harness.defaults import MODEL_OPTIONS
 from safemax.harness.bar import FA_BAR, RETAIN_SLACK, meets_bar, needed_per_class, power, summarise
 from safemax.harness.store import Partial, RunLock, cached, method_cache, partial_folder
 from safemax.harness.task import Task
@@ -80,8 +81,9 @@ def confirm_run(comparison: str, spec: str, per_class="auto", device: str = "cpu
     if lr != config["lr"]:
         raise ValueError(f"{cache} ran at lr {config['lr']}, its spec says {lr}")
     options = {k: v for k, v in options.items() if k != "lr"}
-    if "gaussian_fraction" in config:   # a model default the cache recorded
-        options.setdefault("gaussian_fraction", config["gaussian_fraction"])
+    for key in MODEL_OPTIONS:   # a model default the cache recorded
+        if key in config:
+            options.setdefault(key, config[key])
     u = Unlearner(copy.deepcopy(base), scheduler, forget=[config["forget"]], lr=lr, seed=config["seed"],
                   method=build_method(name, options))
     recorded = {p["step"]: p for p in curve}

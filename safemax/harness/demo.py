@@ -30,14 +30,16 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
         early_fraction: float = DEFAULT_EARLY_FRACTION, lr: float = None, seed: int = 0,
         eval_every: int = 25, n_forget: int = 100, n_per_class: int = 30,
         num_inference_steps: int = 50, progress: bool = True, dataset: str = "digits",
-        gaussian_fraction: float = None) -> dict:
-    """Forget class ``forget`` of the embedded model ``dataset`` ("digits" or "fashion-mnist");
-    ``steps``, ``lr`` and ``gaussian_fraction`` left None take the model's defaults (``DEFAULTS``)."""
+        gaussian_fraction: float = None, flow_halt: str = None) -> dict:
+    """Forget class ``forget`` of the embedded model ``dataset`` ("digits", "fashion-mnist" or
+    "flow-digits"); ``steps``, ``lr``, ``gaussian_fraction`` and ``flow_halt`` (a flow model's)
+    left None take the model's defaults (``DEFAULTS``)."""
     task = Task(dataset, forget, seed)   # (an unknown model or class is refused here)
     own = defaults(dataset)
     steps = own["steps"] if steps is None else steps
     lr = own["lr"] if lr is None else lr
     gaussian_fraction = own["gaussian_fraction"] if gaussian_fraction is None else gaussian_fraction
+    flow_halt = own["flow_halt"] if flow_halt is None else flow_halt
     if steps < 0 or batch_size < 1:   # before minutes of measuring the original model
         raise ValueError(f"--steps must be >= 0 and --batch-size >= 1, got {steps}, {batch_size}")
     os.makedirs(out, exist_ok=True)
@@ -47,12 +49,15 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
     measure = dict(unet=unet, **task.measure_kwargs(scheduler))
 
     gaussian = f", Gaussian fraction {gaussian_fraction:g}" if gaussian_fraction else ""   # (said where set)
+    if task.info.flow:
+        gaussian += f", flow halt {flow_halt}"
+    sampler = "Euler" if task.info.flow else "DDIM"
     print(f"safemax demo: forgetting {what} of the embedded {dataset} model "
           f"({steps} steps, batch {batch_size}+{batch_size}, early fraction {early_fraction}, lr {lr}{gaussian})")
     # built first: a bad early fraction or lr fails now, not after the measurement (its own
     # generator and a frozen teacher: the original model's samples are the same)
     u = Unlearner(unet, scheduler, forget=[forget], early_fraction=early_fraction, lr=lr, seed=seed,
-                  gaussian_fraction=gaussian_fraction)
+                  gaussian_fraction=gaussian_fraction, flow_halt=flow_halt)
     before = evaluate(**measure, n_forget=n_forget, n_per_class=n_per_class,
                       num_inference_steps=num_inference_steps, return_samples=True, progress=progress)
     curve = [_curve_point(0, before)]
@@ -79,7 +84,7 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
 
     seconds = time.time() - start
     report = dict(model=dataset, forget=forget, steps=steps, batch_size=batch_size, early_fraction=early_fraction,
-                  t_min=u.method.t_min, lr=lr, gaussian_fraction=gaussian_fraction, seed=seed,
+                  t_min=u.method.t_min, lr=lr, gaussian_fraction=gaussian_fraction, flow_halt=flow_halt, seed=seed,
                   n_forget=n_forget, n_per_class=n_per_class, num_inference_steps=num_inference_steps,
                   eval_every=eval_every, seconds=round(seconds, 1),
                   unlearn_seconds=round(unlearn_seconds, 1), before=before, after=after,
@@ -89,7 +94,7 @@ def run(forget: int = 3, steps: int = None, out: str = "safemax-demo", batch_siz
         f.write(f"# safemax demo: forgetting {what}\n\n"
                 f"Embedded {dataset} model, {steps} SAFEMax steps at batch {batch_size}+{batch_size}, "
                 f"early fraction {early_fraction} (t_min {u.method.t_min}), lr {lr}{gaussian}. Unlearning took "
-                f"{unlearn_seconds:.1f} s; the whole demo {seconds:.1f} s. Samples: DDIM "
+                f"{unlearn_seconds:.1f} s; the whole demo {seconds:.1f} s. Samples: {sampler} "
                 f"{num_inference_steps} steps, {n_forget} of {what}, {n_per_class} of "
                 "each other class, same seed before and after.\n\n"
                 + metrics_table(before, after) +

@@ -11,6 +11,7 @@ import torch
 from safemax.errors import SettingBusy
 from safemax.evaluation.provenance import machine  # noqa: F401 (the machine a run was timed on)
 from safemax.evaluation.report import to_pixels, write_json
+from safemax.harness.defaults import MODEL_OPTIONS
 from safemax.training import checkpoint
 
 try:
@@ -141,7 +142,7 @@ def finished_runs(out: str, settings: dict, race: bool) -> dict:
     """``{spec: saved run}``: the finished runs in ``out/methods/`` that a comparison with
     ``settings`` would reuse (their config is these settings plus the method's own keys; one
     that the race stopped, only for another race)."""
-    own = {"method", "lr", "gaussian_fraction"}   # what each method's config adds to the settings
+    own = {"method", "lr", *MODEL_OPTIONS}   # what each method's config adds to the settings
     found, folder = {}, os.path.join(out, "methods")
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         path = os.path.join(folder, name)

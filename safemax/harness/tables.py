@@ -61,7 +61,7 @@ def _power(bar: dict) -> str:
 def markdown(report: dict, sample_rows: list) -> str:
     s, o, m = report["settings"], report["original"], report["machine"]
     info = model_info(s.get("model", "digits"))
-    what = f"{'digit' if info.name == 'digits' else 'class'} {info.class_name(s['forget'])}"
+    what = f"{'digit' if info.data == 'digits' else 'class'} {info.class_name(s['forget'])}"
     out = [f"# safemax compare: forgetting {what}\n",
            f"Embedded {info.name} model; {s['steps']} steps per method at batch {s['batch_size']} forget + "
            f"{s['batch_size']} retain, Adam; measured every {s['eval_every']} steps ({s['n_forget']} "

@@ -45,7 +45,7 @@ class Task:
     @property
     def what(self) -> str:
         """``"digit 3"`` / ``"class 0 (T-shirt/top)"``, for messages and titles."""
-        return f"{'digit' if self.model == 'digits' else 'class'} {self.info.class_name(self.forget)}"
+        return f"{'digit' if self.info.data == 'digits' else 'class'} {self.info.class_name(self.forget)}"
 
     @cached_property
     def _split(self):

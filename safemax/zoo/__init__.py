@@ -6,6 +6,7 @@ the demo, the benchmarks and the tests run anywhere, offline.
 | --- | --- | --- | --- |
 | `"digits"` | scikit-learn's 1,797 8×8 digits, at 16×16 | 1.2 M parameters | + "not a digit" |
 | `"fashion-mnist"` | Fashion-MNIST's 60,000 training images, 28×28 (not shipped: see `safemax.data.fashion_mnist_files`) | 2.7 M parameters | + "not a garment" |
+| `"flow-digits"` | the digits, at 16×16 | the digits' UNet, trained as a rectified flow (sampled by `FlowMatchEulerDiscreteScheduler`) | the digits' |
 
 ``load_unet(name)`` gives ``(unet, scheduler)``, ``load_classifier(name)`` the classifier; the
 text-to-image pipelines trained here on captioned Fashion-MNIST come from
@@ -47,19 +48,31 @@ class ZooModel:
     classifier_file: str
     train: dict = field(default_factory=dict)   # the UNet's training recipe (see zoo.train)
     scheduler_config: dict = field(default_factory=lambda: dict(SCHEDULER_CONFIG))
+    data: str = ""                  # whose data and classifier: "digits" or "fashion-mnist" (default: name)
+    scheduler_class: str = "DDPMScheduler"   # diffusers' class: "FlowMatchEulerDiscreteScheduler" for a flow
+    trained_by: str = ""            # the command that trains the UNet (default: python -m safemax.zoo.train)
+
+    def __post_init__(self):
+        object.__setattr__(self, "data", self.data or self.name)
+        object.__setattr__(self, "trained_by", self.trained_by or f"python -m safemax.zoo.train --dataset {self.name}")
+
+    @property
+    def flow(self) -> bool:
+        """A rectified-flow model (velocity target, Euler sampling) rather than a DDPM."""
+        return self.scheduler_class == "FlowMatchEulerDiscreteScheduler"
 
     def dataset(self, split: str = "train"):
         """The model's data as a ``TensorDataset`` of ``(image [1, S, S] in [-1, 1], label)``;
         the digits have one split (all 1,797), Fashion-MNIST ``"train"`` and ``"test"``."""
         from safemax import data
-        if self.name == "digits":
+        if self.data == "digits":
             return data.digits_dataset(self.image_size)
         return data.fashion_mnist(split, size=self.image_size)
 
     def reference_images(self) -> torch.Tensor:
         """The real images the Fréchet distance compares samples with: all 1,797 digits;
         Fashion-MNIST's 10,000 test images (the model never saw them)."""
-        return self.dataset("train" if self.name == "digits" else "test").tensors
+        return self.dataset("train" if self.data == "digits" else "test").tensors
 
     def kept_reference(self, classifier, forget: int):
         """The Fréchet distance's real side when ``forget`` is forgotten: the reference images of
@@ -69,7 +82,7 @@ class ZooModel:
         return FrechetReference(classifier, images[labels != forget])
 
     def class_name(self, c: int) -> str:
-        return self.class_names[c] if self.name == "digits" else f"{c} ({self.class_names[c]})"
+        return self.class_names[c] if self.data == "digits" else f"{c} ({self.class_names[c]})"
 
 
 DIGITS = ZooModel(
@@ -103,20 +116,36 @@ FASHION_MNIST = ZooModel(
     classifier_file=os.path.join(HERE, "fashion_mnist_classifier.safetensors"),
     train=dict(steps=3000, lr=1.5e-3, classifier_epochs=12, classifier_lr=2e-3, max_shift=2))
 
-MODELS = {m.name: m for m in (DIGITS, FASHION_MNIST)}
+# The digits' UNet and data as a rectified flow (x_σ = (1−σ)·x0 + σ·ε, target ε − x0, time input
+# 1000·σ as in SD3), trained from scratch by benchmarks/flow_digits.py: the zoo's flow model, on
+# which flow halting is measured (docs/results/flow-matching.md). Shipped in float32, the weights
+# every figure there was measured on; judged by the digits' classifier.
+FLOW_DIGITS = ZooModel(
+    name="flow-digits", image_size=16, unet_config=DIGITS.unet_config, classifier_config=DIGITS.classifier_config,
+    class_names=DIGITS.class_names, not_a_class=DIGITS.not_a_class,
+    unet_dir=os.path.join(HERE, "flow_digits_unet"), classifier_file=DIGITS.classifier_file,
+    train=dict(steps=2800, lr=1e-3, batch_size=64, warmup=200, augment="shift 1"),
+    scheduler_config=dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=1.0),
+    data="digits", scheduler_class="FlowMatchEulerDiscreteScheduler",
+    trained_by="python benchmarks/flow_digits.py --out OUT --train-only --train-steps 2800 --minutes 300 "
+               "(then copy OUT/model's config, weights and scheduler here)")
+
+MODELS = {m.name: m for m in (DIGITS, FASHION_MNIST, FLOW_DIGITS)}
 
 
 def model_info(name: str) -> ZooModel:
-    """The zoo's entry for ``name`` ("digits" or "fashion-mnist")."""
+    """The zoo's entry for ``name`` ("digits", "fashion-mnist" or "flow-digits")."""
     if name not in MODELS:
         raise ValueError(f"unknown embedded model {name!r}; the zoo has: {', '.join(MODELS)}")
     return MODELS[name]
 
 
 def scheduler_for(name: str = "digits"):
-    """A fresh DDPM scheduler as the model ``name`` was trained with (linear β, T = 1000)."""
-    from diffusers import DDPMScheduler
-    return DDPMScheduler(**model_info(name).scheduler_config)
+    """A fresh scheduler as the model ``name`` was trained with: a DDPM (linear β, T = 1000), or
+    for "flow-digits" the flow-matching Euler scheduler (shift 1)."""
+    import diffusers
+    info = model_info(name)
+    return getattr(diffusers, info.scheduler_class)(**info.scheduler_config)
 
 
 def load_unet(name: str = "digits", device="cpu", dtype=torch.float32):
@@ -127,7 +156,7 @@ def load_unet(name: str = "digits", device="cpu", dtype=torch.float32):
     if not os.path.exists(os.path.join(info.unet_dir, "config.json")):
         raise FileNotFoundError(
             f"the embedded {name} UNet is missing from {info.unet_dir}; reinstall safemax, or train "
-            f"it with: python -m safemax.zoo.train --dataset {name}")
+            f"it with: {info.trained_by}")
     unet = UNet2DModel.from_pretrained(info.unet_dir, use_safetensors=True, torch_dtype=dtype)
     return unet.to(device).eval(), scheduler_for(name)
 
@@ -175,8 +204,8 @@ def load_classifier(name: str = "digits", device="cpu") -> ImageClassifier:
     if not os.path.exists(info.classifier_file):
         raise FileNotFoundError(
             f"the embedded {name} classifier is missing ({info.classifier_file}); train it with: "
-            f"python -m safemax.zoo.train --dataset {name} --only classifier")
-    model = DigitClassifier() if name == "digits" else ImageClassifier(**info.classifier_config)
+            f"python -m safemax.zoo.train --dataset {info.data} --only classifier")
+    model = DigitClassifier() if info.data == "digits" else ImageClassifier(**info.classifier_config)
     model.load_state_dict({k: v.float() for k, v in load_file(info.classifier_file).items()})
     return model.to(device).eval()
 
@@ -201,7 +230,7 @@ def load_default_classifier(device="cpu") -> DigitClassifier:
     return load_classifier("digits", device)
 
 
-__all__ = ["MODELS", "ZooModel", "model_info", "load_unet", "load_classifier", "scheduler_for",
+__all__ = ["MODELS", "ZooModel", "FLOW_DIGITS", "model_info", "load_unet", "load_classifier", "scheduler_for",
            "PIPELINES", "load_pipeline", "open_pipeline",
            "ImageClassifier", "DigitClassifier", "NOT_A_CLASS", "NOT_A_DIGIT", "NOT_A_GARMENT",
            "NUM_CLASSES", "noise_images", "default_scheduler", "load_default_unet",
