@@ -148,3 +148,29 @@ def test_the_zoo_serves_it_by_name_and_says_how_to_train_it(monkeypatch, tmp_pat
     pipe = zoo.load_pipeline("fashion-mnist-sd3")
     assert type(pipe).__name__ == "StableDiffusion3Pipeline" and pipe.text_encoder_3 is None
     assert pipe.transformer.dtype == torch.float32
+
+
+def test_the_pipeline_halting_benchmark_erases_and_reads_the_std_at_two_step_counts(trained, tmp_path, capsys):
+    """benchmarks/pipeline_halting.py at its smoke size on the tiny SD3: each setting's erase and
+    evaluation, the concept's latent std at a second step count, one table; a finished run is kept."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "pipeline_halting", Path(__file__).resolve().parents[1] / "benchmarks" / "pipeline_halting.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out, _ = trained
+    still = "safemax:flow_halt=still,gaussian_fraction=0.5,forget_guidance=7"
+    argv = ["--smoke", "--pipeline", out, "--concept", "dress", "--settings", "safemax", still, "--out", str(tmp_path)]
+    assert script.main(argv) == 0
+    run = tmp_path / "safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7" / "dress-seed0"
+    result = json.loads((run / "halting.json").read_text())
+    assert (result["guidance"], result["extra_steps"]) == (7.0, 3)   # SD3's usual guidance; the smoke's steps
+    assert set(result["std_extra_steps"]) == {"guidance_7", "guidance_1"} and "provenance" in result
+    assert set(result["measured"]["guidance_7"]) == {"std", "fa_erase", "fa_paraphrase", "others", "neighbours", "frechet"}
+    erased = json.loads((run / "safemax.json").read_text())
+    assert erased["settings"]["flow_halt"] == "still" and erased["settings"]["forget_guidance"] == 7
+    table = (tmp_path / "summary.md").read_text()
+    assert table.count("| `safemax` | dress |") == 2 and table.count(f"| `{still}` | dress |") == 2
+    stamp = (run / "halting.json").stat().st_mtime
+    assert script.main(argv) == 0 and (run / "halting.json").stat().st_mtime == stamp   # kept, not run again
