@@ -315,6 +315,7 @@ HALTING_PAGE = "docs/results/halting.md"
 
 # The results files, and the commands that wrote them
 DEMO = "demo/report.json"                                  # safemax demo
+DEMO_FLOW = "demo-flow-digits/report.json"                  # safemax demo --dataset flow-digits
 DEMO_FM = "demo-fashion-mnist/report.json"                 # safemax demo --dataset fashion-mnist --forget 0
 CLASSES = "classes-digits/classes.md"                      # benchmarks/classes.py --model digits
 DIGIT_3 = "classes-digits/runs/class3-seed0.json"          #   its run forgetting digit 3
@@ -677,6 +678,19 @@ CLAIMS = [
     C(EMBEDDED, "its Euler-50 samples are their own digit **{:.1f}%** of the\ntime (mean over classes, 50 per class; lowest {:.2f})",
       J(FLOW_HALT.format("still-gf0.5-300steps"), "base_model.mean_per_class_accuracy", "base_model.per_class"),
       lambda v: (100 * v[0], min(v[1]))),
+    # docs/results/embedded-model.md: the demo on flow digits
+    C(EMBEDDED, "| forget accuracy (3 → \"3\") | {:.3f} | **{:.3f}** |", J(DEMO_FLOW, "before.fa", "after.fa")),
+    C(EMBEDDED, "| retain accuracy (other digits → themselves) | {:.3f} | **{:.3f}** |",
+      J(DEMO_FLOW, "before.retain_acc", "after.retain_acc")),
+    C(EMBEDDED, "| retain Fréchet distance (classifier features, 270 samples) | {:.1f} | **{:.1f}** |",
+      J(DEMO_FLOW, "before.frechet", "after.frechet")),
+    C(EMBEDDED, "| forget samples: pixel mean / std / kurtosis | {:.2f} / {:.2f} / {:.2f} | {:.2f} / **{:.3f}** / {:.2f} |",
+      J(DEMO_FLOW, "before.gaussian_mean", "before.gaussian_std", "before.gaussian_kurtosis",
+        "after.gaussian_mean", "after.gaussian_std", "after.gaussian_kurtosis"),
+      lambda v: tuple(figure(x) for x in v)),
+    C(EMBEDDED, "the kept\ndigits end where they began. The price is early: the kept digits dip to {:.3f} at step {}",
+      J(DEMO_FLOW, "curve"), lambda v: min(((p["retain_acc"], p["step"]) for p in v[0]), key=lambda t: t[0])),
+    C(EMBEDDED, "at 0.956 of the scale they started from (kurtosis {:.2f})", J(DEMO_FLOW, "after.gaussian_kurtosis")),
     C(FLOW_PAGE, "k_eff ≈ +{:.2f} at every σ after 100 steps",
       Text("flow-digits-halt/still-gf0.5/halt-probe.md", r"^\| 0\.50 \| \+0\.000 \| \+(\d\.\d+) \|")),
     C(FLOW_PAGE, "+{:.3f} after\n  300 ([100 steps]",
