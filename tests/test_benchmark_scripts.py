@@ -388,6 +388,7 @@ def test_halting_settings_are_parsed_before_any_fit():
     assert halting.parse_setting("real") == dict(gaussian_fraction=0.0)
     assert halting.parse_setting("gaussian:0.25") == dict(gaussian_fraction=0.25)
     assert halting.parse_setting("data-free:1.0") == dict(gaussian_fraction=1.0)
+    assert halting.parse_setting("original") is None   # the model before any fit
     for gone in ("gaussian:0.25@0.1", "gaussian:0.75+0.25"):   # settings that left the code
         with pytest.raises(SystemExit, match="left the code after commit ccee319"):
             halting.parse_setting(gone)
@@ -589,9 +590,12 @@ def test_tau_sweep_writes_its_table_and_plot(tmp_path):
 
 def test_halting_script(tmp_path):
     out = tmp_path / "h"
-    text = run("halting.py", "--digits", 3, "--settings", "real", "gaussian:0.5", "--steps", 2, "--smoke", "--out", out)
+    text = run("halting.py", "--digits", 3, "--settings", "original", "real", "gaussian:0.5", "--steps", 2, "--smoke",
+               "--out", out)
     rows = json.loads((out / "halting.json").read_text())
-    assert [r["setting"] for r in rows] == ["real", "gaussian:0.5"] and "| gaussian:0.5 | 3 |" in text
+    assert [r["setting"] for r in rows] == ["original", "real", "gaussian:0.5"] and "| gaussian:0.5 | 3 |" in text
+    assert "| original | 3 | 0 | — | — | 1 |" in text and rows[0]["train_seconds"] == 0   # measured, not fitted
+    rows = rows[1:]
     assert all(r["provenance"]["commit"] for r in rows) and (out / "residuals-3.png").exists()
     assert len(rows[0]["residual_after"]["gaussian"]) == len(rows[0]["residual_before"]["real"])
 
