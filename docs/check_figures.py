@@ -609,10 +609,15 @@ CLAIMS = [
     C(CONCEPTS, "- **SAFEMax (default)**: prefix attack success {:.3f} [{:.2f}, {:.2f}], soft {:.3f} [{:.2f}, {:.2f}]",
       J(CONCEPTS_SD_JSON, *(f"methods.safemax.overall.attacks.{k}.{f}" for k in ("prefix", "soft")
                             for f in ("value", "ci95[0]", "ci95[1]")))),
-    C(CONCEPTS, "SAFEMax's budget of 100 steps of 8): FA {:.3f},\n  both attacks {:.3f} — but the model is wrecked: the neighbours lose {:.1f} points at guidance 7.5,\n  the other classes {:.1f}",
+    C(CONCEPTS, "SAFEMax's budget of 100 steps of 8; nine runs): FA {:.3f},\n  both attacks {:.3f} — but the model is wrecked: the neighbours lose {:.1f} points at guidance 7.5,\n  the other classes {:.1f}",
       J(CONCEPTS_SD_JSON, "methods.salun.overall[guidance_7.5].fa_erase.value", "methods.salun.overall.attacks.soft.value",
         "methods.salun.overall[guidance_7.5].neighbours.change", "methods.salun.overall[guidance_7.5].others.change"),
       lambda v: (v[0], v[1], -100 * v[2], -100 * v[3])),
+    C(CONCEPTS, "the other classes {:.1f} (Fréchet {:.0f} → {:,.0f}; at guidance 1 too, −{:.1f}). {:.0f} ± {:.0f} s a run",
+      J(CONCEPTS_SD_JSON, "methods.salun.overall[guidance_7.5].others.change", "methods.salun.overall[guidance_7.5].frechet_before.mean",
+        "methods.salun.overall[guidance_7.5].frechet_after.mean", "methods.salun.overall.guidance_1.others.change",
+        "methods.salun.overall.erase_seconds.mean", "methods.salun.overall.erase_seconds.ci95_half"),
+      lambda v: (-100 * v[0], v[1], round(v[2], -1), -100 * v[3], v[4], round(v[5], -1))),
     C(README, "prompt attacks bring\nSAFEMax's concepts back in {:.3f} of samples or fewer; UCE keeps every other class but leaves {:.3f}\nof the concept at guidance 7.5 ({:.3f} tuned on another garment) and yields to the soft attack in\n{:.3f} (tuned {:.3f}); SalUn at SAFEMax's budget erases and resists both attacks but wrecks the kept\nclasses (−{:.1f} points)",
       J(CONCEPTS_SD_JSON, "methods.safemax.overall.attacks.soft.value", "methods.uce.overall[guidance_7.5].fa_erase.value",
         f"{UCE_T}.overall[guidance_7.5].fa_erase.value", "methods.uce.overall.attacks.soft.value",
@@ -630,8 +635,8 @@ CLAIMS = [
         "methods[safemax:forget_guidance=7.5,gaussian_fraction=0.5].by_concept.dress[guidance_7.5].fa_erase.value",
         "methods[safemax:forget_guidance=7.5,forget_weight=7.5,gaussian_fraction=0.5].by_concept.dress[guidance_7.5].fa_erase.value",
         "methods.safemax.by_concept.dress[guidance_7.5].fa_erase.value")),
-    # concepts: the baselines head to head (UCE's seed 0 so far; the tuning on the dress)
-    C(CONCEPTS, "scale 1, λ 0.5; seed 0, three concepts): at guidance 7.5 the erasing prompts are still their class in\n  {:.3f} [{:.2f}, {:.2f}] of the samples and the paraphrases in {:.3f} (the bag not erased at all:\n  {:.3f}); at guidance 1, {:.3f}",
+    # concepts: the baselines head to head (UCE and SalUn: three seeds; the tuning on the dress)
+    C(CONCEPTS, "scale 1, λ 0.5; nine runs, three seeds, three concepts): at guidance 7.5 the erasing prompts are still their class in\n  {:.3f} [{:.2f}, {:.2f}] of the samples and the paraphrases in {:.3f} (the bag not erased at all:\n  {:.3f}); at guidance 1, {:.3f}",
       J(CONCEPTS_SD_JSON, "methods.uce.overall[guidance_7.5].fa_erase.value", "methods.uce.overall[guidance_7.5].fa_erase.ci95[0]",
         "methods.uce.overall[guidance_7.5].fa_erase.ci95[1]", "methods.uce.overall[guidance_7.5].fa_paraphrase.value",
         "methods.uce.by_concept.bag[guidance_7.5].fa_erase.value", "methods.uce.overall.guidance_1.fa_erase.value")),
