@@ -11,7 +11,8 @@ same evaluation).
         "safemax:flow_halt=still,gaussian_fraction=0.5,forget_guidance=7" --out benchmarks/results/sd3-halting
 
 Each setting's erase is kept in ``OUT/<setting>/<concept>-seed<S>/`` (its report, card and
-grid; a finished one is not run again), and its extra step count in ``halting.json`` there;
+grid; a finished one is not run again; the original's evaluation is measured once per concept
+and seed and shared), and its extra step count in ``halting.json`` there;
 ``OUT/summary.md`` tabulates every finished run. Settings are ``concept_compare.method_spec``'s
 (``safemax:key=value,...``). ``--smoke``: a tiny run (a tiny pipeline: seconds), not a result.
 """
@@ -24,7 +25,7 @@ import torch
 from safemax.concepts.evaluate import draw
 from safemax.evaluation.metrics import gaussianity
 from safemax.evaluation.report import write_json
-from safemax.harness.concept_compare import folder, method_spec
+from safemax.harness.concept_compare import _reuse_before, folder, method_spec
 from safemax.zoo.sd_quality import usual_call
 
 
@@ -51,6 +52,7 @@ def halting_run(pipeline: str, spec: str, concept: str, seed: int, out: str, n: 
     if smoke:
         n, steps, extra_steps = 1, 2, 3
     pipe, base = load_base(pipeline)
+    _reuse_before(path, n, steps, (guidance, 1.0))   # the original, measured once per concept and seed
     erase(pipe, [concept], out=path, seed=seed, method=method, num_inference_steps=steps,
           resume=os.path.isdir(os.path.join(path, "checkpoint")),
           evaluate=dict(n=n, guidance=(guidance, 1.0), num_inference_steps=steps), **settings)

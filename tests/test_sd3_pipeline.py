@@ -172,5 +172,8 @@ def test_the_pipeline_halting_benchmark_erases_and_reads_the_std_at_two_step_cou
     assert erased["settings"]["flow_halt"] == "still" and erased["settings"]["forget_guidance"] == 7
     table = (tmp_path / "summary.md").read_text()
     assert table.count("| `safemax` | dress |") == 2 and table.count(f"| `{still}` | dress |") == 2
+    # the original was measured once: the second setting's erase took the first's evaluation of it
+    befores = [json.loads((d / "dress-seed0" / "report.json").read_text())["before"] for d in sorted(tmp_path.iterdir()) if d.is_dir()]
+    assert len(befores) == 2 and befores[0] == befores[1] and befores[0]["guidance"] == [7.0, 1.0]
     stamp = (run / "halting.json").stat().st_mtime
     assert script.main(argv) == 0 and (run / "halting.json").stat().st_mtime == stamp   # kept, not run again

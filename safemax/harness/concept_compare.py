@@ -97,12 +97,13 @@ def on_disk(out: str) -> dict:
     return found
 
 
-def _reuse_before(path: str, eval_n: int, steps: int) -> None:
+def _reuse_before(path: str, eval_n: int, steps: int, guidance=(7.5, 1.0)) -> None:
     """Give the erase in ``path`` the original pipeline's evaluation (its report's ``before``:
     minutes on the CPU, the same for every method) from a finished run of the same concepts and
     seed by another method beside it (``out/<method>/<concepts>-seed<s>``), measured the same way —
     so that a head-to-head measures the original once per concept and seed, not once per method.
-    The erase's own time does not include it either way."""
+    The erase's own time does not include it either way. (``guidance``: the scales measured at,
+    ``concepts.evaluate.GUIDANCE`` unless the erase is asked for others.)"""
     target = os.path.join(path, "checkpoint", "before.json")
     method_dir, name = os.path.split(path)
     out = os.path.dirname(method_dir)
@@ -110,10 +111,12 @@ def _reuse_before(path: str, eval_n: int, steps: int) -> None:
         return
     for other in sorted(os.listdir(out)):
         done = finished(os.path.join(out, other, name))
-        if done and done[0]["before"]["n_per_prompt"] == eval_n and done[0]["before"]["num_inference_steps"] == steps:
+        before = done[0]["before"] if done else None
+        if before and (before["n_per_prompt"], before["num_inference_steps"]) == (eval_n, steps) and \
+                before.get("guidance", [7.5, 1.0]) == list(guidance):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target + ".tmp", "w") as f:   # as it is (the run's report records the provenance)
-                json.dump(done[0]["before"], f)
+                json.dump(before, f)
             os.replace(target + ".tmp", target)
             return
 
