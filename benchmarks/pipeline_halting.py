@@ -25,7 +25,7 @@ import torch
 from safemax.concepts.evaluate import draw
 from safemax.evaluation.metrics import gaussianity
 from safemax.evaluation.report import write_json
-from safemax.harness.concept_compare import _reuse_before, folder, method_spec
+from safemax.harness.concept_compare import reuse_before, folder, method_spec
 from safemax.zoo.sd_quality import usual_call
 
 
@@ -52,7 +52,7 @@ def halting_run(pipeline: str, spec: str, concept: str, seed: int, out: str, n: 
     if smoke:
         n, steps, extra_steps = 1, 2, 3
     pipe, base = load_base(pipeline)
-    _reuse_before(path, n, steps, (guidance, 1.0))   # the original, measured once per concept and seed
+    reuse_before(path, n, steps, (guidance, 1.0))   # the original, measured once per concept and seed
     erase(pipe, [concept], out=path, seed=seed, method=method, num_inference_steps=steps,
           resume=os.path.isdir(os.path.join(path, "checkpoint")),
           evaluate=dict(n=n, guidance=(guidance, 1.0), num_inference_steps=steps), **settings)

@@ -62,7 +62,7 @@ def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: 
     if not os.path.exists(os.path.join(path, "report.json")):
         from safemax.concepts import erase
         method, settings, _ = method_spec(spec, smoke)
-        _reuse_before(path, eval_n, steps)
+        reuse_before(path, eval_n, steps)
         erase(pipeline, list(concepts), out=path, seed=seed, resume=os.path.isdir(os.path.join(path, "checkpoint")),
               num_inference_steps=steps, method=method, evaluate=dict(n=eval_n, attacks=tuple(attacks)),
               progress=progress, **settings)
@@ -97,7 +97,7 @@ def on_disk(out: str) -> dict:
     return found
 
 
-def _reuse_before(path: str, eval_n: int, steps: int, guidance=(7.5, 1.0)) -> None:
+def reuse_before(path: str, eval_n: int, steps: int, guidance=(7.5, 1.0)) -> None:
     """Give the erase in ``path`` the original pipeline's evaluation (its report's ``before``:
     minutes on the CPU, the same for every method) from a finished run of the same concepts and
     seed by another method beside it (``out/<method>/<concepts>-seed<s>``), measured the same way —
