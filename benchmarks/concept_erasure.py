@@ -26,7 +26,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tune", action="store_true", help=f"run the tuning concept ({TUNE!r}) instead of the reported ones")
     p.add_argument("--eval-n", type=int, default=8, help="evaluation samples per prompt (default 8)")
-    p.add_argument("--sampling-steps", type=int, default=25)
+    p.add_argument("--sampling-steps", type=int, default=None,
+                   help="evaluation sampling steps (default: the pipeline's usual, 25 on SD, 28 on SD3)")
     p.add_argument("--at-once", type=int, nargs="+", default=None, metavar="N",
                    help="instead: erase the first N of sneaker, t-shirt, bag, trousers, coat in one run, for each N")
     p.add_argument("--summarise", action="store_true", help="only the summary of the finished runs")

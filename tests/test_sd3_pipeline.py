@@ -177,3 +177,16 @@ def test_the_pipeline_halting_benchmark_erases_and_reads_the_std_at_two_step_cou
     assert len(befores) == 2 and befores[0] == befores[1] and befores[0]["guidance"] == [7.0, 1.0]
     stamp = (run / "halting.json").stat().st_mtime
     assert script.main(argv) == 0 and (run / "halting.json").stat().st_mtime == stamp   # kept, not run again
+
+
+def test_the_concept_head_to_head_judges_the_sd3_pipeline_at_its_own_guidance(trained, tmp_path):
+    """compare_concepts on the SD3 pipeline evaluates at SD3's usual 7.0 (and 1), not Stable
+    Diffusion's 7.5, and its picture and table say so."""
+    from safemax.harness.concept_compare import compare_concepts, usual
+    out, _ = trained
+    assert usual(out) == (7.0, 28)
+    text = compare_concepts(out, str(tmp_path), ["uce"], ["bag"], [0], smoke=True, progress=False)
+    report = json.loads((tmp_path / "uce" / "bag-seed0" / "report.json").read_text())
+    assert set(k for k in report["after"] if k.startswith("guidance_")) == {"guidance_7", "guidance_1"}
+    assert "| all | 7 |" in text and json.loads((tmp_path / "summary.json").read_text())["settings"]["guidance"] == 7.0
+    assert (tmp_path / "summary.png").exists()

@@ -10,7 +10,9 @@ settings (``METHOD_SETTINGS``: the published ones for the baselines). The report
 The summary pools, per concept and over all, the samples of every seed: forget accuracy on the
 erasing prompts and on paraphrases (Wilson intervals on the pooled count), and the change in the
 neighbour and other classes' accuracy, after minus before on the same seeds (the normal interval
-of a difference of two proportions), at guidance 7.5 and 1; each attack's pooled success rate;
+of a difference of two proportions), at the pipeline's usual guidance (``usual``: 7.5 on the Stable
+Diffusion pipeline, 7.0 on SD3; its usual sampling steps too, 25 and 28) and at 1; each
+attack's pooled success rate (at the usual guidance);
 Fréchet distance and CLIP score before and after, the concept's latent std, time and peak memory
 as mean ± 95% t interval over the runs.
 """
@@ -54,6 +56,15 @@ def folder(out: str, label: str, concept: str, seed: int) -> str:
     return os.path.join(out, label, f"{concept.replace(' ', '_')}-seed{seed}")
 
 
+def usual(pipeline) -> tuple:
+    """``(guidance, sampling steps)`` the pipeline is judged at: those its ``training.json``
+    records (the SD3 pipeline's 7.0 and 28), else Stable Diffusion's 7.5 and 25."""
+    from safemax import zoo
+    from safemax.zoo.sd_quality import usual_call
+    call = usual_call(zoo.PIPELINES.get(pipeline, pipeline) if isinstance(pipeline, str) else "")
+    return call["guidance_scale"], call["num_inference_steps"]
+
+
 def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: int, steps: int, attacks=(),
         smoke: bool = False, progress=True) -> tuple:
     """One erase of ``concepts`` into ``path`` with its evaluation (kept when finished; resumed
@@ -62,9 +73,11 @@ def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: 
     if not os.path.exists(os.path.join(path, "report.json")):
         from safemax.concepts import erase
         method, settings, _ = method_spec(spec, smoke)
-        reuse_before(path, eval_n, steps)
+        guidance = (usual(pipeline)[0], 1.0)
+        reuse_before(path, eval_n, steps, guidance)
         erase(pipeline, list(concepts), out=path, seed=seed, resume=os.path.isdir(os.path.join(path, "checkpoint")),
-              num_inference_steps=steps, method=method, evaluate=dict(n=eval_n, attacks=tuple(attacks)),
+              num_inference_steps=steps, method=method,
+              evaluate=dict(n=eval_n, guidance=guidance, attacks=tuple(attacks)),
               progress=progress, **settings)
     elif attacks:   # a run finished before the attacks were asked of it gets them now
         from safemax.concepts.attacked import attack_erased
@@ -248,11 +261,13 @@ def _method_table(method: str, summary: dict) -> str:
 
 
 def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CONCEPTS, seeds=(0, 1, 2),
-                     attacks=(), eval_n: int = 8, sampling_steps: int = 25, smoke: bool = False,
+                     attacks=(), eval_n: int = 8, sampling_steps: int = None, smoke: bool = False,
                      summarise_only: bool = False, progress: bool = True) -> str:
     """Run (unless ``summarise_only``) and summarise the head-to-head into ``out/summary.json``
-    and ``out/summary.md``; returns the markdown. ``smoke``: tiny settings, not a result."""
+    and ``out/summary.md``; returns the markdown. ``sampling_steps``: None, the pipeline's usual.
+    ``smoke``: tiny settings, not a result."""
     settings = {m: method_spec(m, smoke)[1] for m in methods}   # (checks every spec before any run)
+    guidance, sampling_steps = usual(pipeline)[0], sampling_steps or usual(pipeline)[1]
     eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps)
     if not summarise_only:
         for m in methods:
@@ -270,7 +285,7 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
     settings |= {m: method_spec(m, smoke)[1] for m in methods if m not in settings}
     summary = summarise(out, methods, concepts, seeds)
     summary["settings"] = dict(methods=settings, eval_n=eval_n, sampling_steps=sampling_steps, pipeline=pipeline,
-                               attacks=list(attacks))
+                               attacks=list(attacks), guidance=guidance)
     write_json(os.path.join(out, "summary.json"), summary)
     text = table(summary)
     with open(os.path.join(out, "summary.md"), "w") as f:
@@ -284,13 +299,14 @@ AT_ONCE = ("sneaker", "t-shirt", "bag", "trousers", "coat")
 
 
 def compare_at_once(pipeline: str, out: str, methods=("safemax",), counts=(1, 2, 5), concepts=AT_ONCE, seed: int = 0,
-                    eval_n: int = 8, sampling_steps: int = 25, smoke: bool = False, progress: bool = True) -> str:
+                    eval_n: int = 8, sampling_steps: int = None, smoke: bool = False, progress: bool = True) -> str:
     """Several concepts in one run: for each method and each ``n`` in ``counts``, the first ``n``
     of ``concepts`` erased together into ``out/<method>/<n>-at-once`` and evaluated; the summary
     (``out/at-once.json``, ``.md``) gives, against ``n``, the erase's time and memory, the
     concepts' forget accuracy (pooled over them) and the kept classes' change. Returns the markdown."""
     if max(counts) > len(concepts):
         raise ValueError(f"counts up to {max(counts)} need as many concepts; {len(concepts)} given")
+    guidance, sampling_steps = usual(pipeline)[0], sampling_steps or usual(pipeline)[1]
     eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps)
     rows = []
     for m in methods:
@@ -298,7 +314,7 @@ def compare_at_once(pipeline: str, out: str, methods=("safemax",), counts=(1, 2,
             report, manifest = run(pipeline, m, concepts[:n], seed, os.path.join(out, method_spec(m)[2], f"{n}-at-once"),
                                    eval_n, sampling_steps, smoke=smoke, progress=progress)
             names = [c["name"] for c in manifest["concepts"]]
-            b, a = report["before"]["guidance_7.5"], report["after"]["guidance_7.5"]
+            b, a = report["before"][f"guidance_{guidance:g}"], report["after"][f"guidance_{guidance:g}"]
             kept_b = [b["kept"][k] for k in ("neighbours", "others") if b["kept"].get(k)]
             kept_a = [a["kept"][k] for k in ("neighbours", "others") if a["kept"].get(k)]
             rows.append(dict(method=m, concepts=n, erase_seconds=manifest["seconds"]["erase"],
@@ -320,5 +336,5 @@ def compare_at_once(pipeline: str, out: str, methods=("safemax",), counts=(1, 2,
     return text
 
 
-__all__ = ["CONCEPTS", "TUNE", "AT_ONCE", "METHOD_SETTINGS", "method_spec", "compare_concepts", "compare_at_once", "run",
+__all__ = ["CONCEPTS", "TUNE", "AT_ONCE", "METHOD_SETTINGS", "method_spec", "usual", "compare_concepts", "compare_at_once", "run",
            "finished", "summarise", "table"]

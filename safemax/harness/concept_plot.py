@@ -1,22 +1,25 @@
 """The concept head-to-head as a picture: each method's quality against its erase time.
 
-One point per method (all concepts and seeds pooled, at guidance 7.5), with its 95% intervals:
+One point per method (all concepts and seeds pooled, at the pipeline's usual guidance: 7.5 on the
+Stable Diffusion pipeline), with its 95% intervals:
 what is left of the concept (paraphrases), what the kept classes lost, and what each prompt
 attack recovers — each against the erase's wall time (data, preparation and fit), log scale. A
 method that is fast and good sits in the lower left of every panel."""
 import math
 
-GUIDANCE = "guidance_7.5"
+def guidance_of(summary: dict) -> float:
+    """The guidance the summary's head-to-head was judged at (summaries before it was recorded: 7.5)."""
+    return summary.get("settings", {}).get("guidance", 7.5)
 
 
 def _points(summary: dict) -> list:
     """``(method, seconds, seconds' half interval, {panel: (value, low, high)})`` of each method."""
-    out = []
+    out, key = [], f"guidance_{guidance_of(summary):g}"
     for method, s in summary["methods"].items():
         o = s["overall"]
-        if GUIDANCE not in o or not o.get("erase_seconds"):
+        if key not in o or not o.get("erase_seconds"):
             continue
-        g = o[GUIDANCE]
+        g = o[key]
         panels = {"paraphrases": _share(g["fa_paraphrase"]),
                   "others": (-100 * g["others"]["change"], -100 * g["others"]["ci95"][1], -100 * g["others"]["ci95"][0])}
         for kind, cell in o.get("attacks", {}).items():
@@ -63,7 +66,7 @@ def plot(summary: dict, path: str) -> bool:
             ax.set_ylim(-0.03, 1.03)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=min(len(points), 4), fontsize=8,
                frameon=False)
-    fig.suptitle(f"each method pooled over its runs, guidance {GUIDANCE.split('_', 1)[1]}; lower left is better",
+    fig.suptitle(f"each method pooled over its runs, guidance {guidance_of(summary):g}; lower left is better",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.12 + 0.05 * math.ceil(len(points) / 4 - 1), 1, 0.95))
     fig.savefig(path)
