@@ -25,15 +25,7 @@ import torch
 from safemax.concepts.evaluate import draw
 from safemax.evaluation.metrics import gaussianity
 from safemax.evaluation.report import write_json
-from safemax.harness.concept_compare import reuse_before, folder, method_spec
-from safemax.zoo.sd_quality import usual_call
-
-
-def usual(pipeline: str) -> tuple:
-    """``(guidance, steps)``: the pipeline's usual call (its training record says so)."""
-    from safemax import zoo
-    call = usual_call(zoo.PIPELINES.get(pipeline, pipeline))
-    return call["guidance_scale"], call["num_inference_steps"]
+from safemax.harness.concept_compare import folder, method_spec, reuse_before, usual
 
 
 def halting_run(pipeline: str, spec: str, concept: str, seed: int, out: str, n: int, extra_steps: int,

@@ -8,7 +8,8 @@ def add_parser(sub):
     p = sub.add_parser(
         "demo", help="forget a class of an embedded model and show before/after",
         description="Load an embedded model (the digits' DDPM; Fashion-MNIST's with --dataset "
-                    "fashion-mnist; the digits' rectified flow with --dataset flow-digits), measure it, unlearn one class with SAFEMax, measure again, and "
+                    "fashion-mnist; the digits' rectified flow with --dataset flow-digits), measure it, "
+                    "unlearn one class with SAFEMax, measure again, and "
                     "write before/after sample grids (before.png, after.png), the accuracy curve "
                     "(curve.png), report.md, report.json and the unlearned UNet (unet/) to --out. "
                     "About 2-3 minutes (digits) on 2 CPU cores.")

@@ -267,8 +267,8 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
     and ``out/summary.md``; returns the markdown. ``sampling_steps``: None, the pipeline's usual.
     ``smoke``: tiny settings, not a result."""
     settings = {m: method_spec(m, smoke)[1] for m in methods}   # (checks every spec before any run)
-    guidance, sampling_steps = usual(pipeline)[0], sampling_steps or usual(pipeline)[1]
-    eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps)
+    guidance, usual_steps = usual(pipeline)
+    eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps or usual_steps)
     if not summarise_only:
         for m in methods:
             for c in concepts:
@@ -306,8 +306,8 @@ def compare_at_once(pipeline: str, out: str, methods=("safemax",), counts=(1, 2,
     concepts' forget accuracy (pooled over them) and the kept classes' change. Returns the markdown."""
     if max(counts) > len(concepts):
         raise ValueError(f"counts up to {max(counts)} need as many concepts; {len(concepts)} given")
-    guidance, sampling_steps = usual(pipeline)[0], sampling_steps or usual(pipeline)[1]
-    eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps)
+    guidance, usual_steps = usual(pipeline)
+    eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps or usual_steps)
     rows = []
     for m in methods:
         for n in counts:
