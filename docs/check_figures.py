@@ -372,6 +372,7 @@ FLOW_HALT_REPORTED = [(d, label, f"digit{d}-{run}") for d in (7, 5) for label, r
 KERNELS = "kernels-cpu/summary.txt"                        # pytest --benchmark-only
 GPU_MEMORY = "gpu-h200/memory.json"                        # benchmarks/gpu_check.sh (commit 91e38ef)
 SD_TRAINING = "sd-pipeline/training.json"                  # python -m safemax.zoo.sd_pipeline (the zoo pipeline's record)
+SD3_QUALITY = "sd3-pipeline/quality.json"                  # python -m safemax.zoo.sd_quality --pipeline fashion-mnist-sd3 --n 4
 SD_QUALITY = "sd-pipeline/quality.json"                    # python -m safemax.zoo.sd_quality --n 4
 CONCEPTS_SD_JSON = "concepts-sd/summary.json"             # benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd
 CONCEPTS_SD_TUNE_JSON = "concepts-sd-tune/summary.json"   # benchmarks/concept_erasure.py --tune --out benchmarks/results/concepts-sd-tune
@@ -521,6 +522,15 @@ CLAIMS = [
 
     # concept erasure on the Stable Diffusion pipeline: README and docs/results/concepts.md -----------
     C(README, "their class {:,} times in {:,})", J(SD_QUALITY, "overall.value", "overall.n"), counted),
+    # docs/results/embedded-model.md: the SD3 pipeline's bar (missed on the shirt)
+    C(EMBEDDED, "at SD3's own guidance {:.1f} and {} Euler steps, four samples of\n  each of the 270 class prompts, **{:,} of {:,}** ({:.3f}) are their class",
+      J(SD3_QUALITY, "guidance_scale", "num_inference_steps", "overall.value", "overall.n"),
+      lambda v: (v[0], v[1], *counted(v[2:]))),
+    C(EMBEDDED, "and {} of {} samples of the empty prompt are garments — but the\n  **shirt** is drawn as a shirt in only **{:.3f}** [{:.2f}, {:.2f}] of its samples (every other class\n  {:.3f} or more; the pullover {:.3f}, the sandal {:.3f})",
+      J(SD3_QUALITY, "empty_prompt.garments.value", "empty_prompt.garments.n", "per_class.Shirt.value",
+        "per_class.Shirt.ci95", "per_class", "per_class.Pullover.value", "per_class.Sandal.value"),
+      lambda v: (figure(round(v[0] * v[1])), v[1], v[2], v[3][0], v[3][1],
+                 min(c["value"] for k, c in v[4].items() if k != "Shirt"), v[5], v[6])),
     C(README, "erases a garment ({:.0f} s a run", J(CONCEPTS_SD_JSON, "methods.safemax.overall.erase_seconds.mean")),
     C(README, "forget accuracy {:.3f} → {:.3f} on {} samples",
       J(CONCEPTS_SD_JSON, f"{ALL_75}.fa_paraphrase_before.value", f"{ALL_75}.fa_paraphrase.value", f"{ALL_75}.fa_paraphrase.n")),
