@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from test_sd_pipeline import resumes_bit_for_bit, synthetic
+from test_sd_pipeline import resumes_bit_for_bit, synthetic, unshipped
 
 from safemax.data import captions
 from safemax.zoo import sd_parts
@@ -194,15 +194,5 @@ def test_the_concept_head_to_head_judges_the_sd3_pipeline_at_its_own_guidance(tr
 
 def test_every_file_of_the_pipeline_folder_is_shipped_by_the_wheel(trained):
     """pyproject's package-data globs take every file the zoo's SD3 folder will hold."""
-    import fnmatch
-    import tomllib
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["safemax.zoo"]
-    out = Path(trained[0])
-
-    def shipped(rel):
-        parts = ("fashion_mnist_sd3",) + rel.parts
-        return any(len(g.split("/")) == len(parts) and all(map(fnmatch.fnmatch, parts, g.split("/"))) for g in globs)
-    missing = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not shipped(p.relative_to(out))]
+    missing = unshipped(trained[0], "fashion_mnist_sd3")
     assert not missing, f"not in pyproject's package-data: {missing}"

@@ -159,20 +159,26 @@ def test_diffusers_alone_loads_it(trained):
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
-def test_every_file_of_the_pipeline_folder_is_shipped_by_the_wheel(trained):
-    """pyproject's package-data globs take every file the zoo's folder will hold (setuptools'
-    ``*`` stays within one folder), so an installed safemax has the whole pipeline."""
+def unshipped(folder: str, zoo_name: str) -> list:
+    """The files of ``folder`` that pyproject's package-data globs would not ship as the zoo's
+    ``safemax/zoo/<zoo_name>`` (setuptools' ``*`` stays within one folder)."""
     import fnmatch
     import tomllib
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["safemax.zoo"]
-    out = Path(trained[0])
+    out = Path(folder)
 
     def shipped(rel):
-        parts = ("fashion_mnist_sd",) + rel.parts
+        parts = (zoo_name,) + rel.parts
         return any(len(g.split("/")) == len(parts) and all(map(fnmatch.fnmatch, parts, g.split("/"))) for g in globs)
-    missing = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not shipped(p.relative_to(out))]
+    return [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not shipped(p.relative_to(out))]
+
+
+def test_every_file_of_the_pipeline_folder_is_shipped_by_the_wheel(trained):
+    """pyproject's package-data globs take every file the zoo's folder will hold, so an installed
+    safemax has the whole pipeline."""
+    missing = unshipped(trained[0], "fashion_mnist_sd")
     assert not missing, f"not in pyproject's package-data: {missing}"
 
 
