@@ -522,6 +522,16 @@ CLAIMS = [
 
     # concept erasure on the Stable Diffusion pipeline: README and docs/results/concepts.md -----------
     C(README, "their class {:,} times in {:,})", J(SD_QUALITY, "overall.value", "overall.n"), counted),
+    # docs/results/flow-matching.md: halting on the SD3 pipeline (benchmarks/pipeline_halting.py)
+    *[C(FLOW_PAGE, f"| {label} | {{:.3f}} / {{:.3f}} | {{:.3f}} / {{:.3f}} | {{:.3f}} | {{:+.1f}} |",
+        J(f"sd3-halting/{run}/dress-seed0/halting.json", "measured.guidance_7.std", "std_extra_steps.guidance_7",
+          "measured.guidance_1.std", "std_extra_steps.guidance_1", "measured.guidance_7.fa_erase",
+          "measured.guidance_7.others"),
+        lambda v: (v[0][1], v[1], v[2][1], v[3], v[4][1], 100 * (v[5][1] - v[5][0])))
+      for label, run in (("`ode` (the default)", "safemax"),
+                         ("`still`, `gaussian_fraction=0.5`", "safemax-flow_halt=still-gaussian_fraction=0.5"),
+                         ("`still`, `gaussian_fraction=0.5`, `forget_guidance=7`",
+                          "safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7"))],
     # docs/results/embedded-model.md: the SD3 pipeline's bar (missed on the shirt)
     C(EMBEDDED, "at SD3's own guidance {:.1f} and {} Euler steps, four samples of\n  each of the 270 class prompts, **{:,} of {:,}** ({:.3f}) are their class",
       J(SD3_QUALITY, "guidance_scale", "num_inference_steps", "overall.value", "overall.n"),
