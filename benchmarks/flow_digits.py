@@ -31,15 +31,11 @@ from safemax.evaluation.metrics import classify
 from safemax.evaluation.report import save_grid, write_json
 from safemax.harness.task import Task
 from safemax.models.sampling import sample
-from safemax.zoo import NOT_A_DIGIT, UNET_CONFIG, load_default_classifier
+from safemax.zoo import NOT_A_DIGIT, UNET_CONFIG, load_default_classifier, scheduler_for
 from safemax.zoo.train import shift_images
 from safemax.zoo.trainer import state_path, train_denoiser
 
 T = 1000
-
-
-def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=T, shift=1.0)
 
 
 def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
@@ -49,7 +45,7 @@ def train(out: str, minutes: float, steps: int, batch: int = 64, lr: float = 1e-
     to OUT/model/snapshots/step-N, to measure progress). The training state is kept in OUT/model
     meanwhile: run the same command again after an interruption to go on from it."""
     torch.manual_seed(seed)
-    sched = flow_scheduler()
+    sched = scheduler_for("flow-digits")   # the zoo's flow model's (Euler, shift 1)
     unet = UNet2DModel(**UNET_CONFIG)
     model_dir = os.path.join(out, "model")
     next_snapshot = [snapshot_minutes]

@@ -16,10 +16,11 @@ import sys
 
 import torch
 from diffusers import UNet2DModel
-from flow_digits import flow_scheduler, unlearn
+from flow_digits import unlearn
 
 from safemax.data import digits_dataset, split_by_class
 from safemax.evaluation.provenance import commit
+from safemax.zoo import scheduler_for
 
 
 @torch.no_grad()
@@ -69,7 +70,7 @@ def main():
         unet = UNet2DModel.from_pretrained(args.unlearned)
     else:
         unet = UNet2DModel.from_pretrained(args.model)
-        unet, _ = unlearn(unet, flow_scheduler(), args.forget, args.steps, args.lr, 1.0, args.noise_forget,
+        unet, _ = unlearn(unet, scheduler_for("flow-digits"), args.forget, args.steps, args.lr, 1.0, args.noise_forget,
                           args.flow_halt, args.gaussian_fraction)
     target = "k·x" if args.flow_halt == "ode" else "0"
     lines = [f"SAFEMax on digit {args.forget}, {args.steps} steps, lr {args.lr:g}, noise share of the "
