@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from test_sd_pipeline import resumes_bit_for_bit, synthetic, unshipped
+from test_sd_pipeline import resumes_bit_for_bit, synthetic, unshipped, weights
 
 from safemax.data import captions
 from safemax.zoo import sd_parts
@@ -196,3 +196,47 @@ def test_every_file_of_the_pipeline_folder_is_shipped_by_the_wheel(trained):
     """pyproject's package-data globs take every file the zoo's SD3 folder will hold."""
     missing = unshipped(trained[0], "fashion_mnist_sd3")
     assert not missing, f"not in pyproject's package-data: {missing}"
+
+
+def test_the_transformer_trains_further_from_its_finished_ema_and_that_phase_resumes(base, trained, tmp_path):
+    """--transformer-more-steps: a second phase starts from the finished transformer's EMA (not from
+    scratch), draws other batches (the next seed), records what it continued, resumes bit for bit,
+    and the pipeline assembled after it carries its weights and record."""
+    import shutil
+    tokenizer, clip, vae = s3.base_parts(base)
+    _, work = trained
+    encoders = [sd_parts.text_encoder_with_projection(clip)] * 2
+    first = weights(s3._load(os.path.join(work, "transformer"), "cpu"))
+
+    def run(into, resume=False, callback=None):
+        if not os.path.exists(into):
+            shutil.copytree(work, into)   # the finished stages
+        return s3.continue_transformer(tokenizer, encoders, vae, synthetic(), 4, work=str(into), resume=resume,
+                                       progress=False, callback=callback)
+
+    resumes_bit_for_bit(run, tmp_path)
+    more = weights(s3._load(str(tmp_path / "whole" / s3.MORE), "cpu"))
+    assert any(not torch.equal(first[k], more[k]) for k in first)
+    moved = max((first[k] - more[k]).abs().max() / (first[k].abs().max() + 1e-12) for k in first)
+    assert moved < 1.0   # a few steps on from the first phase, not a fresh start
+    record = json.load(open(tmp_path / "whole" / s3.MORE / "training.json"))
+    made = json.load(open(os.path.join(work, "transformer", "training.json")))["recipe"]
+    assert record["recipe"] == dict(after=made, steps=4, batch_size=made["batch_size"], lr=made["lr"],
+                                    seed=made["seed"] + 1) and record["steps"] == 4
+
+    out = s3.train(str(tmp_path / "pipe"), "tiny", base=base, work=str(tmp_path / "whole"), resume=True,
+                   data=synthetic(), progress=False, more_steps=4)   # reuses both phases: no training
+    shipped = json.load(open(os.path.join(out, "training.json")))
+    assert set(shipped["stages"]) == {*s3.STAGES, s3.MORE} and shipped["stages"][s3.MORE]["recipe"]["steps"] == 4
+    from diffusers import SD3Transformer2DModel
+    loaded = SD3Transformer2DModel.from_pretrained(os.path.join(out, "transformer"))
+    assert all(torch.equal(v.half().float(), loaded.state_dict()[k].float()) for k, v in more.items())
+
+
+def test_training_further_needs_a_finished_transformer(base, tmp_path):
+    tokenizer, clip, vae = s3.base_parts(base)
+    encoders = [sd_parts.text_encoder_with_projection(clip)] * 2
+    with pytest.raises(FileNotFoundError, match="the transformer stage is not finished.*--transformer-more-steps"):
+        s3.continue_transformer(tokenizer, encoders, vae, synthetic(), 4, work=str(tmp_path))
+    with pytest.raises(ValueError, match="pass more_steps too"):
+        s3.train(str(tmp_path / "p"), "tiny", base=base, work=str(tmp_path), data=synthetic(), more_lr=1e-4)

@@ -5,6 +5,7 @@ family of SD3/3.5 on this project's own data, captions, synonyms and templates.
 
     python -m safemax.zoo.sd3_pipeline --out safemax/zoo/fashion_mnist_sd3       # the full size
     python -m safemax.zoo.sd3_pipeline --out DIR --resume                        # go on after a stop
+    python -m safemax.zoo.sd3_pipeline --out DIR --resume --transformer-more-steps 2000   # train it further
     python -m safemax.zoo.sd3_pipeline --out DIR --tiny --base SD_DIR            # a smoke run (seconds)
     python -m safemax.zoo.sd3_pipeline --estimate                                # time a few steps
 
@@ -49,11 +50,14 @@ from safemax.zoo.trainer import state_path, train_denoiser
 
 DEFAULT_WORK = os.path.expanduser("~/.cache/safemax/fashion-mnist-sd3")
 STAGES = ("clip_2", "transformer")
+MORE = "transformer_more"
+"""The folder and state of the transformer's second phase (``continue_transformer``)."""
 GUIDANCE, STEPS = 7.0, 28
 """SD3's ``__call__`` defaults: the guidance scale and steps its quality is judged at."""
 
 __all__ = ["SD3Size", "FULL", "TINY", "SIZES", "base_parts", "make_transformer", "make_scheduler", "caption_table",
-           "train_transformer", "assemble", "train", "estimate", "main", "DEFAULT_WORK", "STAGES", "GUIDANCE", "STEPS"]
+           "train_transformer", "continue_transformer", "assemble", "train", "estimate", "main", "DEFAULT_WORK",
+           "STAGES", "MORE", "GUIDANCE", "STEPS"]
 
 
 @dataclass(frozen=True)
@@ -138,31 +142,71 @@ def caption_table(pipe) -> dict:
     return prompt_embeddings(pipe, list(captions.CAPTIONS))
 
 
+def _fit(transformer, tokenizer, text_encoders, vae, data, recipe, name, work, resume, minutes, checkpoint_minutes,
+         progress, callback, desc):
+    """Trains ``transformer`` for ``recipe``'s steps under the stage state ``name``; its EMA, saved
+    with its record in ``work/name``, or None when ``minutes`` ran out first."""
+    images, labels = data
+    condition = sd_parts.CaptionPrompts(caption_table(_pipeline(tokenizer, text_encoders, vae, transformer)))
+    run = train_denoiser(transformer, make_scheduler(), (sd.latents_of_images(vae, images), labels),
+                         steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"], seed=recipe["seed"],
+                         condition=condition, minutes=minutes, work=work, name=name,
+                         resume=resume and os.path.exists(state_path(work, name)),
+                         checkpoint_minutes=checkpoint_minutes, progress=progress, desc=desc, callback=callback)
+    if run.stopped != "steps":
+        return None
+    folder = os.path.join(work, name)
+    run.ema.save_pretrained(folder, safe_serialization=True)
+    sd._record(folder, recipe, run)
+    return run.ema.eval()
+
+
+def _load(folder, device):
+    from diffusers import SD3Transformer2DModel
+    return SD3Transformer2DModel.from_pretrained(folder, torch_dtype=torch.float32).to(device).eval()
+
+
 def train_transformer(tokenizer, text_encoders, vae, data, size="full", work=DEFAULT_WORK, seed=0, resume=False,
                       steps=None, device="cpu", minutes=None, checkpoint_minutes=10.0, progress=True, callback=None):
     """The transformer stage: the flow objective on the VAE's scaled latents, conditioned on
     captions; its EMA in ``work/transformer``. Returns it (None when ``minutes`` ran out first)."""
-    from diffusers import SD3Transformer2DModel
-    size, images, labels = _size(size), *data
-    recipe = dict(size.transformer_train, size=size.name, seed=seed, images=len(labels))
+    size = _size(size)
+    recipe = dict(size.transformer_train, size=size.name, seed=seed, images=len(data[1]))
     if steps is not None:
         recipe["steps"] = steps
     folder = os.path.join(work, "transformer")
     if sd._finished(folder, recipe, resume):
-        return SD3Transformer2DModel.from_pretrained(folder, torch_dtype=torch.float32).to(device).eval()
+        return _load(folder, device)
     transformer = sd._seeded(seed, make_transformer, size, text_encoders, vae).to(device)
-    condition = sd_parts.CaptionPrompts(caption_table(_pipeline(tokenizer, text_encoders, vae, transformer)))
-    run = train_denoiser(transformer, make_scheduler(), (sd.latents_of_images(vae, images), labels),
-                         steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"], seed=seed,
-                         condition=condition, minutes=minutes, work=work, name="transformer",
-                         resume=resume and os.path.exists(state_path(work, "transformer")),
-                         checkpoint_minutes=checkpoint_minutes, progress=progress, desc="2/2 transformer",
-                         callback=callback)
-    if run.stopped != "steps":
-        return None
-    run.ema.save_pretrained(folder, safe_serialization=True)
-    sd._record(folder, recipe, run)
-    return run.ema.eval()
+    return _fit(transformer, tokenizer, text_encoders, vae, data, recipe, "transformer", work, resume, minutes,
+                checkpoint_minutes, progress, callback, "2/2 transformer")
+
+
+def continue_transformer(tokenizer, text_encoders, vae, data, more_steps: int, lr: float = None, work=DEFAULT_WORK,
+                         resume=False, device="cpu", minutes=None, checkpoint_minutes=10.0, progress=True,
+                         callback=None):
+    """A second phase of the finished transformer stage (``work/transformer``): ``more_steps``
+    further steps from its EMA, with a fresh warm-up and cosine at ``lr`` (the first phase's by
+    default) and batches drawn from the next seed, so that it does not replay the first phase's. Its
+    EMA in ``work/{MORE}``; resumes as the stages do. Returns it (None when ``minutes`` ran out)."""
+    first = os.path.join(work, "transformer", "training.json")
+    if not os.path.exists(first):
+        raise FileNotFoundError(f"{first}: the transformer stage is not finished, so there is nothing to continue; "
+                                "train it first (python -m safemax.zoo.sd3_pipeline --out DIR), then add "
+                                "--transformer-more-steps N --resume")
+    with open(first) as f:
+        made = json.load(f)["recipe"]
+    if made["images"] != len(data[1]):
+        raise ValueError(f"continue: the transformer was trained on {made['images']} images, not {len(data[1])}; "
+                         "pass the same data (and --limit)")
+    recipe = dict(after=made, steps=more_steps, batch_size=made["batch_size"], lr=lr or made["lr"],
+                  seed=made["seed"] + 1)
+    folder = os.path.join(work, MORE)
+    if sd._finished(folder, recipe, resume):
+        return _load(folder, device)
+    transformer = _load(os.path.dirname(first), device).train()
+    return _fit(transformer, tokenizer, text_encoders, vae, data, recipe, MORE, work, resume, minutes,
+                checkpoint_minutes, progress, callback, "+ transformer, more steps")
 
 
 def assemble(out: str, tokenizer, clips, vae, transformer, dtype=torch.float16, record: dict = None) -> str:
@@ -196,16 +240,21 @@ def assemble(out: str, tokenizer, clips, vae, transformer, dtype=torch.float16, 
 
 def train(out: str, size="full", base: str = "fashion-mnist-sd", work: str = None, resume: bool = False,
           seed: int = 0, steps: dict = None, data=None, limit: int = None, device: str = "cpu",
-          minutes: float = None, checkpoint_minutes: float = 10.0, dtype=torch.float16, progress: bool = True):
+          minutes: float = None, checkpoint_minutes: float = 10.0, dtype=torch.float16, progress: bool = True,
+          more_steps: int = None, more_lr: float = None):
     """The second CLIP and the transformer, then the pipeline in ``out``; returns ``out`` (None when
     ``minutes`` ran out first: ``resume=True`` goes on). ``base``: the Stable Diffusion pipeline
     whose tokenizer, first text encoder and VAE are taken; ``steps``: ``{stage: steps}``; ``data``:
-    ``(images [N, 1, 32, 32], labels)`` instead of Fashion-MNIST (``limit``: its first rows)."""
+    ``(images [N, 1, 32, 32], labels)`` instead of Fashion-MNIST (``limit``: its first rows);
+    ``more_steps``: then a second transformer phase of that many steps at ``more_lr``
+    (``continue_transformer``; with ``resume=True`` the finished first phase is reused)."""
     size = _size(size)
     steps = dict(steps or {})
     unknown = set(steps) - set(STAGES)
     if unknown:
         raise ValueError(f"steps: unknown stages {sorted(unknown)}; the stages are {', '.join(STAGES)}")
+    if more_lr is not None and not more_steps:
+        raise ValueError("more_lr is the second transformer phase's learning rate: pass more_steps too")
     work = work or DEFAULT_WORK
     tokenizer, clip, vae = base_parts(base)
     data = sd._checked(data if data is not None else sd.load_data(limit))
@@ -223,11 +272,14 @@ def train(out: str, size="full", base: str = "fashion-mnist-sd", work: str = Non
         encoders = [sd_parts.text_encoder_with_projection(c) for c in (clip, clip_2)]
         transformer = train_transformer(tokenizer, encoders, vae.to(device), data, size, seed=seed,
                                         steps=steps.get("transformer"), minutes=left(), resume=resume and kept, **loop)
+    if transformer is not None and more_steps:
+        transformer = continue_transformer(tokenizer, encoders, vae.to(device), data, more_steps, more_lr,
+                                           minutes=left(), resume=resume and kept, **loop)
     if transformer is None:
         print(f"stopped after {minutes} minutes; the state is in {work}: go on with --resume")
         return None
     record = dict(size=size.name, seed=seed, base=str(base), stages={})
-    for stage in STAGES:
+    for stage in STAGES + ((MORE,) if more_steps else ()):
         with open(os.path.join(work, stage, "training.json")) as f:
             record["stages"][stage] = json.load(f)
     return assemble(out, tokenizer, [clip, clip_2], vae, transformer, dtype, record)
@@ -256,6 +308,10 @@ def main(argv=None):
     p.add_argument("--base", default="fashion-mnist-sd",
                    help="the Stable Diffusion pipeline whose tokenizer, text encoder and VAE are taken (default: the zoo's)")
     sd.add_training_arguments(p, DEFAULT_WORK, SIZES, STAGES, "a few transformer steps")
+    p.add_argument("--transformer-more-steps", type=int, default=None, metavar="N",
+                   help="then N more transformer steps from its EMA, a fresh warm-up and cosine "
+                        "(with --resume, the finished transformer is reused)")
+    p.add_argument("--more-lr", type=float, default=None, help="those steps' peak learning rate (default: the first's)")
     args = p.parse_args(argv)
     if args.estimate:
         print(json.dumps(estimate(args.size, args.base, device=args.device), indent=2))
@@ -265,7 +321,8 @@ def main(argv=None):
     steps = {s: getattr(args, f"{s}_steps") for s in STAGES if getattr(args, f"{s}_steps") is not None}
     out = train(args.out, args.size, base=args.base, work=args.work, resume=args.resume, seed=args.seed, steps=steps,
                 limit=args.limit, device=args.device, minutes=args.minutes,
-                checkpoint_minutes=args.checkpoint_minutes, dtype=getattr(torch, args.dtype))
+                checkpoint_minutes=args.checkpoint_minutes, dtype=getattr(torch, args.dtype),
+                more_steps=args.transformer_more_steps, more_lr=args.more_lr)
     if out:
         print(f"saved the pipeline in {out}: StableDiffusion3Pipeline.from_pretrained({out!r}); its bar: "
               f"python -m safemax.zoo.sd_quality --pipeline {out}")
