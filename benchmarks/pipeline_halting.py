@@ -34,7 +34,7 @@ def halting_run(pipeline: str, spec: str, concept: str, seed: int, out: str, n: 
     from safemax.concepts import erase
     from safemax.concepts.loading import load_base
     from safemax.concepts.prompts import resolve
-    method, settings, label = method_spec(spec, smoke)
+    method, settings, label = method_spec(spec, smoke, pipeline)
     path = folder(out, label, concept, seed)
     done = os.path.join(path, "halting.json")
     if os.path.exists(done):

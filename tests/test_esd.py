@@ -85,3 +85,67 @@ def test_the_command_erases_with_esd(tmp_path):
     from safemax.concepts.prompts import resolve
     assert drawn_concept_latents(str(out), resolve(["a cat"], exact=True)[0]) == {}
     assert manifest["settings"]["weights"] == "xattn" and manifest["settings"]["lr"] == 1e-5
+
+
+# ---------------------------------------------------------------- rectified flows (SD3, Flux)
+@pytest.fixture(scope="module")
+def flow_setup():
+    from tiny_pipelines import tiny_sd3_pipeline
+    pipe = tiny_sd3_pipeline(t5=False)
+    forget = pipeline_data(pipe, ["a cat"], n_per_prompt=4, num_inference_steps=2, progress=False)
+    return pipe, forget, prompt_embeddings(pipe, ["a cat"]), prompt_embeddings(pipe, [""])
+
+
+def flow_loss(setup, cls=ESDx, steps=1, lr=None, **settings):
+    from tiny_pipelines import tiny_sd3_pipeline
+    pipe, forget, cat, empty = setup
+    u = Unlearner(tiny_sd3_pipeline(t5=False).transformer, pipe.scheduler, forget={"cat": cat},
+                  method=cls(unconditional=empty, **settings), seed=3, lr=lr)
+    history = u.fit(None, forget, steps=steps, batch_size=2, progress=False)
+    return history[0]["loss"], u
+
+
+def test_on_a_flow_the_target_is_negative_guidance_on_the_velocity(flow_setup):
+    """The same identity as on ε, on SD3's velocity: (1 + η)² ‖v*(x_t, c) − v*(x_t)‖²."""
+    plain, _ = flow_loss(flow_setup, negative_guidance=0.0, ddim_steps=4)
+    esd, _ = flow_loss(flow_setup, negative_guidance=1.0, ddim_steps=4)
+    none, _ = flow_loss(flow_setup, negative_guidance=-1.0, ddim_steps=4)
+    assert plain > 0 and esd == pytest.approx(4 * plain, rel=1e-4) and none == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("cls", [ESDx, ESDu])
+def test_on_a_joint_attention_model_esd_x_trains_the_joint_attention_and_esd_u_the_rest(flow_setup, cls):
+    from tiny_pipelines import tiny_sd3_pipeline
+    before = {n: p.detach().clone() for n, p in tiny_sd3_pipeline(t5=False).transformer.named_parameters()}
+    _, u = flow_loss(flow_setup, cls, steps=3, ddim_steps=3)
+    changed = {n for n, p in u.unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(trains(n, cls.weights, "sd3") for n in changed)
+    assert all((".attn." in n) == (cls is ESDx) for n in changed)
+    assert any("context_embedder" in n for n in before) and not trains("context_embedder.weight", "xattn", "sd3")
+
+
+def test_on_a_flow_x_t_comes_from_guided_euler_steps_on_the_sigma_grid(flow_setup):
+    """One step of the partial sampling, written out: from pure noise at σ = 1, x ← x + (σ' − 1)·v,
+    v the guided velocity; ``sample_from="original"`` samples with the frozen original."""
+    pipe, forget, cat, empty = flow_setup
+    drawn = {}
+    for sample_from in ("trained", "original"):   # (lr 1e-2: the trained model has moved from the original)
+        _, u = flow_loss(flow_setup, steps=2, lr=1e-2, ddim_steps=3, sample_guidance=2.0, sample_from=sample_from)
+        m, d = u.method, u.denoiser
+        model = m.teacher if sample_from == "original" else u.unet
+        for draw in range(20):   # until the random stop is after one step
+            state = u.generator.get_state()
+            x_t, t = m._x_t(u, cat, empty, (1, *forget.images.shape[1:]))
+            grid = torch.linspace(d.num_train_timesteps - 1, 0, 3).round().long()
+            if int(t[0]) == int(grid[1]):
+                break
+        u.generator.set_state(state)
+        torch.randint(0, 3, (1,), generator=u.generator)
+        noise = torch.randn((1, *forget.images.shape[1:]), generator=u.generator)
+        tt = torch.full((1,), int(grid[0]))
+        v_u, v_c = d.predict(noise, tt, empty, model=model), d.predict(noise, tt, cat, model=model)
+        v = v_u + 2.0 * (v_c - v_u)
+        assert float(d.table[grid[0]]) == pytest.approx(1.0)
+        torch.testing.assert_close(x_t, noise + (float(d.table[grid[1]]) - 1.0) * v, atol=1e-5, rtol=1e-5)
+        drawn[sample_from] = x_t
+    assert not torch.allclose(drawn["trained"], drawn["original"], atol=1e-4)

@@ -192,6 +192,21 @@ def test_the_concept_head_to_head_judges_the_sd3_pipeline_at_its_own_guidance(tr
     assert (tmp_path / "summary.png").exists()
 
 
+def test_esd_runs_in_the_head_to_head_with_its_flow_recipe(base, trained, tmp_path):
+    """On the SD3 pipeline ESD takes the authors' SD3.5 recipe (200 steps at 3e-5, x_t sampled by
+    the original at the pipeline's own guidance and steps); on the Stable Diffusion one its SD
+    recipe; and a smoke ESD-x erase runs end to end on the flow."""
+    from safemax.harness.concept_compare import FLOW_ESD, METHOD_SETTINGS, compare_concepts, method_spec
+    out, _ = trained
+    assert method_spec("esd-u", pipeline=out)[1] == dict(FLOW_ESD, sample_guidance=7.0, ddim_steps=28)
+    assert method_spec("esd-x:lr=1e-4", pipeline=out)[1]["lr"] == 1e-4
+    assert method_spec("esd-x", pipeline=base)[1] == METHOD_SETTINGS["esd-x"]
+    compare_concepts(out, str(tmp_path), ["esd-x"], ["bag"], [0], smoke=True, progress=False)
+    manifest = json.loads((tmp_path / "esd-x" / "bag-seed0" / "safemax.json").read_text())
+    assert manifest["method"] == "esd-x" and manifest["settings"]["sample_from"] == "original"
+    assert manifest["settings"]["sample_guidance"] == 7.0 and manifest["settings"]["ddim_steps"] == 28
+
+
 def test_every_file_of_the_pipeline_folder_is_shipped_by_the_wheel(trained):
     """pyproject's package-data globs take every file the zoo's SD3 folder will hold."""
     missing = unshipped(trained[0], "fashion_mnist_sd3")

@@ -36,17 +36,38 @@ METHOD_SETTINGS = {
     "ga": dict(steps=100, batch_size=8, n_per_prompt=8),
 }
 """Each method's erase settings."""
+FLOW_ESD = dict(steps=200, batch_size=1, n_per_prompt=8, lr=3e-5, sample_from="original")
+"""ESD's published recipe on a rectified flow (the authors' SD3.5 script): 200 steps of batch 1 at
+3e-5, x_t sampled by the original at the pipeline's usual guidance and steps (``flow_esd``)."""
 SMOKE = dict(steps=2, batch_size=2, n_per_prompt=1)
 
 
-def method_spec(spec: str, smoke: bool = False):
+def is_flow(pipeline) -> bool:
+    """Whether ``pipeline`` (a zoo name or folder) samples with a rectified-flow scheduler."""
+    from safemax import zoo
+    path = os.path.join(str(zoo.PIPELINES.get(pipeline, pipeline)), "scheduler", "scheduler_config.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("_class_name", "").startswith("FlowMatch")
+
+
+def flow_esd(pipeline) -> dict:
+    guidance, steps = usual(pipeline)
+    return dict(FLOW_ESD, sample_guidance=guidance, ddim_steps=steps)
+
+
+def method_spec(spec: str, smoke: bool = False, pipeline=None):
     """``"name"`` or ``"name:key=value,..."`` (e.g. ``"safemax:lr=3e-4,steps=200"``, a setting to
     try) → ``(method, its erase settings, its folder name)``: ``METHOD_SETTINGS``' (``SMOKE``'s
-    sizes with ``smoke``) with the spec's on top, values read as JSON (numbers, true/false)."""
+    sizes with ``smoke``; ESD's on a rectified-flow ``pipeline``: ``FLOW_ESD``) with the spec's on
+    top, values read as JSON (numbers, true/false)."""
     name, _, options = spec.partition(":")
     if name not in METHOD_SETTINGS:
         raise ValueError(f"method {name!r}: the concept head-to-head runs {', '.join(METHOD_SETTINGS)}")
     settings = dict(SMOKE) if smoke and name != "uce" else dict(METHOD_SETTINGS[name])
+    if name.startswith("esd") and pipeline is not None and is_flow(pipeline):
+        settings = dict(flow_esd(pipeline), **(SMOKE if smoke else {}))
     given = assignments(filter(None, options.split(",")), lambda item: f"method {spec!r}: write name:key=value,key=value")
     settings.update({k: json_value(v) for k, v in given.items()})
     return name, settings, spec.replace(":", "-").replace(",", "-")
@@ -72,7 +93,7 @@ def run(pipeline: str, spec: str, concepts: list, seed: int, path: str, eval_n: 
     ``(report, manifest)``."""
     if not os.path.exists(os.path.join(path, "report.json")):
         from safemax.concepts import erase
-        method, settings, _ = method_spec(spec, smoke)
+        method, settings, _ = method_spec(spec, smoke, pipeline)
         guidance = (usual(pipeline)[0], 1.0)
         reuse_before(path, eval_n, steps, guidance)
         erase(pipeline, list(concepts), out=path, seed=seed, resume=os.path.isdir(os.path.join(path, "checkpoint")),
@@ -266,7 +287,7 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
     """Run (unless ``summarise_only``) and summarise the head-to-head into ``out/summary.json``
     and ``out/summary.md``; returns the markdown. ``sampling_steps``: None, the pipeline's usual.
     ``smoke``: tiny settings, not a result."""
-    settings = {m: method_spec(m, smoke)[1] for m in methods}   # (checks every spec before any run)
+    settings = {m: method_spec(m, smoke, pipeline)[1] for m in methods}   # (checks every spec before any run)
     guidance, usual_steps = usual(pipeline)
     eval_n, sampling_steps = (1, 2) if smoke else (eval_n, sampling_steps or usual_steps)
     if not summarise_only:
@@ -282,7 +303,7 @@ def compare_concepts(pipeline: str, out: str, methods=("safemax",), concepts=CON
     order = list(CONCEPTS) + [TUNE]
     concepts = sorted(set(concepts) | set(disk["concepts"]), key=lambda c: (order.index(c) if c in order else len(order), c))
     seeds = sorted(set(seeds) | set(disk["seeds"]))
-    settings |= {m: method_spec(m, smoke)[1] for m in methods if m not in settings}
+    settings |= {m: method_spec(m, smoke, pipeline)[1] for m in methods if m not in settings}
     summary = summarise(out, methods, concepts, seeds)
     summary["settings"] = dict(methods=settings, eval_n=eval_n, sampling_steps=sampling_steps, pipeline=pipeline,
                                attacks=list(attacks), guidance=guidance)

@@ -10,7 +10,7 @@ method runs on the same data, batch and optimizer.
 | `salun` | ε(x_t, forget class) → detached ε(x_t, a random other class) (Fan et al. 2024) | retain denoising loss × 1e-3; only the salient weights move | saliency mask: the 50% of weights with the largest forget-loss gradient magnitude |
 | `sa` | forget class trained to denoise uniform-noise images (Heng & Soh 2023) | EWC (diagonal Fisher, λ = 10) + replay of generated other classes | replay set and Fisher, both from the original |
 | `ga` | minus the forget rows' denoising loss | plus the retain denoising loss | none |
-| `esd-x`, `esd-u` | ε(x_t, concept) → ε*(x_t) − η(ε*(x_t, concept) − ε*(x_t)), x_t from partial guided sampling (Gandikota et al. 2023; text concepts only) | training only the cross-attention (x) or the rest (u); no retain term | a frozen copy (with LoRA: the adapter off) |
+| `esd-x`, `esd-u` | ε(x_t, concept) → ε*(x_t) − η(ε*(x_t, concept) − ε*(x_t)), x_t from partial guided sampling (Gandikota et al. 2023; text concepts only; on a flow the same on the velocity) | training only the cross-attention (x; SD3/Flux: the joint attention) or the rest (u); no retain term | a frozen copy (with LoRA: the adapter off) |
 
 One module per method over a small base (``safemax.methods.base``: the interface, the batch
 builder every method draws its rows with, the plain denoising loss).

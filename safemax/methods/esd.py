@@ -16,8 +16,15 @@ data a fit is given are not used.
 
 The unconditional condition ε_θ*(x_t, t) needs — the empty prompt's, in the concept's form —
 is given when the method is built: ``ESDx(unconditional=prompt_embeddings(pipe, [""]))``
-(``safemax erase --method esd-x`` does it). DDPM-family models (ε or v prediction) with text
-conditions; rectified-flow models and class-conditional ones are refused.
+(``safemax erase --method esd-x`` does it). Class-conditional models are refused.
+
+On a rectified flow (SD3, Flux), as the authors' SD3.5 script (rohitgandikota/erasing,
+``esd_sd35.py``) does: the same target on the velocity (guidance is linear in the prediction, so
+v_θ*(x_t) − η(v_θ*(x_t, c) − v_θ*(x_t)); their η = 2 on v_c is this η = 1), x_t made by guided
+Euler steps on the σ grid, and joint attention in place of the cross-attention: ESD-x trains the
+joint attention (``.attn.``: the image and text streams' projections, where text meets the
+image), ESD-u everything else. Their recipe — 200 steps at 3e-5, x_t sampled by the original at
+the pipeline's guidance (``sample_from="original"``) — is a setting, not the default here.
 """
 from dataclasses import dataclass
 
@@ -26,7 +33,7 @@ import torch
 from safemax.data import rows
 from safemax.methods.base import Method, frozen_original, mse
 from safemax.models.cross_attention import is_cross_attention
-from safemax.settings import Settings, finite, positive, setting, whole
+from safemax.settings import Settings, finite, one_of, positive, setting, whole
 
 
 @dataclass(frozen=True)
@@ -35,11 +42,20 @@ class ESDSettings(Settings):
     negative_guidance: float = setting(1.0, "ESD's η: how far the target is pushed from the concept", check=finite)
     sample_guidance: float = setting(3.0, "classifier-free guidance of the partial sampling that makes x_t",
                                      check=positive)
-    ddim_steps: int = setting(50, "steps of the DDIM grid x_t is stopped on", check=whole)
+    ddim_steps: int = setting(50, "steps of the DDIM grid x_t is stopped on (a flow's: Euler)", check=whole)
+    sample_from: str = setting("trained", "the model whose partial sampling makes x_t: the one being trained "
+                               "(ESD's SD code) or the original (its SD3.5 script)", check=one_of("trained", "original"))
 
 
-def trains(name: str, weights: str) -> bool:
-    """Whether ESD's ``weights`` (``"xattn"`` or ``"noxattn"``) train the parameter ``name``."""
+JOINT = ("sd3", "flux")
+"""The families whose text meets the image in a joint attention, not a cross-attention."""
+
+
+def trains(name: str, weights: str, family: str = "sd") -> bool:
+    """Whether ESD's ``weights`` (``"xattn"`` or ``"noxattn"``) train the parameter ``name`` of a
+    model of ``family`` (a joint-attention family's: its ``.attn.`` modules, or the rest)."""
+    if family in JOINT:
+        return (".attn." in name) == (weights == "xattn")
     if weights == "xattn":
         return is_cross_attention(name)
     return not (is_cross_attention(name) or "time_embedding" in name or name.startswith(("conv_out", "conv_norm_out")))
@@ -66,38 +82,42 @@ class ESDx(Method):
     def check(self, denoiser, targets) -> None:
         if targets.concepts is None:
             raise ValueError(f"{self.name} erases text concepts; forget classes with safemax, salun, sa or ga")
-        if denoiser.parametrization != "epsilon":
-            raise ValueError(f"{self.name} is defined for DDPM-style models (ε or v); this one is a rectified flow")
         if self.unconditional is None:
             raise ValueError(f"{self.name} needs the empty prompt's condition: {type(self).__name__}("
                              "unconditional=prompt_embeddings(pipe, ['']))")
-        if not any(trains(n, self.weights) for n, _ in denoiser.unet.named_parameters()):
+        family = denoiser.family.name
+        if not any(trains(n, self.weights, family) for n, _ in denoiser.unet.named_parameters()):
             what = "the cross-attention (attn2)" if self.weights == "xattn" else "weights outside the cross-attention"
             raise ValueError(f"{self.name} trains {what}; {type(denoiser.unet).__name__} has none")
 
     def bind(self, u) -> None:
         self.teacher = frozen_original(u)
+        family = u.denoiser.family.name
         for name, p in u.denoiser.unet.named_parameters():
-            if p.requires_grad and not trains(name, self.weights):
+            if p.requires_grad and not trains(name, self.weights, family):
                 p.requires_grad_(False)   # never gets a gradient: Adam leaves it as it is
 
     def _x_t(self, u, cond, uncond, shape):
-        """x_t by DDIM (η = 0) from pure noise with the model being trained, guided by
-        ``sample_guidance``, stopped at a random step of the grid; returns ``(x_t, t)``."""
+        """x_t by DDIM (η = 0; a flow: Euler) from pure noise, guided by ``sample_guidance``,
+        stopped at a random step of the grid; returns ``(x_t, t)``."""
         d, g = u.denoiser, u.generator
-        T = d.num_train_timesteps
+        model = self.teacher if self.sample_from == "original" else None
+        T, flow = d.num_train_timesteps, d.parametrization == "flow"
         grid = torch.linspace(T - 1, 0, self.ddim_steps).round().long()
         k = int(torch.randint(0, self.ddim_steps, (1,), generator=g))
         x = u.local(torch.randn(shape, generator=g)).to(d.device(), d._dtype())
-        abar = d.table
+        table = d.table   # ᾱ (DDPM) or σ (flow), indexed by t
         for i in range(k):
             t, t_next = grid[i], grid[i + 1]
             tt = torch.full((len(x),), int(t), device=x.device)
-            e_u, e_c = d.predict(x, tt, uncond), d.predict(x, tt, cond)
-            e = e_u + self.sample_guidance * (e_c - e_u)
-            a, a_next = abar[t], abar[t_next]
-            x0 = (x.double() - (1 - a).sqrt() * e.double()) / a.sqrt()
-            x = (a_next.sqrt() * x0 + (1 - a_next).sqrt() * e.double()).to(x.dtype)
+            e_u, e_c = d.predict(x, tt, uncond, model=model), d.predict(x, tt, cond, model=model)
+            e = (e_u + self.sample_guidance * (e_c - e_u)).double()
+            if flow:   # an Euler step of dx/dσ = v
+                x = (x.double() + (table[t_next] - table[t]) * e).to(x.dtype)
+                continue
+            a, a_next = table[t], table[t_next]
+            x0 = (x.double() - (1 - a).sqrt() * e) / a.sqrt()
+            x = (a_next.sqrt() * x0 + (1 - a_next).sqrt() * e).to(x.dtype)
         return x, torch.full((len(x),), int(grid[k]), device=x.device)
 
     def loss(self, u, retain, forget, batch_size):
@@ -122,4 +142,4 @@ class ESDu(ESDx):
     weights = "noxattn"
 
 
-__all__ = ["ESDSettings", "ESDx", "ESDu", "trains"]
+__all__ = ["ESDSettings", "ESDx", "ESDu", "trains", "JOINT"]
