@@ -149,3 +149,19 @@ def test_on_a_flow_x_t_comes_from_guided_euler_steps_on_the_sigma_grid(flow_setu
         torch.testing.assert_close(x_t, noise + (float(d.table[grid[1]]) - 1.0) * v, atol=1e-5, rtol=1e-5)
         drawn[sample_from] = x_t
     assert not torch.allclose(drawn["trained"], drawn["original"], atol=1e-4)
+
+
+def test_esd_x_fits_a_flux_transformer_on_its_joint_attention():
+    """Flux (guidance-distilled, packed latents, single-stream blocks too): ESD-x's steps run and
+    move only the `.attn.` weights of the double and single blocks."""
+    from tiny_pipelines import tiny_flux_pipeline
+    pipe = tiny_flux_pipeline()
+    cat, empty = prompt_embeddings(pipe, ["a cat"]), prompt_embeddings(pipe, [""])
+    forget = pipeline_data(pipe, ["a cat"], n_per_prompt=2, num_inference_steps=2, progress=False)
+    before = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+    u = Unlearner(pipe.transformer, pipe.scheduler, forget={"cat": cat}, lr=1e-3, seed=0,
+                  method=ESDx(unconditional=empty, ddim_steps=3))
+    history = u.fit(None, forget, steps=3, batch_size=1, progress=False)
+    changed = {n for n, p in u.unet.named_parameters() if not torch.equal(p, before[n])}
+    assert all(h["loss"] > 0 for h in history) and changed and all(".attn." in n for n in changed)
+    assert any(n.startswith("single_transformer_blocks") for n in changed)
