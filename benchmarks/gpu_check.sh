@@ -43,7 +43,9 @@
 #         issue 44's SD3-type pipeline trained on the GPU (python -m safemax.zoo.sd3_pipeline: a
 #         second CLIP and the MMDiT on the zoo SD pipeline's text encoder and VAE; hours on the CPU
 #         beside other jobs), then its sample-quality bar at SD3's guidance 7.0 and 28 steps; work
-#         folder and pipeline under $OUT (SD3_WORK, SD3_OUT), resumed by a call that carries them back
+#         folder and pipeline under $OUT (SD3_WORK, SD3_OUT), resumed by a call that carries them back;
+#         SD3_MORE=N trains the finished transformer N steps further first (--transformer-more-steps:
+#         carry the work folder of the zoo's, ~/.cache/safemax/fashion-mnist-sd3, 26 MB, as SD3_WORK)
 #     PARTS="build erase" bash benchmarks/gpu_check.sh
 #         issues 42 and 44: one `safemax erase` of each zoo pipeline on the GPU (the sneaker, the
 #         default settings, evaluated before and after), each manifest's time and peak memory
@@ -143,10 +145,11 @@ TAIL=20 part sd-pipeline "$PY" -m safemax.zoo.sd_pipeline --device cuda --resume
 TAIL=12 part fsdp bash -c 'log=$("$1" -m pytest tests/test_fsdp.py -q -p no:cacheprovider -rs 2>&1); rc=$?
   echo "$log"; [[ $log != *SKIPPED* ]] || { echo "fsdp: a test was skipped"; exit 1; }; exit $rc' _ "$PY"
 sd3_out=${SD3_OUT:-$out/fashion_mnist_sd3}
-TAIL=20 part sd3-pipeline bash -c 'py=$1; w=$2; o=$3; m=$4; set -e
-  "$py" -m safemax.zoo.sd3_pipeline --device cuda --resume --work "$w" --out "$o" --minutes "$m"
+TAIL=20 part sd3-pipeline bash -c 'py=$1; w=$2; o=$3; m=$4; more=$5; set -e
+  "$py" -m safemax.zoo.sd3_pipeline --device cuda --resume --work "$w" --out "$o" --minutes "$m" \
+    ${more:+--transformer-more-steps "$more"}
   "$py" -m safemax.zoo.sd_quality --pipeline "$o" --n 4 --out "$o/quality.json"' \
-  _ "$PY" "${SD3_WORK:-$out/sd3-work}" "$sd3_out" $(( (BUDGET - SECONDS - 240) / 60 ))
+  _ "$PY" "${SD3_WORK:-$out/sd3-work}" "$sd3_out" $(( (BUDGET - SECONDS - 240) / 60 )) "${SD3_MORE:-}"
 TAIL=16 part erase bash -c 'py=$1; o=$2; set -e
   for pipe in fashion-mnist-sd fashion-mnist-sd3; do
     if [ "$pipe" = fashion-mnist-sd3 ] && [ ! -f safemax/zoo/fashion_mnist_sd3/model_index.json ]; then
