@@ -22,24 +22,34 @@ def setup():
     return pipe, forget, prompt_embeddings(pipe, ["a cat"]), prompt_embeddings(pipe, [""])
 
 
-def first_loss(setup, cls=ESDx, **settings):
+def fitted(setup, model, cls=ESDx, steps=1, lr=None, **settings):
+    """``(first loss, Unlearner)`` of ``steps`` of ``cls`` on a fresh ``model()`` (seeded: the same weights)."""
     pipe, forget, cat, empty = setup
-    unet = tiny_sd_pipeline().unet   # a fresh copy of the same weights (seeded)
-    u = Unlearner(unet, pipe.scheduler, forget={"cat": cat}, method=cls(unconditional=empty, **settings), seed=3)
-    history = u.fit(None, forget, steps=1, batch_size=2, progress=False)
+    u = Unlearner(model(), pipe.scheduler, forget={"cat": cat}, method=cls(unconditional=empty, **settings), seed=3,
+                  lr=lr)
+    history = u.fit(None, forget, steps=steps, batch_size=2, progress=False)
     return history[0]["loss"], u
 
 
-def test_the_target_is_negative_guidance_from_the_original():
+def first_loss(setup, cls=ESDx, **settings):
+    return fitted(setup, lambda: tiny_sd_pipeline().unet, cls, **settings)
+
+
+def flow_loss(setup, cls=ESDx, steps=1, lr=None, **settings):
+    from tiny_pipelines import tiny_sd3_pipeline
+    return fitted(setup, lambda: tiny_sd3_pipeline(t5=False).transformer, cls, steps, lr, **settings)
+
+
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_the_target_is_negative_guidance_from_the_original(family, request):
     """At the first step the model is the original, so with the same x_t (same seed) the loss is
-    (1 + η)² ‖ε*(x_t, c) − ε*(x_t)‖²: 4× the η = 0 loss at η = 1, and 0 at η = −1 (target = ε*(c))."""
-    pipe = tiny_sd_pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    setup = (pipe, pipeline_data(pipe, ["a cat"], n_per_prompt=4, num_inference_steps=2, progress=False),
-             prompt_embeddings(pipe, ["a cat"]), prompt_embeddings(pipe, [""]))
-    plain, _ = first_loss(setup, negative_guidance=0.0, ddim_steps=4)
-    esd, _ = first_loss(setup, negative_guidance=1.0, ddim_steps=4)
-    none, _ = first_loss(setup, negative_guidance=-1.0, ddim_steps=4)
+    (1 + η)² ‖ε*(x_t, c) − ε*(x_t)‖²: 4× the η = 0 loss at η = 1, and 0 at η = −1 (target = ε*(c));
+    on a rectified flow (SD3) the same on the velocity."""
+    setup, loss = (request.getfixturevalue("setup"), first_loss) if family == "sd" else \
+        (request.getfixturevalue("flow_setup"), flow_loss)
+    plain, _ = loss(setup, negative_guidance=0.0, ddim_steps=4)
+    esd, _ = loss(setup, negative_guidance=1.0, ddim_steps=4)
+    none, _ = loss(setup, negative_guidance=-1.0, ddim_steps=4)
     assert plain > 0 and esd == pytest.approx(4 * plain, rel=1e-4) and none == pytest.approx(0.0, abs=1e-10)
 
 
@@ -94,23 +104,6 @@ def flow_setup():
     pipe = tiny_sd3_pipeline(t5=False)
     forget = pipeline_data(pipe, ["a cat"], n_per_prompt=4, num_inference_steps=2, progress=False)
     return pipe, forget, prompt_embeddings(pipe, ["a cat"]), prompt_embeddings(pipe, [""])
-
-
-def flow_loss(setup, cls=ESDx, steps=1, lr=None, **settings):
-    from tiny_pipelines import tiny_sd3_pipeline
-    pipe, forget, cat, empty = setup
-    u = Unlearner(tiny_sd3_pipeline(t5=False).transformer, pipe.scheduler, forget={"cat": cat},
-                  method=cls(unconditional=empty, **settings), seed=3, lr=lr)
-    history = u.fit(None, forget, steps=steps, batch_size=2, progress=False)
-    return history[0]["loss"], u
-
-
-def test_on_a_flow_the_target_is_negative_guidance_on_the_velocity(flow_setup):
-    """The same identity as on ε, on SD3's velocity: (1 + η)² ‖v*(x_t, c) − v*(x_t)‖²."""
-    plain, _ = flow_loss(flow_setup, negative_guidance=0.0, ddim_steps=4)
-    esd, _ = flow_loss(flow_setup, negative_guidance=1.0, ddim_steps=4)
-    none, _ = flow_loss(flow_setup, negative_guidance=-1.0, ddim_steps=4)
-    assert plain > 0 and esd == pytest.approx(4 * plain, rel=1e-4) and none == pytest.approx(0.0, abs=1e-10)
 
 
 @pytest.mark.parametrize("cls", [ESDx, ESDu])
