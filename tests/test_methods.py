@@ -748,3 +748,55 @@ def test_kept_guidance_holds_the_kept_rows_guided_drift():
             SafeMax(kept_guidance=bad)
     with pytest.raises(ValueError, match='needs retain_target="distill"'):
         SafeMax(kept_guidance=w, retain_target="noise")
+
+
+def test_unconditional_hold_adds_the_empty_prompts_distillation_at_the_forget_rows_states():
+    """SafeMax(unconditional_hold=λ) on a flow, with forget_guidance: the loss is the plain one plus
+    λ · (forget rows' share) · mean over those rows of ‖v_u'(x_f) − v_u(x_f)‖² per element — the
+    student's and the original's empty-prompt velocity at the forget rows' states; value and
+    gradient against the written-out sum; zero at the original weights; refused without the empty
+    prompt, and a negative λ refused."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from test_data_forms import text_data, text_unet
+
+    from safemax.data import rows
+    concept, retain, forget = text_data()
+    empty = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(5))
+    lam, w = 3.0, 5.0
+
+    def fitted(steps):
+        u = Unlearner(text_unet(), FlowMatchEulerDiscreteScheduler(num_train_timesteps=100), forget={"c": concept},
+                      lr=1e-2, seed=2, method=SafeMax(forget_guidance=w, unconditional=empty, flow_halt="still",
+                                                      gaussian_fraction=0.5, unconditional_hold=lam))
+        u.fit(retain, forget, steps=steps, batch_size=2, progress=False)
+        return u
+
+    u = fitted(2)
+    b = u.method.batch
+    u.method.draw = lambda *a: b
+    params_ = [p for _, p in u.trainable()]
+    got, stats = u.method.loss(u, None, None, None)
+    got_grads = torch.autograd.grad(got, params_, allow_unused=True)
+    f, r = b.forget_rows, b.retain_rows
+    x, t = b.x_t, b.t
+    uncond = empty.expand(len(t[f]), -1, -1)
+    pred = u.denoiser.predict(x, t, b.cond)
+    held = u.denoiser.predict(x[f], t[f], uncond)
+    with torch.no_grad():
+        v_u = u.denoiser.predict(x[f], t[f], uncond, model=u.method.teacher)
+        kept = u.denoiser.predict(x[r], t[r], rows.take(b.cond, r), model=u.method.teacher)
+    target = v_u - v_u / w   # still: the guided velocity 0
+    mse = lambda a: a.square().flatten(1).mean(1)   # noqa: E731
+    plain = torch.cat([mse(pred[f] - target), mse(pred[r] - kept)]).mean()
+    want = plain + lam * (len(t[f]) / len(t)) * mse(held - v_u).mean()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert stats["unconditional_held"] > 0
+    for g, h in zip(got_grads, torch.autograd.grad(want, params_, allow_unused=True)):
+        if h is not None:
+            torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-8)
+    fresh = fitted(1)   # the first step's term is at the original weights: zero
+    assert fresh.history[0]["unconditional_held"] == 0.0 and fresh.config(2)["unconditional_hold"] == lam
+    with pytest.raises(ValueError, match="needs a text-conditional model and the empty prompt's condition"):
+        Unlearner(text_unet(), tiny_scheduler(), forget={"c": concept}, method=SafeMax(unconditional_hold=1.0))
+    with pytest.raises(ValueError, match="unconditional_hold must be >= 0"):
+        SafeMax(unconditional_hold=-1.0)

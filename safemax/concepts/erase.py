@@ -215,8 +215,9 @@ def _by_unlearner(pipe, concepts, keep, out, work, sizes, call, seed, method, lr
 
     targets = {c.name: prompt_embeddings(pipe, c.erase_prompts, **call) for c in concepts}
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)   # the pipeline's stays untouched
-    # negative guidance, and SAFEMax's kept_guidance and forget_guidance, need the empty prompt's condition
-    if esd or settings.get("kept_guidance") or settings.get("forget_guidance"):
+    # negative guidance, and SAFEMax's kept_guidance, forget_guidance and unconditional_hold, need the
+    # empty prompt's condition
+    if esd or any(settings.get(k) for k in ("kept_guidance", "forget_guidance", "unconditional_hold")):
         from safemax.methods import METHODS
         method, settings = METHODS[method](unconditional=prompt_embeddings(pipe, [""], **call), **settings), {}
     u = Unlearner(denoiser_of(pipe), scheduler, forget=targets, method=method, lr=lr, seed=seed,

@@ -14,6 +14,7 @@ from safemax.op.reference import flow_coefficients, row_coefficients
 from safemax.settings import (
     Settings,
     finite,
+    non_negative,
     one_of,
     optional,
     positive,
@@ -56,9 +57,12 @@ class SafeMaxSettings(Settings):
                                    "in the first steps (0: off; 4 measured)", check=_contrast)
     kept_guidance: float = setting(0.0, "w > 1: the kept prompts held at the original's classifier-free-guided "
                                    "prediction at guidance w (text-conditional; 0: off)", check=_guidance)
+    unconditional_hold: float = setting(0.0, "λ: the empty prompt's prediction at the forget rows' states held "
+                                        "to the original's (guidance multiplies its drift by w − 1; 0: off)",
+                                        check=non_negative)
 
     def check(self):
-        for name in ("kept_contrast", "kept_guidance", "forget_guidance"):
+        for name in ("kept_contrast", "kept_guidance", "forget_guidance", "unconditional_hold"):
             if getattr(self, name) and self.retain_target != "distill":
                 raise ValueError(f'SafeMax: {name} anchors the kept rows to the original model: it needs '
                                  'retain_target="distill"')
@@ -141,6 +145,16 @@ class SafeMax(Method):
             ``safemax erase`` gives it). Cost: the kept rows once more in the student's forward
             and backward and in the original's forward.
 
+        unconditional_hold: λ ≥ 0, or 0 (default: off). Under guidance w the sampled prediction is
+            ε_u + w(ε_c − ε_u): a drift δ_u of the unconditional prediction at the halted chain's
+            states reaches it multiplied by w − 1, whatever the forget rows' own fit. On the SD3
+            pipeline's dress that drift, not the fit, is what keeps the guided chain from halting
+            (docs/results/flow-matching.md). With λ, the forget rows are also run under the empty
+            prompt (the student and the original) and the loss gains λ × that distillation,
+            weighted as the forget rows' share of the batch. Needs the empty prompt's condition
+            (as ``forget_guidance``). Cost: the forget rows once more in the student's forward and
+            backward and in the original's forward.
+
     ``Unlearner(..., early_fraction=0.5)`` is shorthand for ``method=SafeMax(early_fraction=0.5)``;
     the settings are declared once, in ``SafeMaxSettings``. Three settings that measurements showed
     do not help — ``gaussian_window``, ``gaussian_retain_fraction``, ``kept_contrast_rows`` — left
@@ -185,6 +199,10 @@ class SafeMax(Method):
             raise ValueError("forget_guidance halts the forgotten prompts under classifier-free guidance: it needs a "
                              "text-conditional model and the empty prompt's condition, "
                              "SafeMax(forget_guidance=w, unconditional=prompt_embeddings(pipe, ['']))")
+        if self.unconditional_hold and (targets.concepts is None or self.unconditional is None):
+            raise ValueError("unconditional_hold holds the empty prompt's prediction: it needs a text-conditional "
+                             "model and the empty prompt's condition, "
+                             "SafeMax(unconditional_hold=1, unconditional=prompt_embeddings(pipe, ['']))")
         if self.kept_guidance and (targets.concepts is None or self.unconditional is None):
             raise ValueError("kept_guidance holds kept prompts under classifier-free guidance: it needs a "
                              "text-conditional model and the empty prompt's condition, "
@@ -288,7 +306,27 @@ class SafeMax(Method):
             bowl = self._bowl(u, batch, extra, e, e0)
             loss = loss + bowl
             stats["kept_bowl"] = bowl.item()
+        if self.unconditional_hold:
+            held = self.held_unconditional(u, batch)
+            loss = loss + held
+            stats["unconditional_held"] = held.item()
         return loss, stats
+
+    def held_unconditional(self, u, batch: Batch) -> torch.Tensor:
+        """``unconditional_hold``'s term: the empty prompt's prediction at the forget rows' states
+        distilled to the original's by the fused op, × λ and the forget rows' share of the batch."""
+        f = batch.forget_rows
+        n = f.stop - f.start
+        if n == 0:
+            return batch.x_t.new_zeros(())
+        x, t = batch.x_t[f], batch.t[f]
+        uncond = rows.to(rows.take(self.unconditional, torch.zeros(n, dtype=torch.long)), x.device)
+        e = u.denoiser.predict(x, t, uncond)
+        with torch.no_grad():
+            e0 = u.denoiser.predict(x, t, uncond, model=self.teacher)
+        held, _ = safemax_loss(e, e0, x, t, u.denoiser.table, torch.zeros(n, dtype=torch.bool, device=x.device),
+                               self.t_min, 1.0, self.weighting, u.denoiser.parametrization)
+        return self.unconditional_hold * (n / len(batch.t)) * held
 
     def kept_rows(self, batch: Batch):
         """``kept_contrast``'s rows, ``(x_t, t, cond)``: the forget rows' x_t and t under the retain
