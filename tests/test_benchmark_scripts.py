@@ -5,7 +5,7 @@ every script that forgets a class of an embedded model sets it up through ``harn
 (flow_digits.py, flow_halt_probe.py: tests/test_flow_digits.py; concept_digits.py:
 tests/test_stable_diffusion.py; memory_accounting.py: tests/test_memory_accounting.py; concept_erasure.py:
 tests/test_erase.py; concept_drift.py: tests/test_erase.py; confirm_held.py: test_confirm_held_script;
-pipeline_halting.py: tests/test_sd3_pipeline.py.)"""
+pipeline_halting.py, guided_residuals.py: tests/test_sd3_pipeline.py.)"""
 import json
 import os
 import subprocess

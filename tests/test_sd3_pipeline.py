@@ -152,7 +152,8 @@ def test_the_zoo_serves_it_by_name_and_says_how_to_train_it(monkeypatch, tmp_pat
 
 def test_the_pipeline_halting_benchmark_erases_and_reads_the_std_at_two_step_counts(trained, tmp_path, capsys):
     """benchmarks/pipeline_halting.py at its smoke size on the tiny SD3: each setting's erase and
-    evaluation, the concept's latent std at a second step count, one table; a finished run is kept."""
+    evaluation, the concept's latent std at a second step count, one table; a finished run is kept.
+    Then benchmarks/guided_residuals.py splits that run's guided residual."""
     import importlib.util
     from pathlib import Path
     spec = importlib.util.spec_from_file_location(
@@ -177,6 +178,22 @@ def test_the_pipeline_halting_benchmark_erases_and_reads_the_std_at_two_step_cou
     assert len(befores) == 2 and befores[0] == befores[1] and befores[0]["guidance"] == [7.0, 1.0]
     stamp = (run / "halting.json").stat().st_mtime
     assert script.main(argv) == 0 and (run / "halting.json").stat().st_mtime == stamp   # kept, not run again
+
+    # why it does or does not halt: benchmarks/guided_residuals.py on that run's erased transformer —
+    # the guided residual on the still chain's states is exactly its two terms' difference
+    spec = importlib.util.spec_from_file_location(
+        "guided_residuals", Path(__file__).resolve().parents[1] / "benchmarks" / "guided_residuals.py")
+    residuals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(residuals)
+    r_out = tmp_path / "residuals"
+    assert residuals.main(["--smoke", "--pipeline", out, "--concept", "dress", "--runs", str(run),
+                           "--out", str(r_out)]) == 0
+    record = json.loads((r_out / "residuals.json").read_text())
+    (r,) = record["runs"]
+    assert r["flow_halt"] == "still" and record["guidance"] == 7.0 and len(r["per_sigma"]) == 2
+    for row in r["per_sigma"]:   # ‖own − drift‖² = ‖own‖² + ‖drift‖² − 2⟨own, drift⟩
+        assert row["guided"] == pytest.approx(row["own"] + row["drift"] + row["cross"], abs=5e-5)
+    assert (r_out / "residuals.png").exists() and "| `safemax-flow_halt=still" in (r_out / "residuals.md").read_text()
 
 
 def test_the_concept_head_to_head_judges_the_sd3_pipeline_at_its_own_guidance(trained, tmp_path):
