@@ -378,7 +378,7 @@ SD3_HALT = "sd3-halting/safemax-flow_halt=still-gaussian_fraction=0.5-forget_gui
 SD3_LONG = "sd3-halting/safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7-steps=300-batch_size=64/dress-seed0"
 CONCEPTS_SD_JSON = "concepts-sd/summary.json"             # benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd
 CONCEPTS_SD_TUNE_JSON = "concepts-sd-tune/summary.json"   # benchmarks/concept_erasure.py --tune --out benchmarks/results/concepts-sd-tune
-AT_ONCE = "concepts-sd-at-once/at-once.md"                # benchmarks/concept_erasure.py --at-once 1 2 5 --methods uce safemax
+AT_ONCE = "concepts-sd-at-once/at-once.md"                # benchmarks/concept_erasure.py --at-once 1 2 5 --methods uce safemax salun
 ALL_75, ALL_1 = "methods.safemax.overall[guidance_7.5]", "methods.safemax.overall.guidance_1"
 CONFIRMED = "tuned-fashion-mnist/confirmed/confirmed.json"  # benchmarks/confirm_held.py (the tuned head-to-head, afterwards)
 PULLOVER_CONFIRM = "tuned-fashion-mnist/head-to-head/class2/confirm/{}.json"   #   a pullover run's confirmation
@@ -695,7 +695,12 @@ CLAIMS = [
     *[C(CONCEPTS, f"| {label} | {n} | {{:.1f}} | {{:.3f}} [{{:.2f}}, {{:.2f}}] | {{:.3f}} | {{:+.1f}} |",
         Cell(AT_ONCE, {"method": m, "concepts at once": str(n)},
              ("erase time, s", "FA erasing prompts", "FA paraphrases", "kept classes, points")))
-      for m, label in (("uce", "UCE (published)"), ("safemax", "SAFEMax (default)")) for n in (1, 2, 5)],
+      for m, label in (("uce", "UCE (published)"), ("safemax", "SAFEMax (default)"), ("salun", "SalUn"))
+      for n in (1, 2, 5)],
+    C(CONCEPTS, "SalUn erases all of them too (FA {:.3f} with five) but wrecks the kept classes at every count\n  ({:+.1f}, {:+.1f} and {:+.1f} points), in {:.0f}–{:.0f} s",
+      Cells(AT_ONCE, [{"method": "salun", "concepts at once": str(n)} for n in (1, 2, 5)],
+            ("FA erasing prompts", "kept classes, points", "erase time, s")),
+      lambda rows: (rows[2][0], rows[0][3], rows[1][3], rows[2][3], rows[0][4], max(r[4] for r in rows))),
 
     # docs/results/compare.md: the light attack, one seed and three ---------------------------------
     C(COMPARE, "| SAFEMax | 0.00 | **{:.2f}** | {:.2f} |",
