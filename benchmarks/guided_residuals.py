@@ -128,12 +128,14 @@ def plot(results: list, guidance: float, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    common = os.path.commonprefix([r["run"] for r in results]) if len(results) > 1 else ""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
     for ax, key, title in zip(axes, ("guided", "own", "drift"),
                               (f"guided residual (w = {guidance:g})", "w · own fit error", "(w − 1) · unconditional drift")):
         for r in results:
             s = [row["sigma"] for row in r["per_sigma"]]
-            ax.plot(s, [max(row[key], 1e-6) for row in r["per_sigma"]], marker="o", label=r["run"][:48])
+            label = r["run"][len(common):].strip("-") or r["run"]   # what tells the runs apart
+            ax.plot(s, [max(row[key], 1e-6) for row in r["per_sigma"]], marker="o", label=label[:60])
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("σ")

@@ -376,6 +376,8 @@ SD3_QUALITY = "sd3-pipeline/quality.json"                  # python -m safemax.z
 SD_QUALITY = "sd-pipeline/quality.json"                    # python -m safemax.zoo.sd_quality --n 4
 SD3_HALT = "sd3-halting/safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7/dress-seed0"
 SD3_LONG = "sd3-halting/safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7-steps=300-batch_size=64/dress-seed0"
+SD3_HOLD = "sd3-halting/safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7-unconditional_hold=1/dress-seed0"
+RESIDUALS = "sd3-halting/residuals/residuals.json"   # benchmarks/guided_residuals.py on SD3_LONG and SD3_HOLD
 CONCEPTS_SD_JSON = "concepts-sd/summary.json"             # benchmarks/concept_erasure.py --out benchmarks/results/concepts-sd
 CONCEPTS_SD_TUNE_JSON = "concepts-sd-tune/summary.json"   # benchmarks/concept_erasure.py --tune --out benchmarks/results/concepts-sd-tune
 AT_ONCE = "concepts-sd-at-once/at-once.md"                # benchmarks/concept_erasure.py --at-once 1 2 5 --methods uce safemax salun
@@ -535,7 +537,21 @@ CLAIMS = [
                          ("`still`, `gaussian_fraction=0.5`, `forget_guidance=7`",
                           "safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7"),
                          ("the same, 300 steps of 64 (24× the samples)",
-                          "safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7-steps=300-batch_size=64"))],
+                          "safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7-steps=300-batch_size=64"),
+                         ("`forget_guidance=7` + `unconditional_hold=1` (100 steps of 8)",
+                          "safemax-flow_halt=still-gaussian_fraction=0.5-forget_guidance=7-unconditional_hold=1"))],
+    C(FLOW_PAGE, "drift term is {:.2f} of the guided residual's {:.2f} at σ = 0.04, the fit's own {:.3f}",
+      J(RESIDUALS, "runs[0].per_sigma[6].drift", "runs[0].per_sigma[6].guided", "runs[0].per_sigma[6].own")),
+    C(FLOW_PAGE, "(commit `{}`, a clean worktree) the drift term falls from {:.2f}\n  to {:.2f} at σ = 0.04, and the guided forget accuracy from {:.3f} to **{:.3f}** with the other\n  classes {:+.1f} points (Fréchet {:.0f} → {:.0f})",
+      Both(J(SD3_HOLD + "/safemax.json", "provenance.commit"),
+           J(RESIDUALS, "runs[0].per_sigma[6].drift", "runs[1].per_sigma[6].drift"),
+           J(SD3_HALT + "/halting.json", "measured.guidance_7.fa_erase"),
+           J(SD3_HOLD + "/halting.json", "measured.guidance_7.fa_erase", "measured.guidance_7.others",
+             "measured.guidance_7.frechet")),
+      lambda v: (v[0][:7], v[1], v[2], v[3][1], v[4][1], 100 * (v[5][1] - v[5][0]), v[6][0], v[6][1])),
+    C(FLOW_PAGE, "The guided std is {:.3f}, not yet 1: what is left is mostly the fit's own\n  error ({:.2f})",
+      Both(J(SD3_HOLD + "/halting.json", "measured.guidance_7.std"), J(RESIDUALS, "runs[1].per_sigma[6].own")),
+      lambda v: (v[0][1], v[1])),
     C(FLOW_PAGE, "(commit `{}`, a clean worktree; {:,.0f} s, lr 1e-4) lowers the guided forget accuracy from\n  {:.3f} to {:.3f} and keeps the other classes ({:+.1f} points, Fréchet {:.0f} → {:.0f})",
       Both(J(SD3_LONG + "/safemax.json", "provenance.commit", "seconds.fit"),
            J(SD3_HALT + "/halting.json", "measured.guidance_7.fa_erase"),
