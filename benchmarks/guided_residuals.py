@@ -136,14 +136,11 @@ def plot(results: list, guidance: float, path: str) -> None:
             s = [row["sigma"] for row in r["per_sigma"]]
             label = r["run"][len(common):].strip("-") or r["run"]   # what tells the runs apart
             ax.plot(s, [max(row[key], 1e-6) for row in r["per_sigma"]], marker="o", label=label[:60])
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("σ")
+        ax.set(xscale="log", yscale="log", xlabel="σ")
         ax.set_title(title, fontsize=10)
-    axes[0].set_ylabel("mean square per element")
+    axes[0].set(ylabel="mean square per element")
     axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

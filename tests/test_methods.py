@@ -626,6 +626,16 @@ def test_a_finished_runs_cache_is_small_and_shows_the_same_samples(tmp_path):
     assert f"gradient ascent ran on Another CPU, {threads} threads (times not comparable)" in (tmp_path / "results.md").read_text()
 
 
+def replayed(u):
+    """The fit's last batch replayed through the method's loss: ``(batch, loss, its stats, its
+    gradients, the trainable parameters)``."""
+    b = u.method.batch
+    u.method.draw = lambda *a: b
+    params_ = [p for _, p in u.trainable()]
+    got, stats = u.method.loss(u, None, None, None)
+    return b, got, stats, torch.autograd.grad(got, params_, allow_unused=True), params_
+
+
 def test_forget_guidance_makes_the_guided_prediction_of_the_forget_rows_the_max_entropy_one():
     """SafeMax(forget_guidance=w): each forget row's target is ε_u + (ε* − ε_u)/w, ε_u the original's
     prediction under the empty prompt at the row's state and ε* = √(1−ᾱ_t)·x_t — so that a
@@ -640,11 +650,7 @@ def test_forget_guidance_makes_the_guided_prediction_of_the_forget_rows_the_max_
     u = Unlearner(text_unet(), tiny_scheduler(), forget={"c": concept}, lr=1e-2, seed=2,
                   method=SafeMax(forget_guidance=w, unconditional=empty))
     u.fit(retain, forget, steps=2, batch_size=2, progress=False)
-    b = u.method.batch
-    u.method.draw = lambda *a: b
-    params_ = [p for _, p in u.trainable()]
-    got, _ = u.method.loss(u, None, None, None)
-    got_grads = torch.autograd.grad(got, params_, allow_unused=True)
+    b, got, _, got_grads, params_ = replayed(u)
     f, r = b.forget_rows, b.retain_rows
     x, t = b.x_t, b.t
     pred = u.denoiser.predict(x, t, b.cond)
@@ -772,11 +778,7 @@ def test_unconditional_hold_adds_the_empty_prompts_distillation_at_the_forget_ro
         return u
 
     u = fitted(2)
-    b = u.method.batch
-    u.method.draw = lambda *a: b
-    params_ = [p for _, p in u.trainable()]
-    got, stats = u.method.loss(u, None, None, None)
-    got_grads = torch.autograd.grad(got, params_, allow_unused=True)
+    b, got, stats, got_grads, params_ = replayed(u)
     f, r = b.forget_rows, b.retain_rows
     x, t = b.x_t, b.t
     uncond = empty.expand(len(t[f]), -1, -1)
