@@ -558,10 +558,10 @@ CLAIMS = [
            J(SD3_LONG + "/halting.json", "measured.guidance_7.fa_erase", "measured.guidance_7.others",
              "measured.guidance_7.frechet")),
       lambda v: (v[0][:7], v[1], v[2][1], v[3][1], 100 * (v[4][1] - v[4][0]), v[5][0], v[5][1])),
-    C(CONCEPTS, "**ESD-x, {} runs** (the three concepts at seed 0, the\n  sneaker at seed 1): at guidance 7.5 the erasing prompts are still their class in {:.3f}\n  [{:.2f}, {:.2f}] of the samples and the paraphrases in {:.3f}",
+    C(CONCEPTS, "**ESD-x, {} runs** (the three concepts at seed 0, the\n  sneaker at seeds 1 and 2): at guidance 7.5 the erasing prompts are still their class in {:.3f}\n  [{:.2f}, {:.2f}] of the samples and the paraphrases in {:.3f}",
       J(CONCEPTS_SD_JSON, "methods[esd-x].runs", *(f"methods[esd-x].overall[guidance_7.5].{k}" for k in
                                                   ("fa_erase.value", "fa_erase.ci95[0]", "fa_erase.ci95[1]", "fa_paraphrase.value")))),
-    C(CONCEPTS, "at guidance 1, {:.3f}. The other classes\n  {:+.1f} points. Prefix attack {:.3f}, soft {:.3f} (seed 0). **ESD-u, {} runs** (seed 0): {:.3f}\n  [{:.2f}, {:.2f}] at guidance 7.5, {:.3f} at guidance 1; the other classes {:+.1f} points; prefix\n  attack {:.3f}, soft {:.3f}",
+    C(CONCEPTS, "at\n  guidance 1, {:.3f}. The other classes {:+.1f} points. Prefix attack {:.3f}, soft {:.3f} (seed 0). **ESD-u, {} runs** (seed 0): {:.3f}\n  [{:.2f}, {:.2f}] at guidance 7.5, {:.3f} at guidance 1; the other classes {:+.1f} points; prefix\n  attack {:.3f}, soft {:.3f}",
       J(CONCEPTS_SD_JSON, "methods[esd-x].overall.guidance_1.fa_erase.value", "methods[esd-x].overall[guidance_7.5].others.change",
         "methods[esd-x].overall.attacks.prefix.value", "methods[esd-x].overall.attacks.soft.value", "methods[esd-u].runs",
         *(f"methods[esd-u].overall[guidance_7.5].{k}" for k in ("fa_erase.value", "fa_erase.ci95[0]", "fa_erase.ci95[1]")),
@@ -578,6 +578,9 @@ CLAIMS = [
         "methods.safemax.overall[guidance_7.5].others.change", "methods.safemax.overall[guidance_7.5].neighbours.change",
         "methods.safemax.overall.erase_seconds.mean", "methods[esd-x].overall.erase_seconds.mean"),
       lambda v: (v[0], 100 * v[1], 100 * v[2], v[3], v[4])),
+    C(CONCEPTS, "seed 2's sneaker in part ({:.3f})", J("concepts-sd/esd-x/sneaker-seed2/report.json",
+                                                       "after[guidance_7.5].sneaker.fa_erase.value")),
+    C(CONCEPTS, "seed 2's\n  sneaker took {:,.0f} s beside four others", J("concepts-sd/esd-x/sneaker-seed2/safemax.json", "seconds.erase")),
     C(CONCEPTS, "A run takes {:,.0f} ± {:,.0f} s (ESD-x;", J(CONCEPTS_SD_JSON, "methods[esd-x].overall.erase_seconds.mean",
                                                       "methods[esd-x].overall.erase_seconds.ci95_half")),
     # docs/results/embedded-model.md: the SD3 pipeline's bar (missed on the shirt)
