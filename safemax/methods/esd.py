@@ -18,8 +18,8 @@ The unconditional condition ε_θ*(x_t, t) needs — the empty prompt's, in the 
 is given when the method is built: ``ESDx(unconditional=prompt_embeddings(pipe, [""]))``
 (``safemax erase --method esd-x`` does it). Class-conditional models are refused.
 
-On a rectified flow (SD3, Flux), as the authors' SD3.5 script (rohitgandikota/erasing,
-``esd_sd35.py``) does: the same target on the velocity (guidance is linear in the prediction, so
+On a rectified flow (SD3, Flux), as the authors' SD3.5 script (in rohitgandikota/erasing) does:
+the same target on the velocity (guidance is linear in the prediction, so
 v_θ*(x_t) − η(v_θ*(x_t, c) − v_θ*(x_t)); their η = 2 on v_c is this η = 1), x_t made by guided
 Euler steps on the σ grid, and joint attention in place of the cross-attention: ESD-x trains the
 joint attention (``.attn.``: the image and text streams' projections, where text meets the
