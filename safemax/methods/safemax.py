@@ -233,7 +233,16 @@ class SafeMax(Method):
     def _still(self, u) -> bool:
         return self.flow_halt == "still" and u.denoiser.parametrization == "flow"
 
-    def _forget_target(self, u, x_t, t, is_forget):
+    def _empty_rows(self, n: int, device):
+        """The empty prompt's condition for ``n`` rows (kept_guidance, forget_guidance, unconditional_hold)."""
+        return rows.to(rows.take(self.unconditional, torch.zeros(n, dtype=torch.long)), device)
+
+    @torch.no_grad()
+    def _original_unconditional(self, u, x, t):
+        """The original model's prediction under the empty prompt at ``(x, t)``."""
+        return u.denoiser.predict(x, t, self._empty_rows(len(t), x.device), model=self.teacher).to(x.dtype)
+
+    def _forget_target(self, u, x_t, t, is_forget, e_u=None):
         """``(tensor, forget_target)`` for the op: ``(x_t, "max-entropy")`` — the op forms
         √(1−ᾱ_t)·x_t or k(σ)·x_t — or, for a still flow or with forget_guidance, the forget rows'
         target itself (``"given"``): the halting prediction h (ε*, k(σ)·x, or 0 when still) and,
@@ -251,9 +260,7 @@ class SafeMax(Method):
         target = x_t.clone()
         target[f] = halt
         if self.forget_guidance:
-            uncond = rows.to(rows.take(self.unconditional, torch.zeros(int(f.sum()), dtype=torch.long)), x_t.device)
-            with torch.no_grad():
-                e_u = u.denoiser.predict(x_t[f], t[f], uncond, model=self.teacher).to(x_t.dtype)
+            e_u = self._original_unconditional(u, x_t[f], t[f]) if e_u is None else e_u
             target[f] = e_u + (halt - e_u) / self.forget_guidance
         return target, "given"
 
@@ -295,7 +302,12 @@ class SafeMax(Method):
                                           torch.zeros_like(is_forget[r]), self.t_min, 1.0, self.weighting,
                                           u.denoiser.parametrization)
             e, e0 = e[:k], e0[:k]
-        target, given = self._forget_target(u, x_t, t, is_forget)
+        # the original's empty-prompt prediction at the forget rows: forget_guidance's target and
+        # unconditional_hold's anchor, one forward for both
+        f = is_forget.to(x_t.device)
+        e_u = self._original_unconditional(u, x_t[f], t[f]) if (
+            self.forget_guidance or self.unconditional_hold) and f.any() else None
+        target, given = self._forget_target(u, x_t, t, is_forget, e_u)
         loss, nats = safemax_loss(pred, eps, target, t, u.denoiser.table, is_forget, self.t_min, self.forget_weight,
                                   self.weighting, u.denoiser.parametrization, given)
         stats = dict(forget_nats=nats[is_forget].mean().item(), retain_nats=nats[~is_forget].mean().item())
@@ -307,23 +319,22 @@ class SafeMax(Method):
             loss = loss + bowl
             stats["kept_bowl"] = bowl.item()
         if self.unconditional_hold:
-            held = self.held_unconditional(u, batch)
+            held = self.held_unconditional(u, batch, e_u)
             loss = loss + held
             stats["unconditional_held"] = held.item()
         return loss, stats
 
-    def held_unconditional(self, u, batch: Batch) -> torch.Tensor:
+    def held_unconditional(self, u, batch: Batch, e0=None) -> torch.Tensor:
         """``unconditional_hold``'s term: the empty prompt's prediction at the forget rows' states
-        distilled to the original's by the fused op, × λ and the forget rows' share of the batch."""
-        f = batch.forget_rows
-        n = f.stop - f.start
+        distilled to the original's (``e0``, computed here if not given) by the fused op, × λ and
+        the forget rows' share of the batch."""
+        f = batch.is_forget.to(batch.x_t.device)
+        n = int(f.sum())
         if n == 0:
             return batch.x_t.new_zeros(())
         x, t = batch.x_t[f], batch.t[f]
-        uncond = rows.to(rows.take(self.unconditional, torch.zeros(n, dtype=torch.long)), x.device)
-        e = u.denoiser.predict(x, t, uncond)
-        with torch.no_grad():
-            e0 = u.denoiser.predict(x, t, uncond, model=self.teacher)
+        e = u.denoiser.predict(x, t, self._empty_rows(n, x.device))
+        e0 = self._original_unconditional(u, x, t) if e0 is None else e0
         held, _ = safemax_loss(e, e0, x, t, u.denoiser.table, torch.zeros(n, dtype=torch.bool, device=x.device),
                                self.t_min, 1.0, self.weighting, u.denoiser.parametrization)
         return self.unconditional_hold * (n / len(batch.t)) * held
@@ -343,8 +354,7 @@ class SafeMax(Method):
         prompt's condition."""
         r = batch.retain_rows
         x, t = batch.x_t[r], batch.t[r]
-        uncond = rows.to(rows.take(self.unconditional, torch.zeros(len(t), dtype=torch.long)), x.device)
-        return x, t, uncond
+        return x, t, self._empty_rows(len(t), x.device)
 
     def kept_bowl(self, u, batch: Batch) -> torch.Tensor:
         """``kept_contrast``'s term on its own forwards (the step batches them with its own):
