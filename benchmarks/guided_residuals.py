@@ -31,14 +31,16 @@ import torch
 
 from safemax.evaluation.provenance import provenance
 from safemax.evaluation.report import write_json
+from safemax.op.reference import flow_coefficients
 
 SIGMAS = (1.0, 0.9, 0.75, 0.5, 0.25, 0.1, 0.04)
 
 
-def _halting_target(flow_halt: str, sigma: float, x: torch.Tensor) -> torch.Tensor:
+def _halting_target(flow_halt: str, table: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+    """v*: 0 (still) or k(σ_t)·x, the velocity of Gaussian data (the op's own coefficient)."""
     if flow_halt == "still":
         return torch.zeros_like(x)
-    return (2 * sigma - 1) / ((1 - sigma) ** 2 + sigma ** 2) * x   # k(σ)·x: the velocity of Gaussian data
+    return float(flow_coefficients(table, torch.tensor([t]))[0]) * x
 
 
 @torch.no_grad()
@@ -49,7 +51,7 @@ def residuals(pipe, erased, prompts, flow_halt: str, guidance: float, sigmas=SIG
     from safemax.models.pipelines import prompt_embeddings
     from safemax.data import rows
     d = make_denoiser(pipe.transformer, pipe.scheduler)
-    table = d.cpu_table if hasattr(d, "cpu_table") else d.table.cpu()
+    table = d.cpu_table
     cond = prompt_embeddings(pipe, prompts)
     uncond = prompt_embeddings(pipe, [""])
     g = torch.Generator().manual_seed(seed)
@@ -66,7 +68,7 @@ def residuals(pipe, erased, prompts, flow_halt: str, guidance: float, sigmas=SIG
         v_u = d.predict(x, tt, u).double()
         v_u1 = d.predict(x, tt, u, model=erased).double()
         v_c1 = d.predict(x, tt, c, model=erased).double()
-        target = _halting_target(flow_halt, s, x.double())
+        target = _halting_target(flow_halt, table, t, x.double())
         t_c = v_u + (target - v_u) / guidance
         guided = v_u1 + guidance * (v_c1 - v_u1) - target
         own, drift = guidance * (v_c1 - t_c), (guidance - 1) * (v_u1 - v_u)
