@@ -557,7 +557,7 @@ CLAIMS = [
              "measured.guidance_7.fa_erase", "measured.guidance_7.fa_paraphrase", "measured.guidance_7.others",
              "measured.guidance_7.frechet", "measured.guidance_1.std", "measured.guidance_1.fa_erase"),
            J(RESIDUALS, "runs[2].per_sigma[6].guided", "runs[0].per_sigma[6].guided", "runs[2].per_sigma[6].drift")),
-      lambda v: (v[0][:7], v[1][1], v[2], v[3][1] if v[3][1] == v[4][1] else None, 100 * (v[5][1] - v[5][0]),
+      lambda v: (v[0][:7], v[1][1], v[2], v[3][1] if v[3][1] == v[4][1] else float("nan"), 100 * (v[5][1] - v[5][0]),
                  v[6][0], v[6][1], 100 * (v[6][1] / v[6][0] - 1), v[9], v[10], v[11], v[7][1], v[8][1])),
     C(FLOW_PAGE, "drift term is {:.2f} of the guided residual's {:.2f} at σ = 0.04, the fit's own {:.3f}",
       J(RESIDUALS, "runs[0].per_sigma[6].drift", "runs[0].per_sigma[6].guided", "runs[0].per_sigma[6].own")),
